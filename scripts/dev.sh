@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian/Ubuntu machine with Python 3.11:
+#   scripts/dev.sh demo   -> installs everything, then runs the end-to-end demo
+#   scripts/dev.sh test   -> installs everything, then runs the whole test suite
+# Installs Debian packages (when missing), a virtual environment in .venv, and the
+# project with its test extras. Re-running skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3-venv qemu-user-static debootstrap openssh-server binutils xz-utils)
+VENV=${TFEDGE_VENV:-.venv}
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else log "need root for: $*"; return 1; fi
+}
+
+install_debian_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+}
+
+find_python() {
+  for py in python3.11 python3; do
+    if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 10))'; then
+      echo "$py"; return 0
+    fi
+  done
+  log "Python 3.10 or newer is required"; return 1
+}
+
+install_python_packages() {
+  [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$(find_python)" -m venv "$VENV"; }
+  local stamp="$VENV/.tfedge-stamp" want
+  want=$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing tfedge and its Python dependencies into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    echo "$want" > "$stamp"
+  fi
+}
+
+setup() {
+  install_debian_packages
+  install_python_packages
+}
+
+case "${1:-}" in
+  demo)
+    setup
+    shift
+    exec "$VENV/bin/tfedge" demo "$@"
+    ;;
+  test)
+    setup
+    shift
+    exec "$VENV/bin/python" -m pytest -ra "$@"
+    ;;
+  setup)
+    setup
+    ;;
+  *)
+    echo "usage: scripts/dev.sh demo|test|setup [args...]" >&2
+    exit 2
+    ;;
+esac

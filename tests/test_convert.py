@@ -1,0 +1,99 @@
+"""`tfedge convert`: real TensorFlow conversion, verified with the real flatbuffer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import tfedge
+from tfedge.errors import UsageError, VerificationError
+from tfedge.tflite_model import read_tflite
+
+from .conftest import assert_one_error_line
+
+pytestmark = pytest.mark.slow
+
+
+def test_int8_default_is_full_integer(run_cli, digits, tmp_path):
+    out = tmp_path / "d.tflite"
+    result = run_cli("convert", digits.model, "--calib", digits.train, "-o", out, "--json")
+    report = json.loads(result.stdout)
+    assert report["full_integer"] is True and report["float_ops"] == []
+    model = read_tflite(out)
+    assert model.inputs[0].dtype == "int8" and model.outputs[0].dtype == "int8"
+    assert {op.name for op in model.ops} >= {"CONV_2D", "FULLY_CONNECTED"}
+
+
+def test_same_seed_gives_byte_identical_model(digits, tmp_path):
+    a = tfedge.convert(digits.model, tmp_path / "a.tflite", calib=digits.train, seed=3, calib_samples=64)
+    b = tfedge.convert(digits.model, tmp_path / "b.tflite", calib=digits.train, seed=3, calib_samples=64)
+    assert (tmp_path / "a.tflite").read_bytes() == (tmp_path / "b.tflite").read_bytes()
+    assert a.calib_samples == b.calib_samples == 64
+
+
+def test_float32_io_is_still_full_integer(digits, tmp_path):
+    result = tfedge.convert(digits.model, tmp_path / "f.tflite", calib=digits.train, io="float32")
+    model = read_tflite(result.output)
+    assert model.inputs[0].dtype == "float32"
+    assert result.full_integer, result.float_ops
+
+
+def test_int16x8_uses_int16_activations(digits, tmp_path):
+    result = tfedge.convert(digits.model, tmp_path / "a16.tflite", calib=digits.train, quant="int16x8")
+    model = read_tflite(result.output)
+    assert result.full_integer and result.io == "int16"
+    conv = next(op for op in model.ops if op.name == "CONV_2D")
+    assert conv.outputs[0].dtype == "int16" and conv.inputs[1].dtype == "int8"
+
+
+@pytest.mark.parametrize("quant", ["float16", "dynamic", "none"])
+def test_float_modes_convert_without_calibration(digits, tmp_path, quant):
+    result = tfedge.convert(digits.model, tmp_path / f"{quant}.tflite", quant=quant)
+    assert result.size_bytes > 0 and not result.full_integer
+
+
+def test_float_op_is_named_and_no_file_left(run_cli, float_op_model, tmp_path):
+    model, calib = float_op_model
+    out = tmp_path / "sin.tflite"
+    result = run_cli("convert", model, "--calib", calib, "-o", out, expect=1)
+    assert_one_error_line(result, "SIN", "layer 'sine'", "--allow-float-ops")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_allow_float_ops_keeps_the_model_and_lists_ops(float_op_model, tmp_path):
+    model, calib = float_op_model
+    result = tfedge.convert(model, tmp_path / "sin.tflite", calib=calib, allow_float_ops=True)
+    assert not result.full_integer
+    assert [(op.op, op.layer) for op in result.float_ops] == [("SIN", "sine")]
+
+
+def test_verification_error_carries_the_ops(float_op_model, tmp_path):
+    model, calib = float_op_model
+    with pytest.raises(VerificationError) as info:
+        tfedge.convert(model, tmp_path / "sin.tflite", calib=calib)
+    assert info.value.float_ops[0].op == "SIN"
+
+
+def test_in_memory_model_converts(digits, tmp_path):
+    from tfedge.loading import detect_format, load_keras_model
+
+    model = load_keras_model(detect_format(digits.model))
+    x = np.load(digits.train)["x"][:32]
+    assert tfedge.convert(model, tmp_path / "m.tflite", calib=x).full_integer
+
+
+def test_h5_and_savedmodel_inputs(digits, tmp_path):
+    from tfedge.loading import detect_format, load_keras_model
+
+    model = load_keras_model(detect_format(digits.model))
+    model.save(tmp_path / "m.h5")
+    model.save(tmp_path / "sm", save_format="tf")
+    for src in (tmp_path / "m.h5", tmp_path / "sm"):
+        result = tfedge.convert(src, tmp_path / f"{src.stem}.tflite", calib=digits.train, calib_samples=32)
+        assert result.full_integer
+
+
+def test_int8_without_calibration_is_a_usage_error(digits, tmp_path):
+    with pytest.raises(UsageError, match="--calib"):
+        tfedge.convert(digits.model, tmp_path / "x.tflite")

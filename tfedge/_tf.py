@@ -1,0 +1,67 @@
+"""Import TensorFlow the one way tfedge needs it: Keras 2 (tf_keras) for tfmot, quiet logs.
+
+Every TensorFlow import in tfedge goes through here, lazily, so ``tfedge --help`` and the
+device-side code never pay for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("TFEDGE_DEBUG") == "1"
+
+
+def prepare_environment(legacy_keras: bool = True) -> None:
+    """Set the variables TensorFlow reads at import time. Call before importing it."""
+    if legacy_keras:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    else:  # Keras 3 models convert through TensorFlow's converter without the legacy switch
+        os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    if not debug_enabled():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("GLOG_minloglevel", "3")
+
+
+def import_tf():
+    """Return the ``tensorflow`` module, imported with Keras 2 selected and logs quieted."""
+    prepare_environment()
+    with _quiet_native_stderr():
+        import tensorflow as tf
+
+    if not debug_enabled():
+        tf.get_logger().setLevel(logging.ERROR)
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module="tensorflow")
+        warnings.filterwarnings("ignore", module="tf_keras")
+        warnings.filterwarnings("ignore", module="tensorflow_model_optimization")
+    return tf
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Hide what TensorFlow's C++ side prints while it loads (CUDA probes and the like)."""
+    if debug_enabled():
+        yield
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_keras():
+    """Return ``tf_keras`` (Keras 2), the Keras tfmot works with."""
+    import_tf()
+    import tf_keras
+
+    return tf_keras

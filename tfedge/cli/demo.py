@@ -1,0 +1,28 @@
+"""`tfedge demo`."""
+from __future__ import annotations
+
+import click
+
+from .options import echo_table
+
+
+@click.command("demo")
+@click.option("--models-dir", default="models", show_default=True, type=click.Path(file_okay=False),
+              help="Where reference models are built and cached.")
+@click.option("--out", "out_dir", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+              help="Where the demo writes its models and reports.")
+def demo_cmd(models_dir, out_dir):
+    """Run the whole toolchain on the digits reference model and print a table.
+
+    \b
+    Example:
+        tfedge demo --out /tmp/demo
+    """
+    from ..demo import run_demo
+
+    result = run_demo(models_dir, out_dir, say=lambda s: click.secho(s, bold=True, err=True))
+    echo_table(["model", "accuracy", "bytes", "size ratio", "full-integer"],
+               [[r.model, r.accuracy, f"{r.size_bytes:,}", "-" if r.size_ratio != r.size_ratio else
+                 f"{r.size_ratio:.3f}", r.full_integer] for r in result.rows])
+    for note in result.notes:
+        click.echo(note)

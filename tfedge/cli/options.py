@@ -1,0 +1,47 @@
+"""Options shared by several commands, and output helpers."""
+from __future__ import annotations
+
+import json
+
+import click
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+profile_option = click.option("--profile", metavar="NAME|FILE",
+                              help="Device profile (see `tfedge profiles list`) to check the model against.")
+
+
+def existing_path(help_text: str = ""):
+    return click.argument("model", type=click.Path(exists=True, dir_okay=True), metavar="MODEL")
+
+
+def echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=_default))
+
+
+def echo_table(headers: list[str], rows: list[list]) -> None:
+    """Print a plain aligned text table."""
+    cells = [[str(c) for c in headers]] + [[_cell(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if n == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _default(obj):
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+        return asdict(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,212 @@
+"""Keras model -> verified TFLite model.
+
+The conversion itself runs in a child process (``tfedge._convert_worker``) so that a
+converter crash becomes a ConversionError instead of killing tfedge. The parent then
+reads the flatbuffer and verifies that every op computes in integer before the file is
+renamed into place.
+
+Example:
+    >>> result = convert("model.keras", "model.tflite", calib="train.npz")
+    >>> result.full_integer
+    True
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import errors
+from ._atomic import atomic_path, check_writable
+from .data import draw_samples, load_data
+from .errors import ConversionError, UsageError, VerificationError
+from .loading import detect_format
+from .verify import FloatOp, find_float_ops
+from .tflite_model import read_tflite
+
+QUANT_MODES = ("int8", "int16x8", "float16", "dynamic", "none")
+IO_TYPES = ("int8", "uint8", "int16", "float32")
+FULL_INTEGER_MODES = ("int8", "int16x8")
+DEFAULT_IO = {"int8": "int8", "int16x8": "int16", "float16": "float32", "dynamic": "float32", "none": "float32"}
+ALLOWED_IO = {"int8": {"int8", "uint8", "float32"}, "int16x8": {"int16", "float32"}}
+
+
+@dataclass
+class ConvertResult:
+    """What ``convert`` wrote and what verification found."""
+
+    output: str
+    size_bytes: int
+    quant: str
+    io: str
+    full_integer: bool
+    float_ops: list[FloatOp] = field(default_factory=list)
+    calib_samples: int = 0
+    seconds: float = 0.0
+    keras: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def convert(model, output: str | os.PathLike, *, calib=None, quant: str = "int8", io: str | None = None,
+            calib_samples: int = 256, seed: int = 0, allow_float_ops: bool = False,
+            profile=None, progress: bool = False) -> ConvertResult:
+    """Convert ``model`` to TFLite at ``output`` and verify it.
+
+    Args:
+        model: path to a ``.keras``/``.h5`` file or SavedModel directory, or an in-memory
+            tf_keras model (e.g. a quantization-aware one from ``tfedge optimize``).
+        output: the ``.tflite`` path; written atomically, never half-written.
+        calib: calibration data (path or array of inputs) for ``int8``/``int16x8``.
+        quant: one of ``int8``, ``int16x8``, ``float16``, ``dynamic``, ``none``.
+        io: input/output type; defaults to integer for full-integer modes.
+        calib_samples: how many calibration samples to draw (seeded).
+        seed: the seed for drawing calibration samples.
+        allow_float_ops: keep a model that still computes some ops in float.
+        profile: a device profile name, path or DeviceProfile to check the result against.
+        progress: show a calibration progress bar on stderr.
+
+    Returns:
+        ConvertResult.
+
+    Raises:
+        UsageError, ModelLoadError, DataError, ConversionError, VerificationError, ProfileError.
+    """
+    started = time.perf_counter()
+    io = _check_options(quant, io, calib, calib_samples)
+    output = check_writable(output)
+    device_profile = _load_profile(profile)
+    samples = _calibration_samples(calib, quant, calib_samples, seed)
+    with tempfile.TemporaryDirectory(prefix="tfedge-convert-") as work, atomic_path(output) as tmp_out:
+        source, keras = _model_source(model, Path(work))
+        job = _job(source, tmp_out, quant, io, samples, Path(work), progress)
+        _run_worker(job, Path(work))
+        report = read_tflite(tmp_out)
+        float_ops = find_float_ops(report, io)
+        _check_full_integer(quant, float_ops, allow_float_ops)
+        if device_profile is not None:
+            _check_profile(device_profile, report, float_ops)
+    return ConvertResult(
+        output=str(output), size_bytes=report.size_bytes, quant=quant, io=io,
+        full_integer=not float_ops, float_ops=float_ops,
+        calib_samples=0 if samples is None else len(samples),
+        seconds=round(time.perf_counter() - started, 3), keras=keras,
+    )
+
+
+def _check_options(quant: str, io: str | None, calib, calib_samples: int) -> str:
+    if quant not in QUANT_MODES:
+        raise UsageError(f"unknown --quant '{quant}'", f"choose one of {', '.join(QUANT_MODES)}")
+    io = io or DEFAULT_IO[quant]
+    if io not in IO_TYPES:
+        raise UsageError(f"unknown --io '{io}'", f"choose one of {', '.join(IO_TYPES)}")
+    allowed = ALLOWED_IO.get(quant, {"float32"})
+    if io not in allowed:
+        raise UsageError(f"--io {io} does not fit --quant {quant}", f"use --io {' or '.join(sorted(allowed))}")
+    if quant in FULL_INTEGER_MODES and calib is None:
+        raise UsageError(f"--quant {quant} needs calibration data", "pass --calib train.npz (inputs in array x)")
+    if calib_samples <= 0:
+        raise UsageError(f"--calib-samples must be positive, got {calib_samples}", "try --calib-samples 256")
+    return io
+
+
+def _load_profile(profile):
+    if profile is None:
+        return None
+    from .profiles import load_profile
+
+    return profile if hasattr(profile, "budgets") else load_profile(profile)
+
+
+def _calibration_samples(calib, quant: str, count: int, seed: int) -> np.ndarray | None:
+    if quant not in FULL_INTEGER_MODES:
+        return None
+    x = calib if isinstance(calib, np.ndarray) else load_data(calib).x
+    return draw_samples(x, count, seed)
+
+
+def _model_source(model, work: Path) -> tuple[str, str]:
+    """A path the worker can load, and the Keras major version it was saved with."""
+    if isinstance(model, (str, os.PathLike)):
+        fmt = detect_format(model)
+        if fmt.kind == "tflite":
+            raise UsageError(f"{model} is already a TFLite model", "pass the Keras model (.keras, .h5 or SavedModel)")
+        return str(model), fmt.keras
+    path = work / "model.keras"
+    model.save(path)
+    return str(path), "3" if type(model).__module__.startswith("keras.") else "2"
+
+
+def _job(source: str, out: Path, quant: str, io: str, samples, work: Path, progress: bool) -> dict:
+    calib_path = None
+    if samples is not None:
+        calib_path = str(work / "calib.npy")
+        np.save(calib_path, samples)
+    return {"model": source, "output": str(out), "quant": quant, "io": io, "calib": calib_path,
+            "result": str(work / "result.json"), "progress": progress}
+
+
+def _run_worker(job: dict, work: Path) -> None:
+    job_path = work / "job.json"
+    log_path = work / "worker.log"
+    debug = os.environ.get("TFEDGE_DEBUG") == "1"
+    progress_fd = os.dup(2)
+    job["progress_fd"] = progress_fd
+    job_path.write_text(json.dumps(job))
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.run(
+                [sys.executable, "-m", "tfedge._convert_worker", str(job_path)],
+                stdout=None if debug else log, stderr=None if debug else log,
+                pass_fds=(progress_fd,), env=os.environ.copy(),
+            )
+    finally:
+        os.close(progress_fd)
+    _raise_worker_error(proc.returncode, Path(job["result"]), log_path, debug)
+
+
+def _raise_worker_error(returncode: int, result_path: Path, log_path: Path, debug: bool) -> None:
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    if "error" in result:
+        err = result["error"]
+        cls = getattr(errors, err.get("type", ""), ConversionError)
+        raise cls(err["message"], err.get("hint", ""))
+    if returncode == 0 and result.get("ok"):
+        return
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        raise ConversionError(
+            f"the TFLite converter crashed ({name})",
+            "this model's layers are not supported by the converter; try --quant none, or run with --debug for its log",
+        )
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+    raise ConversionError(f"the TFLite converter failed (exit {returncode}){': ' + tail[0] if tail else ''}",
+                          "run with --debug to see the converter's log")
+
+
+def _check_full_integer(quant: str, float_ops: list[FloatOp], allow_float_ops: bool) -> None:
+    if quant not in FULL_INTEGER_MODES or not float_ops or allow_float_ops:
+        return
+    listed = "; ".join(op.describe() for op in float_ops[:8])
+    more = f" and {len(float_ops) - 8} more" if len(float_ops) > 8 else ""
+    raise VerificationError(
+        f"the converted model still computes {len(float_ops)} op(s) in float: {listed}{more}",
+        "replace those layers with ones that have integer kernels, or pass --allow-float-ops to keep them",
+        float_ops=float_ops,
+    )
+
+
+def _check_profile(profile, report, float_ops: list[FloatOp]) -> None:
+    from .profiles import check_model_against_profile
+
+    check_model_against_profile(profile, report.size_bytes, not float_ops,
+                                [op.describe() for op in float_ops], {op.name for op in report.ops})

@@ -1,0 +1,55 @@
+"""The end-to-end demo: reference model -> int8 TFLite -> evaluation, as one table.
+
+Each stage is a function returning a row, so later stages (optimize, bench, push) slot in.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .convert import convert
+from .evaluate import evaluate
+from .reference import build_reference
+
+
+@dataclass
+class DemoRow:
+    model: str
+    accuracy: float
+    size_bytes: int
+    size_ratio: float
+    full_integer: str
+
+
+@dataclass
+class DemoResult:
+    rows: list[DemoRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_demo(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
+             say: Callable[[str], None] = print) -> DemoResult:
+    """Run the demo and return its table; ``say`` reports each step as it starts."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    say("1. reference model: digits CNN on scikit-learn's handwritten digits (built if missing)")
+    ref = build_reference("digits", models_dir)
+    say("2. convert: float32 and verified full-integer int8 TFLite")
+    f32 = convert(ref.model, out / "digits_float32.tflite", quant="none")
+    i8 = convert(ref.model, out / "digits_int8.tflite", calib=ref.train)
+    say("3. evaluate on the held-out split")
+    keras_acc = evaluate(ref.model, ref.test).accuracy
+    rows = [
+        DemoRow("keras float32", keras_acc, os.path.getsize(ref.model), float("nan"), "-"),
+        _tflite_row("tflite float32", f32, ref.test, f32.size_bytes),
+        _tflite_row("tflite int8", i8, ref.test, f32.size_bytes),
+    ]
+    return DemoResult(rows=rows, notes=[f"int8 accuracy drop: {100 * (keras_acc - rows[2].accuracy):.2f} points"])
+
+
+def _tflite_row(label: str, result, test_data: str, float_bytes: int) -> DemoRow:
+    acc = evaluate(result.output, test_data).accuracy
+    return DemoRow(label, acc, result.size_bytes, result.size_bytes / float_bytes,
+                   "yes" if result.full_integer else "no")

@@ -1,0 +1,159 @@
+"""Reports on model files: ops, dtypes, sizes and the full-integer verdict for ``.tflite``;
+layers and parameters for Keras models.
+
+Example:
+    >>> report = inspect("model.tflite")
+    >>> report.full_integer, report.size_bytes
+    (True, 7480)
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .loading import detect_format, load_keras_model
+from .tflite_model import Op, Tensor, TfliteModel, read_tflite
+from .verify import FloatOp, find_float_ops
+
+
+@dataclass
+class OpRow:
+    op: str
+    count: int
+    input_dtypes: list[str]
+    output_dtypes: list[str]
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: list[int]
+    dtype: str
+    scale: float | None
+    zero_point: int | None
+
+
+@dataclass
+class TfliteReport:
+    path: str
+    format: str
+    size_bytes: int
+    ops: list[OpRow]
+    bytes_by_dtype: dict[str, int]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    full_integer: bool
+    float_ops: list[FloatOp]
+    macs: int
+    min_runtime_version: str | None
+    parameters: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LayerRow:
+    name: str
+    type: str
+    output_shape: str
+    params: int
+
+
+@dataclass
+class KerasReport:
+    path: str
+    format: str
+    keras: str
+    keras_version: str
+    layers: list[LayerRow]
+    params: int
+    trainable_params: int
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def inspect(path: str | Path) -> TfliteReport | KerasReport:
+    """Report on a ``.tflite`` file or a Keras model file."""
+    fmt = detect_format(path)
+    if fmt.kind == "tflite":
+        return inspect_tflite(path)
+    return inspect_keras(fmt)
+
+
+def inspect_tflite(path: str | Path, io: str = "int8") -> TfliteReport:
+    model = read_tflite(path)
+    io = "float32" if any(t.dtype == "float32" for t in model.inputs + model.outputs) else io
+    float_ops = find_float_ops(model, io)
+    return TfliteReport(
+        path=str(path), format="tflite", size_bytes=model.size_bytes, ops=_op_rows(model.ops),
+        bytes_by_dtype=_bytes_by_dtype(model), inputs=[_tensor_info(t) for t in model.inputs],
+        outputs=[_tensor_info(t) for t in model.outputs], full_integer=not float_ops, float_ops=float_ops,
+        macs=sum(estimate_macs(op) for op in model.ops), min_runtime_version=model.min_runtime_version,
+        parameters=sum(t.data.size for t in model.tensors if t.data is not None and t.dtype != "int32"),
+    )
+
+
+def inspect_keras(fmt) -> KerasReport:
+    model = load_keras_model(fmt)
+    layers = [LayerRow(l.name, type(l).__name__, _output_shape(l), int(l.count_params())) for l in model.layers]
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    return KerasReport(
+        path=fmt.path, format=fmt.kind, keras=fmt.keras or "2", keras_version=fmt.keras_version,
+        layers=layers, params=int(model.count_params()), trainable_params=trainable,
+        inputs=[str(tuple(i.shape)) for i in model.inputs], outputs=[str(tuple(o.shape)) for o in model.outputs],
+    )
+
+
+def estimate_macs(op: Op) -> int:
+    """Multiply-accumulates of one op (convolutions and fully-connected layers)."""
+    if not op.outputs or len(op.inputs) < 2:
+        return 0
+    out = int(np.prod([max(d, 1) for d in op.outputs[0].shape]))
+    w = op.inputs[1].shape
+    if op.name == "CONV_2D" and len(w) == 4:
+        return out * w[1] * w[2] * w[3]
+    if op.name == "DEPTHWISE_CONV_2D" and len(w) == 4:
+        return out * w[1] * w[2]
+    if op.name == "FULLY_CONNECTED" and len(w) == 2:
+        return out * w[1]
+    if op.name == "TRANSPOSE_CONV" and len(op.inputs) > 2 and len(op.inputs[1].shape) == 4:
+        w = op.inputs[1].shape
+        return int(np.prod([max(d, 1) for d in op.inputs[2].shape])) * w[0] * w[1] * w[2]
+    return 0
+
+
+def _op_rows(ops: list[Op]) -> list[OpRow]:
+    counts: Counter = Counter()
+    dtypes: dict[str, tuple[set, set]] = defaultdict(lambda: (set(), set()))
+    for op in ops:
+        counts[op.name] += 1
+        dtypes[op.name][0].update(t.dtype for t in op.inputs)
+        dtypes[op.name][1].update(t.dtype for t in op.outputs)
+    return [OpRow(name, n, sorted(dtypes[name][0]), sorted(dtypes[name][1])) for name, n in counts.most_common()]
+
+
+def _bytes_by_dtype(model: TfliteModel) -> dict[str, int]:
+    out: Counter = Counter()
+    for t in model.tensors:
+        out[t.dtype] += t.nbytes
+    return {k: v for k, v in out.most_common() if v}
+
+
+def _tensor_info(t: Tensor) -> TensorInfo:
+    return TensorInfo(t.name, list(t.shape), t.dtype, t.scale[0] if t.scale else None,
+                      t.zero_point[0] if t.zero_point else None)
+
+
+def _output_shape(layer) -> str:
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError):
+        return "?"
+    return str(tuple(shape)).replace("None", "?")
