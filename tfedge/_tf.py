@@ -30,7 +30,7 @@ def prepare_environment(legacy_keras: bool = True) -> None:
 def import_tf():
     """Return the ``tensorflow`` module, imported with Keras 2 selected and logs quieted."""
     prepare_environment()
-    with _quiet_native_stderr():
+    with quiet_native_stderr():
         import tensorflow as tf
 
     if not debug_enabled():
@@ -43,7 +43,7 @@ def import_tf():
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr():
+def quiet_native_stderr():
     """Hide what TensorFlow's C++ side prints while it loads (CUDA probes and the like)."""
     if debug_enabled():
         yield

@@ -81,37 +81,19 @@ def predict(model, x: np.ndarray, *, progress: bool = False, threads: int | None
 
 def predict_tflite(path, x: np.ndarray, *, progress: bool = False, threads: int | None = None) -> np.ndarray:
     """Run a ``.tflite`` model sample by sample, quantizing inputs and dequantizing outputs."""
+    from .device import bench_device as device
     from .runtime import load_interpreter
     from .tflite_model import read_tflite
 
     read_tflite(path)  # a damaged file fails here, cleanly, before the interpreter sees it
     interp, _ = load_interpreter(str(path), threads=threads)
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    check_fits(x, tuple(inp["shape"]), "data")
+    detail = interp.get_input_details()[0]
+    check_fits(x, tuple(detail["shape"]), "data")
     results = []
     for sample in progress_iter(x, "Evaluating", progress):
-        interp.set_tensor(inp["index"], quantize(sample[None, ...], inp))
-        interp.invoke()
-        results.append(dequantize(interp.get_tensor(out["index"]), out)[0])
+        device.run_once(interp, [device.prepare_input(detail, sample[None, ...])])
+        results.append(device.output_of(interp)[1][0])
     return np.stack(results)
-
-
-def quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Float ``x`` in the dtype an interpreter input wants, with its scale and zero point."""
-    dtype = np.dtype(detail["dtype"])
-    scale, zero = detail.get("quantization", (0.0, 0))
-    if not np.issubdtype(dtype, np.integer) or not scale:
-        return x.astype(dtype)
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-
-
-def dequantize(q: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero = detail.get("quantization", (0.0, 0))
-    if not np.issubdtype(q.dtype, np.integer) or not scale:
-        return q.astype(np.float32)
-    return ((q.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
 def _score(name: str, ds: Dataset, outputs: np.ndarray) -> EvalResult:

@@ -1,6 +1,21 @@
 """The TFLite interpreter on this machine: ai-edge-litert, else tflite-runtime.
 
 The detection logic lives in the standalone device script (it must run on a bare board
-without tfedge); the host side uses the very same code.
+without tfedge); the host side uses the very same code and turns its errors into
+tfedge's typed errors.
 """
-from .device.bench_device import load_interpreter  # noqa: F401
+from __future__ import annotations
+
+from ._tf import quiet_native_stderr
+from .device import bench_device
+from .errors import BenchError, ModelLoadError
+
+
+def load_interpreter(path: str, threads: int | None = None, xnnpack: bool = True):
+    """An allocated interpreter for ``path`` and the runtime that made it: ``(interp, info)``."""
+    try:
+        with quiet_native_stderr():  # LiteRT announces its delegates on stderr
+            return bench_device.load_interpreter(path, threads=threads, xnnpack=xnnpack)
+    except bench_device.DeviceError as exc:
+        cls = BenchError if exc.kind == "runtime_missing" else ModelLoadError
+        raise cls(exc.message, exc.hint) from exc
