@@ -97,3 +97,31 @@ def test_h5_and_savedmodel_inputs(digits, tmp_path):
 def test_int8_without_calibration_is_a_usage_error(digits, tmp_path):
     with pytest.raises(UsageError, match="--calib"):
         tfedge.convert(digits.model, tmp_path / "x.tflite")
+
+
+def test_converter_crash_is_a_clear_error(run_cli, tmp_path):
+    """A Lambda that kills its own process with SIGSEGV when the model is built: a real crash."""
+    from tfedge._tf import import_keras
+
+    k = import_keras()
+    crash = "lambda t: (__import__('os').kill(__import__('os').getpid(), 11), t)[1]"
+    crashing = k.Sequential([k.layers.InputLayer(input_shape=(4,)), k.layers.Lambda(lambda t: t, name="boom")])
+    crashing.layers[0].function = eval(crash)  # swapped in after building, so only the child runs it
+    crashing.save(tmp_path / "crash.h5")
+    result = run_cli("convert", tmp_path / "crash.h5", "--quant", "none", "-o", tmp_path / "c.tflite", expect=1)
+    assert_one_error_line(result, "converter crashed (SIGSEGV)")
+    assert not (tmp_path / "c.tflite").exists()
+
+
+def test_recurrent_layer_failure_names_the_fix(tmp_path):
+    from tfedge._tf import import_keras
+    from tfedge.errors import ConversionError
+
+    k = import_keras()
+    model = k.Sequential([k.layers.InputLayer(input_shape=(5, 4)), k.layers.GRU(4), k.layers.Dense(2)])
+    model.save(tmp_path / "gru.keras")
+    x = np.random.default_rng(0).normal(size=(8, 5, 4)).astype(np.float32)
+    with pytest.raises(ConversionError, match="TensorListReserve") as info:
+        tfedge.convert(tmp_path / "gru.keras", tmp_path / "gru.tflite", calib=x)
+    assert "unroll=True" in info.value.hint
+    assert not (tmp_path / "gru.tflite").exists()

@@ -28,8 +28,7 @@ def main(job_path: str) -> int:
         return 1
     except Exception as exc:  # the converter's own errors: keep the useful line
         traceback.print_exc()
-        _write_result(job, {"error": {"type": "ConversionError", "message": _converter_message(exc),
-                                      "hint": "run with --debug to see the converter's log"}})
+        _write_result(job, {"error": _converter_error(exc)})
         return 1
     _write_result(job, {"ok": True, **data})
     return 0
@@ -112,10 +111,16 @@ def _saved_model_input_shapes(tf, path: str) -> list[tuple]:
     return [tuple(spec.shape) for spec in sig.structured_input_signature[1].values()]
 
 
-def _converter_message(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if "error:" in ln]
-    text = lines[0] if lines else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return "the TFLite converter failed: " + text[:400]
+def _converter_error(exc: Exception) -> dict:
+    """The converter's useful line (it prints whole MLIR dumps), as a ConversionError payload."""
+    text = str(exc)
+    lines = [ln.split("error: ", 1)[1].strip() for ln in text.splitlines() if "error: " in ln]
+    first = lines[0] if lines else (text.strip().splitlines() or [type(exc).__name__])[0]
+    hint = "run with --debug to see the converter's log"
+    if "TensorList" in text:
+        hint = ("recurrent layers (LSTM/GRU) convert only with a fixed batch size or unroll=True: rebuild the "
+                "model with Input(batch_size=1) or the layer with unroll=True")
+    return {"type": "ConversionError", "message": "the TFLite converter failed: " + first[:400], "hint": hint}
 
 
 def _write_result(job: dict, result: dict) -> None:
