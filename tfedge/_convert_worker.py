@@ -116,6 +116,8 @@ def _converter_error(exc: Exception) -> dict:
     text = str(exc)
     lines = [ln.split("error: ", 1)[1].strip() for ln in text.splitlines() if "error: " in ln]
     first = lines[0] if lines else (text.strip().splitlines() or [type(exc).__name__])[0]
+    if first.startswith("loc("):  # an MLIR source location before the message
+        first = first.rsplit("): ", 1)[-1]
     hint = "run with --debug to see the converter's log"
     if "TensorList" in text:
         hint = ("recurrent layers (LSTM/GRU) convert only with a fixed batch size or unroll=True: rebuild the "

@@ -6,6 +6,7 @@ Loading imports TensorFlow lazily.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,27 @@ def load_keras_model(fmt: ModelFormat, compile: bool = False):
 
     keras2 = import_keras()
     return _load_with(keras2.models.load_model, fmt, compile)
+
+
+def load_tf_keras_model(model):
+    """A tf_keras (Keras 2) model for tfmot from a path, a ModelFormat or an in-memory model.
+
+    Keras 3 files and models go through the verified bridge (``tfedge.keras3_bridge``).
+    """
+    from .keras3_bridge import bridge_keras3_file, bridge_keras3_model
+
+    if not isinstance(model, (str, os.PathLike, ModelFormat)):
+        return bridge_keras3_model(model) if _is_keras3_object(model) else model
+    fmt = model if isinstance(model, ModelFormat) else detect_format(model)
+    if fmt.kind == "savedmodel" and fmt.keras != "2":
+        raise ModelLoadError(f"{fmt.path} is an exported SavedModel: it holds a graph, not Keras layers",
+                             "pass the .keras file for tfmot passes; a SavedModel converts directly with "
+                             "`tfedge convert` or the post-training `int8` recipe")
+    return bridge_keras3_file(fmt.path) if fmt.is_keras3 else load_keras_model(fmt)
+
+
+def _is_keras3_object(model) -> bool:
+    return type(model).__module__.split(".")[0] == "keras"
 
 
 def _load_with(loader, fmt: ModelFormat, compile: bool):

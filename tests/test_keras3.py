@@ -1,0 +1,200 @@
+"""Keras 3 models in: the verified bridge into tf_keras, and the direct conversion path."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import tfedge
+from tfedge.errors import ModelLoadError
+from tfedge.keras3_bridge import bridge_keras3_model, verify_same_outputs
+from tfedge.loading import detect_format, load_tf_keras_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def keras3():
+    from tfedge._tf import import_keras, quiet_native_stderr
+
+    import_keras()
+    with quiet_native_stderr():
+        import keras
+    keras.utils.set_random_seed(0)
+    return keras
+
+
+def _one_layer_model(keras, name: str):
+    """A small Keras 3 model around the layer ``name``."""
+    L = keras.layers
+    image = lambda: keras.Input((8, 8, 3))  # noqa: E731
+    seq = lambda: keras.Input((6, 4))  # noqa: E731
+    vec = lambda: keras.Input((6,))  # noqa: E731
+    cases = {
+        "InputLayer": (vec, lambda x: x),
+        "Dense": (vec, lambda x: L.Dense(3, activation="relu")(x)),
+        "Conv1D": (seq, lambda x: L.Conv1D(3, 2)(x)),
+        "Conv2D": (image, lambda x: L.Conv2D(4, 3, strides=2, padding="same")(x)),
+        "DepthwiseConv2D": (image, lambda x: L.DepthwiseConv2D(3, depth_multiplier=2)(x)),
+        "SeparableConv2D": (image, lambda x: L.SeparableConv2D(4, 3)(x)),
+        "BatchNormalization": (image, lambda x: L.BatchNormalization(momentum=0.9)(x)),
+        "LayerNormalization": (seq, lambda x: L.LayerNormalization()(x)),
+        "Activation": (vec, lambda x: L.Activation("swish")(x)),
+        "ReLU": (vec, lambda x: L.ReLU(max_value=0.5)(x)),
+        "Softmax": (vec, lambda x: L.Softmax()(x)),
+        "LeakyReLU": (vec, lambda x: L.LeakyReLU(negative_slope=0.2)(x)),
+        "ELU": (vec, lambda x: L.ELU()(x)),
+        "MaxPooling2D": (image, lambda x: L.MaxPooling2D(2)(x)),
+        "AveragePooling2D": (image, lambda x: L.AveragePooling2D(2)(x)),
+        "GlobalAveragePooling2D": (image, lambda x: L.GlobalAveragePooling2D()(x)),
+        "Flatten": (image, lambda x: L.Flatten()(x)),
+        "Reshape": (image, lambda x: L.Reshape((64, 3))(x)),
+        "Dropout": (vec, lambda x: L.Dropout(0.5)(x)),
+        "Add": (vec, lambda x: L.Add()([x, L.Dense(6)(x)])),
+        "Concatenate": (vec, lambda x: L.Concatenate()([x, L.Dense(2)(x)])),
+        "Multiply": (vec, lambda x: L.Multiply()([x, L.Dense(6)(x)])),
+        "ZeroPadding2D": (image, lambda x: L.ZeroPadding2D(((1, 0), (2, 1)))(x)),
+        "Rescaling": (image, lambda x: L.Rescaling(1 / 127.5, offset=-1)(x)),
+        "LSTM": (seq, lambda x: L.LSTM(5)(x)),
+        "GRU": (seq, lambda x: L.GRU(5, return_sequences=True)(x)),
+    }
+    make_input, body = cases[name]
+    inp = make_input()
+    return keras.Model(inp, body(inp))
+
+
+LAYERS = ["InputLayer", "Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
+          "LayerNormalization", "Activation", "ReLU", "Softmax", "LeakyReLU", "ELU", "MaxPooling2D",
+          "AveragePooling2D", "GlobalAveragePooling2D", "Flatten", "Reshape", "Dropout", "Add", "Concatenate",
+          "Multiply", "ZeroPadding2D", "Rescaling", "LSTM", "GRU"]
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_each_listed_layer_bridges_exactly(keras3, layer):
+    model3 = _one_layer_model(keras3, layer)
+    for weight in model3.weights:  # non-trivial values, e.g. BatchNorm statistics
+        weight.assign(np.random.default_rng(1).normal(size=weight.shape).astype("float32") * 0.3
+                      + (1.0 if "variance" in weight.path else 0.0))
+    model2 = bridge_keras3_model(model3)
+    assert type(model2).__module__.startswith("tf_keras")
+    x = np.random.default_rng(2).normal(size=(4, *model3.inputs[0].shape[1:])).astype("float32")
+    np.testing.assert_allclose(model3(x), model2(x), rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_bridges(keras3):
+    L = keras3.layers
+    inp = keras3.Input((7,), dtype="int32")
+    model3 = keras3.Model(inp, L.GlobalAveragePooling1D()(L.Embedding(20, 4)(inp)))
+    model2 = bridge_keras3_model(model3)
+    tokens = np.arange(14).reshape(2, 7).astype("int32")
+    np.testing.assert_allclose(model3(tokens), model2(tokens), rtol=1e-5, atol=1e-6)
+
+
+def test_verification_names_the_layer_that_diverged(keras3):
+    from tfedge._tf import import_keras
+
+    model3 = _one_layer_model(keras3, "Conv2D")
+    k2 = import_keras()
+    twin = k2.models.clone_model(bridge_keras3_model(model3))
+    conv = next(l for l in twin.layers if l.weights)
+    conv.set_weights([w + 0.01 for w in model3.get_layer(conv.name).get_weights()])
+    with pytest.raises(ModelLoadError, match=f"first at layer '{conv.name}'"):
+        verify_same_outputs(model3, twin)
+
+
+def test_subclassed_model_is_refused(keras3):
+    class Tiny(keras3.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras3.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    model = Tiny()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(ModelLoadError, match="subclassed Keras model .Tiny.") as info:
+        bridge_keras3_model(model)
+    assert "Functional" in info.value.hint
+
+
+def test_custom_layer_is_named(keras3):
+    class Scale(keras3.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    inp = keras3.Input((3,))
+    model = keras3.Model(inp, keras3.layers.Dense(2, name="head")(Scale(name="my_scale")(inp)))
+    with pytest.raises(ModelLoadError, match=r"cannot translate these layers: my_scale \(Scale\)"):
+        bridge_keras3_model(model)
+
+
+def _residual_mobilenet_like(keras):
+    L = keras.layers
+    inp = keras.Input((16, 16, 3), name="image")
+    x = L.Rescaling(1 / 255.0)(inp)
+    x = L.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(x)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU(max_value=6.0)(x)
+    y = L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    y = L.BatchNormalization()(y)
+    y = L.ReLU(max_value=6.0)(y)
+    y = L.Conv2D(8, 1, use_bias=False)(y)
+    y = L.BatchNormalization()(y)
+    x = L.Add()([x, y])
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, L.Dense(4)(x), name="mobilenet_like")
+
+
+def _two_inputs(keras):
+    L = keras.layers
+    a, b = keras.Input((6,), name="a"), keras.Input((4,), name="b")
+    x = L.Concatenate()([L.Dense(5, activation="relu")(a), L.Dense(5, activation="relu")(b)])
+    return keras.Model([a, b], [L.Dense(3, name="cls")(x), L.Dense(1, name="reg")(x)])
+
+
+def test_keras3_file_converts_directly_and_bridges(keras3, tmp_path, run_cli):
+    model3 = _residual_mobilenet_like(keras3)
+    path = tmp_path / "k3.keras"
+    model3.save(path)
+    assert detect_format(path).is_keras3
+    x = np.random.default_rng(0).uniform(0, 255, size=(64, 16, 16, 3)).astype("float32")
+    np.savez(tmp_path / "calib.npz", x=x)
+    result = json.loads(run_cli("convert", path, "--calib", tmp_path / "calib.npz", "-o", tmp_path / "k3.tflite",
+                                "--json").stdout)
+    assert result["full_integer"] and result["keras"] == "3"
+    model2 = load_tf_keras_model(path)
+    assert type(model2).__module__.startswith("tf_keras")
+    report = json.loads(run_cli("inspect", path, "--json").stdout)
+    assert report["keras"] == "3" and report["keras_version"].startswith("3.")
+    assert "Keras 3." in run_cli("inspect", path).stdout
+
+
+def test_keras3_h5_and_two_inputs_bridge(keras3, tmp_path):
+    model3 = _two_inputs(keras3)
+    model3.save(tmp_path / "two.h5")
+    fmt = detect_format(tmp_path / "two.h5")
+    assert fmt.kind == "h5" and fmt.is_keras3
+    model2 = load_tf_keras_model(fmt)
+    assert [o.shape[-1] for o in model2.outputs] == [3, 1]
+
+
+def test_lstm_classifier_bridges_and_converts(keras3, tmp_path):
+    """Recurrent layers convert with a fixed batch size of 1 (a dynamic batch fails in the converter)."""
+    L = keras3.layers
+    inp = keras3.Input((10,), batch_size=1, dtype="int32")
+    model3 = keras3.Model(inp, L.Dense(3)(L.LSTM(8)(L.Embedding(30, 8)(inp))))
+    model3.save(tmp_path / "lstm.keras")
+    assert load_tf_keras_model(tmp_path / "lstm.keras") is not None
+    result = tfedge.convert(tmp_path / "lstm.keras", tmp_path / "lstm.tflite", quant="dynamic")
+    assert result.size_bytes > 0
+
+
+def test_exported_savedmodel_converts_but_cannot_take_tfmot_passes(keras3, tmp_path):
+    model3 = _residual_mobilenet_like(keras3)
+    model3.export(tmp_path / "exported", verbose=False)
+    x = np.random.default_rng(0).uniform(0, 255, size=(32, 16, 16, 3)).astype("float32")
+    assert tfedge.convert(tmp_path / "exported", tmp_path / "e.tflite", calib=x).full_integer
+    with pytest.raises(ModelLoadError, match="exported SavedModel"):
+        load_tf_keras_model(tmp_path / "exported")

@@ -1,0 +1,232 @@
+"""Keras 3 models in: rebuild a Keras 3 model as a tf_keras (Keras 2) model, then prove it.
+
+tfmot works only on tf_keras. The bridge translates the Keras 3 config (layer arguments,
+dtype policies, the graph's node format) into tf_keras form, builds the model, copies the
+weights layer by layer, and checks both models agree on seeded inputs
+(``allclose(rtol=1e-5, atol=1e-6)``); otherwise it names the first layer that diverged.
+
+Example:
+    >>> model = bridge_keras3_file("model_k3.keras")   # a tf_keras.Model, verified
+"""
+from __future__ import annotations
+
+import inspect as pyinspect
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelLoadError
+
+SUPPORTED_LAYERS = frozenset({
+    "InputLayer", "Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
+    "LayerNormalization", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "MaxPooling1D",
+    "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Dropout", "SpatialDropout2D", "Add",
+    "Subtract", "Concatenate", "Multiply", "Average", "Maximum", "Minimum", "ZeroPadding1D", "ZeroPadding2D",
+    "Rescaling", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Permute", "UpSampling2D",
+    "Cropping2D", "Conv2DTranspose",
+})
+BASE_LAYER_KWARGS = frozenset({"name", "trainable", "dtype", "input_shape", "batch_input_shape", "batch_size",
+                               "input_dim"})
+# Keras 3 argument names that tf_keras spells differently, per layer.
+RENAMED_ARGS = {
+    "InputLayer": {"batch_shape": "batch_input_shape"},
+    "LeakyReLU": {"negative_slope": "alpha"},
+}
+SEEDED_INPUTS = 32
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def bridge_keras3_file(path: str):
+    """Load a Keras 3 ``.keras``/``.h5`` file and return the verified tf_keras model."""
+    from ._tf import import_keras, quiet_native_stderr
+
+    with quiet_native_stderr():
+        import keras
+    import_keras()
+    try:
+        model3 = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise ModelLoadError(f"Keras 3 cannot load {path}: {_first_line(exc)}",
+                             "custom layers must be registered with keras.saving.register_keras_serializable"
+                             ) from exc
+    return bridge_keras3_model(model3)
+
+
+def bridge_keras3_model(model3):
+    """Rebuild the in-memory Keras 3 ``model3`` in tf_keras, copy its weights and verify it."""
+    _check_translatable(model3)
+    model2 = _build_tf_keras(model3)
+    _copy_weights(model3, model2)
+    verify_same_outputs(model3, model2)
+    return model2
+
+
+def _check_translatable(model3) -> None:
+    kind = type(model3).__name__
+    if kind not in ("Sequential", "Functional"):
+        raise ModelLoadError(
+            f"the model is a subclassed Keras model ({kind}); its architecture is Python code, not data",
+            "rewrite it with the Functional API (keras.Model(inputs, outputs)) or Sequential")
+    unknown = [f"{layer.name} ({type(layer).__name__})" for layer in model3.layers
+               if type(layer).__name__ not in SUPPORTED_LAYERS or not type(layer).__module__.startswith("keras")]
+    if unknown:
+        raise ModelLoadError(
+            "the Keras 3 bridge cannot translate these layers: " + ", ".join(unknown),
+            "use built-in layers for a model that needs tfmot passes, or convert it directly with "
+            "`tfedge convert` / a post-training recipe (no bridge needed); custom layers need a "
+            "tf_keras twin registered as a custom object")
+
+
+def _build_tf_keras(model3):
+    from ._tf import import_keras
+
+    k2 = import_keras()
+    config = model3.get_config()
+    if type(model3).__name__ == "Sequential":
+        layers = [_layer_entry(entry, k2) for entry in config["layers"]]
+        return k2.Sequential.from_config({"name": config.get("name", "sequential"), "layers": layers})
+    functional = {
+        "name": config.get("name", "model"),
+        "layers": [dict(_layer_entry(e, k2), name=e["name"], inbound_nodes=_nodes(e["inbound_nodes"]))
+                   for e in config["layers"]],
+        "input_layers": _endpoints(config["input_layers"]),
+        "output_layers": _endpoints(config["output_layers"]),
+    }
+    try:
+        return k2.Model.from_config(functional)
+    except Exception as exc:
+        raise ModelLoadError(f"tf_keras could not rebuild the Keras 3 graph: {_first_line(exc)}",
+                             "convert the model directly with `tfedge convert` (no tfmot passes)") from exc
+
+
+def _layer_entry(entry: dict, k2) -> dict:
+    cls_name = entry["class_name"]
+    cls = getattr(k2.layers, cls_name)
+    config = _layer_config(cls_name, entry["config"], cls, k2)
+    return {"class_name": cls_name, "config": config}
+
+
+def _layer_config(cls_name: str, config: dict, cls, k2) -> dict:
+    out = {}
+    accepted = _accepted_args(cls)
+    renames = RENAMED_ARGS.get(cls_name, {})
+    for key, value in config.items():
+        key = renames.get(key, key)
+        if key.endswith("_initializer") or (accepted is not None and key not in accepted):
+            continue  # weights are copied, so initializers do not matter
+        out[key] = _value(key, value, k2)
+    if cls_name == "Bidirectional":
+        out["layer"] = _layer_entry(config["layer"], k2)
+        if config.get("backward_layer"):
+            out["backward_layer"] = _layer_entry(config["backward_layer"], k2)
+    return out
+
+
+def _accepted_args(cls) -> set[str] | None:
+    params = pyinspect.signature(cls.__init__).parameters
+    names = {n for n in params if n != "self"}
+    return names | BASE_LAYER_KWARGS
+
+
+def _value(key: str, value: Any, k2) -> Any:
+    if key == "dtype" and isinstance(value, dict):
+        return value.get("config", {}).get("name", "float32")
+    if isinstance(value, dict) and "class_name" in value:
+        return {"class_name": value["class_name"], "config": value.get("config", {})}
+    return value
+
+
+def _nodes(inbound_nodes: list) -> list:
+    """Keras 3 ``{"args": [tensors...], "kwargs": {}}`` nodes -> tf_keras ``[[name, node, index, kwargs]]``."""
+    out = []
+    for node in inbound_nodes:
+        kwargs = {k: v for k, v in node.get("kwargs", {}).items() if not _is_tensor(v)}
+        out.append([[*history, kwargs] for history in _histories(node.get("args", []))])
+    return out
+
+
+def _histories(value) -> list:
+    if _is_tensor(value):
+        return [list(value["config"]["keras_history"])]
+    if isinstance(value, (list, tuple)):
+        return [h for item in value for h in _histories(item)]
+    return []
+
+
+def _is_tensor(value) -> bool:
+    return isinstance(value, dict) and value.get("class_name") == "__keras_tensor__"
+
+
+def _endpoints(value: list) -> list:
+    return [value] if value and isinstance(value[0], str) else value
+
+
+def _copy_weights(model3, model2) -> None:
+    for layer3 in model3.layers:
+        weights = layer3.get_weights()
+        if not weights:
+            continue
+        layer2 = model2.get_layer(layer3.name)
+        try:
+            layer2.set_weights(weights)
+        except ValueError as exc:
+            raise ModelLoadError(f"layer '{layer3.name}': weights do not fit the tf_keras rebuild "
+                                 f"({_first_line(exc)})", "convert the model directly with `tfedge convert`") from exc
+
+
+def seeded_inputs(model, count: int = SEEDED_INPUTS, seed: int = 0) -> list[np.ndarray]:
+    """Inputs for ``model``: normal floats, or token ids below every Embedding's vocabulary."""
+    rng = np.random.default_rng(seed)
+    vocab = min([l.input_dim for l in model.layers if type(l).__name__ == "Embedding"] or [10])
+    out = []
+    for tensor in model.inputs:
+        shape = (count, *[d or 1 for d in tuple(tensor.shape)[1:]])
+        dtype = np.dtype(getattr(tensor.dtype, "name", tensor.dtype))
+        if np.issubdtype(dtype, np.integer):
+            out.append(rng.integers(0, vocab, size=shape).astype(dtype))
+        else:
+            out.append(rng.normal(size=shape).astype(np.float32))
+    return out
+
+
+def verify_same_outputs(model3, model2) -> None:
+    """Raise ModelLoadError naming the first diverging layer unless both models agree."""
+    x = seeded_inputs(model3)
+    if _allclose(_predict(model3, x), _predict(model2, x)):
+        return
+    layer = _first_diverging_layer(model3, model2, x)
+    raise ModelLoadError(
+        f"the tf_keras rebuild differs from the Keras 3 model (first at layer '{layer}')",
+        "convert the model directly with `tfedge convert` or a post-training recipe; report the layer to tfedge")
+
+
+def _predict(model, x: list[np.ndarray]) -> list[np.ndarray]:
+    out = model(x if len(x) > 1 else x[0], training=False)
+    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+
+def _allclose(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(p.shape == q.shape and np.allclose(p, q, rtol=RTOL, atol=ATOL)
+                                    for p, q in zip(a, b))
+
+
+def _first_diverging_layer(model3, model2, x) -> str:
+    import keras
+
+    from ._tf import import_keras
+
+    k2 = import_keras()
+    for layer3 in model3.layers:
+        if type(layer3).__name__ == "InputLayer":
+            continue
+        probe3 = keras.Model(model3.inputs, layer3.output)
+        probe2 = k2.Model(model2.inputs, model2.get_layer(layer3.name).output)
+        if not _allclose(_predict(probe3, x), _predict(probe2, x)):
+            return layer3.name
+    return model3.layers[-1].name
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
