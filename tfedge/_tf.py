@@ -33,6 +33,8 @@ def import_tf():
     with quiet_native_stderr():
         import tensorflow as tf
 
+        tf.config.list_physical_devices()  # the CUDA probe logs once, here, while quiet
+
     if not debug_enabled():
         tf.get_logger().setLevel(logging.ERROR)
         logging.getLogger("absl").setLevel(logging.ERROR)
@@ -65,3 +67,11 @@ def import_keras():
     import tf_keras
 
     return tf_keras
+
+
+def import_keras3():
+    """Return the ``keras`` package (Keras 3), imported quietly, for reading Keras 3 files."""
+    import_tf()
+    with quiet_native_stderr():
+        import keras
+    return keras

@@ -39,10 +39,9 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def bridge_keras3_file(path: str):
     """Load a Keras 3 ``.keras``/``.h5`` file and return the verified tf_keras model."""
-    from ._tf import import_keras, quiet_native_stderr
+    from ._tf import import_keras, import_keras3
 
-    with quiet_native_stderr():
-        import keras
+    keras = import_keras3()
     import_keras()
     try:
         model3 = keras.models.load_model(path, compile=False)

@@ -59,9 +59,9 @@ def load_keras_model(fmt: ModelFormat, compile: bool = False):
     if fmt.kind == "tflite":
         raise ModelLoadError(f"{fmt.path} is already a TFLite model", "pass the Keras model instead")
     if fmt.is_keras3:
-        import keras
+        from ._tf import import_keras3
 
-        return _load_with(keras.models.load_model, fmt, compile)
+        return _load_with(import_keras3().models.load_model, fmt, compile)
     from ._tf import import_keras
 
     keras2 = import_keras()
