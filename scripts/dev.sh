@@ -50,9 +50,22 @@ install_python_packages() {
   fi
 }
 
+setup_emulator() {
+  # The emulated aarch64 Raspberry Pi for `tfedge bench --target qemu` (cached, idempotent).
+  log "emulated aarch64 root (tfedge emulator setup; built once, then cached)"
+  if [ "$(id -u)" -eq 0 ] || unshare --map-root-user true 2>/dev/null; then
+    "$VENV/bin/tfedge" emulator setup
+  else  # build as root into this user's cache, then hand the files back
+    local cache="${XDG_CACHE_HOME:-$HOME/.cache}"
+    as_root env XDG_CACHE_HOME="$cache" "$VENV/bin/tfedge" emulator setup
+    as_root chown -R "$(id -u):$(id -g)" "$cache/tfedge"
+  fi
+}
+
 setup() {
   install_debian_packages
   install_python_packages
+  setup_emulator
 }
 
 case "${1:-}" in

@@ -19,6 +19,9 @@ COMMANDS = {
     "inspect": "inspect:inspect_cmd",
     "evaluate": "evaluate:evaluate_cmd",
     "demo": "demo:demo_cmd",
+    "profiles": "profiles:profiles_cmd",
+    "bench": "bench:bench_cmd",
+    "emulator": "emulator:emulator_cmd",
 }
 
 

@@ -1,0 +1,1 @@
+../tfedge/device/bench_device.py
