@@ -125,3 +125,22 @@ def test_recurrent_layer_failure_names_the_fix(tmp_path):
         tfedge.convert(tmp_path / "gru.keras", tmp_path / "gru.tflite", calib=x)
     assert "unroll=True" in info.value.hint
     assert not (tmp_path / "gru.tflite").exists()
+
+
+def test_profile_budget_failure_names_the_number(run_cli, digits, tmp_path):
+    import yaml
+
+    from tfedge.profiles import load_profile
+
+    base = load_profile("rpi4")
+    doc = yaml.safe_load(open(base.source).read())
+    doc["name"] = "tiny-board"
+    doc["budgets"]["max_model_bytes"] = 10_000
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "d.tflite"
+    result = run_cli("convert", digits.model, "--calib", digits.train, "-o", out, "--profile",
+                     tmp_path / "tiny.yaml", expect=1)
+    assert_one_error_line(result, "10,000")
+    assert not out.exists()
+    assert run_cli("convert", digits.model, "--calib", digits.train, "-o", out, "--profile", "rpi4", "--json")
+    assert out.exists()

@@ -14,11 +14,12 @@ __version__ = "0.1.0"
 
 # Binding the functions over the same-named submodules is deliberate: ``tfedge.convert``
 # is the function, ``tfedge.convert`` the module stays reachable through ``sys.modules``.
+from .bench import BenchResult, bench  # noqa: E402
 from .convert import ConvertResult, convert  # noqa: E402
 from .evaluate import CompareResult, EvalResult, compare, evaluate  # noqa: E402
 from .inspect import KerasReport, TfliteReport, inspect  # noqa: E402
 
 __all__ = [
-    "convert", "inspect", "evaluate", "compare",
-    "ConvertResult", "TfliteReport", "KerasReport", "EvalResult", "CompareResult",
+    "convert", "inspect", "evaluate", "compare", "bench",
+    "ConvertResult", "TfliteReport", "KerasReport", "EvalResult", "CompareResult", "BenchResult",
 ]
