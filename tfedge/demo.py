@@ -24,8 +24,19 @@ class DemoRow:
 
 
 @dataclass
+class BenchRow:
+    target: str
+    runtime: str
+    float32_p50_us: float
+    int8_p50_us: float
+    speedup: float
+    emulated: bool
+
+
+@dataclass
 class DemoResult:
     rows: list[DemoRow] = field(default_factory=list)
+    bench: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -46,7 +57,22 @@ def run_demo(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
         _tflite_row("tflite float32", f32, ref.test, f32.size_bytes),
         _tflite_row("tflite int8", i8, ref.test, f32.size_bytes),
     ]
-    return DemoResult(rows=rows, notes=[f"int8 accuracy drop: {100 * (keras_acc - rows[2].accuracy):.2f} points"])
+    say("4. benchmark int8 against float32: local CPU, then emulated Raspberry Pi 4 (qemu, Cortex-A72)")
+    bench_rows = [_bench_row(i8.output, f32.output, target, profile) for target, profile in DEMO_TARGETS]
+    notes = [f"int8 accuracy drop: {100 * (keras_acc - rows[2].accuracy):.2f} points",
+             "emulated timings are qemu's: relative comparisons only, never a device's latency"]
+    return DemoResult(rows=rows, bench=bench_rows, notes=notes)
+
+
+DEMO_TARGETS = (("local", "local"), ("qemu", "rpi4"))
+
+
+def _bench_row(int8_path: str, float_path: str, target: str, profile: str) -> BenchRow:
+    from .bench import bench
+
+    r = bench(int8_path, target=target, profile=profile, compare=float_path, runs=50, min_secs=0.3)
+    return BenchRow(r.target, f"{r.runtime['name']} {r.runtime['version']}", r.compare.latency_us.p50,
+                    r.latency_us.p50, r.speedup, r.emulated)
 
 
 def _tflite_row(label: str, result, test_data: str, float_bytes: int) -> DemoRow:

@@ -45,27 +45,29 @@ def bench_cmd(model: Path, target: str, profile: str | None, threads: int | None
         tfedge bench model_int8.tflite --target qemu --profile rpi4
         tfedge bench model_int8.tflite --target ssh://pi@raspberrypi.local --profile rpi4 --data eval.npz
     """
-    from .. import bench as api
+    from ..bench import bench, enforce_budgets
 
     options = dict(profile=profile, threads=threads, runs=runs, warmup=warmup, min_secs=min_secs, data=data,
                    compare=compare, xnnpack=not no_xnnpack, cpus=cpus, timeout=timeout,
                    python=remote_python, key=key, known_hosts=known_hosts)
     if inventory is not None:
-        return _inventory(api, model, inventory, target, options, as_json)
+        return _inventory(model, inventory, target, options, as_json)
     ssh_options = {k: options.pop(k) for k in ("python", "key", "known_hosts")}
     if not target.startswith("ssh://") and any(ssh_options.values()):
         raise UsageError("--remote-python, --key and --known-hosts only apply to ssh:// targets",
                          "drop them, or use --target ssh://user@host")
-    result = api.bench(model, target=target, **options, **{k: v for k, v in ssh_options.items() if v})
+    result = bench(model, target=target, **options, **{k: v for k, v in ssh_options.items() if v})
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_result(result))
-    api.enforce_budgets(result)
+    enforce_budgets(result)
 
 
-def _inventory(api, model, inventory, target, options, as_json) -> None:
+def _inventory(model, inventory, target, options, as_json) -> None:
+    from ..bench import bench_inventory
+
     if target != "local":
         raise UsageError("--inventory and --target cannot be combined", "put each device's target in the inventory")
     options = {k: v for k, v in options.items() if v is not None}
-    rows = api.bench_inventory(model, inventory, **options)
+    rows = bench_inventory(model, inventory, **options)
     click.echo(json.dumps([r.to_dict() for r in rows], indent=2) if as_json else format_rows(rows))
     failed = [r for r in rows if r.error]
     if failed:

@@ -24,5 +24,9 @@ def demo_cmd(models_dir, out_dir):
     echo_table(["model", "accuracy", "bytes", "size ratio", "full-integer"],
                [[r.model, r.accuracy, f"{r.size_bytes:,}", "-" if r.size_ratio != r.size_ratio else
                  f"{r.size_ratio:.3f}", r.full_integer] for r in result.rows])
+    click.echo()
+    echo_table(["target", "runtime", "float32 p50 us", "int8 p50 us", "int8 speed-up"],
+               [[b.target + (" (EMULATED)" if b.emulated else ""), b.runtime, f"{b.float32_p50_us:,.1f}",
+                 f"{b.int8_p50_us:,.1f}", f"{b.speedup:.2f}x"] for b in result.bench])
     for note in result.notes:
         click.echo(note)
