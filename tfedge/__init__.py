@@ -18,6 +18,7 @@ from .bench import BenchResult, bench  # noqa: E402
 from .convert import ConvertResult, convert  # noqa: E402
 from .evaluate import CompareResult, EvalResult, compare, evaluate  # noqa: E402
 from .inspect import KerasReport, TfliteReport, inspect  # noqa: E402
+from .pipeline import OptimizeResult, optimize  # noqa: E402
 
 __all__ = [
     "convert", "inspect", "evaluate", "compare", "bench",

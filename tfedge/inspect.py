@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .compat import compat_rows
 from .loading import detect_format, load_keras_model
 from .tflite_model import Op, Tensor, TfliteModel, read_tflite
 from .verify import FloatOp, find_float_ops
@@ -74,6 +75,7 @@ class KerasReport:
     trainable_params: int
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    compat: list = field(default_factory=list)  # tfedge.compat.LayerCompat: prune/cluster/qat per layer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,6 +110,7 @@ def inspect_keras(fmt) -> KerasReport:
         path=fmt.path, format=fmt.kind, keras=fmt.keras or "2", keras_version=fmt.keras_version,
         layers=layers, params=int(model.count_params()), trainable_params=trainable,
         inputs=[str(tuple(i.shape)) for i in model.inputs], outputs=[str(tuple(o.shape)) for o in model.outputs],
+        compat=compat_rows(fmt, model),
     )
 
 

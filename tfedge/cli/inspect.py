@@ -47,3 +47,7 @@ def _print_keras(r) -> None:
                f"{r.params:,} parameters ({r.trainable_params:,} trainable)")
     echo_table(["layer", "type", "output shape", "params"],
                [[l.name, l.type, l.output_shape, l.params] for l in r.layers])
+    if r.compat:
+        click.echo("\ncompression passes (yes / no / - nothing to do):")
+        echo_table(["layer", "prune", "cluster", "qat", "why not"],
+                   [[c.layer, c.prune, c.cluster, c.qat, c.notes] for c in r.compat])

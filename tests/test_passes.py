@@ -1,0 +1,155 @@
+"""Each pass alone, with real tfmot and real (short) training on the digits reference model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfedge.errors import RecipeError, TrainingError
+from tfedge.passes import PassContext, TrainConfig, build_pass
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    from tfedge.loading import load_tf_keras_model
+
+    return load_tf_keras_model(digits.model)
+
+
+@pytest.fixture(scope="module")
+def ctx(digits):
+    from tfedge.data import load_data
+
+    train, test = load_data(digits.train), load_data(digits.test)
+    return PassContext(x=train.x.astype(np.float32), y=train.y, train=TrainConfig(), seed=0,
+                       eval_x=test.x, eval_y=test.y)
+
+
+def _kernel(model, name):
+    return model.get_layer(name).kernel.numpy()
+
+
+def _int8(model, calib, tmp_path):
+    import tfedge
+    from tfedge.pipeline import weight_stats
+
+    out = tmp_path / "m.tflite"
+    assert tfedge.convert(model, out, calib=calib).full_integer
+    return weight_stats(out)
+
+
+def test_prune_reaches_target_in_keras_and_in_the_int8_tflite(teacher, ctx, tmp_path):
+    before = [w.copy() for w in teacher.get_weights()]
+    result = build_pass("prune", {"target_sparsity": 0.75, "epochs": 2}).apply(teacher, ctx)
+    for layer, sparsity in result.metrics["sparsity_by_layer"].items():
+        assert abs(sparsity - 0.75) <= 0.02, (layer, sparsity)
+    assert not any("prune" in type(l).__name__.lower() for l in result.model.layers)  # wrappers stripped
+    assert all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights()))  # input untouched
+    stats = _int8(result.model, ctx.x, tmp_path)
+    for layer in ("conv1", "conv2", "fc1", "logits"):
+        assert abs(stats["layers"][layer]["sparsity"] - 0.75) <= 0.02, (layer, stats["layers"][layer])
+    assert ctx.accuracy(result.model) > 0.9
+
+
+def test_prune_2_by_4_and_blocks(teacher, ctx):
+    m_by_n = build_pass("prune", {"structure": "2:4", "epochs": 1, "layer_types": ["Dense"]}).apply(teacher, ctx)
+    kernel = _kernel(m_by_n.model, "fc1")  # (in, out): groups of 4 along the input channels
+    groups = kernel.T.reshape(kernel.shape[1], -1, 4)
+    assert np.all(np.sum(groups == 0, axis=-1) >= 2)
+    blocks = build_pass("prune", {"target_sparsity": 0.5, "block_size": [1, 4], "epochs": 1}).apply(teacher, ctx)
+    assert set(blocks.metrics["sparsity_by_layer"]) == {"fc1", "logits"}  # block sparsity: rank-2 kernels only
+    quads = _kernel(blocks.model, "fc1").reshape(512, 16, 4)
+    zero_blocks = np.all(quads == 0, axis=-1)
+    assert np.array_equal(zero_blocks, np.any(quads == 0, axis=-1))  # blocks are zero together
+    assert abs(zero_blocks.mean() - 0.5) <= 0.02
+
+
+def test_cluster_after_prune_keeps_zeros_and_at_most_k_values(teacher, ctx, tmp_path):
+    pruned = build_pass("prune", {"target_sparsity": 0.5, "epochs": 1}).apply(teacher, ctx).model
+    ctx2 = PassContext(**{**ctx.__dict__, "applied": ("prune",)})
+    result = build_pass("cluster", {"clusters": 8, "epochs": 1}).apply(pruned, ctx2)
+    assert result.metrics["preserve_sparsity"] is True
+    for name in ("conv1", "conv2", "fc1", "logits"):
+        kernel = _kernel(result.model, name)
+        assert np.unique(kernel[kernel != 0]).size <= 8
+        assert abs(np.mean(kernel == 0) - np.mean(_kernel(pruned, name) == 0)) <= 0.01
+    stats = _int8(result.model, ctx.x, tmp_path)
+    assert stats["max_unique_per_channel"] <= 8 + 1  # per output channel in the int8 file, zero included
+    assert stats["sparsity"] >= 0.49
+
+
+def test_qat_lists_unsupported_layers_before_training_then_skips_them(ctx):
+    from tfedge._tf import import_keras
+
+    k = import_keras()
+    model = k.Sequential([k.layers.InputLayer(input_shape=(8, 8, 1)), k.layers.Flatten(name="flat"),
+                          k.layers.Dense(16, activation="relu", name="fc"),
+                          k.layers.LayerNormalization(name="norm"), k.layers.Dense(10, name="out")])
+    with pytest.raises(RecipeError, match=r"cannot quantize 1 layer\(s\): norm \(LayerNormalization\)"):
+        build_pass("qat", {}).check(model, ctx)
+    result = build_pass("qat", {"unsupported": "skip", "epochs": 1}).apply(model, ctx)
+    assert result.quantize_wrapped and result.metrics["skipped_layers"] == ["norm (LayerNormalization)"]
+
+
+def test_qat_picks_the_collaborative_scheme():
+    qat = build_pass("qat", {})
+    assert [qat.chosen_scheme(a) for a in [(), ("prune",), ("cluster",), ("prune", "cluster")]] == \
+        ["default", "pqat", "cqat", "pcqat"]
+
+
+def test_low_rank_parameter_count_as_computed(teacher, ctx):
+    lr = build_pass("low_rank", {"param_ratio": 0.25, "epochs": 0})
+    plans = lr.plan(teacher)
+    assert [p.layer for p in plans] == ["fc1"]  # logits is the output layer: left alone
+    rank = int(0.25 * 512 * 64 / (512 + 64))
+    assert plans[0].rank == rank
+    result = lr.apply(teacher, ctx)
+    assert result.model.count_params() == teacher.count_params() - 512 * 64 + rank * (512 + 64)
+    assert result.metrics["layers"]["fc1"] == {"rank": rank, "params_before": 512 * 64 + 64,
+                                               "params_after": rank * (512 + 64) + 64}
+    assert [l.name for l in result.model.layers][-3:] == ["fc1_lr", "fc1", "logits"]
+
+
+def test_low_rank_svd_is_exact_on_low_rank_kernels_for_dense_and_1x1_conv(ctx):
+    from tfedge._tf import import_keras
+
+    k = import_keras()
+    inp = k.Input((4, 4, 32))
+    x = k.layers.Conv2D(32, 1, activation="relu", name="pw")(inp)
+    x = k.layers.Flatten()(x)
+    x = k.layers.Dense(64, activation="relu", name="fc")(x)
+    model = k.Model(inp, k.layers.Dense(10, name="out")(x))
+    rng = np.random.default_rng(0)
+    for name, (n_in, n_out) in {"pw": (32, 32), "fc": (512, 64)}.items():
+        layer = model.get_layer(name)
+        low = (rng.normal(size=(n_in, 3)) @ rng.normal(size=(3, n_out))).astype(np.float32)
+        layer.set_weights([low.reshape(layer.kernel.shape), layer.get_weights()[1]])
+    result = build_pass("low_rank", {"energy": 0.9999, "epochs": 0}).apply(model, ctx)
+    assert {n: v["rank"] for n, v in result.metrics["layers"].items()} == {"pw": 3, "fc": 3}
+    x = rng.normal(size=(8, 4, 4, 32)).astype(np.float32)
+    np.testing.assert_allclose(result.model(x).numpy(), model(x).numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_distill_alpha_1_equals_the_student_trained_alone(teacher, ctx):
+    """Same architecture, seed, data order, epochs and optimizer: with only the label loss the two match."""
+    result = build_pass("distill", {"width": 0.25, "epochs": 2, "alpha": 1.0, "compare_alone": True}).apply(teacher, ctx)
+    m = result.metrics
+    assert m["student_params"] < m["teacher_params"] / 8 and m["teacher_accuracy"] > 0.95
+    assert m["student_accuracy"] == pytest.approx(m["student_alone_accuracy"], abs=0.01)
+    assert result.model.get_layer("fc1").units == 16
+
+
+def test_distill_with_soft_targets_and_feature_pairs(teacher, ctx):
+    result = build_pass("distill", {"width": 0.5, "epochs": 2, "features": [["fc1", "fc1"]],
+                                    "feature_weight": 0.01}).apply(teacher, ctx)
+    assert 0.0 < result.metrics["student_accuracy"] <= 1.0
+    assert [l.name for l in result.model.layers] == [l.name for l in teacher.layers]
+    with pytest.raises(RecipeError, match="the student has no layer 'nope'"):
+        build_pass("distill", {"features": [["fc1", "nope"]], "epochs": 1}).apply(teacher, ctx)
+
+
+def test_nan_loss_stops_with_the_stage_named(teacher, ctx):
+    bad = PassContext(**{**ctx.__dict__, "x": ctx.x * 1e38, "train": TrainConfig(learning_rate=0.9)})
+    with pytest.raises(TrainingError, match="stage 'low_rank'.*NaN"):
+        build_pass("low_rank", {"param_ratio": 0.25, "epochs": 1}).apply(teacher, bad)

@@ -1,0 +1,118 @@
+"""Which compression passes apply to which layer, and why not where they don't.
+
+Read by ``tfedge inspect MODEL.keras`` (so users see it before training) and by the passes
+themselves (``qat`` lists what tfmot cannot quantize before it starts).
+
+Example:
+    >>> rows = layer_compat(model)
+    >>> rows[1]
+    LayerCompat(layer='conv1', type='Conv2D', prune='yes', cluster='yes', qat='yes', notes='')
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+FOLDED_INTO = ("Conv2D", "DepthwiseConv2D", "Dense", "Conv1D")
+NORMALISATION = ("BatchNormalization", "LayerNormalization")
+NO_WEIGHTS = "-"
+
+
+@dataclass
+class LayerCompat:
+    """``yes``, ``no`` or ``-`` (nothing to do: no weights) for each technique, with the reasons."""
+
+    layer: str
+    type: str
+    prune: str
+    cluster: str
+    qat: str
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_compat(model) -> list[LayerCompat]:
+    """One row per layer of a tf_keras ``model``."""
+    previous = [None] + list(model.layers[:-1])
+    return [_row(layer, prev) for layer, prev in zip(model.layers, previous)]
+
+
+def qat_unsupported(model) -> list[str]:
+    """'name (Type)' of every layer tfmot's default 8-bit QAT cannot quantize."""
+    return [f"{r.layer} ({r.type})" for r in layer_compat(model) if r.qat == "no"]
+
+
+def _row(layer, previous) -> LayerCompat:
+    reasons: list[str] = []
+    prune = _prune_status(layer, reasons)
+    cluster = _cluster_status(layer, reasons)
+    qat = _qat_status(layer, previous, reasons)
+    return LayerCompat(layer.name, type(layer).__name__, prune, cluster, qat, "; ".join(reasons))
+
+
+def _prune_status(layer, reasons: list[str]) -> str:
+    from .passes.prune import prunable
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+    if not layer.trainable_weights or type(layer).__name__ in NORMALISATION:
+        return NO_WEIGHTS
+    if prunable(layer):
+        return "yes"
+    if type(layer).__name__ == "DepthwiseConv2D":
+        reasons.append("prune: tfmot does not prune DepthwiseConv2D kernels")
+    elif PruneRegistry.supports(layer):
+        reasons.append("prune: tfmot keeps its weights dense (nothing prunable)")
+    else:
+        reasons.append(f"prune: tfmot has no pruning rule for {type(layer).__name__}; exclude it with `layers:`")
+    return "no"
+
+
+def _cluster_status(layer, reasons: list[str]) -> str:
+    from .passes.cluster import clusterable
+    from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
+
+    if not layer.trainable_weights or type(layer).__name__ in NORMALISATION:
+        return NO_WEIGHTS
+    if clusterable(layer):
+        return "yes"
+    if type(layer).__name__ == "DepthwiseConv2D":
+        reasons.append("cluster: tfmot leaves DepthwiseConv2D unclustered (large accuracy loss)")
+    elif ClusteringRegistry.supports(layer):
+        reasons.append("cluster: tfmot keeps its weights as they are (no kernel to cluster)")
+    else:
+        reasons.append(f"cluster: tfmot has no clustering rule for {type(layer).__name__}")
+    return "no"
+
+
+def _qat_status(layer, previous, reasons: list[str]) -> str:
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry \
+        import Default8BitQuantizeRegistry
+
+    kind = type(layer).__name__
+    if kind == "InputLayer":
+        return NO_WEIGHTS
+    if Default8BitQuantizeRegistry().supports(layer):
+        return "yes"
+    if kind == "BatchNormalization" and type(previous).__name__ in FOLDED_INTO:
+        reasons.append(f"qat: folded into '{previous.name}'")
+        return "yes"
+    reasons.append(f"qat: tfmot's 8-bit scheme has no rule for {kind}; "
+                   "use `unsupported: skip` in the qat pass to leave it to post-training quantization")
+    return "no"
+
+
+def compat_rows(fmt, model) -> list[LayerCompat]:
+    """Rows for an inspected model file; Keras 3 models are judged through their tf_keras rebuild.
+
+    Returns an empty list when the model cannot be rebuilt in tf_keras (tfmot cannot work on it).
+    """
+    from .errors import TfedgeError
+    from .loading import load_tf_keras_model
+
+    if fmt.is_keras3 or fmt.kind == "savedmodel":
+        try:
+            model = load_tf_keras_model(fmt)
+        except TfedgeError:
+            return []
+    return layer_compat(model)

@@ -1,0 +1,16 @@
+"""Compression passes, found by name: ``prune``, ``cluster``, ``qat``, ``distill``, ``low_rank``.
+
+Importing this package does not import TensorFlow; a pass imports it when it runs.
+
+Example:
+    >>> from tfedge.passes import build_pass, pass_names
+    >>> pass_names()
+    ['cluster', 'distill', 'low_rank', 'prune', 'qat']
+"""
+from __future__ import annotations
+
+from .base import (PASSES, PassContext, PassResult, TrainConfig, build_config, build_pass, pass_names,
+                   register_pass)
+
+__all__ = ["PASSES", "PassContext", "PassResult", "TrainConfig", "build_config", "build_pass", "pass_names",
+           "register_pass"]

@@ -1,0 +1,336 @@
+"""The pass interface: a registry of named passes, the context they train in, what they return.
+
+A pass is a frozen dataclass of plain fields, validated when built (``RecipeError`` with a
+hint), with one ``apply(model, ctx) -> PassResult``. It never changes its input model and
+returns a plain tf_keras model (tfmot wrappers stripped), except ``qat``, whose result is
+quantize-wrapped and goes straight to the converter.
+
+Example:
+    >>> from tfedge.passes import build_pass
+    >>> build_pass("prune", {"target_sparsity": 0.75, "epochs": 2})
+    Prune(target_sparsity=0.75, ...)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import RecipeError, TrainingError
+
+PASSES: dict[str, type] = {}
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+
+
+def register_pass(name: str) -> Callable[[type], type]:
+    """Class decorator: make a pass available to recipes under ``name``."""
+    def register(cls: type) -> type:
+        cls.pass_name = name
+        PASSES[name] = cls
+        return cls
+    return register
+
+
+def pass_names() -> list[str]:
+    _load_builtin_passes()
+    return sorted(PASSES)
+
+
+def build_pass(name: str, options: dict | None, where: str = ""):
+    """The pass called ``name`` built from ``options``; RecipeError for unknown names, keys or bad values."""
+    _load_builtin_passes()
+    where = where or f"pass '{name}'"
+    if name not in PASSES:
+        raise RecipeError(f"{where}: unknown pass '{name}'", did_you_mean(name, PASSES, "passes"))
+    return build_config(PASSES[name], options, where)
+
+
+def build_config(cls: type, options: dict | None, where: str):
+    """``cls(**options)`` with unknown keys and wrong types reported as RecipeError."""
+    options = {} if options is None else options
+    if not isinstance(options, dict):
+        raise RecipeError(f"{where}: options must be a mapping, got {type(options).__name__}",
+                          "write options as `name: {key: value}`")
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in options:
+        if key not in known:
+            raise RecipeError(f"{where}: unknown option '{key}'", did_you_mean(str(key), known, "options"))
+    config = cls(**{k: _plain(v) for k, v in options.items()})
+    object.__setattr__(config, "_where", where)
+    return config
+
+
+def did_you_mean(word: str, choices, kind: str) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"known {kind}: {', '.join(sorted(choices))}"
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _load_builtin_passes() -> None:
+    from . import cluster, distill, low_rank, prune, qat  # noqa: F401  (they register themselves)
+
+
+# ---- validation helpers (used in __post_init__) -------------------------------------------
+
+def where_of(config) -> str:
+    if hasattr(config, "_where"):
+        return config._where
+    if hasattr(config, "pass_name"):
+        return f"pass '{config.pass_name}'"
+    return getattr(config, "section", type(config).__name__)
+
+
+def check_number(config, name: str, lo: float, hi: float, *, integer: bool = False,
+                 lo_open: bool = False, hi_open: bool = False, optional: bool = False) -> None:
+    """Raise RecipeError unless ``config.name`` is a number in the range (bools are not numbers)."""
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
+        raise RecipeError(f"{where_of(config)}: {name} must be {kind}, got {value!r}", _range_text(lo, hi, lo_open, hi_open))
+    too_low = value <= lo if lo_open else value < lo
+    too_high = value >= hi if hi_open else value > hi
+    if too_low or too_high:
+        raise RecipeError(f"{where_of(config)}: {name} = {value} is out of range", _range_text(lo, hi, lo_open, hi_open))
+
+
+def _range_text(lo, hi, lo_open, hi_open) -> str:
+    hi_text = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi}"
+    return f"use a value {'>' if lo_open else '>='} {lo}{hi_text}"
+
+
+def check_choice(config, name: str, choices) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise RecipeError(f"{where_of(config)}: {name} = {value!r} is not one of {', '.join(map(str, choices))}",
+                          did_you_mean(str(value), [str(c) for c in choices], "values"))
+
+
+def check_bool(config, name: str, optional: bool = False) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, bool) and not (optional and value is None):
+        raise RecipeError(f"{where_of(config)}: {name} must be true or false, got {value!r}", "write true or false")
+
+
+def check_names(config, name: str) -> None:
+    """A tuple of strings (layer names, patterns or types)."""
+    value = getattr(config, name)
+    if isinstance(value, str):
+        object.__setattr__(config, name, (value,))
+        return
+    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+        raise RecipeError(f"{where_of(config)}: {name} must be a list of names, got {value!r}",
+                          f"e.g. {name}: [conv*, fc1]")
+
+
+# ---- training -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The recipe's ``train:`` block: how every fine-tuning run trains."""
+
+    section = "train"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    validation_split: float = 0.1
+
+    def __post_init__(self):
+        check_choice(self, "optimizer", OPTIMIZERS)
+        check_number(self, "learning_rate", 0, 1, lo_open=True)
+        check_number(self, "batch_size", 1, 1 << 16, integer=True)
+        check_number(self, "validation_split", 0, 0.9)
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the new model, its own metrics, and whether it is quantize-wrapped."""
+
+    model: Any
+    metrics: dict = field(default_factory=dict)
+    quantize_wrapped: bool = False
+
+
+@dataclass
+class PassContext:
+    """Training data and settings shared by the passes of one run.
+
+    ``applied`` names the passes already run, so that e.g. ``cluster`` preserves sparsity
+    after ``prune`` and ``qat`` picks the collaborative scheme.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    progress: bool = False
+    applied: tuple[str, ...] = ()
+    log: Callable[[str], None] | None = None
+    eval_x: np.ndarray | None = None
+    eval_y: np.ndarray | None = None
+
+    @property
+    def classification(self) -> bool:
+        return np.issubdtype(np.asarray(self.y).dtype, np.integer)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = len(self.x) - int(len(self.x) * self.train.validation_split)
+        return max(1, math.ceil(n / self.train.batch_size))
+
+    def seed_all(self, offset: int = 0) -> None:
+        from .._tf import import_keras
+
+        import_keras().utils.set_random_seed(self.seed + offset)
+
+    def compile(self, model, learning_rate: float | None = None) -> None:
+        """Compile ``model`` with a fresh optimizer and the loss that fits the data."""
+        from .._tf import import_keras
+
+        k = import_keras()
+        optimizers = {"adam": k.optimizers.Adam, "sgd": k.optimizers.SGD, "rmsprop": k.optimizers.RMSprop}
+        optimizer = optimizers[self.train.optimizer](learning_rate=learning_rate or self.train.learning_rate)
+        if self.classification:
+            loss = k.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model))
+            model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        else:
+            model.compile(optimizer=optimizer, loss=k.losses.MeanSquaredError())
+
+    def fit(self, model, epochs: int, stage: str, callbacks: list | None = None):
+        """Train ``model`` for ``epochs``; a NaN loss raises TrainingError naming ``stage``."""
+        guard = NanGuard.make(stage)
+        bars = [EpochBar.make(stage, self.steps_per_epoch)] if self.progress else []
+        model.fit(self.x, self.y, epochs=epochs, batch_size=self.train.batch_size,
+                  validation_split=self.train.validation_split, shuffle=True, verbose=0,
+                  callbacks=[*(callbacks or []), guard, *bars])
+        guard.raise_if_nan()
+
+    def accuracy(self, model) -> float | None:
+        """Accuracy of a Keras ``model`` on the evaluation data (None without labels or for regression)."""
+        if self.eval_x is None or self.eval_y is None or not self.classification:
+            return None
+        out = np.asarray(model.predict(self.eval_x.astype(np.float32), verbose=0, batch_size=256))
+        return float(np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(self.eval_y).reshape(-1)))
+
+    def say(self, message: str) -> None:
+        if self.log:
+            self.log(message)
+
+
+def ends_in_softmax(model) -> bool:
+    last = model.layers[-1]
+    last = getattr(last, "layer", last)  # a tfmot wrapper
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax" or type(last).__name__ == "Softmax"
+
+
+class NanGuard:
+    """A Keras callback that stops training at the first NaN or infinite loss."""
+
+    @staticmethod
+    def make(stage: str):
+        from .._tf import import_keras
+
+        class _Guard(import_keras().callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.bad_epoch = None
+
+            def on_train_batch_end(self, batch, logs=None):
+                loss = (logs or {}).get("loss")
+                if loss is not None and not math.isfinite(float(loss)):
+                    self.bad_epoch = self.bad_epoch or (self._epoch + 1)
+                    self.model.stop_training = True
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._epoch = epoch
+
+            def raise_if_nan(self):
+                if self.bad_epoch is not None:
+                    raise TrainingError(f"stage '{stage}': the training loss became NaN in epoch {self.bad_epoch}",
+                                        "lower train.learning_rate in the recipe (e.g. 1e-4) or check the data")
+
+        return _Guard()
+
+
+class EpochBar:
+    """A Keras callback drawing one progress bar per epoch on stderr."""
+
+    @staticmethod
+    def make(stage: str, steps: int):
+        import click
+
+        from .._tf import import_keras
+
+        class _Bar(import_keras().callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.bar = click.progressbar(length=steps, label=f"  {stage} epoch {epoch + 1}", file=sys.stderr)
+                self.bar.__enter__()
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.bar.update(1)
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.bar.__exit__(None, None, None)
+
+        return _Bar()
+
+
+# ---- models -------------------------------------------------------------------------------
+
+def clone_with_weights(model):
+    """A copy of ``model`` with its own weights, so training it leaves ``model`` untouched."""
+    from .._tf import import_keras
+
+    copy = import_keras().models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def select_layers(model, patterns: tuple[str, ...], types: tuple[str, ...], eligible: Callable) -> list[str]:
+    """Names of the layers matching ``patterns``/``types`` (all when both are empty) that ``eligible`` accepts."""
+    chosen = []
+    for layer in model.layers:
+        by_name = not patterns or any(fnmatch.fnmatchcase(layer.name, p) for p in patterns)
+        by_type = not types or type(layer).__name__ in types
+        if by_name and by_type and eligible(layer):
+            chosen.append(layer.name)
+    return chosen
+
+
+def check_selection(config, model, chosen: list[str], what: str) -> None:
+    if not chosen:
+        raise RecipeError(f"{where_of(config)}: no layer of the model can be {what} with this selection",
+                          f"check `layers`/`layer_types` against `tfedge inspect MODEL.keras` "
+                          f"(layers: {', '.join(l.name for l in model.layers)})")
+
+
+def kernel_of(layer):
+    """The main weight tensor of a layer (kernel, depthwise kernel or embeddings), or None."""
+    for attr in ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings"):
+        weight = getattr(layer, attr, None)
+        if weight is not None:
+            return weight
+    return None
+
+
+def import_tfmot():
+    from .._tf import import_tf
+
+    import_tf()
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot

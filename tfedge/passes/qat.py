@@ -1,0 +1,101 @@
+"""``qat``: tfmot 8-bit quantization-aware training, the last training pass.
+
+After ``prune`` and/or ``cluster`` it uses tfmot's collaborative schemes (PQAT, CQAT,
+PCQAT) so fine-tuning keeps the zeros and the shared weights. tfmot cannot strip QAT
+wrappers, so the quantize-wrapped model goes straight to the converter.
+
+Example (recipe):
+    passes:
+      - prune: {target_sparsity: 0.75}
+      - cluster: {clusters: 16}
+      - qat: {epochs: 1, unsupported: stop}     # -> PCQAT
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..compat import qat_unsupported
+from ..errors import RecipeError
+from .base import PassResult, check_choice, check_number, clone_with_weights, import_tfmot, register_pass, where_of
+
+SCHEMES = ("auto", "default", "pqat", "cqat", "pcqat")
+POLICIES = ("stop", "skip")
+
+
+@register_pass("qat")
+@dataclass(frozen=True)
+class Qat:
+    """Fine-tune with simulated 8-bit quantization.
+
+    Args:
+        epochs: fine-tuning epochs.
+        scheme: ``auto`` (PQAT after prune, CQAT after cluster, PCQAT after both), or one of
+            ``default``, ``pqat``, ``cqat``, ``pcqat``.
+        unsupported: ``stop`` (default) stops before training when tfmot cannot quantize a layer
+            and lists them; ``skip`` leaves those layers to post-training quantization.
+        learning_rate: defaults to a tenth of ``train.learning_rate``.
+    """
+
+    epochs: int = 1
+    scheme: str = "auto"
+    unsupported: str = "stop"
+    learning_rate: float | None = None
+
+    def __post_init__(self):
+        check_number(self, "epochs", 1, 1000, integer=True)
+        check_choice(self, "scheme", SCHEMES)
+        check_choice(self, "unsupported", POLICIES)
+        check_number(self, "learning_rate", 0, 1, lo_open=True, optional=True)
+
+    def check(self, model, ctx) -> None:
+        """Stop before any training if tfmot cannot quantize some layers and the recipe says so."""
+        bad = qat_unsupported(model)
+        if bad and self.unsupported == "stop":
+            raise RecipeError(f"{where_of(self)}: tfmot cannot quantize {len(bad)} layer(s): {', '.join(bad)}",
+                              "set `unsupported: skip` in the qat pass to leave them to post-training "
+                              "quantization, or replace those layers")
+
+    def chosen_scheme(self, applied) -> str:
+        if self.scheme != "auto":
+            return self.scheme
+        pruned, clustered = "prune" in applied, "cluster" in applied
+        return "pcqat" if pruned and clustered else "cqat" if clustered else "pqat" if pruned else "default"
+
+    def apply(self, model, ctx) -> PassResult:
+        self.check(model, ctx)
+        tfmot = import_tfmot()
+        scheme_name = self.chosen_scheme(ctx.applied)
+        skipped = qat_unsupported(model)
+        annotated = _annotate(tfmot, clone_with_weights(model), {s.split(" (")[0] for s in skipped})
+        with tfmot.quantization.keras.quantize_scope():
+            wrapped = tfmot.quantization.keras.quantize_apply(annotated, _scheme(scheme_name))
+        ctx.compile(wrapped, learning_rate=self.learning_rate or ctx.train.learning_rate / 10)
+        ctx.fit(wrapped, self.epochs, "qat")
+        return PassResult(wrapped, {"scheme": scheme_name, "skipped_layers": skipped}, quantize_wrapped=True)
+
+
+def _annotate(tfmot, model, skip: set[str]):
+    quant = tfmot.quantization.keras
+    if not skip:
+        return quant.quantize_annotate_model(model)
+    from .._tf import import_keras
+
+    annotate = lambda layer: layer if layer.name in skip else quant.quantize_annotate_layer(layer)  # noqa: E731
+    return import_keras().models.clone_model(model, clone_function=annotate)
+
+
+def _scheme(name: str):
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import \
+        default_8bit_cluster_preserve_quantize_scheme as cluster_preserve
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import \
+        default_8bit_prune_preserve_quantize_scheme as prune_preserve
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import \
+        default_8bit_quantize_scheme as default
+
+    if name == "pcqat":
+        return cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)
+    if name == "cqat":
+        return cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False)
+    if name == "pqat":
+        return prune_preserve.Default8BitPrunePreserveQuantizeScheme()
+    return default.Default8BitQuantizeScheme()
