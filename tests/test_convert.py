@@ -144,3 +144,16 @@ def test_profile_budget_failure_names_the_number(run_cli, digits, tmp_path):
     assert not out.exists()
     assert run_cli("convert", digits.model, "--calib", digits.train, "-o", out, "--profile", "rpi4", "--json")
     assert out.exists()
+
+
+def test_in_memory_quantization_aware_model_converts(digits, tmp_path):
+    """QAT models cannot round-trip through .keras/.h5; convert must still take them in memory."""
+    import tensorflow_model_optimization as tfmot
+
+    from tfedge.loading import detect_format, load_keras_model
+
+    qat = tfmot.quantization.keras.quantize_model(load_keras_model(detect_format(digits.model)))
+    x = np.load(digits.train)["x"][:32]
+    result = tfedge.convert(qat, tmp_path / "qat.tflite", calib=x)
+    assert result.full_integer
+    assert {op.layer for op in read_tflite(result.output).ops} >= {"quant_conv1", "quant_conv2"}  # tfmot wrappers

@@ -198,3 +198,67 @@ def test_exported_savedmodel_converts_but_cannot_take_tfmot_passes(keras3, tmp_p
     assert tfedge.convert(tmp_path / "exported", tmp_path / "e.tflite", calib=x).full_integer
     with pytest.raises(ModelLoadError, match="exported SavedModel"):
         load_tf_keras_model(tmp_path / "exported")
+
+
+# ---- a short optimize on Keras 3 models --------------------------------------------------
+
+PRUNE_ONLY = "schema_version: 1\npasses:\n  - prune: {target_sparsity: 0.5, epochs: 1}\nconvert: {quant: int8}\n"
+
+
+def _classification_data(tmp_path, shape, classes=4, n=96, integer_vocab=None):
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, integer_vocab, size=(n, *shape)).astype("int32") if integer_vocab
+         else rng.normal(size=(n, *shape)).astype("float32"))
+    y = rng.integers(0, classes, size=n)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    return tmp_path / "train.npz"
+
+
+def _optimize(run_cli, model_path, recipe, data, out):
+    return json.loads(run_cli("optimize", model_path, "--recipe", recipe, "--data", data, "--eval", data,
+                              "-o", out, "--json").stdout)
+
+
+def test_keras3_residual_model_short_optimize(keras3, tmp_path, run_cli):
+    model3 = _residual_mobilenet_like(keras3)
+    model3.save(tmp_path / "k3.keras")
+    (tmp_path / "prune.yaml").write_text(PRUNE_ONLY)
+    data = _classification_data(tmp_path, (16, 16, 3))
+    _optimize(run_cli, tmp_path / "k3.keras", tmp_path / "prune.yaml", data, tmp_path / "out")
+    report = tfedge.inspect(str(tmp_path / "out" / "model.tflite"))
+    assert report.full_integer
+
+
+def test_keras3_lstm_classifier_prune_only(keras3, tmp_path, run_cli):
+    """tfmot's QAT does not cover LSTM/Embedding: the compatibility report says so; prune applies."""
+    L = keras3.layers
+    inp = keras3.Input((10,), dtype="int32")
+    model3 = keras3.Model(inp, L.Dense(4)(L.LSTM(8, unroll=True)(L.Embedding(30, 8)(inp))))
+    model3.save(tmp_path / "lstm.keras")
+    compat = {row["type"]: row for row in json.loads(run_cli("inspect", tmp_path / "lstm.keras", "--json").stdout)
+              ["compat"]}
+    assert compat["LSTM"]["qat"] == "no" and compat["Embedding"]["qat"] == "no"
+    assert compat["LSTM"]["prune"] == "yes"
+    (tmp_path / "prune.yaml").write_text(PRUNE_ONLY)
+    data = _classification_data(tmp_path, (10,), integer_vocab=30)
+    _optimize(run_cli, tmp_path / "lstm.keras", tmp_path / "prune.yaml", data, tmp_path / "out")
+    assert (tmp_path / "out" / "model.tflite").exists()
+
+
+def test_untranslatable_keras3_model_takes_the_direct_path(keras3, tmp_path, run_cli):
+    @keras3.saving.register_keras_serializable(package="tfedge_tests")
+    class TimesTwo(keras3.layers.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    inp = keras3.Input((8,))
+    model3 = keras3.Model(inp, keras3.layers.Dense(3)(TimesTwo(name="double")(inp)))
+    model3.save(tmp_path / "custom.keras")
+    data = _classification_data(tmp_path, (8,), classes=3)
+    result = _optimize(run_cli, tmp_path / "custom.keras", "int8", data, tmp_path / "out")
+    assert result["stages"][-1]["name"] == "int8"
+    assert tfedge.inspect(str(tmp_path / "out" / "model.tflite")).full_integer
+    (tmp_path / "prune.yaml").write_text(PRUNE_ONLY)
+    failed = run_cli("optimize", tmp_path / "custom.keras", "--recipe", tmp_path / "prune.yaml", "--data", data,
+                     "--eval", data, "-o", tmp_path / "out2", expect=1)
+    assert "double (TimesTwo)" in failed.stderr and not (tmp_path / "out2").exists()

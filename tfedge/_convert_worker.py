@@ -45,20 +45,25 @@ def run(job: dict) -> dict:
     calib = np.load(job["calib"]) if job["calib"] else None
     if fmt.kind == "savedmodel":
         converter = tf.lite.TFLiteConverter.from_saved_model(fmt.path)
-        input_shapes = _saved_model_input_shapes(tf, fmt.path)
+        inputs = _saved_model_inputs(tf, fmt.path)
     else:
         model = load_keras_model(fmt)
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        input_shapes = [tuple(i.shape) for i in model.inputs]
+        inputs = [(tuple(i.shape), _dtype_name(i.dtype)) for i in model.inputs]
     if calib is not None:
-        _check_calibration(calib, input_shapes, model_dtype=np.float32)
+        _check_calibration(calib, [shape for shape, _ in inputs])
+        calib = calib.astype(inputs[0][1])
     _configure(tf, converter, job["quant"], job["io"], calib, job.get("progress"), job.get("progress_fd"))
     flatbuffer = converter.convert()
     Path(job["output"]).write_bytes(flatbuffer)
     return {"keras": fmt.keras, "bytes": len(flatbuffer)}
 
 
-def _check_calibration(calib: np.ndarray, input_shapes: list[tuple], model_dtype) -> None:
+def _dtype_name(dtype) -> str:
+    return getattr(dtype, "name", str(dtype))
+
+
+def _check_calibration(calib: np.ndarray, input_shapes: list[tuple]) -> None:
     from .data import check_fits
 
     if len(input_shapes) != 1:
@@ -82,7 +87,7 @@ def _configure(tf, converter, quant: str, io: str, calib, progress: bool, progre
     # Keep TFLITE_BUILTINS as a fallback so that ops without integer kernels stay float and
     # verification can name them, instead of the converter failing without saying where.
     converter.target_spec.supported_ops = [integer_set, ops.TFLITE_BUILTINS]
-    converter.representative_dataset = _representative(calib.astype(np.float32), progress, progress_fd)
+    converter.representative_dataset = _representative(calib, progress, progress_fd)
     if io != "float32":
         converter.inference_input_type = getattr(tf, TF_TYPES[io])
         converter.inference_output_type = getattr(tf, TF_TYPES[io])
@@ -103,12 +108,12 @@ def _maybe_progress(samples, progress: bool, progress_fd):
     yield from progress_iter(samples, "Calibrating", stream is not None, file=stream)
 
 
-def _saved_model_input_shapes(tf, path: str) -> list[tuple]:
+def _saved_model_inputs(tf, path: str) -> list[tuple[tuple, str]]:
     loaded = tf.saved_model.load(path)
     sig = loaded.signatures.get("serving_default")
     if sig is None:
         raise ConversionError(f"{path} has no serving_default signature", "export the model with a serving signature")
-    return [tuple(spec.shape) for spec in sig.structured_input_signature[1].values()]
+    return [(tuple(spec.shape), spec.dtype.name) for spec in sig.structured_input_signature[1].values()]
 
 
 def _converter_error(exc: Exception) -> dict:

@@ -135,15 +135,23 @@ def _calibration_samples(calib, quant: str, count: int, seed: int) -> np.ndarray
 
 
 def _model_source(model, work: Path) -> tuple[str, str]:
-    """A path the worker can load, and the Keras major version it was saved with."""
+    """A path the worker can load, and the Keras major version it was saved with.
+
+    In-memory models go to the worker as a SavedModel: tf_keras cannot reload
+    quantization-aware (QAT) models from ``.keras`` or ``.h5``, and a SavedModel keeps
+    the layer names in the op names.
+    """
     if isinstance(model, (str, os.PathLike)):
         fmt = detect_format(model)
         if fmt.kind == "tflite":
             raise UsageError(f"{model} is already a TFLite model", "pass the Keras model (.keras, .h5 or SavedModel)")
         return str(model), fmt.keras
-    path = work / "model.keras"
-    model.save(path)
-    return str(path), "3" if type(model).__module__.startswith("keras.") else "2"
+    path = work / "savedmodel"
+    if type(model).__module__.split(".")[0] == "keras":
+        model.export(str(path), verbose=False)
+        return str(path), "3"
+    model.save(str(path), save_format="tf")
+    return str(path), "2"
 
 
 def _job(source: str, out: Path, quant: str, io: str, samples, work: Path, progress: bool) -> dict:

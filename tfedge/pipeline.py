@@ -113,7 +113,7 @@ def optimize(model, recipe, data, eval_data, output, *, profile=None, progress: 
     recipe = load_recipe(recipe)
     out = check_outdir(output)
     train, evals = load_data(data), load_data(eval_data)
-    keras_model = _load_model(model)
+    keras_model = _load_model(model, recipe)
     ctx = _context(recipe, keras_model, train, evals, progress, log)
     for p in recipe.passes:  # everything that can be checked is checked before training
         p.check(keras_model, ctx)
@@ -178,11 +178,10 @@ class _Runner:
 
 
 def _qat_savedmodel(model, work: Path) -> str:
-    """Save a quantize-wrapped model as a SavedModel for the converter.
+    """Keep a quantize-wrapped model as OUTDIR/qat_savedmodel and convert from that path.
 
-    tf_keras cannot reload QAT models from .keras (quantize_layer variables mismatch) nor
-    PCQAT models from .h5 (the wrappers are rebuilt from fresh weights), so the graph goes
-    to the converter as a SavedModel, which keeps the layer names in the op names.
+    tf_keras cannot reload QAT models from .keras or .h5, so this SavedModel is the one
+    reloadable copy of the QAT graph; converting from it avoids saving the model twice.
     """
     path = work / "qat_savedmodel"
     model.save(path, save_format="tf")
@@ -269,10 +268,19 @@ def _guard(recipe: Recipe, baseline: Stage, stage: Stage) -> None:
 
 # ---- inputs -------------------------------------------------------------------------------
 
-def _load_model(model):
-    from .loading import load_tf_keras_model
+def _load_model(model, recipe: Recipe):
+    """A tf_keras model for tfmot passes; a post-training-only recipe takes any Keras model as is.
 
-    return load_tf_keras_model(model)
+    The second case is the direct Keras 3 -> TFLite path: a Keras 3 model the bridge cannot
+    translate (e.g. one with a registered custom layer) still converts.
+    """
+    from .loading import detect_format, load_keras_model, load_tf_keras_model
+
+    if recipe.passes:
+        return load_tf_keras_model(model)
+    if isinstance(model, (str, os.PathLike)):
+        return load_keras_model(detect_format(model))
+    return model
 
 
 def _context(recipe: Recipe, model, train: Dataset, evals: Dataset, progress: bool, log):
