@@ -4,6 +4,7 @@ Each stage is a function returning a row, so later stages (optimize, bench, push
 """
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ class DemoRow:
     model: str
     accuracy: float
     size_bytes: int
+    gzip_bytes: int
     size_ratio: float
     full_integer: str
 
@@ -53,11 +55,13 @@ def run_demo(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
     say("3. evaluate on the held-out split")
     keras_acc = evaluate(ref.model, ref.test).accuracy
     rows = [
-        DemoRow("keras float32", keras_acc, os.path.getsize(ref.model), float("nan"), "-"),
+        DemoRow("keras float32", keras_acc, os.path.getsize(ref.model), _gzip_size(ref.model), float("nan"), "-"),
         _tflite_row("tflite float32", f32, ref.test, f32.size_bytes),
         _tflite_row("tflite int8", i8, ref.test, f32.size_bytes),
     ]
-    say("4. benchmark int8 against float32: local CPU, then emulated Raspberry Pi 4 (qemu, Cortex-A72)")
+    say("4. compress: prune 75% -> 16 clusters -> PCQAT -> int8 (recipe prune-cluster-qat)")
+    rows.append(_optimized_row(ref, out / "optimized", f32.size_bytes))
+    say("5. benchmark int8 against float32: local CPU, then emulated Raspberry Pi 4 (qemu, Cortex-A72)")
     bench_rows = [_bench_row(i8.output, f32.output, target, profile) for target, profile in DEMO_TARGETS]
     notes = [f"int8 accuracy drop: {100 * (keras_acc - rows[2].accuracy):.2f} points",
              "emulated timings are qemu's: relative comparisons only, never a device's latency"]
@@ -77,5 +81,20 @@ def _bench_row(int8_path: str, float_path: str, target: str, profile: str) -> Be
 
 def _tflite_row(label: str, result, test_data: str, float_bytes: int) -> DemoRow:
     acc = evaluate(result.output, test_data).accuracy
-    return DemoRow(label, acc, result.size_bytes, result.size_bytes / float_bytes,
+    return DemoRow(label, acc, result.size_bytes, _gzip_size(result.output), result.size_bytes / float_bytes,
                    "yes" if result.full_integer else "no")
+
+
+def _optimized_row(ref, out_dir: Path, float_bytes: int) -> DemoRow:
+    from .inspect import inspect_tflite
+    from .pipeline import optimize
+
+    result = optimize(ref.model, "prune-cluster-qat", ref.train, ref.test, out_dir)
+    final = result.final
+    verdict = "yes" if inspect_tflite(result.model).full_integer else "no"
+    return DemoRow("prune-cluster-qat int8", final.accuracy, final.tflite_bytes, final.gzip_bytes,
+                   final.tflite_bytes / float_bytes, verdict)
+
+
+def _gzip_size(path) -> int:
+    return len(gzip.compress(Path(path).read_bytes(), 9))

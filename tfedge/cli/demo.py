@@ -21,9 +21,9 @@ def demo_cmd(models_dir, out_dir):
     from ..demo import run_demo
 
     result = run_demo(models_dir, out_dir, say=lambda s: click.secho(s, bold=True, err=True))
-    echo_table(["model", "accuracy", "bytes", "size ratio", "full-integer"],
-               [[r.model, r.accuracy, f"{r.size_bytes:,}", "-" if r.size_ratio != r.size_ratio else
-                 f"{r.size_ratio:.3f}", r.full_integer] for r in result.rows])
+    echo_table(["model", "accuracy", "bytes", "gzip bytes", "size ratio", "full-integer"],
+               [[r.model, r.accuracy, f"{r.size_bytes:,}", f"{r.gzip_bytes:,}", "-" if r.size_ratio != r.size_ratio
+                 else f"{r.size_ratio:.3f}", r.full_integer] for r in result.rows])
     click.echo()
     echo_table(["target", "runtime", "float32 p50 us", "int8 p50 us", "int8 speed-up"],
                [[b.target + (" (EMULATED)" if b.emulated else ""), b.runtime, f"{b.float32_p50_us:,.1f}",
