@@ -36,9 +36,18 @@ class BenchRow:
 
 
 @dataclass
+class ShipResult:
+    state: str
+    serving: str | None
+    model_version: int | None
+    device_dir: str
+
+
+@dataclass
 class DemoResult:
     rows: list[DemoRow] = field(default_factory=list)
     bench: list[BenchRow] = field(default_factory=list)
+    ship: ShipResult | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -65,7 +74,33 @@ def run_demo(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
     bench_rows = [_bench_row(i8.output, f32.output, target, profile) for target, profile in DEMO_TARGETS]
     notes = [f"int8 accuracy drop: {100 * (keras_acc - rows[2].accuracy):.2f} points",
              "emulated timings are qemu's: relative comparisons only, never a device's latency"]
-    return DemoResult(rows=rows, bench=bench_rows, notes=notes)
+    say("6. ship: sign the compressed model into a TUF repository; a device agent pulls, smoke-tests and installs it")
+    shipped = ship_to_stand_in_device(str(out / "optimized" / "model.tflite"), out)
+    return DemoResult(rows=rows, bench=bench_rows, ship=shipped, notes=notes)
+
+
+def ship_to_stand_in_device(model: str, out: Path) -> ShipResult:
+    """Publish ``model`` to a fresh signed repository served on loopback; one agent poll installs it."""
+    import shutil
+    import threading
+
+    from .ota.agent import AgentConfig, poll_once
+    from .ota.repository import init_repository, make_server, publish
+
+    repo, device = out / "ota-repo", out / "device"
+    for d in (repo, device):
+        shutil.rmtree(d, ignore_errors=True)
+    root = Path(init_repository(repo).root_json)
+    publish(repo, model, "digits", 1)
+    server = make_server(repo, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = "http://{}:{}".format(*server.server_address[:2])
+        result = poll_once(AgentConfig(url, device, "digits", root), log=lambda m: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return ShipResult(result.state, result.serving, result.model_version, str(device))
 
 
 DEMO_TARGETS = (("local", "local"), ("qemu", "rpi4"))

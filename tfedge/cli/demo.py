@@ -28,5 +28,8 @@ def demo_cmd(models_dir, out_dir):
     echo_table(["target", "runtime", "float32 p50 us", "int8 p50 us", "int8 speed-up"],
                [[b.target + (" (EMULATED)" if b.emulated else ""), b.runtime, f"{b.float32_p50_us:,.1f}",
                  f"{b.int8_p50_us:,.1f}", f"{b.speedup:.2f}x"] for b in result.bench])
+    if result.ship:
+        click.echo(f"\nshipped to the stand-in device {result.ship.device_dir}: {result.ship.state}, "
+                   f"model version {result.ship.model_version}, serving {result.ship.serving}")
     for note in result.notes:
         click.echo(note)

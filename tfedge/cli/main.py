@@ -22,6 +22,13 @@ COMMANDS = {
     "profiles": "profiles:profiles_cmd",
     "bench": "bench:bench_cmd",
     "emulator": "emulator:emulator_cmd",
+    "optimize": "optimize:optimize_cmd",
+    "recipes": "recipes:recipes_cmd",
+    "push": "ota:push_cmd",
+    "rollback": "ota:rollback_cmd",
+    "status": "ota:status_cmd",
+    "ota": "ota:ota_cmd",
+    "agent": "ota:agent_cmd",
 }
 
 

@@ -1,0 +1,56 @@
+"""The agent's journal: the last install step it made durable, so a restart can resume or roll back.
+
+Steps, in order (``STEPS``)::
+
+    download_start -> downloaded -> verified -> smoke_tested -> staged
+      -> switching -> switched -> health_checked -> committed
+
+Before ``switching`` nothing visible has changed: a restart discards the staging files and
+starts over. From ``switching`` on, the ``current`` symlink may name the new model: a
+restart finishes the switch and re-runs the health check, which commits or rolls back.
+A rollback in progress is journalled as ``rolling_back`` and is redone on restart.
+
+Device-safe: standard library only.
+
+Example:
+    >>> j = Journal("/var/lib/tfedge/kws/journal.json")
+    >>> j.write("download_start", sha256="3f1c...", model_version=4, previous="a07e...")
+    >>> j.read()["step"]
+    'download_start'
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .versions import now_iso, read_json, write_json_atomic
+
+STEPS = ("download_start", "downloaded", "verified", "smoke_tested", "staged",
+         "switching", "switched", "health_checked", "committed")
+ROLLING_BACK = "rolling_back"
+PRE_SWITCH = STEPS[: STEPS.index("switching")]
+
+
+class Journal:
+    """A small JSON file rewritten atomically (and fsynced) at every step."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def read(self) -> dict | None:
+        entry = read_json(self.path)
+        return entry if isinstance(entry, dict) and entry.get("step") else None
+
+    def write(self, step: str, **data) -> dict:
+        """Record ``step`` (keeping earlier fields of this install); durable when it returns."""
+        if step not in STEPS and step != ROLLING_BACK:
+            raise ValueError(f"unknown journal step {step!r}")
+        entry = dict(self.read() or {}, **data, step=step, time=now_iso())
+        write_json_atomic(self.path, entry)
+        return entry
+
+    def clear(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
