@@ -21,6 +21,6 @@ from .inspect import KerasReport, TfliteReport, inspect  # noqa: E402
 from .pipeline import OptimizeResult, optimize  # noqa: E402
 
 __all__ = [
-    "convert", "inspect", "evaluate", "compare", "bench",
-    "ConvertResult", "TfliteReport", "KerasReport", "EvalResult", "CompareResult", "BenchResult",
+    "convert", "inspect", "evaluate", "compare", "bench", "optimize",
+    "ConvertResult", "TfliteReport", "KerasReport", "EvalResult", "CompareResult", "BenchResult", "OptimizeResult",
 ]

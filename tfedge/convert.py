@@ -179,10 +179,10 @@ def _run_worker(job: dict, work: Path) -> None:
             )
     finally:
         os.close(progress_fd)
-    _raise_worker_error(proc.returncode, Path(job["result"]), log_path, debug)
+    _raise_worker_error(proc.returncode, Path(job["result"]), log_path)
 
 
-def _raise_worker_error(returncode: int, result_path: Path, log_path: Path, debug: bool) -> None:
+def _raise_worker_error(returncode: int, result_path: Path, log_path: Path) -> None:
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     if "error" in result:
         err = result["error"]

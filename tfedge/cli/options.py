@@ -10,10 +10,6 @@ profile_option = click.option("--profile", metavar="NAME|FILE",
                               help="Device profile (see `tfedge profiles list`) to check the model against.")
 
 
-def existing_path(help_text: str = ""):
-    return click.argument("model", type=click.Path(exists=True, dir_okay=True), metavar="MODEL")
-
-
 def echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=_default))
 

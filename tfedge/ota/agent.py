@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import random
-import shlex
 import shutil
 import signal
 import subprocess
