@@ -149,6 +149,37 @@ def test_distill_with_soft_targets_and_feature_pairs(teacher, ctx):
         build_pass("distill", {"features": [["fc1", "nope"]], "epochs": 1}).apply(teacher, ctx)
 
 
+@pytest.mark.parametrize("head", ["activation", "layer"])
+def test_distill_a_softmax_model_uses_its_logits(teacher, ctx, head):
+    """Ending in softmax (as an activation or a Softmax layer) must distil exactly like ending in logits:
+    the soft targets come from the logits, not from log(probabilities) clipped at a floor (many of this
+    teacher's probabilities are below 1e-8), and the student's gradient does not vanish."""
+    from tfedge._tf import import_keras
+
+    k = import_keras()
+    config = teacher.get_config()
+    if head == "activation":
+        config["layers"][-1]["config"]["activation"] = "softmax"
+    else:
+        config["layers"].append({"class_name": "Softmax", "config": {"name": "probs", "axis": -1}})
+    softmax_teacher = k.Sequential.from_config(config)
+    softmax_teacher.set_weights(teacher.get_weights())
+    options = {"width": 0.25, "epochs": 2, "alpha": 0.0, "temperature": 4.0}
+    from_logits = build_pass("distill", options).apply(teacher, ctx).model
+    from_probs = build_pass("distill", options).apply(softmax_teacher, ctx).model
+    assert [l.name for l in from_probs.layers][-1] == ("logits" if head == "activation" else "probs")
+    if head == "activation":
+        assert from_probs.layers[-1].activation.__name__ == "softmax"  # put back after training
+    x = ctx.eval_x.astype(np.float32)
+    expected = tf_softmax(from_logits.predict(x, verbose=0))
+    np.testing.assert_allclose(from_probs.predict(x, verbose=0), expected, atol=2e-3)
+
+
+def tf_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+
+
 def test_nan_loss_stops_with_the_stage_named(teacher, ctx):
     bad = PassContext(**{**ctx.__dict__, "x": ctx.x * 1e38, "train": TrainConfig(learning_rate=0.9)})
     with pytest.raises(TrainingError, match="stage 'low_rank'.*NaN"):

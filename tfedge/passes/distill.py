@@ -13,6 +13,7 @@ Example (recipe):
 """
 from __future__ import annotations
 
+import contextlib
 import inspect as pyinspect
 from dataclasses import dataclass
 
@@ -144,7 +145,7 @@ class Distill:
 def shrink(teacher, width: float):
     """The teacher's architecture with every hidden layer's units/filters scaled by ``width``."""
     config = model_config(teacher)
-    outputs = set(teacher.output_names)
+    outputs = _output_width_layers(teacher)
     for entry in config["layers"]:
         options = entry["config"]
         if options["name"] in outputs:
@@ -159,6 +160,23 @@ def shrink(teacher, width: float):
                           "give the student as a model file (student: small.keras)") from exc
 
 
+def _output_width_layers(model) -> set[str]:
+    """Names of the layers that fix the output width: the output layers and, through layers without
+    units/filters after them (a final Softmax, Activation, Reshape...), the layers that set the class count."""
+    keep, todo = set(), [model.get_layer(name) for name in model.output_names]
+    while todo:
+        layer = todo.pop()
+        if layer.name in keep:
+            continue
+        keep.add(layer.name)
+        config = layer.get_config()
+        if "units" in config or "filters" in config or not layer.inbound_nodes:
+            continue
+        inbound = layer.inbound_nodes[0].inbound_layers
+        todo.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
+    return keep
+
+
 def _build_reference(name: str, width: float | None):
     from .. import reference
 
@@ -169,6 +187,26 @@ def _build_reference(name: str, width: float | None):
     return builder(width) if width is not None else builder()
 
 
+@contextlib.contextmanager
+def _softmax_off(model, k):
+    """While active, a final layer with ``activation=softmax`` (Dense, Conv, Activation) outputs its logits.
+
+    Soft targets and the student's loss need the logits themselves: ``log`` of the softmax output
+    underflows for confident classes (and clipping it distorts the soft targets and kills their gradient).
+    A final ``Softmax`` layer is handled in ``outputs_of`` (its input is taken instead).
+    """
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    if getattr(activation, "__name__", "") != "softmax":
+        yield
+        return
+    last.activation = k.activations.linear
+    try:
+        yield
+    finally:
+        last.activation = activation
+
+
 def _make_trainer(teacher, student, config: Distill):
     """A tf_keras Model whose train_step distils ``teacher`` into ``student``."""
     from .._tf import import_keras, import_tf
@@ -176,13 +214,12 @@ def _make_trainer(teacher, student, config: Distill):
 
     tf, k = import_tf(), import_keras()
     T, alpha, pairs = float(config.temperature), float(config.alpha), config.features
-    t_soft, s_soft = ends_in_softmax(teacher), ends_in_softmax(student)
-
-    def logits(outputs, soft):
-        return tf.math.log(tf.clip_by_value(outputs, 1e-8, 1.0)) if soft else outputs
 
     def outputs_of(model, names):
-        return k.Model(model.inputs, [model.outputs[0]] + [model.get_layer(n).output for n in names])
+        """The model's logits (the input of a final Softmax layer) and the named layers' outputs."""
+        last = model.layers[-1]
+        head = last.input if ends_in_softmax(model) and not hasattr(last, "activation") else model.outputs[0]
+        return k.Model(model.inputs, [head] + [model.get_layer(n).output for n in names])
 
     class Distiller(k.Model):
         def __init__(self):
@@ -205,10 +242,11 @@ def _make_trainer(teacher, student, config: Distill):
             return student(x, training=training)
 
         def _loss(self, x, y, training):
-            t_out = self.t_net(x, training=False)
-            s_out = self.s_net(x, training=training)
+            with _softmax_off(teacher, k), _softmax_off(student, k):  # pre-softmax logits, not log(probabilities)
+                t_out = self.t_net(x, training=False)
+                s_out = self.s_net(x, training=training)
             t_out, s_out = (t_out if isinstance(t_out, list) else [t_out]), (s_out if isinstance(s_out, list) else [s_out])
-            s_logits, t_logits = logits(s_out[0], s_soft), logits(t_out[0], t_soft)
+            s_logits, t_logits = s_out[0], t_out[0]
             p_t = tf.nn.softmax(t_logits / T)
             kl = tf.reduce_mean(tf.reduce_sum(
                 p_t * (tf.nn.log_softmax(t_logits / T) - tf.nn.log_softmax(s_logits / T)), axis=-1))
