@@ -75,6 +75,14 @@ def float_op_model(tmp_path_factory) -> tuple[Path, Path]:
     return d / "sin.h5", d / "calib.npz"
 
 
+@pytest.fixture(scope="session")
+def ota_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny full-int8 models v1, v2, v3, ``wide`` and a ``broken`` file, for the OTA tests."""
+    from tests import ota_helpers
+
+    return ota_helpers.build_models(tmp_path_factory.mktemp("ota_models"))
+
+
 def assert_one_error_line(result, *fragments: str) -> None:
     """The CLI printed one clear error line naming ``fragments`` and no traceback."""
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]

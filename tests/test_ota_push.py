@@ -1,0 +1,223 @@
+"""tfedge push / rollback / status against a real OpenSSH server on loopback.
+
+The "device" is this machine through Debian's sshd (fixture from the harness tests), with
+this interpreter (numpy + LiteRT) as the device Python. Nothing about SSH is mocked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import harness_helpers as hh
+from tests import ota_helpers as oh
+from tests.conftest import assert_one_error_line
+from tests.conftest_harness import *  # noqa: F401,F403  (sshd, ssh_home)
+from tfedge.errors import OtaError, TargetError, UsageError
+from tfedge.ota.push import push
+from tfedge.ota.versions import sha256_file
+
+
+def opts(server, **extra) -> dict:
+    return {"python": sys.executable, "key": str(server.user_key), "known_hosts": str(server.known_hosts), **extra}
+
+
+def cli_opts(server) -> list[str]:
+    return ["--key", server.user_key, "--known-hosts", server.known_hosts, "--remote-python", sys.executable]
+
+
+def test_push_switches_atomically_and_keeps_history(sshd, ota_models, tmp_path, ssh_home):
+    device = tmp_path / "kws"
+    url = sshd.url(str(device))
+    first = push(ota_models["v1"], url, name="kws", **opts(sshd))
+    assert first.switched and first.previous is None and first.uploaded and first.smoke["ok"]
+    second = push(ota_models["v2"], url, name="kws", **opts(sshd))
+    assert second.previous == first.sha256
+    assert oh.assert_whole_model(device, {second.sha256: ota_models["v2"]}) == second.sha256
+    assert set(second.seconds) >= {"connect", "upload", "smoke_test", "switch", "total"}
+    manifest = json.loads((device / "manifest.json").read_text())
+    assert [r["sha256"] for r in manifest["history"]] == [first.sha256, second.sha256]
+    assert manifest["history"][-1]["signature"]["inputs"][0]["shape"] == [1, 8, 8, 1]
+    assert not [p for p in device.rglob("*.part")]
+    again = push(ota_models["v2"], url, name="kws", **opts(sshd))
+    assert again.already_current and not again.switched
+
+
+def test_rollback_and_status_through_the_cli(sshd, ota_models, tmp_path, ssh_home, run_cli):
+    device = tmp_path / "kws"
+    url = sshd.url(str(device))
+    run_cli("push", ota_models["v1"], url, "--name", "kws", *cli_opts(sshd))
+    out = run_cli("push", ota_models["v2"], url, "--name", "kws", *cli_opts(sshd)).stdout
+    assert "switched to" in out and "smoke test passed" in out
+    status = json.loads(run_cli("status", url, "--json", *cli_opts(sshd)).stdout)
+    assert status["current"]["sha256"] == sha256_file(ota_models["v2"])
+    assert status["previous"]["sha256"] == sha256_file(ota_models["v1"])
+    assert "rolled back to" in run_cli("rollback", url, "--name", "kws", *cli_opts(sshd)).stdout
+    oh.assert_whole_model(device, {sha256_file(ota_models["v1"]): ota_models["v1"]})
+    status = json.loads(run_cli("status", url, "--json", *cli_opts(sshd)).stdout)
+    assert status["previous"]["sha256"] == sha256_file(ota_models["v2"])  # rollback twice toggles
+
+
+def test_rollback_without_history_is_a_clear_error(sshd, ota_models, tmp_path, ssh_home, run_cli):
+    url = sshd.url(str(tmp_path / "kws"))
+    push(ota_models["v1"], url, name="kws", **opts(sshd))
+    result = run_cli("rollback", url, *cli_opts(sshd), expect=1)
+    assert_one_error_line(result, "no previous version")
+
+
+def test_signature_change_is_refused_unless_allowed(sshd, ota_models, tmp_path, ssh_home):
+    device = tmp_path / "kws"
+    url = sshd.url(str(device))
+    v1 = push(ota_models["v1"], url, name="kws", **opts(sshd)).sha256
+    with pytest.raises(OtaError, match="signature differs.*shape"):
+        push(ota_models["wide"], url, name="kws", **opts(sshd))
+    oh.assert_whole_model(device, {v1: ota_models["v1"]})
+    assert push(ota_models["wide"], url, name="kws", allow_signature_change=True, **opts(sshd)).switched
+
+
+def test_wrong_model_name_and_bad_urls(sshd, ota_models, tmp_path, ssh_home):
+    url = sshd.url(str(tmp_path / "kws"))
+    push(ota_models["v1"], url, name="kws", **opts(sshd))
+    with pytest.raises(OtaError, match="holds model 'kws'"):
+        push(ota_models["v2"], url, name="other", **opts(sshd))
+    with pytest.raises(UsageError, match="names no model directory"):
+        push(ota_models["v2"], sshd.url(), name="kws", **opts(sshd))
+    with pytest.raises(UsageError, match="not an SSH target"):
+        push(ota_models["v2"], "http://host/x", name="kws")
+
+
+def test_keep_prunes_old_versions(sshd, ota_models, tmp_path, ssh_home):
+    device = tmp_path / "kws"
+    url = sshd.url(str(device))
+    for name in ("v1", "v2", "v3"):
+        result = push(ota_models[name], url, name="kws", keep=2, **opts(sshd))
+    kept = sorted(p.name.split(".")[0] for p in (device / "versions").glob("*.tflite"))
+    assert kept == sorted([sha256_file(ota_models["v2"]), sha256_file(ota_models["v3"])])
+    assert result.removed
+
+
+def test_wrong_host_key_is_refused_before_anything_changes(sshd, ota_models, tmp_path, ssh_home):
+    other = hh.keygen(tmp_path / "other_host_key").with_suffix(".pub").read_text().split()
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
+    device = tmp_path / "kws"
+    with pytest.raises(TargetError, match="host key .* not trusted"):
+        push(ota_models["v1"], sshd.url(str(device)), name="kws", **opts(sshd, known_hosts=str(wrong)))
+    assert not device.exists()
+
+
+def test_smoke_test_failure_on_device_switches_nothing(sshd, ota_models, tmp_path, ssh_home):
+    """The device script runs with an impossible tolerance (a wrapper adds --atol -1)."""
+    device = tmp_path / "kws"
+    url = sshd.url(str(device))
+    v1 = push(ota_models["v1"], url, name="kws", **opts(sshd)).sha256
+    strict = tmp_path / "strict-python"
+    strict.write_text(f'#!/bin/sh\nexec {sys.executable} "$@" --atol -1\n')
+    strict.chmod(0o755)
+    with pytest.raises(OtaError, match="smoke test failed.*nothing was switched"):
+        push(ota_models["v2"], url, name="kws", **opts(sshd, python=str(strict)))
+    oh.assert_whole_model(device, {v1: ota_models["v1"]})
+    assert not (device / "versions" / f"{sha256_file(ota_models['v2'])}.tflite").exists()
+
+
+def test_device_without_runtime_gets_the_install_hint(sshd, ota_models, tmp_path, ssh_home):
+    device = tmp_path / "kws"
+    with pytest.raises(TargetError, match="no working TFLite runtime") as info:
+        push(ota_models["v1"], sshd.url(str(device)), name="kws", **opts(sshd, python="/usr/bin/python3"))
+    assert "pip install" in info.value.hint and "--no-smoke-test" in info.value.hint
+    assert oh.active_sha(device) is None
+    assert push(ota_models["v1"], sshd.url(str(device)), name="kws", smoke_test=False,
+                **opts(sshd, python="/usr/bin/python3")).switched
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    with oh.tmpfs(tmp_path / "small", "600k") as mount:
+        yield mount
+
+
+def test_disk_full_is_refused_and_old_model_stays(sshd, ota_models, tiny_tmpfs, ssh_home):
+    device = tiny_tmpfs / "kws"
+    url = sshd.url(str(device))
+    v1 = push(ota_models["v1"], url, name="kws", **opts(sshd)).sha256
+    filler = tiny_tmpfs / "filler"
+    free = os.statvfs(tiny_tmpfs).f_bavail * os.statvfs(tiny_tmpfs).f_frsize
+    filler.write_bytes(b"\0" * (free - 30_000))
+    with pytest.raises(OtaError, match="not enough space"):
+        push(ota_models["v2"], url, name="kws", **opts(sshd))
+    oh.assert_whole_model(device, {v1: ota_models["v1"]})
+    filler.unlink()
+    assert push(ota_models["v2"], url, name="kws", **opts(sshd)).switched
+
+
+# ---------------------------------------------------------------- the SSH server dies mid-upload
+@pytest.fixture(scope="session")
+def big_model(tmp_path_factory):
+    return oh.big_model(tmp_path_factory.mktemp("big"))
+
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_sshd_killed_mid_upload_keeps_old_model_and_next_push_cleans(ota_models, big_model, tmp_path, ssh_home):
+    server = hh.start_sshd(tmp_path / "sshd")
+    device = tmp_path / "kws"
+    try:
+        v1 = push(ota_models["v1"], server.url(str(device)), name="kws", allow_signature_change=True,
+                  **opts(server)).sha256
+        outcome = []
+
+        def push_big():
+            try:
+                outcome.append(push(big_model, server.url(str(device)), name="kws", allow_signature_change=True,
+                                    smoke_test=False, **opts(server)))
+            except Exception as exc:  # noqa: BLE001 - the test inspects it
+                outcome.append(exc)
+
+        thread = threading.Thread(target=push_big)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not list((device / "versions").glob(".*.part")) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        sessions = _descendants(server.process.pid)
+        for pid in sessions:  # freeze the upload where it is, then kill the whole server
+            os.kill(pid, signal.SIGSTOP)
+        partial = list((device / "versions").glob(".*.part"))
+        for pid in [server.process.pid, *sessions]:
+            os.kill(pid, signal.SIGKILL)
+        server.process.wait()
+        thread.join(60)
+    finally:
+        server.stop()
+    assert partial and partial[0].stat().st_size < big_model.stat().st_size
+    assert isinstance(outcome[0], TargetError), outcome
+    oh.assert_whole_model(device, {v1: ota_models["v1"]})
+    restarted = hh.start_sshd(tmp_path / "sshd2")
+    try:
+        result = push(big_model, restarted.url(str(device)), name="kws", allow_signature_change=True,
+                      **opts(restarted))
+    finally:
+        restarted.stop()
+    assert result.switched and partial[0].name in result.cleaned
+    assert not list(device.rglob("*.part"))
+    oh.assert_whole_model(device, {result.sha256: big_model})
