@@ -87,6 +87,36 @@ def serve(repo: Path) -> RepoServer:
     return RepoServer(server, thread)
 
 
+# ---------------------------------------------------------------- a device with version 1
+def agent_config(url: str, device: Path, repo: Path, **kw):
+    """The agent's configuration for model ``kws``, trusting the repository's first root."""
+    from tfedge.ota.agent import AgentConfig
+
+    return AgentConfig(url, device, "kws", repo / "public" / "metadata" / "1.root.json", **kw)
+
+
+def poll(url: str, device: Path, repo: Path, **kw):
+    """One in-process agent poll (the real ``poll_once``), quietly."""
+    from tfedge.ota.agent import poll_once
+
+    return poll_once(agent_config(url, device, repo, **kw), log=lambda m: None)
+
+
+def installed_v1(base: Path, models: dict[str, Path]) -> Path:
+    """``base/repo`` publishing kws version 1 (model v1), and ``base/device`` that installed it."""
+    from tfedge.ota import repository as repo_api
+
+    repo_api.init_repository(base / "repo")
+    repo_api.publish(base / "repo", models["v1"], "kws", 1)
+    server = serve(base / "repo")
+    try:
+        result = poll(server.url, base / "device", base / "repo")
+    finally:
+        server.stop()
+    assert result.state == "Success", result
+    return base
+
+
 # ---------------------------------------------------------------- agent processes
 def agent_env(**extra: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")

@@ -27,9 +27,9 @@ def opts(server, **extra) -> dict:
 
 
 def test_parse_target():
-    t = parse_target("ssh://pi@raspberrypi.local:2222/home/pi/b?python=~/venv/bin/python&key=/k")
+    t = parse_target("ssh://pi@raspberrypi.local:2222/srv/b?python=~/venv/bin/python&key=/k")
     assert (t.user, t.host, t.port, t.workdir, t.python, t.key) == (
-        "pi", "raspberrypi.local", 2222, "/home/pi/b", "~/venv/bin/python", "/k")
+        "pi", "raspberrypi.local", 2222, "/srv/b", "~/venv/bin/python", "/k")
     assert parse_target("ssh://pi@board").workdir == "tfedge-bench"
 
 

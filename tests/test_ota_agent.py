@@ -20,7 +20,6 @@ import pytest
 
 from tests import ota_helpers as oh
 from tfedge.ota import repository as repo_api
-from tfedge.ota.agent import AgentConfig, poll_once
 from tfedge.ota.journal import ROLLING_BACK, STEPS, Journal
 from tfedge.ota.versions import sha256_file
 
@@ -28,20 +27,9 @@ from tfedge.ota.versions import sha256_file
 @pytest.fixture(scope="module")
 def update_ready(tmp_path_factory, ota_models):
     """A device with version 1 installed, and a repository that now offers version 2."""
-    base = tmp_path_factory.mktemp("agent_base")
-    repo_api.init_repository(base / "repo")
-    repo_api.publish(base / "repo", ota_models["v1"], "kws", 1)
-    server = oh.serve(base / "repo")
-    try:
-        assert poll_once(_config(server.url, base / "device", base / "repo"), log=lambda m: None).ok
-    finally:
-        server.stop()
+    base = oh.installed_v1(tmp_path_factory.mktemp("agent_base"), ota_models)
     repo_api.publish(base / "repo", ota_models["v2"], "kws", 2)
     return base
-
-
-def _config(url, device, repo, **kw) -> AgentConfig:
-    return AgentConfig(url, device, "kws", repo / "public" / "metadata" / "1.root.json", **kw)
 
 
 class Setup:
@@ -141,7 +129,7 @@ def test_fifty_random_kills_never_leave_a_partial_model(setup, update_ready):
         oh.assert_whole_model(setup.device, setup.allowed)
         entry = Journal(setup.device / "journal.json").read()
         found[entry["step"] if entry else "none"] += 1
-        result = poll_once(_config(setup.server.url, setup.device, setup.repo), log=lambda m: None)
+        result = oh.poll(setup.server.url, setup.device, setup.repo)
         assert result.ok, result
         oh.assert_whole_model(setup.device, {sha256_file(setup.models["v2"]): setup.models["v2"]})
     print(f"window {window:.3f} s; journal step found after each kill: {dict(found)}")

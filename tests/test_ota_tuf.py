@@ -14,7 +14,6 @@ import pytest
 from tests import ota_helpers as oh
 from tfedge.errors import OtaError, UsageError
 from tfedge.ota import repository as repo_api
-from tfedge.ota.agent import AgentConfig, poll_once
 from tfedge.ota.signature import runtime_satisfies, tf_equivalent
 from tfedge.ota.versions import sha256_file
 
@@ -22,16 +21,7 @@ from tfedge.ota.versions import sha256_file
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, ota_models):
     """A repository with kws version 1 (model v1), and a device that installed it."""
-    base = tmp_path_factory.mktemp("baseline")
-    repo_api.init_repository(base / "repo")
-    repo_api.publish(base / "repo", ota_models["v1"], "kws", 1)
-    server = oh.serve(base / "repo")
-    try:
-        result = poll_once(config(server.url, base / "device", base / "repo"))
-    finally:
-        server.stop()
-    assert result.state == "Success", result
-    return base
+    return oh.installed_v1(tmp_path_factory.mktemp("baseline"), ota_models)
 
 
 class Fleet:
@@ -45,7 +35,7 @@ class Fleet:
         self.v1 = sha256_file(models["v1"])
 
     def poll(self, **kw):
-        return poll_once(config(self.server.url, self.device, self.repo, **kw), log=lambda m: None)
+        return oh.poll(self.server.url, self.device, self.repo, **kw)
 
     def served(self, name: str, model: str, group: str | None = None):
         """The served file of target ``name`` holding ``model`` (consistent snapshots keep old ones)."""
@@ -56,10 +46,6 @@ class Fleet:
 
     def assert_serving(self, *names: str) -> str:
         return oh.assert_whole_model(self.device, {sha256_file(self.models[n]): self.models[n] for n in names})
-
-
-def config(url, device, repo, **kw) -> AgentConfig:
-    return AgentConfig(url, device, "kws", repo / "public" / "metadata" / "1.root.json", **kw)
 
 
 @pytest.fixture
@@ -285,7 +271,7 @@ def test_staged_rollout_canary_first_then_everyone(fleet, tmp_path):
     repo_api.publish(fleet.repo, fleet.models["v2"], "kws", 2, group="canary")
     assert "up to date" in fleet.poll().message
     fleet.assert_serving("v1")
-    assert poll_once(config(fleet.server.url, canary, fleet.repo, group="canary"), log=lambda m: None).ok
+    assert oh.poll(fleet.server.url, canary, fleet.repo, group="canary").ok
     oh.assert_whole_model(canary, {sha256_file(fleet.models["v2"]): fleet.models["v2"]})
     repo_api.promote(fleet.repo, "kws", "canary")
     assert fleet.poll().state == "Success"

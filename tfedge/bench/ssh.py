@@ -9,9 +9,9 @@ Target syntax: ``ssh://user@host[:port][/workdir][?python=PATH&key=PATH&known_ho
 Without a workdir the files go to ``~/tfedge-bench``.
 
 Example:
-    >>> target = parse_target("ssh://pi@raspberrypi.local/home/pi/bench?python=~/venv/bin/python")
+    >>> target = parse_target("ssh://pi@raspberrypi.local/srv/bench?python=~/venv/bin/python")
     >>> target.host, target.port, target.workdir, target.python
-    ('raspberrypi.local', 22, '/home/pi/bench', '~/venv/bin/python')
+    ('raspberrypi.local', 22, '/srv/bench', '~/venv/bin/python')
     >>> report, _ = run(Job(Path("model.tflite"), threads=4), target)
 """
 from __future__ import annotations

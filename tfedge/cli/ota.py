@@ -44,7 +44,7 @@ def push_cmd(model, target, name, no_smoke_test, allow_signature_change, keep, g
 
     \b
     Example:
-        tfedge push kws_int8.tflite ssh://pi@raspberrypi.local/home/pi/models/kws --name kws
+        tfedge push kws_int8.tflite ssh://pi@raspberrypi.local/srv/models/kws --name kws
     """
     from ..ota.push import push
 
@@ -71,7 +71,7 @@ def rollback_cmd(target, name, key, known_hosts, remote_python, as_json):
 
     \b
     Example:
-        tfedge rollback ssh://pi@raspberrypi.local/home/pi/models/kws
+        tfedge rollback ssh://pi@raspberrypi.local/srv/models/kws
     """
     from ..ota.push import rollback
 
@@ -90,7 +90,7 @@ def status_cmd(target, key, known_hosts, remote_python, as_json):
 
     \b
     Example:
-        tfedge status ssh://pi@raspberrypi.local/home/pi/models/kws --json
+        tfedge status ssh://pi@raspberrypi.local/srv/models/kws --json
     """
     from ..ota.push import device_status
 

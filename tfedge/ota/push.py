@@ -17,10 +17,10 @@ changes on the device:
 Connection, URL and host-key handling are the benchmark harness's (``tfedge.bench.ssh``).
 
 Example:
-    >>> r = push("kws_int8.tflite", "ssh://pi@raspberrypi.local/home/pi/models/kws")
+    >>> r = push("kws_int8.tflite", "ssh://pi@raspberrypi.local/srv/models/kws")
     >>> r.sha256[:12], r.previous[:12], r.switched
     ('3f1c2a9d8e7b', 'a07e55c1d2f3', True)
-    >>> rollback("ssh://pi@raspberrypi.local/home/pi/models/kws").sha256[:12]
+    >>> rollback("ssh://pi@raspberrypi.local/srv/models/kws").sha256[:12]
     'a07e55c1d2f3'
 """
 from __future__ import annotations
