@@ -1,8 +1,12 @@
 """Child process that runs the TFLite converter (see ``tfedge.convert``).
 
-Reads a job JSON, loads the model, checks the calibration data against its input, converts
+Reads a job JSON, loads the model, checks the calibration data against its inputs, converts
 and writes the flatbuffer. Errors go back as JSON (type, message, hint); a crash of the
 converter kills only this process.
+
+A model with several inputs is calibrated with one dict per sample keyed by input name: the
+converter's signature keeps the Keras input names, while the order of its input tensors may
+differ from the Keras model's.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ._tf import prepare_environment
-from .errors import ConversionError, DataError, TfedgeError
+from .data import InputSpec, arrange_inputs, keras_input_specs
+from .errors import ConversionError, TfedgeError
 
 TF_TYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16", "float32": "float32"}
 
@@ -42,34 +47,27 @@ def run(job: dict) -> dict:
     from ._tf import import_tf
 
     tf = import_tf()
-    calib = np.load(job["calib"]) if job["calib"] else None
     if fmt.kind == "savedmodel":
         converter = tf.lite.TFLiteConverter.from_saved_model(fmt.path)
         inputs = _saved_model_inputs(tf, fmt.path)
     else:
         model = load_keras_model(fmt)
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        inputs = [(tuple(i.shape), _dtype_name(i.dtype)) for i in model.inputs]
-    if calib is not None:
-        _check_calibration(calib, [shape for shape, _ in inputs])
-        calib = calib.astype(inputs[0][1])
+        inputs = keras_input_specs(model)
+    calib = _calibration(job["calib"], inputs) if job["calib"] else None
     _configure(tf, converter, job["quant"], job["io"], calib, job.get("progress"), job.get("progress_fd"))
     flatbuffer = converter.convert()
     Path(job["output"]).write_bytes(flatbuffer)
     return {"keras": fmt.keras, "bytes": len(flatbuffer)}
 
 
-def _dtype_name(dtype) -> str:
-    return getattr(dtype, "name", str(dtype))
-
-
-def _check_calibration(calib: np.ndarray, input_shapes: list[tuple]) -> None:
-    from .data import check_fits
-
-    if len(input_shapes) != 1:
-        raise DataError(f"the model has {len(input_shapes)} inputs; calibration data holds one array",
-                        "convert a single-input model, or use --quant dynamic / float16")
-    check_fits(calib, input_shapes[0], "calibration data")
+def _calibration(path: str, inputs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """The calibration samples per input name, checked against the inputs and cast to their dtypes."""
+    with np.load(path, allow_pickle=False) as f:
+        loaded = {name: f[name] for name in f.files}
+    x = loaded["x"] if list(loaded) == ["x"] else loaded  # one array (x) or one per input name
+    arrays = arrange_inputs(x, inputs, "calibration data")
+    return {spec.name: array.astype(spec.dtype) for spec, array in zip(inputs, arrays)}
 
 
 def _configure(tf, converter, quant: str, io: str, calib, progress: bool, progress_fd) -> None:
@@ -93,10 +91,14 @@ def _configure(tf, converter, quant: str, io: str, calib, progress: bool, progre
         converter.inference_output_type = getattr(tf, TF_TYPES[io])
 
 
-def _representative(samples: np.ndarray, progress: bool, progress_fd):
+def _representative(samples: dict[str, np.ndarray], progress: bool, progress_fd):
+    """One sample at a time: a list for a single input, a dict by signature input name for several."""
+    count = len(next(iter(samples.values())))
+
     def generate():
-        for sample in _maybe_progress(samples, progress, progress_fd):
-            yield [sample[None, ...]]
+        for i in _maybe_progress(range(count), progress, progress_fd):
+            one = {name: array[i:i + 1] for name, array in samples.items()}
+            yield list(one.values()) if len(one) == 1 else one
 
     return generate
 
@@ -108,12 +110,13 @@ def _maybe_progress(samples, progress: bool, progress_fd):
     yield from progress_iter(samples, "Calibrating", stream is not None, file=stream)
 
 
-def _saved_model_inputs(tf, path: str) -> list[tuple[tuple, str]]:
+def _saved_model_inputs(tf, path: str) -> list[InputSpec]:
     loaded = tf.saved_model.load(path)
     sig = loaded.signatures.get("serving_default")
     if sig is None:
         raise ConversionError(f"{path} has no serving_default signature", "export the model with a serving signature")
-    return [(tuple(spec.shape), spec.dtype.name) for spec in sig.structured_input_signature[1].values()]
+    return [InputSpec(name, tuple(spec.shape), spec.dtype.name)
+            for name, spec in sig.structured_input_signature[1].items()]
 
 
 def _converter_error(exc: Exception) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import errors
 from ._atomic import atomic_path, check_writable
-from .data import draw_samples, load_data
+from .data import Dataset, Inputs, draw_samples, load_data, num_samples
 from .errors import ConversionError, UsageError, VerificationError
 from .loading import detect_format
 from .verify import FloatOp, find_float_ops
@@ -66,7 +66,8 @@ def convert(model, output: str | os.PathLike, *, calib=None, quant: str = "int8"
         model: path to a ``.keras``/``.h5`` file or SavedModel directory, or an in-memory
             tf_keras model (e.g. a quantization-aware one from ``tfedge optimize``).
         output: the ``.tflite`` path; written atomically, never half-written.
-        calib: calibration data (path or array of inputs) for ``int8``/``int16x8``.
+        calib: calibration data for ``int8``/``int16x8``: a path, a Dataset, an array of inputs,
+            or for a model with several inputs a dict of arrays keyed by input name.
         quant: one of ``int8``, ``int16x8``, ``float16``, ``dynamic``, ``none``.
         io: input/output type; defaults to integer for full-integer modes.
         calib_samples: how many calibration samples to draw (seeded).
@@ -98,7 +99,7 @@ def convert(model, output: str | os.PathLike, *, calib=None, quant: str = "int8"
     return ConvertResult(
         output=str(output), size_bytes=report.size_bytes, quant=quant, io=io,
         full_integer=not float_ops, float_ops=float_ops,
-        calib_samples=0 if samples is None else len(samples),
+        calib_samples=0 if samples is None else num_samples(samples),
         seconds=round(time.perf_counter() - started, 3), keras=keras,
     )
 
@@ -127,10 +128,12 @@ def _load_profile(profile):
     return profile if hasattr(profile, "budgets") else load_profile(profile)
 
 
-def _calibration_samples(calib, quant: str, count: int, seed: int) -> np.ndarray | None:
+def _calibration_samples(calib, quant: str, count: int, seed: int) -> Inputs | None:
     if quant not in FULL_INTEGER_MODES:
         return None
-    x = calib if isinstance(calib, np.ndarray) else load_data(calib).x
+    if isinstance(calib, Dataset):
+        calib = calib.x
+    x = calib if isinstance(calib, (np.ndarray, dict)) else load_data(calib).x
     return draw_samples(x, count, seed)
 
 
@@ -157,8 +160,8 @@ def _model_source(model, work: Path) -> tuple[str, str]:
 def _job(source: str, out: Path, quant: str, io: str, samples, work: Path, progress: bool) -> dict:
     calib_path = None
     if samples is not None:
-        calib_path = str(work / "calib.npy")
-        np.save(calib_path, samples)
+        calib_path = str(work / "calib.npz")
+        np.savez(calib_path, **(samples if isinstance(samples, dict) else {"x": samples}))
     return {"model": source, "output": str(out), "quant": quant, "io": io, "calib": calib_path,
             "result": str(work / "result.json"), "progress": progress}
 

@@ -1,7 +1,14 @@
 """Data files in: ``.npz`` (``x`` and optional ``y``), ``.npy`` (inputs only) or an image folder.
 
+A model with several inputs takes an ``.npz`` holding one array per input, named after the
+input (``keras.Input(..., name="image")``), and optionally ``y``:
+``np.savez("train.npz", image=images, meta=vectors, y=labels)``. Its ``Dataset.x`` is then a
+dict of arrays; ``arrange_inputs`` puts them in the order a model (Keras or TFLite) wants,
+matching by name, or by shape when the model's names are not in the file.
+
 Everything is checked before any work starts: the file exists and is not empty, the arrays
-are numeric and finite, and their shape fits the model's input.
+are numeric and finite, hold the same number of samples, and their count and shapes fit the
+model's inputs.
 
 Example:
     >>> ds = load_data("models/digits/test.npz")
@@ -13,7 +20,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -21,17 +28,32 @@ from .errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
+Inputs = Union[np.ndarray, dict[str, np.ndarray]]
+"""One array (a single-input model) or one array per input, keyed by the input's name."""
+
 
 @dataclass
 class Dataset:
-    """Inputs ``x`` and, when known, labels or targets ``y``."""
+    """Inputs ``x`` (an array, or a dict of arrays for several inputs) and, when known, labels or targets ``y``."""
 
-    x: np.ndarray
+    x: Inputs
     y: np.ndarray | None
     source: str
 
     def __len__(self) -> int:
-        return len(self.x)
+        return num_samples(self.x)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a model: its name, shape (batch first) and dtype name."""
+
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+
+    def describe(self) -> str:
+        return f"{self.name} {_fmt_shape(self.shape[1:])}"
 
 
 def load_data(path: str | Path, image_size: tuple[int, int] | None = None) -> Dataset:
@@ -48,49 +70,158 @@ def load_data(path: str | Path, image_size: tuple[int, int] | None = None) -> Da
     else:
         raise DataError(f"{path}: unknown data format '{path.suffix}'",
                         "use .npz (arrays x, y), .npy (inputs) or a folder with one sub-folder per class")
-    _check_numeric_finite(ds)
+    for name, array in _named_arrays(ds.x):
+        _check_numeric_finite(array, ds.source if name is None else f"{ds.source}, array '{name}'")
+    _check_sample_counts(ds)
     return ds
+
+
+def num_samples(x: Inputs) -> int:
+    """How many samples ``x`` holds (every array of a dict holds as many)."""
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def take(x: Inputs, index) -> Inputs:
+    """The samples ``index`` of ``x``, from every array alike."""
+    return {name: a[index] for name, a in x.items()} if isinstance(x, dict) else x[index]
+
+
+def as_float32(x: Inputs) -> Inputs:
+    """``x`` in float32, every array of a dict alike."""
+    if isinstance(x, dict):
+        return {name: a.astype(np.float32) for name, a in x.items()}
+    return x.astype(np.float32)
+
+
+def keras_input_specs(model) -> list[InputSpec]:
+    """The inputs of a Keras model (Keras 3 or tf_keras), in the model's order."""
+    return [InputSpec(_tensor_name(t), tuple(t.shape), _dtype_name(t.dtype)) for t in model.inputs]
+
+
+def arrange_inputs(x: Inputs, specs: Sequence[InputSpec], source: str) -> list[np.ndarray]:
+    """The arrays of ``x`` in the order of ``specs``, each checked to fit its input.
+
+    A dict is matched to the inputs by name, or by shape when the file does not use the
+    model's input names and every input fits exactly one array.
+
+    Raises:
+        DataError: the number of arrays differs from the number of inputs, an input has no
+            array, or an array's samples do not fit its input.
+    """
+    if not isinstance(x, dict):
+        _check_count(["x"], specs, source)
+        check_fits(x, specs[0].shape, source)
+        return [x]
+    _check_count(sorted(x), specs, source)
+    if all(s.name in x for s in specs):
+        arrays = [x[s.name] for s in specs]
+    else:
+        arrays = _match_by_shape(x, specs, source)
+    for spec, array in zip(specs, arrays):
+        check_fits(array, spec.shape, f"{source}, input '{spec.name}'")
+    return arrays
 
 
 def check_fits(x: np.ndarray, input_shape: Sequence[int | None], source: str) -> None:
     """Raise DataError unless samples ``x`` fit a model input of ``input_shape`` (batch first)."""
-    want = tuple(input_shape[1:])
-    got = tuple(x.shape[1:])
-    if len(want) == len(got) and all(w is None or w == g for w, g in zip(want, got)):
+    if _fits(x, input_shape):
         return
+    want, got = tuple(input_shape[1:]), tuple(x.shape[1:])
     hint = "reshape the data to the model's input shape"
     if len(got) + 1 == len(want) and want[-1] == 1:
         hint = "add a channel axis, e.g. x = x[..., None]"
     raise DataError(f"{source}: samples have shape {got}, the model expects {_fmt_shape(want)}", hint)
 
 
-def draw_samples(x: np.ndarray, count: int, seed: int) -> np.ndarray:
+def draw_samples(x: Inputs, count: int, seed: int) -> Inputs:
     """Up to ``count`` samples of ``x`` drawn without replacement with a fixed seed."""
     if count <= 0:
         raise DataError(f"sample count must be positive, got {count}", "pass --calib-samples 100 or more")
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(x), size=min(count, len(x)), replace=False)
-    return x[idx]
+    n = num_samples(x)
+    idx = rng.choice(n, size=min(count, n), replace=False)
+    return take(x, idx)
 
 
 def _fmt_shape(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
+def _tensor_name(tensor) -> str:
+    return str(tensor.name).split(":")[0]
+
+
+def _dtype_name(dtype) -> str:
+    return getattr(dtype, "name", str(dtype))
+
+
+def _named_arrays(x: Inputs) -> list[tuple[str | None, np.ndarray]]:
+    return sorted(x.items()) if isinstance(x, dict) else [(None, x)]
+
+
+def _check_count(names: list[str], specs: Sequence[InputSpec], source: str) -> None:
+    if len(names) == len(specs):
+        return
+    arrays = f"{len(names)} input array{'s' if len(names) != 1 else ''} ({', '.join(names)})"
+    inputs = f"{len(specs)} input{'s' if len(specs) != 1 else ''}: {', '.join(s.describe() for s in specs)}"
+    raise DataError(f"{source} holds {arrays}, the model has {inputs}", _layout_hint(specs))
+
+
+def _layout_hint(specs: Sequence[InputSpec]) -> str:
+    if len(specs) == 1:
+        return "save a single-input model's inputs as x: np.savez(path, x=x, y=y)"
+    named = ", ".join(f"{s.name}=..." for s in specs)
+    return f"save one array per input, named after it: np.savez(path, {named}, y=y)"
+
+
+def _match_by_shape(x: dict, specs: Sequence[InputSpec], source: str) -> list[np.ndarray]:
+    """Arrays for ``specs`` when every input fits exactly one array of ``x`` and no two inputs the same."""
+    chosen = [[name for name, a in x.items() if _fits(a, spec.shape)] for spec in specs]
+    if all(len(c) == 1 for c in chosen) and len({c[0] for c in chosen}) == len(specs):
+        return [x[c[0]] for c in chosen]
+    missing = [s.name for s in specs if s.name not in x]
+    raise DataError(f"{source} has no array named {', '.join(repr(m) for m in missing)} "
+                    f"(found: {', '.join(sorted(x))}), and its shapes do not tell the inputs apart "
+                    f"(the model's inputs: {', '.join(s.describe() for s in specs)})", _layout_hint(specs))
+
+
+def _fits(x: np.ndarray, input_shape: Sequence[int | None]) -> bool:
+    want, got = tuple(input_shape[1:]), tuple(x.shape[1:])
+    return len(want) == len(got) and all(w is None or w == g for w, g in zip(want, got))
+
+
 def _load_npz(path: Path) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)
-            if "x" not in keys:
-                raise DataError(f"{path} has no array named 'x' (found: {', '.join(sorted(keys)) or 'none'})",
-                                "save inputs as x and labels as y: np.savez(path, x=x, y=y)")
-            x = f["x"]
+            names = _npz_input_names(keys, path)
+            arrays = {name: f[name] for name in names}
             y = f["y"] if "y" in keys else None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path} is not a readable .npz file ({exc})", "write it with numpy.savez") from exc
-    if y is not None and len(y) != len(x):
-        raise DataError(f"{path}: {len(x)} inputs but {len(y)} labels", "x and y must have the same length")
-    return Dataset(x, y, str(path))
+    return Dataset(arrays["x"] if names == ["x"] else arrays, y, str(path))
+
+
+def _npz_input_names(keys: set[str], path: Path) -> list[str]:
+    """``x`` for a single input; otherwise every array but ``y``, one per input (at least two)."""
+    if "x" in keys:
+        return ["x"]
+    names = sorted(keys - {"y"})
+    if len(names) >= 2:
+        return names
+    raise DataError(f"{path} has no array named 'x' (found: {', '.join(sorted(keys)) or 'none'})",
+                    "save inputs as x and labels as y: np.savez(path, x=x, y=y); for a model with several "
+                    "inputs, one array per input named after it")
+
+
+def _check_sample_counts(ds: Dataset) -> None:
+    counts = {name: len(a) for name, a in _named_arrays(ds.x)}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name} {n}" for name, n in counts.items())
+        raise DataError(f"{ds.source}: the input arrays hold different numbers of samples ({listed})",
+                        "every input array (and y) must hold one row per sample")
+    if ds.y is not None and len(ds.y) != len(ds):
+        raise DataError(f"{ds.source}: {len(ds)} inputs but {len(ds.y)} labels", "x and y must have the same length")
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -100,14 +231,14 @@ def _load_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path} is not a readable .npy file ({exc})", "write it with numpy.save") from exc
 
 
-def _check_numeric_finite(ds: Dataset) -> None:
-    if ds.x.ndim == 0 or len(ds.x) == 0:
-        raise DataError(f"{ds.source} holds no samples", "pass a file with at least one sample")
-    if not (np.issubdtype(ds.x.dtype, np.number) or ds.x.dtype == np.bool_):
-        raise DataError(f"{ds.source}: inputs have dtype {ds.x.dtype}, not numbers", "store inputs as float32 or uint8")
-    if np.issubdtype(ds.x.dtype, np.floating) and not np.all(np.isfinite(ds.x)):
-        bad = int(np.count_nonzero(~np.isfinite(ds.x)))
-        raise DataError(f"{ds.source}: inputs contain {bad} NaN or Inf values", "clean or drop those samples")
+def _check_numeric_finite(x: np.ndarray, source: str) -> None:
+    if x.ndim == 0 or len(x) == 0:
+        raise DataError(f"{source} holds no samples", "pass a file with at least one sample")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{source}: inputs have dtype {x.dtype}, not numbers", "store inputs as float32 or uint8")
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise DataError(f"{source}: inputs contain {bad} NaN or Inf values", "clean or drop those samples")
 
 
 def _load_image_folder(path: Path, image_size: tuple[int, int] | None) -> Dataset:

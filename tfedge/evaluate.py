@@ -1,7 +1,10 @@
 """Accuracy (classifiers) or MSE (everything else) of a Keras or ``.tflite`` model on data.
 
 For ``.tflite`` the inputs are quantized and the outputs dequantized with the model's own
-scale and zero point, so the numbers compare directly with the float model's.
+scale and zero point, so the numbers compare directly with the float model's. A model with
+several inputs takes one array per input (see ``tfedge.data``); each is matched to its
+input by name (the TFLite signature keeps the Keras input names) and quantized with that
+input's own scale and zero point.
 
 Example:
     >>> evaluate("model.tflite", "test.npz").accuracy
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset, check_fits, load_data
+from .data import Dataset, InputSpec, Inputs, arrange_inputs, as_float32, keras_input_specs, load_data, num_samples
 from .errors import DataError
 from .loading import detect_format, load_keras_model
 from .progress import progress_iter
@@ -68,18 +71,18 @@ def compare(model_a: str | Path, model_b: str | Path, data, *, progress: bool = 
     return CompareResult(a, b, agreement, float(np.max(np.abs(a.outputs - b.outputs))))
 
 
-def predict(model, x: np.ndarray, *, progress: bool = False, threads: int | None = None) -> np.ndarray:
+def predict(model, x: Inputs, *, progress: bool = False, threads: int | None = None) -> np.ndarray:
     """Float outputs of ``model`` (a path or an in-memory Keras model) for inputs ``x``."""
     if not isinstance(model, (str, Path)):
-        check_fits(x, tuple(model.inputs[0].shape), "data")
-        return np.asarray(model.predict(x.astype(np.float32), verbose=0, batch_size=256))
+        arrays = arrange_inputs(as_float32(x), keras_input_specs(model), "data")
+        return np.asarray(model.predict(arrays[0] if len(arrays) == 1 else arrays, verbose=0, batch_size=256))
     fmt = detect_format(model)
     if fmt.kind == "tflite":
         return predict_tflite(model, x, progress=progress, threads=threads)
     return predict(load_keras_model(fmt), x, progress=progress)
 
 
-def predict_tflite(path, x: np.ndarray, *, progress: bool = False, threads: int | None = None) -> np.ndarray:
+def predict_tflite(path, x: Inputs, *, progress: bool = False, threads: int | None = None) -> np.ndarray:
     """Run a ``.tflite`` model sample by sample, quantizing inputs and dequantizing outputs."""
     from .device import bench_device as device
     from .runtime import load_interpreter
@@ -87,13 +90,33 @@ def predict_tflite(path, x: np.ndarray, *, progress: bool = False, threads: int 
 
     read_tflite(path)  # a damaged file fails here, cleanly, before the interpreter sees it
     interp, _ = load_interpreter(str(path), threads=threads)
-    detail = interp.get_input_details()[0]
-    check_fits(x, tuple(detail["shape"]), "data")
+    details = interp.get_input_details()
+    arrays = arrange_inputs(x, tflite_input_specs(interp), "data")
     results = []
-    for sample in progress_iter(x, "Evaluating", progress):
-        device.run_once(interp, [device.prepare_input(detail, sample[None, ...])])
+    for i in progress_iter(range(num_samples(x)), "Evaluating", progress):
+        device.run_once(interp, [device.prepare_input(d, a[i:i + 1]) for d, a in zip(details, arrays)])
         results.append(device.output_of(interp)[1][0])
     return np.stack(results)
+
+
+def tflite_input_specs(interp) -> list[InputSpec]:
+    """The inputs of a TFLite interpreter in tensor order, named as in its signature (the Keras input names)."""
+    by_index = _signature_input_names(interp)
+    return [InputSpec(by_index.get(d["index"], _plain_tensor_name(d["name"])), tuple(int(n) for n in d["shape"]),
+                      np.dtype(d["dtype"]).name) for d in interp.get_input_details()]
+
+
+def _signature_input_names(interp) -> dict[int, str]:
+    signatures = interp.get_signature_list()
+    if len(signatures) != 1:
+        return {}
+    runner = interp.get_signature_runner(next(iter(signatures)))
+    return {detail["index"]: name for name, detail in runner.get_input_details().items()}
+
+
+def _plain_tensor_name(name: str) -> str:
+    """``serving_default_image:0`` -> ``image``: the converter's tensor name for a signature input."""
+    return name.split(":")[0].removeprefix("serving_default_")
 
 
 def _score(name: str, ds: Dataset, outputs: np.ndarray) -> EvalResult:

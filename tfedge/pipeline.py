@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from ._atomic import write_bytes_atomic
-from .data import Dataset, check_fits, load_data
+from .data import Dataset, arrange_inputs, as_float32, keras_input_specs, load_data
 from .errors import DataError, OutputError, TrainingError
 from .recipe import Recipe, load_recipe
 from .tflite_model import read_tflite
@@ -96,8 +96,8 @@ def optimize(model, recipe, data, eval_data, output, *, profile=None, progress: 
     Args:
         model: a Keras model file or an in-memory tf_keras model.
         recipe: a built-in recipe name, a recipe file, or a ``Recipe``.
-        data: training/calibration data (.npz with x, y).
-        eval_data: evaluation data (.npz with x, y).
+        data: training/calibration data (.npz with x, y; or one array per input, named after it, and y).
+        eval_data: evaluation data (same layout).
         output: the output directory (created; replaced only when the run succeeds).
         profile: a device profile to check the final model against.
         progress: draw stage lines and per-epoch bars on stderr.
@@ -286,13 +286,14 @@ def _load_model(model, recipe: Recipe):
 def _context(recipe: Recipe, model, train: Dataset, evals: Dataset, progress: bool, log):
     from .passes.base import PassContext
 
-    check_fits(train.x, tuple(model.inputs[0].shape), "training data")
-    check_fits(evals.x, tuple(model.inputs[0].shape), "evaluation data")
+    specs = keras_input_specs(model)
+    arrange_inputs(train.x, specs, f"training data {train.source}")
+    arrange_inputs(evals.x, specs, f"evaluation data {evals.source}")
     if recipe.passes and train.y is None:
         raise DataError(f"{train.source} has no labels (y); the passes of recipe '{recipe.name}' train",
                         "save training data with np.savez(path, x=x, y=y)")
     say = log or (_stderr_log if progress else None)
-    return PassContext(x=train.x.astype(np.float32), y=train.y, train=recipe.train, seed=recipe.seed,
+    return PassContext(x=as_float32(train.x), y=train.y, train=recipe.train, seed=recipe.seed,
                        progress=progress, log=say, eval_x=evals.x, eval_y=evals.y)
 
 

@@ -9,7 +9,8 @@ from .options import echo_json, json_option, profile_option
 @click.command("convert")
 @click.argument("model", type=click.Path(exists=True), metavar="MODEL")
 @click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite file to write.")
-@click.option("--calib", type=click.Path(exists=True), help="Calibration data: .npz (x), .npy or an image folder.")
+@click.option("--calib", type=click.Path(exists=True),
+              help="Calibration data: .npz (x; or one array per input, named after it), .npy or an image folder.")
 @click.option("--quant", type=click.Choice(["int8", "int16x8", "float16", "dynamic", "none"]), default="int8",
               show_default=True, help="Quantization scheme.")
 @click.option("--io", type=click.Choice(["int8", "uint8", "int16", "float32"]),

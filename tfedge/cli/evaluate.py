@@ -8,7 +8,8 @@ from .options import echo_json, echo_table, json_option
 
 @click.command("evaluate")
 @click.argument("model", type=click.Path(exists=True), metavar="MODEL")
-@click.option("--data", required=True, type=click.Path(exists=True), help="Evaluation data: .npz with x and y.")
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="Evaluation data: .npz with x (or one array per input) and y.")
 @click.option("--compare", "other", type=click.Path(exists=True), help="A second model to compare against.")
 @json_option
 def evaluate_cmd(model, data, other, as_json):

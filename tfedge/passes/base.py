@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..data import Inputs, arrange_inputs, as_float32, keras_input_specs, num_samples
 from ..errors import RecipeError, TrainingError
 
 PASSES: dict[str, type] = {}
@@ -169,17 +170,19 @@ class PassContext:
     """Training data and settings shared by the passes of one run.
 
     ``applied`` names the passes already run, so that e.g. ``cluster`` preserves sparsity
-    after ``prune`` and ``qat`` picks the collaborative scheme.
+    after ``prune`` and ``qat`` picks the collaborative scheme. ``x`` and ``eval_x`` are an
+    array, or for a model with several inputs a dict of arrays keyed by input name
+    (``inputs_for`` orders them for a model).
     """
 
-    x: np.ndarray
+    x: Inputs
     y: np.ndarray
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     progress: bool = False
     applied: tuple[str, ...] = ()
     log: Callable[[str], None] | None = None
-    eval_x: np.ndarray | None = None
+    eval_x: Inputs | None = None
     eval_y: np.ndarray | None = None
 
     @property
@@ -188,7 +191,8 @@ class PassContext:
 
     @property
     def steps_per_epoch(self) -> int:
-        n = len(self.x) - int(len(self.x) * self.train.validation_split)
+        total = num_samples(self.x)
+        n = total - int(total * self.train.validation_split)
         return max(1, math.ceil(n / self.train.batch_size))
 
     def seed_all(self, offset: int = 0) -> None:
@@ -213,7 +217,7 @@ class PassContext:
         """Train ``model`` for ``epochs``; a NaN loss raises TrainingError naming ``stage``."""
         guard = NanGuard.make(stage)
         bars = [EpochBar.make(stage, self.steps_per_epoch)] if self.progress else []
-        model.fit(self.x, self.y, epochs=epochs, batch_size=self.train.batch_size,
+        model.fit(self.inputs_for(model, self.x), self.y, epochs=epochs, batch_size=self.train.batch_size,
                   validation_split=self.train.validation_split, shuffle=True, verbose=0,
                   callbacks=[*(callbacks or []), guard, *bars])
         guard.raise_if_nan()
@@ -222,8 +226,19 @@ class PassContext:
         """Accuracy of a Keras ``model`` on the evaluation data (None without labels or for regression)."""
         if self.eval_x is None or self.eval_y is None or not self.classification:
             return None
-        out = np.asarray(model.predict(self.eval_x.astype(np.float32), verbose=0, batch_size=256))
+        out = np.asarray(model.predict(self.inputs_for(model, as_float32(self.eval_x)), verbose=0, batch_size=256))
         return float(np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(self.eval_y).reshape(-1)))
+
+    @staticmethod
+    def inputs_for(model, x: Inputs):
+        """``x`` as ``model`` takes it: the array itself, or one array per input in the model's order.
+
+        A model without symbolic inputs (a subclassed training wrapper such as distill's) gets
+        the dict itself: the Functional models inside it take inputs by name.
+        """
+        if not isinstance(x, dict) or not getattr(model, "inputs", None):
+            return x
+        return arrange_inputs(x, keras_input_specs(model), "training data")
 
     def say(self, message: str) -> None:
         if self.log:
