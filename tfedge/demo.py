@@ -68,6 +68,8 @@ def run_demo(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
         _tflite_row("tflite float32", f32, ref.test, f32.size_bytes),
         _tflite_row("tflite int8", i8, ref.test, f32.size_bytes),
     ]
+    say("3b. Keras 3: the same network saved by Keras 3 converts through the verified tf_keras bridge")
+    rows.append(_keras3_row(ref, out, f32.size_bytes))
     say("4. compress: prune 75% -> 16 clusters -> PCQAT -> int8 (recipe prune-cluster-qat)")
     rows.append(_optimized_row(ref, out / "optimized", f32.size_bytes))
     say("5. benchmark int8 against float32: local CPU, then emulated Raspberry Pi 4 (qemu, Cortex-A72)")
@@ -118,6 +120,25 @@ def _tflite_row(label: str, result, test_data: str, float_bytes: int) -> DemoRow
     acc = evaluate(result.output, test_data).accuracy
     return DemoRow(label, acc, result.size_bytes, _gzip_size(result.output), result.size_bytes / float_bytes,
                    "yes" if result.full_integer else "no")
+
+
+def _keras3_row(ref, out: Path, float_bytes: int) -> DemoRow:
+    """The digits network as a user's Keras 3 ``.keras`` file (same weights), converted to int8."""
+    path = save_digits_as_keras3(ref.model, out / "digits_keras3.keras")
+    result = convert(path, out / "digits_keras3_int8.tflite", calib=ref.train)
+    return _tflite_row("keras 3 file -> int8", result, ref.test, float_bytes)
+
+
+def save_digits_as_keras3(tf_keras_model: str, path: Path) -> Path:
+    """Rebuild the digits network with Keras 3, copy the weights of ``tf_keras_model``, save it."""
+    from ._tf import import_keras3
+    from .loading import detect_format, load_keras_model
+    from .reference import digits_model
+
+    model = digits_model(keras=import_keras3())
+    model.set_weights(load_keras_model(detect_format(tf_keras_model)).get_weights())
+    model.save(path)
+    return path
 
 
 def _optimized_row(ref, out_dir: Path, float_bytes: int) -> DemoRow:

@@ -76,14 +76,17 @@ def digits_data() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.n
     return (x[idx[:cut]], y[idx[:cut]]), (x[idx[cut:]], y[idx[cut:]])
 
 
-def digits_model(width: float = 1.0):
-    """Conv2D(16) -> Conv2D(32) -> MaxPooling2D -> Flatten -> Dense(64) -> Dense(10)."""
+def digits_model(width: float = 1.0, keras=None):
+    """Conv2D(16) -> Conv2D(32) -> MaxPooling2D -> Flatten -> Dense(64) -> Dense(10).
+
+    Built with ``tf_keras`` unless ``keras`` (e.g. the Keras 3 package) is given.
+    """
     from ._tf import import_keras
 
-    k = import_keras()
+    k = keras or import_keras()
     w = lambda n: max(1, int(round(n * width)))  # noqa: E731
     return k.Sequential([
-        k.layers.InputLayer(input_shape=(8, 8, 1), name="image"),
+        k.Input(shape=(8, 8, 1), name="image"),
         k.layers.Conv2D(w(16), 3, padding="same", activation="relu", name="conv1"),
         k.layers.Conv2D(w(32), 3, padding="same", activation="relu", name="conv2"),
         k.layers.MaxPooling2D(2, name="pool"),
