@@ -213,7 +213,8 @@ def markdown(rows: list[dict], distill: dict | None, low_rank: dict | None) -> s
              "| latency µs (float32 -> final) | run s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['model']} | {r['recipe']} | {r['skipped']} | | | | | | | |")
+            reason = r["skipped"] if len(r["skipped"]) <= 200 else r["skipped"][:200] + "…"  # full text in the JSON
+            lines.append(f"| {r['model']} | {r['recipe']} | {reason} | | | | | | | |")
             continue
         acc = (f"{_pct(r['float_accuracy'])} -> {_pct(r['accuracy'])}" if "accuracy" in r
                else f"MSE {r['float_mse']:.4f} -> {r['mse']:.4f}")
