@@ -1,4 +1,4 @@
-"""Recipes are validated whole before anything trains (no TensorFlow needed here)."""
+"""Recipes are validated whole before anything trains (TensorFlow only where a recipe meets a model)."""
 from __future__ import annotations
 
 import subprocess
@@ -51,6 +51,7 @@ BAD = [
     ("schema_version: 1\npasses:\n  - prune: {target_sparsity: 1.5}\n", "target_sparsity"),
     ("schema_version: 1\npasses:\n  - prune: {epochs: two}\n", "epochs must be an integer"),
     ("schema_version: 1\npasses:\n  - prune: {structure: 2:4}\n", "quote it"),
+    ("schema_version: 1\npasses:\n  - prune: {min_weights: -1}\n", "min_weights"),
     ("schema_version: 1\npasses:\n  - cluster: {clusters: 1}\n", "clusters"),
     ("schema_version: 1\npasses:\n  - cluster: {init: kmeans}\n", "did you mean 'kmeans++'"),
     ("schema_version: 1\npasses:\n  - qat: {}\n  - prune: {}\n", "qat must be the last pass"),
@@ -72,6 +73,15 @@ def test_bad_recipes_are_rejected_with_a_clear_error(text, fragment, tmp_path):
     with pytest.raises(RecipeError) as info:
         parse_recipe(text, "r.yaml", tmp_path)
     assert fragment.lower() in str(info.value).lower()
+
+
+def test_max_compress_prunes_the_big_conv_and_dense_kernels_of_any_model():
+    """Selection by type and size, not by name, so the recipe applies to every reference model."""
+    from tfedge.reference import digits_model, kws_model
+
+    prune = next(p for p in load_recipe("max-compress").passes if p.pass_name == "prune")
+    assert prune.selected(digits_model()) == ["conv2", "fc1"]  # conv1: 144 weights, logits: 640
+    assert prune.selected(kws_model()) == ["conv0", "pw1", "pw2", "pw3", "pw4"]  # no depthwise, no head
 
 
 def test_unknown_builtin_suggests_the_close_one():

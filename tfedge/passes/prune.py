@@ -39,6 +39,8 @@ class Prune:
         block_size: ``[h, w]`` blocks pruned together (Dense kernels only).
         layers: layer-name patterns (``fnmatch``) to prune; all prunable layers when empty.
         layer_types: layer class names to prune (e.g. ``[Conv2D, Dense]``).
+        min_weights: prune only kernels with at least this many weights; small kernels (a
+            first convolution, a classifier head) cost accuracy and save almost nothing.
     """
 
     target_sparsity: float = 0.5
@@ -50,6 +52,7 @@ class Prune:
     block_size: tuple = (1, 1)
     layers: tuple = ()
     layer_types: tuple = ()
+    min_weights: int = 0
 
     def __post_init__(self):
         check_number(self, "target_sparsity", 0, 1, lo_open=True, hi_open=True)
@@ -62,6 +65,7 @@ class Prune:
         check_choice(self, "structure", STRUCTURES)
         check_names(self, "layers")
         check_names(self, "layer_types")
+        check_number(self, "min_weights", 0, 10**9, integer=True)
         self._check_block()
 
     def _check_block(self) -> None:
@@ -121,8 +125,13 @@ class Prune:
         return params
 
     def _eligible(self, layer) -> bool:
-        return prunable(layer) and (self.structure != "2:4" or _fits_2_4(layer)) and \
+        return prunable(layer) and _kernel_size(layer) >= self.min_weights and (self.structure != "2:4" or _fits_2_4(layer)) and \
             (self.block_size == (1, 1) or _is_rank2(layer))
+
+
+def _kernel_size(layer) -> int:
+    kernel = kernel_of(layer)
+    return 0 if kernel is None else int(np.prod(kernel.shape))
 
 
 def prunable(layer) -> bool:
