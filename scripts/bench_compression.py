@@ -21,7 +21,7 @@ accuracy is chance and the recipes' accuracy guard is off for it: its rows measu
 Goals on digits: int8 drop <= 0.5 pt; prune-cluster-qat gzip <= float32/11 and drop <= 1.0 pt
 and whole run <= 90 s; max-compress gzip <= float32/18 and drop <= 1.5 pt.
 
-Results for models (or experiments) not run this time are kept from the previous JSON file,
+Results for models, recipes (or experiments) not run this time are kept from the previous JSON file,
 so `--models vww` adds the slow model to an existing run.
 
 Usage: python scripts/bench_compression.py [--models digits kws vww anomaly] [--recipes int8 ...]
@@ -262,7 +262,6 @@ def main() -> int:
     parser.add_argument("--skip-low-rank", action="store_true", help="keep the previous low_rank result")
     args = parser.parse_args()
     out = ROOT / "bench-results"
-    previous = _previous(out / "compression.json")
     work = Path(tempfile.mkdtemp(prefix="tfedge-bench-compression-"))
     started = time.perf_counter()
     rows = []
@@ -284,6 +283,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     recipes_seconds = round(time.perf_counter() - started, 1)
+    previous = _previous(out / "compression.json")  # read late: another run may have written meanwhile
     if args.skip_distill:
         distill = previous.get("distill")
         distill = distill if isinstance(distill, dict) and "main" in distill else None
@@ -293,7 +293,8 @@ def main() -> int:
             distill["contrasts"] = [distill_experiment(args.seeds, name=name, **config)
                                     for name, config in DISTILL_CONTRASTS]
     low_rank = previous.get("low_rank") if args.skip_low_rank else low_rank_experiment(0.4, 3)
-    kept = [r for r in previous.get("rows", []) if r["model"] not in args.models]
+    ran = {(r["model"], r["recipe"]) for r in rows}
+    kept = [r for r in previous.get("rows", []) if (r["model"], r["recipe"]) not in ran]
     order = {m: i for i, m in enumerate(reference_names())}
     rows = sorted(kept + rows, key=lambda r: (order.get(r["model"], 99), RECIPE_ORDER.index(r["recipe"])
                                                 if r["recipe"] in RECIPE_ORDER else 99))
