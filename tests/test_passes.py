@@ -184,3 +184,85 @@ def test_nan_loss_stops_with_the_stage_named(teacher, ctx):
     bad = PassContext(**{**ctx.__dict__, "x": ctx.x * 1e38, "train": TrainConfig(learning_rate=0.9)})
     with pytest.raises(TrainingError, match="stage 'low_rank'.*NaN"):
         build_pass("low_rank", {"param_ratio": 0.25, "epochs": 1}).apply(teacher, bad)
+
+
+def _dense_bn_model(seed: int = 0):
+    """A tiny autoencoder where each Dense is followed by BatchNormalization and ReLU (like anomaly)."""
+    from tfedge._tf import import_keras
+
+    k = import_keras()
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(160, 4)) @ rng.normal(size=(4, 32))).astype(np.float32) / 4
+    inp = k.Input((32,), name="frames")
+    h = inp
+    for i, units in enumerate([16, 4, 16]):
+        h = k.layers.BatchNormalization(name=f"bn{i}")(k.layers.Dense(units, name=f"dense{i}")(h))
+        h = k.layers.ReLU(name=f"relu{i}")(h)
+    model = k.Model(inp, k.layers.Dense(32, name="out")(h))
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, x, epochs=2, batch_size=32, verbose=0)
+    # the input range QAT sees (training batches) differs from the calibration range: the held-out
+    # validation split holds the largest input
+    x[-1, 0] = 3 * np.abs(x).max()
+    return model, x
+
+
+def test_dense_batchnorm_prune_cluster_qat_converts_full_integer(tmp_path):
+    import tfedge
+    from tfedge.passes.rebuild import fold_dense_batchnorm
+    from tfedge.pipeline import weight_stats
+
+    model, x = _dense_bn_model()
+    folded, pairs = fold_dense_batchnorm(model)
+    assert pairs == {"bn0": "dense0", "bn1": "dense1", "bn2": "dense2"}
+    assert np.allclose(model.predict(x, verbose=0), folded.predict(x, verbose=0), atol=1e-5)
+    ctx = PassContext(x=x, y=x, train=TrainConfig(batch_size=32), seed=0)
+    current = folded
+    for name, options in [("prune", {"target_sparsity": 0.5, "epochs": 1}), ("cluster", {"clusters": 8, "epochs": 1})]:
+        current = build_pass(name, options).apply(current, ctx).model
+        ctx.applied += (name,)
+    result = build_pass("qat", {"epochs": 1}).apply(current, ctx)
+    assert result.metrics["scheme"] == "pcqat" and result.metrics["folded_batchnorm"] == {}
+    saved = tmp_path / "qat"
+    result.model.save(saved, save_format="tf")
+    converted = tfedge.convert(str(saved), tmp_path / "m.tflite", calib=x)
+    assert converted.full_integer, converted.float_ops
+    stats = weight_stats(tmp_path / "m.tflite")
+    assert stats["sparsity"] >= 0.45
+    # qat alone folds too (no pipeline before it)
+    alone = build_pass("qat", {"epochs": 1}).apply(model, PassContext(x=x, y=x, train=TrainConfig(), seed=0))
+    assert set(alone.metrics["folded_batchnorm"]) == {"bn0", "bn1", "bn2"}
+
+
+def test_cluster_count_fits_tfmot_kmeans_plus_plus():
+    from tfedge.passes.cluster import cluster_count
+
+    # 4 non-zeros, 3 of them negative: tfmot would ask k-means++ for 5 negative centroids out of 3
+    kernel = np.zeros((8, 3), np.float32)
+    kernel[0, :3], kernel[1, 0] = [-0.5, -0.2, -0.1], 0.3
+    assert cluster_count(kernel, 8, keep_zeros=True) == (5, "")  # zero + 3 negative + 1 positive centroids
+    assert cluster_count(kernel, 8, keep_zeros=False) == (8, "")
+    assert cluster_count(np.zeros((4, 4), np.float32), 8, keep_zeros=True)[0] == 0
+    k, why = cluster_count(np.array([[0.0, 0.0, 0.0, 0.4]], np.float32), 8, keep_zeros=True)
+    assert k == 0 and "1 non-zero" in why
+
+
+def test_cluster_a_layer_with_fewer_values_than_clusters_does_not_crash():
+    from tfedge._tf import import_keras
+
+    k = import_keras()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    model = k.Sequential([k.layers.InputLayer(input_shape=(8,)), k.layers.Dense(16, activation="relu", name="big"),
+                          k.layers.Dense(3, name="tiny"), k.layers.Dense(8, name="out")])
+    tiny = np.zeros((16, 3), np.float32)
+    tiny[0, :3], tiny[1, 0] = [-0.5, -0.2, -0.1], 0.3  # 4 non-zero weights, 3 negative
+    model.get_layer("tiny").set_weights([tiny, np.zeros(3, np.float32)])
+    few = np.zeros((3, 8), np.float32)
+    few[0, 0] = 0.7  # one non-zero weight: nothing to cluster
+    model.get_layer("out").set_weights([few, np.zeros(8, np.float32)])
+    ctx = PassContext(x=x, y=x, train=TrainConfig(), seed=0, applied=("prune",))
+    result = build_pass("cluster", {"clusters": 8, "epochs": 1}).apply(model, ctx)
+    assert result.metrics["clusters_by_layer"] == {"big": 8, "tiny": 5}
+    assert result.metrics["skipped_layers"] == {"out": "1 non-zero weight(s): too few to cluster (kept as is)"}
+    assert np.count_nonzero(_kernel(result.model, "tiny")) == 4

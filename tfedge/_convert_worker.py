@@ -21,6 +21,9 @@ from ._tf import prepare_environment
 from .data import InputSpec, arrange_inputs, keras_input_specs
 from .errors import ConversionError, TfedgeError
 
+QAT_LAYERS = {"QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV2"}
+FAKE_QUANT_OPS = {"FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel", "FakeQuantWithMinMaxArgs",
+                  "QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4"}
 TF_TYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16", "float32": "float32"}
 
 
@@ -48,17 +51,52 @@ def run(job: dict) -> dict:
 
     tf = import_tf()
     if fmt.kind == "savedmodel":
-        converter = tf.lite.TFLiteConverter.from_saved_model(fmt.path)
-        inputs = _saved_model_inputs(tf, fmt.path)
+        make = lambda: tf.lite.TFLiteConverter.from_saved_model(fmt.path)  # noqa: E731
+        loaded = tf.saved_model.load(fmt.path)
+        inputs = _saved_model_inputs(loaded, fmt.path)
+        qat = _has_fake_quant(loaded)
     else:
         model = load_keras_model(fmt)
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        make = lambda: tf.lite.TFLiteConverter.from_keras_model(model)  # noqa: E731
         inputs = keras_input_specs(model)
+        qat = any(type(layer).__name__ in QAT_LAYERS for layer in model.layers)
     calib = _calibration(job["calib"], inputs) if job["calib"] else None
-    _configure(tf, converter, job["quant"], job["io"], calib, job.get("progress"), job.get("progress_fd"))
-    flatbuffer = converter.convert()
+    flatbuffer = _convert_qat_ranges(tf, make(), job) if qat and job["quant"] == "int8" else None
+    qat_ranges = flatbuffer is not None
+    if flatbuffer is None:
+        converter = make()
+        _configure(tf, converter, job["quant"], job["io"], calib, job.get("progress"), job.get("progress_fd"))
+        flatbuffer = converter.convert()
     Path(job["output"]).write_bytes(flatbuffer)
-    return {"keras": fmt.keras, "bytes": len(flatbuffer)}
+    return {"keras": fmt.keras, "bytes": len(flatbuffer), "qat_ranges": qat_ranges}
+
+
+def _convert_qat_ranges(tf, converter, job: dict) -> bytes | None:
+    """Convert a quantization-aware model with the ranges it learned, without calibration.
+
+    With a representative dataset the converter also calibrates a QAT model (post-training
+    quantization runs on top of the fake-quant ranges): the model input then gets the
+    calibrated range, and wherever that differs from the range of tfmot's input QuantizeLayer
+    (it saw only the training batches, not the validation split) a float DEQUANTIZE/QUANTIZE
+    pair is left at the input. Returns ``None`` when the result is not full-integer (layers the
+    qat pass left to post-training quantization have no ranges), so the caller calibrates.
+    """
+    from .tflite_model import parse_tflite
+    from .verify import find_float_ops
+
+    # tfmot's recipe: no representative dataset, no TFLITE_BUILTINS_INT8 target (the converter
+    # asks for calibration data when that target is set); the fake-quant ops give every range.
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if job["io"] != "float32":
+        converter.inference_input_type = getattr(tf, TF_TYPES[job["io"]])
+        converter.inference_output_type = getattr(tf, TF_TYPES[job["io"]])
+    try:
+        flatbuffer = converter.convert()
+    except Exception:  # noqa: BLE001  (the calibrated conversion below reports the converter's error)
+        return None
+    if find_float_ops(parse_tflite(flatbuffer), job["io"]):
+        return None
+    return flatbuffer
 
 
 def _calibration(path: str, inputs: list[InputSpec]) -> dict[str, np.ndarray]:
@@ -110,8 +148,17 @@ def _maybe_progress(samples, progress: bool, progress_fd):
     yield from progress_iter(samples, "Calibrating", stream is not None, file=stream)
 
 
-def _saved_model_inputs(tf, path: str) -> list[InputSpec]:
-    loaded = tf.saved_model.load(path)
+def _has_fake_quant(loaded) -> bool:
+    """The SavedModel's serving graph holds training-time quantization (QAT) ops."""
+    sig = loaded.signatures.get("serving_default")
+    if sig is None:
+        return False
+    graph = sig.graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return any(n.op in FAKE_QUANT_OPS for n in nodes)
+
+
+def _saved_model_inputs(loaded, path: str) -> list[InputSpec]:
     sig = loaded.signatures.get("serving_default")
     if sig is None:
         raise ConversionError(f"{path} has no serving_default signature", "export the model with a serving signature")

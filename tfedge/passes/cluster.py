@@ -65,18 +65,29 @@ class Cluster:
 
     def apply(self, model, ctx) -> PassResult:
         tfmot = import_tfmot()
-        chosen = set(self.selected(model))
-        check_selection(self, model, sorted(chosen), "clustered")
+        selected = self.selected(model)
+        check_selection(self, model, sorted(selected), "clustered")
         params = self._params(tfmot, ctx.applied)
+        keep_zeros = self.keeps_sparsity(ctx.applied)
+        counts, skipped = {}, {}
+        for name in selected:
+            layer = model.get_layer(name)
+            per_channel = self.per_channel and type(layer).__name__ == "Conv2D"
+            k, why = cluster_count(kernel_of(layer).numpy(), self.clusters, keep_zeros, per_channel)
+            if k:
+                counts[name] = k
+            else:
+                skipped[name] = why
         base = clone_with_weights(model)
-        wrap = lambda layer: tfmot.clustering.keras.cluster_weights(layer, **params) \
-            if layer.name in chosen else layer  # noqa: E731
+        wrap = lambda layer: tfmot.clustering.keras.cluster_weights(  # noqa: E731
+            layer, **{**params, "number_of_clusters": counts[layer.name]}) if layer.name in counts else layer
         wrapped = import_keras_clone(base, wrap)
         ctx.compile(wrapped, learning_rate=self.learning_rate or ctx.train.learning_rate / 10)
         ctx.fit(wrapped, self.epochs, "cluster")
         plain = tfmot.clustering.keras.strip_clustering(wrapped)
-        return PassResult(plain, {"unique_by_layer": unique_values(plain, chosen),
-                                  "preserve_sparsity": self.keeps_sparsity(ctx.applied)})
+        return PassResult(plain, {"unique_by_layer": unique_values(plain, selected),
+                                  "clusters_by_layer": counts, "skipped_layers": skipped,
+                                  "preserve_sparsity": keep_zeros})
 
     def _params(self, tfmot, applied) -> dict:
         init = getattr(tfmot.clustering.keras.CentroidInitialization, INITS[self.init])
@@ -100,6 +111,40 @@ def clusterable(layer, clusters: int = 2) -> bool:
         return False
     kernel = kernel_of(layer)
     return bool(names) and kernel is not None and int(np.prod(kernel.shape)) > clusters
+
+
+def cluster_count(kernel: np.ndarray, clusters: int, keep_zeros: bool, per_channel: bool = False) -> tuple[int, str]:
+    """How many centroids tfmot can initialise for ``kernel``: ``(k, "")``, or ``(0, why)`` to skip it.
+
+    tfmot's k-means++ needs at least as many points as centroids. Keeping zeros, it fixes one
+    centroid at zero and splits the other ``k - 1`` between the negative and the positive weights
+    in proportion to their counts, so a pruned kernel with few non-zeros of one sign can ask for
+    more centroids than it has points (``num_to_sample 5 vs 3``). ``k`` is the largest count
+    ``<= clusters`` that every slice (every output channel with ``per_channel``) can feed; a kernel
+    that cannot feed even the minimum (2, or 3 keeping zeros) is left as it is.
+    """
+    slices = [kernel[..., c] for c in range(kernel.shape[-1])] if per_channel else [kernel]
+    minimum = 3 if keep_zeros else 2
+    k = clusters
+    while k >= minimum and not all(_feasible(s, k, keep_zeros) for s in slices):
+        k -= 1
+    if k >= minimum:
+        return k, ""
+    if keep_zeros:
+        fewest = min(int(np.count_nonzero(s)) for s in slices)
+        return 0, f"{fewest} non-zero weight(s): too few to cluster (kept as is)"
+    return 0, f"{min(s.size for s in slices)} weight(s): too few to cluster (kept as is)"
+
+
+def _feasible(weights: np.ndarray, k: int, keep_zeros: bool) -> bool:
+    if not keep_zeros:
+        return weights.size >= k
+    negative, positive = int(np.sum(weights < 0)), int(np.sum(weights > 0))
+    if negative + positive == 0:  # tfmot returns the zero centroid alone: not k centroids
+        return False
+    # tfmot's split of the k - 1 non-zero centroids (tf.math.round: half to even, like np.round)
+    n_negative = int(np.round((k - 1) * negative / (negative + positive)))
+    return n_negative <= negative and k - 1 - n_negative <= positive
 
 
 def import_keras_clone(model, wrap):

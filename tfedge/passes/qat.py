@@ -62,6 +62,9 @@ class Qat:
         return "pcqat" if pruned and clustered else "cqat" if clustered else "pqat" if pruned else "default"
 
     def apply(self, model, ctx) -> PassResult:
+        from .rebuild import fold_dense_batchnorm
+
+        model, folded = fold_dense_batchnorm(model)  # tfmot folds BN into Conv2D only; see rebuild
         self.check(model, ctx)
         tfmot = import_tfmot()
         scheme_name = self.chosen_scheme(ctx.applied)
@@ -71,7 +74,8 @@ class Qat:
             wrapped = tfmot.quantization.keras.quantize_apply(annotated, _scheme(scheme_name))
         ctx.compile(wrapped, learning_rate=self.learning_rate or ctx.train.learning_rate / 10)
         ctx.fit(wrapped, self.epochs, "qat")
-        return PassResult(wrapped, {"scheme": scheme_name, "skipped_layers": skipped}, quantize_wrapped=True)
+        return PassResult(wrapped, {"scheme": scheme_name, "skipped_layers": skipped,
+                                    "folded_batchnorm": folded}, quantize_wrapped=True)
 
 
 def _annotate(tfmot, model, skip: set[str]):

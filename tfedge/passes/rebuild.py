@@ -62,3 +62,82 @@ def copy_weights(source, target, skip: set[str]) -> None:
     for layer in target.layers:
         if layer.name not in skip and layer.weights:
             layer.set_weights(source.get_layer(layer.name).get_weights())
+
+
+def fold_dense_batchnorm(model):
+    """``model`` with every BatchNormalization that follows a linear Dense folded into that Dense.
+
+    tfmot's 8-bit QAT folds BatchNormalization into a preceding Conv2D/DepthwiseConv2D but not
+    into a Dense: the Dense kernel gets its fake-quant range, then the converter folds the BN
+    scale into the kernel, so the int8 kernel is not the one QAT (and clustering) trained and the
+    layer needs calibration. Folding first makes the trained kernel the deployed one. In
+    inference the result computes the same function: ``kernel * s``, ``(bias - mean) * s + beta``
+    with ``s = gamma / sqrt(variance + epsilon)``. Returns ``(model, {bn_name: dense_name})``;
+    the model itself when there is nothing to fold.
+    """
+    pairs = _dense_bn_pairs(model)
+    if not pairs:
+        return model, {}
+    config = model_config(model)
+    renamed = {bn: dense for bn, dense in pairs.items()}
+    config["layers"] = [e for e in config["layers"] if e["config"]["name"] not in renamed]
+    for entry in config["layers"]:
+        if entry["config"]["name"] in pairs.values():
+            entry["config"]["use_bias"] = True
+        if "inbound_nodes" in entry:
+            entry["inbound_nodes"] = _rename_refs(entry["inbound_nodes"], renamed)
+    for key in ("output_layers",):
+        if key in config:
+            config[key] = _rename_refs(config[key], renamed)
+    folded = from_config(model, config)
+    copy_weights(model, folded, skip=set(pairs.values()))
+    for bn_name, dense_name in pairs.items():
+        folded.get_layer(dense_name).set_weights(_folded_weights(model.get_layer(dense_name), model.get_layer(bn_name)))
+    return folded, pairs
+
+
+def _dense_bn_pairs(model) -> dict[str, str]:
+    """{bn: dense} for each BatchNormalization over the last axis whose only input is a linear
+    Dense that feeds nothing else."""
+    if type(model).__name__ not in ("Sequential", "Functional"):
+        return {}
+    pairs = {}
+    for i, layer in enumerate(model.layers):
+        if type(layer).__name__ != "BatchNormalization":
+            continue
+        if type(model).__name__ == "Sequential":
+            dense = model.layers[i - 1] if i > 0 else None
+        else:
+            nodes = layer.inbound_nodes
+            inbound = nodes[0].inbound_layers if len(nodes) == 1 else None
+            dense = inbound if inbound is not None and not isinstance(inbound, (list, tuple)) else None
+        if dense is None or type(dense).__name__ != "Dense" or dense.get_config()["activation"] != "linear":
+            continue
+        if len(dense.outbound_nodes) != 1 or len(dense.inbound_nodes) != 1:
+            continue
+        rank = len(dense.output.shape)
+        axes = [a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis])]
+        if axes == [rank - 1]:
+            pairs[layer.name] = dense.name
+    return pairs
+
+
+def _rename_refs(value, renamed: dict):
+    if isinstance(value, str):
+        return renamed.get(value, value)
+    if isinstance(value, list):
+        return [_rename_refs(v, renamed) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_rename_refs(v, renamed) for v in value)
+    return value
+
+
+def _folded_weights(dense, bn) -> list:
+    import numpy as np
+
+    kernel = dense.kernel.numpy()
+    bias = dense.bias.numpy() if dense.use_bias else np.zeros(kernel.shape[-1], kernel.dtype)
+    gamma = bn.gamma.numpy() if bn.scale else np.ones_like(bias)
+    beta = bn.beta.numpy() if bn.center else np.zeros_like(bias)
+    scale = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    return [(kernel * scale).astype(kernel.dtype), ((bias - bn.moving_mean.numpy()) * scale + beta).astype(bias.dtype)]
