@@ -209,12 +209,14 @@ def _dense_bn_model(seed: int = 0):
 
 def test_dense_batchnorm_prune_cluster_qat_converts_full_integer(tmp_path):
     import tfedge
-    from tfedge.passes.rebuild import fold_dense_batchnorm
+    from tfedge.passes.rebuild import fold_for_qat
     from tfedge.pipeline import weight_stats
 
     model, x = _dense_bn_model()
-    folded, pairs = fold_dense_batchnorm(model)
-    assert pairs == {"bn0": "dense0", "bn1": "dense1", "bn2": "dense2"}
+    folded, pairs = fold_for_qat(model)
+    assert pairs == {"bn0": "dense0", "bn1": "dense1", "bn2": "dense2",
+                     "relu0": "dense0", "relu1": "dense1", "relu2": "dense2"}
+    assert [type(layer).__name__ for layer in folded.layers] == ["InputLayer"] + ["Dense"] * 4
     assert np.allclose(model.predict(x, verbose=0), folded.predict(x, verbose=0), atol=1e-5)
     ctx = PassContext(x=x, y=x, train=TrainConfig(batch_size=32), seed=0)
     current = folded
@@ -222,16 +224,17 @@ def test_dense_batchnorm_prune_cluster_qat_converts_full_integer(tmp_path):
         current = build_pass(name, options).apply(current, ctx).model
         ctx.applied += (name,)
     result = build_pass("qat", {"epochs": 1}).apply(current, ctx)
-    assert result.metrics["scheme"] == "pcqat" and result.metrics["folded_batchnorm"] == {}
+    assert result.metrics["scheme"] == "pcqat" and result.metrics["folded_into_dense"] == {}
     saved = tmp_path / "qat"
     result.model.save(saved, save_format="tf")
     converted = tfedge.convert(str(saved), tmp_path / "m.tflite", calib=x)
     assert converted.full_integer, converted.float_ops
-    stats = weight_stats(tmp_path / "m.tflite")
-    assert stats["sparsity"] >= 0.45
+    stats = weight_stats(tmp_path / "m.tflite")  # PCQAT kept the zeros and the clusters (a separate
+    assert stats["sparsity"] >= 0.48  # ReLU layer after the Dense used to lose both)
+    assert stats["max_unique_per_channel"] <= 8 + 1
     # qat alone folds too (no pipeline before it)
     alone = build_pass("qat", {"epochs": 1}).apply(model, PassContext(x=x, y=x, train=TrainConfig(), seed=0))
-    assert set(alone.metrics["folded_batchnorm"]) == {"bn0", "bn1", "bn2"}
+    assert set(alone.metrics["folded_into_dense"]) == {"bn0", "bn1", "bn2", "relu0", "relu1", "relu2"}
 
 
 def test_cluster_count_fits_tfmot_kmeans_plus_plus():

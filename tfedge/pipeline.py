@@ -143,14 +143,14 @@ class _Runner:
         self._step(2, total, "int8 (post-training)")
         self._add(self._measure("int8", model, model, self.recipe.convert.quant, time.perf_counter(),
                                 last=not self.recipe.passes))
-        from .passes.rebuild import fold_dense_batchnorm
+        from .passes.rebuild import fold_for_qat
 
         if any(p.pass_name == "qat" for p in self.recipe.passes):
             # Before prune and cluster, so that the kernels they shape are the ones QAT trains
             # and the converter writes (qat folds too, but then clustering would be undone).
-            model, folded = fold_dense_batchnorm(model)
+            model, folded = fold_for_qat(model)
             if folded:
-                self.ctx.say(f"folded {len(folded)} BatchNormalization layer(s) into the Dense before them")
+                self.ctx.say(f"folded {len(folded)} BatchNormalization/ReLU layer(s) into the Dense before them")
         plain = model
         for i, p in enumerate(self.recipe.passes):
             self._step(i + 3, total, p.pass_name)

@@ -62,9 +62,9 @@ class Qat:
         return "pcqat" if pruned and clustered else "cqat" if clustered else "pqat" if pruned else "default"
 
     def apply(self, model, ctx) -> PassResult:
-        from .rebuild import fold_dense_batchnorm
+        from .rebuild import fold_for_qat
 
-        model, folded = fold_dense_batchnorm(model)  # tfmot folds BN into Conv2D only; see rebuild
+        model, folded = fold_for_qat(model)  # tfmot folds BN into Conv2D only; see rebuild
         self.check(model, ctx)
         tfmot = import_tfmot()
         scheme_name = self.chosen_scheme(ctx.applied)
@@ -75,7 +75,7 @@ class Qat:
         ctx.compile(wrapped, learning_rate=self.learning_rate or ctx.train.learning_rate / 10)
         ctx.fit(wrapped, self.epochs, "qat")
         return PassResult(wrapped, {"scheme": scheme_name, "skipped_layers": skipped,
-                                    "folded_batchnorm": folded}, quantize_wrapped=True)
+                                    "folded_into_dense": folded}, quantize_wrapped=True)
 
 
 def _annotate(tfmot, model, skip: set[str]):
