@@ -143,9 +143,9 @@ class _Runner:
         self._step(2, total, "int8 (post-training)")
         self._add(self._measure("int8", model, model, self.recipe.convert.quant, time.perf_counter(),
                                 last=not self.recipe.passes))
-        from .passes.rebuild import fold_for_qat
-
         if any(p.pass_name == "qat" for p in self.recipe.passes):
+            from .passes.rebuild import fold_for_qat
+
             # Before prune and cluster, so that the kernels they shape are the ones QAT trains
             # and the converter writes (qat folds too, but then clustering would be undone).
             model, folded = fold_for_qat(model)

@@ -12,7 +12,7 @@ from .options import echo_json, echo_table, json_option, profile_option
               help="A built-in recipe (see `tfedge recipes list`) or a recipe .yaml file.")
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Training and calibration data (.npz x, y; or one array per input and y).")
-@click.option("--eval", "eval_data", required=True, type=click.Path(exists=True), help="Evaluation data (.npz x, y).")
+@click.option("--eval", "eval_data", required=True, type=click.Path(exists=True), help="Evaluation data (same layout as --data).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (replaced only on success).")
 @profile_option
 @json_option
