@@ -57,7 +57,7 @@ def from_config(model, config: dict):
     return cls.from_config(config)
 
 
-def copy_weights(source, target, skip: set[str]) -> None:
+def copy_weights(source, target, skip: frozenset[str] | set[str] = frozenset()) -> None:
     """Copy weights layer by layer (by name) from ``source`` to ``target``, except ``skip``."""
     for layer in target.layers:
         if layer.name not in skip and layer.weights:
@@ -106,7 +106,7 @@ def fold_dense_relu(model):
     if not pairs:
         return model, {}
     merged = _without_layers(model, pairs, lambda options: options.update(activation="relu"))
-    copy_weights(model, merged, skip=set())
+    copy_weights(model, merged)
     return merged, pairs
 
 
