@@ -27,6 +27,7 @@ so `--models vww` adds the slow model to an existing run.
 Usage: python scripts/bench_compression.py [--models digits kws vww anomaly] [--recipes int8 ...]
            [--seeds 0 1 2] [--skip-distill] [--skip-contrasts] [--skip-low-rank]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,12 @@ import numpy as np  # noqa: E402
 
 from tfedge import optimize  # noqa: E402
 from tfedge.errors import TfedgeError  # noqa: E402
-from tfedge.recipe import builtin_recipes, load_recipe  # noqa: E402
-from tfedge.reference import build_reference, reference_names, reference_paths  # noqa: E402
+from tfedge.optimize.recipe import builtin_recipes, load_recipe  # noqa: E402
+from tfedge.zoo.reference import build_reference, reference_names, reference_paths  # noqa: E402
 
-UNTRAINED = {"vww"}  # random weights by design (no download): sizes and latency count, accuracy is chance
+UNTRAINED = {
+    "vww"
+}  # random weights by design (no download): sizes and latency count, accuracy is chance
 RECIPE_ORDER = ["int8", "prune-cluster-qat", "distill-lowrank-int8", "max-compress"]
 
 GOALS = {  # recipe -> (max drop in points, min float32/gzip ratio, max seconds)
@@ -61,7 +64,7 @@ GOALS = {  # recipe -> (max drop in points, min float32/gzip ratio, max seconds)
 
 def latency_us(path: str, runs: int = 300) -> float:
     """Median single-thread invoke time of a .tflite on this machine, in microseconds."""
-    from tfedge.runtime import load_interpreter
+    from tfedge.analyze.runtime import load_interpreter
 
     interp, _ = load_interpreter(path, threads=1)
     detail = interp.get_input_details()[0]
@@ -79,23 +82,39 @@ def latency_us(path: str, runs: int = 300) -> float:
 def recipe_row(model: str, recipe: str, work: Path) -> dict:
     ref = build_reference(model, ROOT / "models")
     plan = load_recipe(recipe)
-    if model in UNTRAINED:  # chance-level accuracy on 40 test images: the guard would only measure noise
+    if (
+        model in UNTRAINED
+    ):  # chance-level accuracy on 40 test images: the guard would only measure noise
         plan = dataclasses.replace(plan, max_accuracy_drop=None)
     started = time.perf_counter()
     result = optimize(ref.model, plan, ref.train, ref.test, work / f"{model}-{recipe}")
     seconds = round(time.perf_counter() - started, 1)
     base, final = result.stages[0], result.final
     out = Path(result.output_dir)
-    row = {"model": model, "recipe": recipe, "stages": [s.name for s in result.stages], "seconds": seconds,
-           "float32_bytes": base.tflite_bytes, "tflite_bytes": final.tflite_bytes, "gzip_bytes": final.gzip_bytes,
-           "xz_bytes": final.xz_bytes, "ratio_gzip": round(base.tflite_bytes / final.gzip_bytes, 2),
-           "ratio_xz": round(base.tflite_bytes / final.xz_bytes, 2), "sparsity": final.sparsity,
-           "unique_per_channel": final.unique_weights, "params": final.params, "nonzero_params": final.nonzero_params,
-           "latency_us": latency_us(str(out / "model.tflite")),
-           "float32_latency_us": latency_us(str(out / base.tflite))}
+    row = {
+        "model": model,
+        "recipe": recipe,
+        "stages": [s.name for s in result.stages],
+        "seconds": seconds,
+        "float32_bytes": base.tflite_bytes,
+        "tflite_bytes": final.tflite_bytes,
+        "gzip_bytes": final.gzip_bytes,
+        "xz_bytes": final.xz_bytes,
+        "ratio_gzip": round(base.tflite_bytes / final.gzip_bytes, 2),
+        "ratio_xz": round(base.tflite_bytes / final.xz_bytes, 2),
+        "sparsity": final.sparsity,
+        "unique_per_channel": final.unique_weights,
+        "params": final.params,
+        "nonzero_params": final.nonzero_params,
+        "latency_us": latency_us(str(out / "model.tflite")),
+        "float32_latency_us": latency_us(str(out / base.tflite)),
+    }
     if base.accuracy is not None:
-        row.update(float_accuracy=base.accuracy, accuracy=final.accuracy,
-                   drop_points=round(100 * (base.accuracy - final.accuracy), 2))
+        row.update(
+            float_accuracy=base.accuracy,
+            accuracy=final.accuracy,
+            drop_points=round(100 * (base.accuracy - final.accuracy), 2),
+        )
     else:
         row.update(float_mse=base.mse, mse=final.mse)
     return row
@@ -117,17 +136,23 @@ def check_goals(row: dict) -> list[str]:
     if goal is None:
         return []
     max_drop, min_ratio, max_seconds = goal
-    checks = [f"drop {row['drop_points']} <= {max_drop}: {'PASS' if row['drop_points'] <= max_drop else 'FAIL'}"]
+    checks = [
+        f"drop {row['drop_points']} <= {max_drop}: {'PASS' if row['drop_points'] <= max_drop else 'FAIL'}"
+    ]
     if min_ratio:
-        checks.append(f"ratio {row['ratio_gzip']} >= {min_ratio}: {'PASS' if row['ratio_gzip'] >= min_ratio else 'FAIL'}")
+        checks.append(
+            f"ratio {row['ratio_gzip']} >= {min_ratio}: {'PASS' if row['ratio_gzip'] >= min_ratio else 'FAIL'}"
+        )
     if max_seconds:
-        checks.append(f"{row['seconds']} s <= {max_seconds}: {'PASS' if row['seconds'] <= max_seconds else 'FAIL'}")
+        checks.append(
+            f"{row['seconds']} s <= {max_seconds}: {'PASS' if row['seconds'] <= max_seconds else 'FAIL'}"
+        )
     return checks
 
 
 def _digits_context(seed: int, per_class: int | None = None, validation_split: float = 0.1):
     """The digits training data (all of it, or ``per_class`` labelled images per class drawn with ``seed``)."""
-    from tfedge.data import load_data
+    from tfedge.io.data import load_data
     from tfedge.passes import PassContext, TrainConfig
 
     ref = build_reference("digits", ROOT / "models")
@@ -135,15 +160,23 @@ def _digits_context(seed: int, per_class: int | None = None, validation_split: f
     x, y = train.x.astype(np.float32), np.asarray(train.y)
     if per_class:
         rng = np.random.default_rng(seed)
-        idx = np.concatenate([rng.choice(np.flatnonzero(y == c), per_class, replace=False) for c in np.unique(y)])
+        idx = np.concatenate(
+            [rng.choice(np.flatnonzero(y == c), per_class, replace=False) for c in np.unique(y)]
+        )
         rng.shuffle(idx)
         x, y = x[idx], y[idx]
-    return PassContext(x=x, y=y, train=TrainConfig(validation_split=validation_split), seed=seed,
-                       eval_x=test.x, eval_y=test.y)
+    return PassContext(
+        x=x,
+        y=y,
+        train=TrainConfig(validation_split=validation_split),
+        seed=seed,
+        eval_x=test.x,
+        eval_y=test.y,
+    )
 
 
 def _teacher():
-    from tfedge.loading import load_tf_keras_model
+    from tfedge.io.models import load_tf_keras_model
 
     return load_tf_keras_model(build_reference("digits", ROOT / "models").model)
 
@@ -151,41 +184,83 @@ def _teacher():
 DISTILL = {"width": 0.5, "per_class": 20, "epochs": 200, "temperature": 8.0, "alpha": 0.1}
 DISTILL_CONTRASTS = [
     ("T=4 (otherwise the same)", {**DISTILL, "temperature": 4.0}),
-    ("earlier attempt: width 0.125, all 1,437 training images", {"width": 0.125, "per_class": None, "epochs": 30,
-                                                                "temperature": 4.0, "alpha": 0.1}),
+    (
+        "earlier attempt: width 0.125, all 1,437 training images",
+        {"width": 0.125, "per_class": None, "epochs": 30, "temperature": 4.0, "alpha": 0.1},
+    ),
 ]
 
 
-def distill_experiment(seeds: list[int], width: float, per_class: int | None, epochs: int, temperature: float,
-                       alpha: float, name: str = "main") -> dict:
+def distill_experiment(
+    seeds: list[int],
+    width: float,
+    per_class: int | None,
+    epochs: int,
+    temperature: float,
+    alpha: float,
+    name: str = "main",
+) -> dict:
     """Teacher vs the same student trained alone and distilled (same everything but the loss), per seed."""
     from tfedge.passes import build_pass
 
     started = time.perf_counter()
     teacher = _teacher()
-    validation_split = 0.0 if per_class else 0.1  # a 200-image set keeps every image for training (both arms)
+    validation_split = (
+        0.0 if per_class else 0.1
+    )  # a 200-image set keeps every image for training (both arms)
     runs = []
     for seed in seeds:
-        p = build_pass("distill", {"width": width, "epochs": epochs, "temperature": temperature, "alpha": alpha,
-                                   "compare_alone": True})
+        p = build_pass(
+            "distill",
+            {
+                "width": width,
+                "epochs": epochs,
+                "temperature": temperature,
+                "alpha": alpha,
+                "compare_alone": True,
+            },
+        )
         metrics = p.apply(teacher, _digits_context(seed, per_class, validation_split)).metrics
         runs.append({"seed": seed, **metrics})
-        print(f"distill [{name}] seed {seed}: alone {metrics['student_alone_accuracy']:.4f}, "
-              f"distilled {metrics['student_accuracy']:.4f}", flush=True)
-    mean = {k: round(statistics.mean(r[k] for r in runs), 4)
-            for k in ("teacher_accuracy", "student_alone_accuracy", "student_accuracy")}
+        print(
+            f"distill [{name}] seed {seed}: alone {metrics['student_alone_accuracy']:.4f}, "
+            f"distilled {metrics['student_accuracy']:.4f}",
+            flush=True,
+        )
+    mean = {
+        k: round(statistics.mean(r[k] for r in runs), 4)
+        for k in ("teacher_accuracy", "student_alone_accuracy", "student_accuracy")
+    }
     gap = mean["teacher_accuracy"] - mean["student_alone_accuracy"]
-    recovered = (mean["student_accuracy"] - mean["student_alone_accuracy"]) / gap if gap > 0 else float("nan")
+    recovered = (
+        (mean["student_accuracy"] - mean["student_alone_accuracy"]) / gap
+        if gap > 0
+        else float("nan")
+    )
     n_train = per_class * 10 if per_class else len(_digits_context(0).x)
-    return {"name": name, "student": f"digits CNN at width {width}", "width": width,
-            "student_params": runs[0]["student_params"], "teacher_params": runs[0]["teacher_params"],
-            "train_images": n_train, "per_class": per_class, "validation_split": validation_split,
-            "epochs": epochs, "temperature": temperature, "alpha": alpha, "optimizer": "adam, lr 0.001, batch 32",
-            "teacher_trained_on": "all 1,437 training images (the reference model)",
-            "seeds": seeds, "runs": runs, **mean, "gap_points": round(100 * gap, 2),
-            "recovered_share": round(recovered, 3), "seconds": round(time.perf_counter() - started, 1),
-            "goal": f"gap >= 2 points and recovered >= 0.5: "
-                    f"{'PASS' if gap >= 0.02 and recovered >= 0.5 else 'FAIL'}"}
+    return {
+        "name": name,
+        "student": f"digits CNN at width {width}",
+        "width": width,
+        "student_params": runs[0]["student_params"],
+        "teacher_params": runs[0]["teacher_params"],
+        "train_images": n_train,
+        "per_class": per_class,
+        "validation_split": validation_split,
+        "epochs": epochs,
+        "temperature": temperature,
+        "alpha": alpha,
+        "optimizer": "adam, lr 0.001, batch 32",
+        "teacher_trained_on": "all 1,437 training images (the reference model)",
+        "seeds": seeds,
+        "runs": runs,
+        **mean,
+        "gap_points": round(100 * gap, 2),
+        "recovered_share": round(recovered, 3),
+        "seconds": round(time.perf_counter() - started, 1),
+        "goal": f"gap >= 2 points and recovered >= 0.5: "
+        f"{'PASS' if gap >= 0.02 and recovered >= 0.5 else 'FAIL'}",
+    }
 
 
 def low_rank_experiment(param_ratio: float, epochs: int) -> dict:
@@ -193,15 +268,25 @@ def low_rank_experiment(param_ratio: float, epochs: int) -> dict:
 
     teacher, ctx = _teacher(), _digits_context(0)
     dense = lambda m: sum(l.count_params() for l in m.layers if type(l).__name__ == "Dense")  # noqa: E731
-    result = build_pass("low_rank", {"param_ratio": param_ratio, "epochs": epochs}).apply(teacher, ctx)
+    result = build_pass("low_rank", {"param_ratio": param_ratio, "epochs": epochs}).apply(
+        teacher, ctx
+    )
     before_acc, after_acc = ctx.accuracy(teacher), ctx.accuracy(result.model)
     fewer = 1 - dense(result.model) / dense(teacher)
     drop = round(100 * (before_acc - after_acc), 2)
-    return {"param_ratio": param_ratio, "epochs": epochs, "layers": result.metrics["layers"],
-            "dense_params_before": dense(teacher), "dense_params_after": dense(result.model),
-            "fewer_dense_share": round(fewer, 3), "accuracy_before": before_acc, "accuracy_after": after_acc,
-            "drop_points": drop, "goal": f">= 50% fewer and drop <= 1.0: "
-                                         f"{'PASS' if fewer >= 0.5 and drop <= 1.0 else 'FAIL'}"}
+    return {
+        "param_ratio": param_ratio,
+        "epochs": epochs,
+        "layers": result.metrics["layers"],
+        "dense_params_before": dense(teacher),
+        "dense_params_after": dense(result.model),
+        "fewer_dense_share": round(fewer, 3),
+        "accuracy_before": before_acc,
+        "accuracy_after": after_acc,
+        "drop_points": drop,
+        "goal": f">= 50% fewer and drop <= 1.0: "
+        f"{'PASS' if fewer >= 0.5 and drop <= 1.0 else 'FAIL'}",
+    }
 
 
 def _pct(value: float) -> str:
@@ -209,39 +294,60 @@ def _pct(value: float) -> str:
 
 
 def markdown(rows: list[dict], distill: dict | None, low_rank: dict | None) -> str:
-    lines = ["| model | recipe | accuracy (float -> final) | tflite B | gzip B | xz B | float32/gzip | float32/xz "
-             "| latency µs (float32 -> final) | run s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | recipe | accuracy (float -> final) | tflite B | gzip B | xz B | float32/gzip | float32/xz "
+        "| latency µs (float32 -> final) | run s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "skipped" in r:
-            reason = r["skipped"] if len(r["skipped"]) <= 200 else r["skipped"][:200] + "…"  # full text in the JSON
+            reason = (
+                r["skipped"] if len(r["skipped"]) <= 200 else r["skipped"][:200] + "…"
+            )  # full text in the JSON
             lines.append(f"| {r['model']} | {r['recipe']} | {reason} | | | | | | | |")
             continue
-        acc = (f"{_pct(r['float_accuracy'])} -> {_pct(r['accuracy'])}" if "accuracy" in r
-               else f"MSE {r['float_mse']:.4f} -> {r['mse']:.4f}")
-        lines.append(f"| {r['model']} | {r['recipe']} | {acc} | {r['tflite_bytes']:,} | {r['gzip_bytes']:,} | "
-                     f"{r['xz_bytes']:,} | {r['ratio_gzip']}x | {r['ratio_xz']}x | {r['float32_latency_us']} -> "
-                     f"{r['latency_us']} | {r['seconds']} |")
+        acc = (
+            f"{_pct(r['float_accuracy'])} -> {_pct(r['accuracy'])}"
+            if "accuracy" in r
+            else f"MSE {r['float_mse']:.4f} -> {r['mse']:.4f}"
+        )
+        lines.append(
+            f"| {r['model']} | {r['recipe']} | {acc} | {r['tflite_bytes']:,} | {r['gzip_bytes']:,} | "
+            f"{r['xz_bytes']:,} | {r['ratio_gzip']}x | {r['ratio_xz']}x | {r['float32_latency_us']} -> "
+            f"{r['latency_us']} | {r['seconds']} |"
+        )
     if distill:
-        lines += ["", "Distillation (digits; teacher = the reference model; both arms: same student architecture, "
-                      "initial weights, data order, epochs, optimizer and training images; only the loss differs):",
-                  "", "| experiment | student params | train images | epochs | T | alpha | teacher | alone (mean) "
-                      "| distilled (mean) | gap pt | gap recovered | per seed: alone -> distilled | run s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Distillation (digits; teacher = the reference model; both arms: same student architecture, "
+            "initial weights, data order, epochs, optimizer and training images; only the loss differs):",
+            "",
+            "| experiment | student params | train images | epochs | T | alpha | teacher | alone (mean) "
+            "| distilled (mean) | gap pt | gap recovered | per seed: alone -> distilled | run s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for d in [distill["main"], *distill.get("contrasts", [])]:
-            seeds = "; ".join(f"{r['seed']}: {_pct(r['student_alone_accuracy'])} -> {_pct(r['student_accuracy'])}"
-                              for r in d["runs"])
-            lines.append(f"| {d['name']} | {d['student_params']:,} (teacher {d['teacher_params']:,}) | "
-                         f"{d['train_images']:,} | {d['epochs']} | {d['temperature']:g} | {d['alpha']} | "
-                         f"{_pct(d['teacher_accuracy'])} | {_pct(d['student_alone_accuracy'])} | "
-                         f"{_pct(d['student_accuracy'])} | {d['gap_points']} | {100 * d['recovered_share']:.0f}% | "
-                         f"{seeds} | {d['seconds']} |")
+            seeds = "; ".join(
+                f"{r['seed']}: {_pct(r['student_alone_accuracy'])} -> {_pct(r['student_accuracy'])}"
+                for r in d["runs"]
+            )
+            lines.append(
+                f"| {d['name']} | {d['student_params']:,} (teacher {d['teacher_params']:,}) | "
+                f"{d['train_images']:,} | {d['epochs']} | {d['temperature']:g} | {d['alpha']} | "
+                f"{_pct(d['teacher_accuracy'])} | {_pct(d['student_alone_accuracy'])} | "
+                f"{_pct(d['student_accuracy'])} | {d['gap_points']} | {100 * d['recovered_share']:.0f}% | "
+                f"{seeds} | {d['seconds']} |"
+            )
         lines += ["", f"Distillation goal (main experiment): {distill['main']['goal']}"]
     if low_rank:
-        lines += ["", f"Low-rank (param_ratio {low_rank['param_ratio']}, {low_rank['epochs']} fine-tuning epochs): "
-                      f"Dense parameters {low_rank['dense_params_before']:,} -> {low_rank['dense_params_after']:,} "
-                      f"({100 * low_rank['fewer_dense_share']:.0f}% fewer), accuracy "
-                      f"{_pct(low_rank['accuracy_before'])} -> {_pct(low_rank['accuracy_after'])}. "
-                      f"{low_rank['goal']}"]
+        lines += [
+            "",
+            f"Low-rank (param_ratio {low_rank['param_ratio']}, {low_rank['epochs']} fine-tuning epochs): "
+            f"Dense parameters {low_rank['dense_params_before']:,} -> {low_rank['dense_params_after']:,} "
+            f"({100 * low_rank['fewer_dense_share']:.0f}% fewer), accuracy "
+            f"{_pct(low_rank['accuracy_before'])} -> {_pct(low_rank['accuracy_after'])}. "
+            f"{low_rank['goal']}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -255,11 +361,19 @@ def _previous(path: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=reference_names(), choices=reference_names())
-    parser.add_argument("--recipes", nargs="+", default=[r for r in RECIPE_ORDER if r in builtin_recipes()])
+    parser.add_argument(
+        "--recipes", nargs="+", default=[r for r in RECIPE_ORDER if r in builtin_recipes()]
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--skip-distill", action="store_true", help="keep the previous distill results")
-    parser.add_argument("--skip-contrasts", action="store_true", help="measure only the main distill experiment")
-    parser.add_argument("--skip-low-rank", action="store_true", help="keep the previous low_rank result")
+    parser.add_argument(
+        "--skip-distill", action="store_true", help="keep the previous distill results"
+    )
+    parser.add_argument(
+        "--skip-contrasts", action="store_true", help="measure only the main distill experiment"
+    )
+    parser.add_argument(
+        "--skip-low-rank", action="store_true", help="keep the previous low_rank result"
+    )
     args = parser.parse_args()
     out = ROOT / "bench-results"
     work = Path(tempfile.mkdtemp(prefix="tfedge-bench-compression-"))
@@ -272,9 +386,13 @@ def main() -> int:
                 if reason is None:
                     try:
                         row = recipe_row(model, recipe, work)
-                    except Exception as exc:  # e.g. the accuracy guard: a row saying so, the run goes on
+                    except (
+                        Exception
+                    ) as exc:  # e.g. the accuracy guard: a row saying so, the run goes on
                         kind = "" if isinstance(exc, TfedgeError) else f"{type(exc).__name__}: "
-                        row = skipped_row(model, recipe, f"failed: {kind}{str(exc).splitlines()[0]}")
+                        row = skipped_row(
+                            model, recipe, f"failed: {kind}{str(exc).splitlines()[0]}"
+                        )
                 else:
                     row = skipped_row(model, recipe, reason)
                 row["goals"] = check_goals(row)
@@ -283,30 +401,53 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     recipes_seconds = round(time.perf_counter() - started, 1)
-    previous = _previous(out / "compression.json")  # read late: another run may have written meanwhile
+    previous = _previous(
+        out / "compression.json"
+    )  # read late: another run may have written meanwhile
     if args.skip_distill:
         distill = previous.get("distill")
         distill = distill if isinstance(distill, dict) and "main" in distill else None
     else:
         distill = {"main": distill_experiment(args.seeds, name="main", **DISTILL)}
         if not args.skip_contrasts:
-            distill["contrasts"] = [distill_experiment(args.seeds, name=name, **config)
-                                    for name, config in DISTILL_CONTRASTS]
+            distill["contrasts"] = [
+                distill_experiment(args.seeds, name=name, **config)
+                for name, config in DISTILL_CONTRASTS
+            ]
     low_rank = previous.get("low_rank") if args.skip_low_rank else low_rank_experiment(0.4, 3)
     ran = {(r["model"], r["recipe"]) for r in rows}
     kept = [r for r in previous.get("rows", []) if (r["model"], r["recipe"]) not in ran]
     order = {m: i for i, m in enumerate(reference_names())}
-    rows = sorted(kept + rows, key=lambda r: (order.get(r["model"], 99), RECIPE_ORDER.index(r["recipe"])
-                                                if r["recipe"] in RECIPE_ORDER else 99))
-    timing = {**previous.get("seconds", {}), **{f"recipes on {m}": round(sum(r.get("seconds", 0) for r in rows
-                                                                               if r["model"] == m), 1)
-                                               for m in args.models}}
+    rows = sorted(
+        kept + rows,
+        key=lambda r: (
+            order.get(r["model"], 99),
+            RECIPE_ORDER.index(r["recipe"]) if r["recipe"] in RECIPE_ORDER else 99,
+        ),
+    )
+    timing = {
+        **previous.get("seconds", {}),
+        **{
+            f"recipes on {m}": round(sum(r.get("seconds", 0) for r in rows if r["model"] == m), 1)
+            for m in args.models
+        },
+    }
     if not args.skip_distill:
-        timing["distill"] = round(sum(d["seconds"] for d in [distill["main"], *distill.get("contrasts", [])]), 1)
-    print(f"recipes: {recipes_seconds} s, whole run: {round(time.perf_counter() - started, 1)} s", flush=True)
+        timing["distill"] = round(
+            sum(d["seconds"] for d in [distill["main"], *distill.get("contrasts", [])]), 1
+        )
+    print(
+        f"recipes: {recipes_seconds} s, whole run: {round(time.perf_counter() - started, 1)} s",
+        flush=True,
+    )
     out.mkdir(exist_ok=True)
-    (out / "compression.json").write_text(json.dumps({"rows": rows, "distill": distill, "low_rank": low_rank,
-                                                      "seconds": timing}, indent=2, default=str))
+    (out / "compression.json").write_text(
+        json.dumps(
+            {"rows": rows, "distill": distill, "low_rank": low_rank, "seconds": timing},
+            indent=2,
+            default=str,
+        )
+    )
     table = markdown(rows, distill, low_rank)
     (out / "compression.md").write_text(table)
     print(table)

@@ -11,6 +11,7 @@ Measures, on the reference models:
 
 Usage: python scripts/bench_convert.py [--models digits kws vww anomaly] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tfedge import convert, evaluate  # noqa: E402
-from tfedge.reference import build_reference, reference_names  # noqa: E402
-from tfedge.tflite_model import read_tflite  # noqa: E402
+from tfedge.convert.tflite_model import read_tflite  # noqa: E402
+from tfedge.zoo.reference import build_reference, reference_names  # noqa: E402
 
 PLAIN_CONVERTER = """
 import os, sys
@@ -56,13 +57,23 @@ def size_row(name: str, work: Path) -> dict:
     f32 = convert(ref.model, work / f"{name}_f32.tflite", quant="none")
     i8 = convert(ref.model, work / f"{name}_int8.tflite", calib=ref.train)
     floor = structural_floor(Path(i8.output))
-    row = {"model": name, "float32_bytes": f32.size_bytes, "int8_bytes": i8.size_bytes, "floor_bytes": floor,
-           "over_floor_pct": round(100 * (i8.size_bytes / floor - 1), 2),
-           "int8_float_ratio": round(i8.size_bytes / f32.size_bytes, 3), "full_integer": i8.full_integer}
+    row = {
+        "model": name,
+        "float32_bytes": f32.size_bytes,
+        "int8_bytes": i8.size_bytes,
+        "floor_bytes": floor,
+        "over_floor_pct": round(100 * (i8.size_bytes / floor - 1), 2),
+        "int8_float_ratio": round(i8.size_bytes / f32.size_bytes, 3),
+        "full_integer": i8.full_integer,
+    }
     if ref.task == "classification" and name == "digits":
         acc_f = evaluate(ref.model, ref.test).accuracy
         acc_q = evaluate(i8.output, ref.test).accuracy
-        row.update(float_accuracy=acc_f, int8_accuracy=acc_q, accuracy_drop_points=round(100 * (acc_f - acc_q), 2))
+        row.update(
+            float_accuracy=acc_f,
+            int8_accuracy=acc_q,
+            accuracy_drop_points=round(100 * (acc_f - acc_q), 2),
+        )
     return row
 
 
@@ -76,39 +87,68 @@ def convert_overhead(work: Path, repeats: int) -> dict:
     ref = build_reference("digits", ROOT / "models")
     plain = work / "plain.py"
     plain.write_text(PLAIN_CONVERTER)
-    tfedge_cmd = [sys.executable, "-m", "tfedge", "convert", ref.model, "--calib", ref.train, "-o",
-                  str(work / "t.tflite")]
+    tfedge_cmd = [
+        sys.executable,
+        "-m",
+        "tfedge",
+        "convert",
+        ref.model,
+        "--calib",
+        ref.train,
+        "-o",
+        str(work / "t.tflite"),
+    ]
     plain_cmd = [sys.executable, str(plain), ref.model, ref.train, str(work / "p.tflite")]
     t_tfedge, t_plain = [], []
     for _ in range(repeats):  # alternate so drift hits both alike
         t_tfedge.append(timed(tfedge_cmd))
         t_plain.append(timed(plain_cmd))
     a, b = statistics.median(t_tfedge), statistics.median(t_plain)
-    return {"tfedge_convert_s": round(a, 2), "plain_converter_s": round(b, 2), "ratio": round(a / b, 3)}
+    return {
+        "tfedge_convert_s": round(a, 2),
+        "plain_converter_s": round(b, 2),
+        "ratio": round(a / b, 3),
+    }
 
 
 def help_time(repeats: int = 5) -> float:
-    return round(statistics.median(timed([sys.executable, "-m", "tfedge", "--help"]) for _ in range(repeats)), 3)
+    return round(
+        statistics.median(
+            timed([sys.executable, "-m", "tfedge", "--help"]) for _ in range(repeats)
+        ),
+        3,
+    )
 
 
 def markdown(rows: list[dict], overhead: dict, help_s: float) -> str:
-    lines = ["| model | float32 bytes | int8 bytes | structural floor | over floor | int8/float32 |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['model']} | {r['float32_bytes']:,} | {r['int8_bytes']:,} | {r['floor_bytes']:,} | "
-              f"{r['over_floor_pct']}% | {r['int8_float_ratio']} |" for r in rows]
+    lines = [
+        "| model | float32 bytes | int8 bytes | structural floor | over floor | int8/float32 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['float32_bytes']:,} | {r['int8_bytes']:,} | {r['floor_bytes']:,} | "
+        f"{r['over_floor_pct']}% | {r['int8_float_ratio']} |"
+        for r in rows
+    ]
     digits = next((r for r in rows if "accuracy_drop_points" in r), None)
     lines.append("")
     if digits:
-        lines.append(f"- digits accuracy: float {digits['float_accuracy']:.4f}, int8 {digits['int8_accuracy']:.4f}, "
-                     f"drop {digits['accuracy_drop_points']} points (goal <= 0.5)")
-    lines.append(f"- `tfedge convert` {overhead['tfedge_convert_s']} s vs plain TFLiteConverter "
-                 f"{overhead['plain_converter_s']} s: ratio {overhead['ratio']} (goal <= 1.15)")
+        lines.append(
+            f"- digits accuracy: float {digits['float_accuracy']:.4f}, int8 {digits['int8_accuracy']:.4f}, "
+            f"drop {digits['accuracy_drop_points']} points (goal <= 0.5)"
+        )
+    lines.append(
+        f"- `tfedge convert` {overhead['tfedge_convert_s']} s vs plain TFLiteConverter "
+        f"{overhead['plain_converter_s']} s: ratio {overhead['ratio']} (goal <= 1.15)"
+    )
     lines.append(f"- `tfedge --help`: {help_s} s (goal <= 0.5 s)")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=reference_names())
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -121,8 +161,9 @@ def main() -> None:
     help_s = help_time()
     table = markdown(rows, overhead, help_s)
     print(table)
-    (out_dir / "convert.json").write_text(json.dumps({"models": rows, "convert_time": overhead, "help_s": help_s},
-                                                     indent=2))
+    (out_dir / "convert.json").write_text(
+        json.dumps({"models": rows, "convert_time": overhead, "help_s": help_s}, indent=2)
+    )
     (out_dir / "convert.md").write_text(table)
 
 

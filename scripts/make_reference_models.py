@@ -3,10 +3,11 @@
 
 Usage: python scripts/make_reference_models.py [NAME ...] [--force]
 """
+
 import argparse
 from pathlib import Path
 
-from tfedge.reference import build_reference, reference_names
+from tfedge.zoo.reference import build_reference, reference_names
 
 ROOT = Path(__file__).resolve().parent.parent / "models"
 

@@ -1,4 +1,5 @@
 """Shared fixtures: reference models built once per session, tiny models, the CLI runner."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,8 @@ class Cli:
         if expect is not None:
             assert result.exit_code == expect, (
                 f"exit {result.exit_code}, expected {expect}\nstdout: {result.stdout}\n"
-                f"stderr: {result.stderr}\nexception: {result.exception!r}")
+                f"stderr: {result.stderr}\nexception: {result.exception!r}"
+            )
         return result
 
 
@@ -43,7 +45,7 @@ def models_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def digits(models_root):
     """The digits reference model, trained once per test session."""
-    from tfedge.reference import build_reference
+    from tfedge.zoo.reference import build_reference
 
     return build_reference("digits", models_root)
 
@@ -67,8 +69,14 @@ def float_op_model(tmp_path_factory) -> tuple[Path, Path]:
 
     k = import_keras()
     d = tmp_path_factory.mktemp("sin")
-    model = k.Sequential([k.layers.InputLayer(input_shape=(8,)), k.layers.Dense(4, name="proj"),
-                          k.layers.Lambda(lambda t: __import__("tensorflow").math.sin(t), name="sine"), k.layers.Dense(3, name="head")])
+    model = k.Sequential(
+        [
+            k.layers.InputLayer(input_shape=(8,)),
+            k.layers.Dense(4, name="proj"),
+            k.layers.Lambda(lambda t: __import__("tensorflow").math.sin(t), name="sine"),
+            k.layers.Dense(3, name="head"),
+        ]
+    )
     model.save(d / "sin.h5")
     x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
     np.savez(d / "calib.npz", x=x)

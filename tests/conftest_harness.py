@@ -2,6 +2,7 @@
 
 Loaded by the harness test modules with ``from tests.conftest_harness import *``.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,7 @@ def malformed_models(tmp_path_factory, harness_models) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def emulator_env():
     """The cached aarch64 root, built by the same code as ``tfedge emulator setup`` (once)."""
-    from tfedge import emulator
+    from tfedge.targets import emulator
 
     return emulator.setup(log=lambda msg: print(f"[emulator] {msg}", file=sys.stderr))
 
@@ -52,5 +53,3 @@ def ssh_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     return home
-
-

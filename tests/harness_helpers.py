@@ -1,5 +1,6 @@
 """Real components for the harness tests: small TFLite models built with TensorFlow, and a
 private OpenSSH server on a loopback port with temporary host and user keys."""
+
 from __future__ import annotations
 
 import getpass
@@ -37,18 +38,24 @@ def build_digits_models(out: Path) -> dict[str, Path]:
 
     tf.random.set_seed(0)
     x_train, y_train, x_test, y_test = digits_data()
-    model = k.Sequential([
-        k.layers.InputLayer(input_shape=(8, 8, 1)),
-        k.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        k.layers.MaxPooling2D(),
-        k.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        k.layers.Flatten(),
-        k.layers.Dense(10),
-    ])
+    model = k.Sequential(
+        [
+            k.layers.InputLayer(input_shape=(8, 8, 1)),
+            k.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            k.layers.MaxPooling2D(),
+            k.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            k.layers.Flatten(),
+            k.layers.Dense(10),
+        ]
+    )
     model.compile(optimizer="adam", loss=k.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x_train, y_train, epochs=4, batch_size=64, verbose=0)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"float": out / "digits_float.tflite", "int8": out / "digits_int8.tflite", "data": out / "eval.npz"}
+    paths = {
+        "float": out / "digits_float.tflite",
+        "int8": out / "digits_int8.tflite",
+        "data": out / "eval.npz",
+    }
     paths["float"].write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     paths["int8"].write_bytes(convert_int8(tf, model, x_train[:200]))
     np.savez(paths["data"], x=x_test, y=y_test)
@@ -59,7 +66,7 @@ def convert_int8(tf, model, calib: np.ndarray) -> bytes:
     """Full-integer conversion (int8 in, int8 out) with TF's converter directly."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
+    converter.representative_dataset = lambda: ([calib[i : i + 1]] for i in range(len(calib)))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
@@ -123,11 +130,33 @@ def start_sshd(workdir: Path) -> Sshd:
     host_pub = host_key.with_suffix(".pub").read_text().split()
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-    argv = [SSHD, "-D", "-e", "-f", "/dev/null", "-o", f"Port={port}", "-o", "ListenAddress=127.0.0.1",
-            "-o", f"HostKey={host_key}", "-o", f"AuthorizedKeysFile={authorized}", "-o", "StrictModes=no",
-            "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
-            "-o", "PermitRootLogin=prohibit-password", "-o", "Subsystem=sftp internal-sftp",
-            "-o", f"PidFile={workdir / 'sshd.pid'}"]
+    argv = [
+        SSHD,
+        "-D",
+        "-e",
+        "-f",
+        "/dev/null",
+        "-o",
+        f"Port={port}",
+        "-o",
+        "ListenAddress=127.0.0.1",
+        "-o",
+        f"HostKey={host_key}",
+        "-o",
+        f"AuthorizedKeysFile={authorized}",
+        "-o",
+        "StrictModes=no",
+        "-o",
+        "PasswordAuthentication=no",
+        "-o",
+        "KbdInteractiveAuthentication=no",
+        "-o",
+        "PermitRootLogin=prohibit-password",
+        "-o",
+        "Subsystem=sftp internal-sftp",
+        "-o",
+        f"PidFile={workdir / 'sshd.pid'}",
+    ]
     log = open(workdir / "sshd.log", "wb")
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     _wait_listening(port, process, workdir / "sshd.log")

@@ -1,5 +1,6 @@
 """Real components for the OTA tests: tiny int8 models, a loopback HTTP server for a TUF
 repository, agent subprocesses, and checks that a model directory holds a whole model."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,10 +33,19 @@ def build_models(out: Path) -> dict[str, Path]:
     paths = {}
     for name, seed, side in (("v1", 1, 8), ("v2", 2, 8), ("v3", 3, 8), ("wide", 4, 12)):
         tf.random.set_seed(seed)
-        model = k.Sequential([k.layers.InputLayer(input_shape=(side, side, 1)),
-                              k.layers.Conv2D(4, 3, padding="same", activation="relu"),
-                              k.layers.Flatten(), k.layers.Dense(10)])
-        data = calib if side == 8 else np.random.default_rng(0).random((32, side, side, 1), dtype=np.float32)
+        model = k.Sequential(
+            [
+                k.layers.InputLayer(input_shape=(side, side, 1)),
+                k.layers.Conv2D(4, 3, padding="same", activation="relu"),
+                k.layers.Flatten(),
+                k.layers.Dense(10),
+            ]
+        )
+        data = (
+            calib
+            if side == 8
+            else np.random.default_rng(0).random((32, side, side, 1), dtype=np.float32)
+        )
         paths[name] = out / f"{name}.tflite"
         paths[name].write_bytes(hh.convert_int8(tf, model, data))
     raw = paths["v1"].read_bytes()
@@ -51,8 +61,14 @@ def big_model(out: Path, min_bytes: int = 10_500_000) -> Path:
 
     tf.random.set_seed(0)
     units = max(min_bytes // 1024 + 16, 1024)
-    model = k.Sequential([k.layers.InputLayer(input_shape=(32, 32, 1)), k.layers.Flatten(),
-                          k.layers.Dense(units, activation="relu"), k.layers.Dense(10)])
+    model = k.Sequential(
+        [
+            k.layers.InputLayer(input_shape=(32, 32, 1)),
+            k.layers.Flatten(),
+            k.layers.Dense(units, activation="relu"),
+            k.layers.Dense(10),
+        ]
+    )
     calib = np.random.default_rng(0).random((16, 32, 32, 1), dtype=np.float32)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "big_int8.tflite"
@@ -119,24 +135,53 @@ def installed_v1(base: Path, models: dict[str, Path]) -> Path:
 
 # ---------------------------------------------------------------- agent processes
 def agent_env(**extra: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1"
+    )
     env.update(extra)
     return env
 
 
-def agent_argv(url: str, model_dir: Path, root_json: Path, name: str = "kws", *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tfedge.ota.agent", "--repo-url", url, "--model-dir", str(model_dir),
-            "--name", name, "--root", str(root_json), "--once", *extra]
+def agent_argv(
+    url: str, model_dir: Path, root_json: Path, name: str = "kws", *extra: str
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tfedge.ota.agent",
+        "--repo-url",
+        url,
+        "--model-dir",
+        str(model_dir),
+        "--name",
+        name,
+        "--root",
+        str(root_json),
+        "--once",
+        *extra,
+    ]
 
 
-def run_agent(url, model_dir, root_json, *extra, name="kws", timeout=120, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(agent_argv(url, model_dir, root_json, name, *extra), env=agent_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+def run_agent(
+    url, model_dir, root_json, *extra, name="kws", timeout=120, **env
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        agent_argv(url, model_dir, root_json, name, *extra),
+        env=agent_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start_agent(url, model_dir, root_json, *extra, name="kws", **env) -> subprocess.Popen:
-    return subprocess.Popen(agent_argv(url, model_dir, root_json, name, *extra), env=agent_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        agent_argv(url, model_dir, root_json, name, *extra),
+        env=agent_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_line(proc: subprocess.Popen, fragment: str, timeout: float = 60.0) -> list[str]:
@@ -145,7 +190,9 @@ def wait_for_line(proc: subprocess.Popen, fragment: str, timeout: float = 60.0) 
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         if not line:
-            raise AssertionError(f"agent exited ({proc.wait()}) before {fragment!r}: {''.join(lines)}")
+            raise AssertionError(
+                f"agent exited ({proc.wait()}) before {fragment!r}: {''.join(lines)}"
+            )
         lines.append(line)
         if fragment in line:
             return lines

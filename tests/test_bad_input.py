@@ -1,4 +1,5 @@
 """Bad input, tried as a new user would: one clear error line, exit 1, no file left behind."""
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,7 @@ def test_random_bytes_as_model(run_cli, digits, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_truncated_model(run_cli, digits, tmp_path, suffix):
-    from tfedge.loading import detect_format, load_keras_model
+    from tfedge.io.models import detect_format, load_keras_model
 
     full = tmp_path / f"full{suffix}"
     load_keras_model(detect_format(digits.model)).save(full)
@@ -43,7 +44,15 @@ def test_truncated_model(run_cli, digits, tmp_path, suffix):
 
 
 def test_missing_data_file(run_cli, digits, tmp_path):
-    result = run_cli("convert", digits.model, "--calib", tmp_path / "nope.npz", "-o", tmp_path / "o.tflite", expect=2)
+    result = run_cli(
+        "convert",
+        digits.model,
+        "--calib",
+        tmp_path / "nope.npz",
+        "-o",
+        tmp_path / "o.tflite",
+        expect=2,
+    )
     assert "does not exist" in result.stderr
     _no_tflite_left(tmp_path)
 
@@ -105,13 +114,26 @@ def test_unwritable_output_directory(run_cli, digits, tmp_path):
 
 
 def test_tflite_given_to_convert(run_cli, digits_int8, digits, tmp_path):
-    result = run_cli("convert", digits_int8, "--calib", digits.train, "-o", tmp_path / "o.tflite", expect=2)
+    result = run_cli(
+        "convert", digits_int8, "--calib", digits.train, "-o", tmp_path / "o.tflite", expect=2
+    )
     assert_one_error_line(result, "already a TFLite model")
 
 
 def test_bad_option_combination_is_a_usage_error(run_cli, digits, tmp_path):
-    result = run_cli("convert", digits.model, "--calib", digits.train, "--quant", "int16x8", "--io", "int8",
-                     "-o", tmp_path / "o.tflite", expect=2)
+    result = run_cli(
+        "convert",
+        digits.model,
+        "--calib",
+        digits.train,
+        "--quant",
+        "int16x8",
+        "--io",
+        "int8",
+        "-o",
+        tmp_path / "o.tflite",
+        expect=2,
+    )
     assert_one_error_line(result, "--io int8 does not fit --quant int16x8")
 
 
@@ -119,24 +141,39 @@ def test_random_bytes_to_inspect_and_evaluate(run_cli, digits, tmp_path):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + os.urandom(200))
     assert_one_error_line(run_cli("inspect", bad, expect=1), "damaged TFLite model")
-    assert_one_error_line(run_cli("evaluate", bad, "--data", digits.test, expect=1), "damaged TFLite model")
+    assert_one_error_line(
+        run_cli("evaluate", bad, "--data", digits.test, expect=1), "damaged TFLite model"
+    )
 
 
 def test_debug_shows_the_traceback(tmp_path):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a model")
-    proc = subprocess.run([sys.executable, "-m", "tfedge", "--debug", "inspect", str(bad)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfedge", "--debug", "inspect", str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "ModelLoadError" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [["--help"], ["convert", "--help"], ["inspect", "--help"],
-                                  ["evaluate", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["convert", "--help"],
+        ["inspect", "--help"],
+        ["evaluate", "--help"],
+        ["demo", "--help"],
+    ],
+)
 def test_help_does_not_import_tensorflow(args):
-    code = ("import sys; from tfedge.cli.main import cli\n"
-            f"try: cli({args!r}, prog_name='tfedge')\nexcept SystemExit as e: assert e.code == 0\n"
-            "bad = [m for m in ('tensorflow', 'tf_keras', 'keras') if m in sys.modules]\n"
-            "assert not bad, bad")
+    code = (
+        "import sys; from tfedge.cli.main import cli\n"
+        f"try: cli({args!r}, prog_name='tfedge')\nexcept SystemExit as e: assert e.code == 0\n"
+        "bad = [m for m in ('tensorflow', 'tf_keras', 'keras') if m in sys.modules]\n"
+        "assert not bad, bad"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout

@@ -1,4 +1,5 @@
 """bench on the local CPU: the real device script in a subprocess with the real LiteRT runtime."""
+
 from __future__ import annotations
 
 import json
@@ -12,19 +13,31 @@ import pytest
 import yaml
 
 from tests.conftest_harness import *  # noqa: F401,F403  (harness fixtures)
-from tfedge.bench import bench, bench_inventory
-from tfedge.bench.stats import LatencyStats
 from tfedge.device import bench_device
 from tfedge.errors import BenchError, ModelLoadError, ProfileError, UsageError
-from tfedge.profiles import PROFILES_DIR
+from tfedge.targets.bench import bench, bench_inventory
+from tfedge.targets.profiles import PROFILES_DIR
+from tfedge.targets.stats import LatencyStats
 
 SCRIPT = Path(bench_device.__file__)
 FAST = dict(runs=20, warmup=1, min_secs=0.05)
-JSON_KEYS = {"target", "emulated", "arch", "runtime", "threads", "init_ms", "first_us", "latency_us", "peak_rss_mb"}
+JSON_KEYS = {
+    "target",
+    "emulated",
+    "arch",
+    "runtime",
+    "threads",
+    "init_ms",
+    "first_us",
+    "latency_us",
+    "peak_rss_mb",
+}
 
 
 def run_script(*args, env=None, python=sys.executable) -> tuple[dict, int]:
-    out = subprocess.run([python, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [python, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env
+    )
     return json.loads(out.stdout.strip().splitlines()[-1]), out.returncode
 
 
@@ -38,16 +51,27 @@ def native_profile(tmp_path: Path, **budgets) -> Path:
 
 def test_device_stats_match_host_stats():
     samples = list(np.random.default_rng(1).gamma(2.0, 100.0, size=257))
-    assert LatencyStats.from_dict(bench_device.latency_stats(samples)) == LatencyStats.from_samples(samples)
+    assert LatencyStats.from_dict(bench_device.latency_stats(samples)) == LatencyStats.from_samples(
+        samples
+    )
     s = LatencyStats.from_samples([100.0, 110.0, 120.0])
-    assert (s.count, s.p50, round(s.std, 3)) == (3, 110.0, 8.165)  # population std, like benchmark_model
+    assert (s.count, s.p50, round(s.std, 3)) == (
+        3,
+        110.0,
+        8.165,
+    )  # population std, like benchmark_model
 
 
 def test_device_script_is_standalone():
     source = SCRIPT.read_text()
-    assert "import tfedge" not in source and "from tfedge" not in source and "tensorflow" not in source.replace(
-        "TensorFlow Lite", "")
-    assert (Path(__file__).parent.parent / "scripts" / "tfedge_bench_device.py").resolve() == SCRIPT.resolve()
+    assert (
+        "import tfedge" not in source
+        and "from tfedge" not in source
+        and "tensorflow" not in source.replace("TensorFlow Lite", "")
+    )
+    assert (
+        Path(__file__).parent.parent / "scripts" / "tfedge_bench_device.py"
+    ).resolve() == SCRIPT.resolve()
 
 
 def test_probe_reports_the_working_runtime():
@@ -60,18 +84,25 @@ def test_missing_runtime_gives_the_install_command(tmp_path):
     only_numpy.mkdir()
     os.symlink(Path(np.__file__).parent, only_numpy / "numpy")
     env = {"PYTHONPATH": str(only_numpy), "PATH": os.environ.get("PATH", "")}
-    out = subprocess.run([sys.executable, "-S", str(SCRIPT), "--probe"], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-S", str(SCRIPT), "--probe"], capture_output=True, text=True, env=env
+    )
     report, code = json.loads(out.stdout), out.returncode
     assert code == bench_device.EXIT_RUNTIME and report["kind"] == "runtime_missing"
     assert "pip install numpy ai-edge-litert" in report["hint"]
 
 
 def test_local_bench_reports_like_benchmark_model(harness_models):
-    r = bench(harness_models["int8"], data=harness_models["data"], keep_outputs=True, threads=1, **FAST)
+    r = bench(
+        harness_models["int8"], data=harness_models["data"], keep_outputs=True, threads=1, **FAST
+    )
     data = r.to_dict()
     assert JSON_KEYS <= set(data) and data["target"] == "local" and data["emulated"] is False
     assert set(data["latency_us"]) == {"count", "min", "max", "mean", "std", "p50", "p90", "p99"}
-    assert r.latency_us.count >= 20 and r.latency_us.min <= r.latency_us.p50 <= r.latency_us.p99 <= r.latency_us.max
+    assert (
+        r.latency_us.count >= 20
+        and r.latency_us.min <= r.latency_us.p50 <= r.latency_us.p99 <= r.latency_us.max
+    )
     assert r.threads == 1 and r.runtime["version"] and r.peak_rss_mb > 0 and r.init_ms > 0
     assert r.samples == 200 and r.accuracy > 0.8
     assert r.outputs.shape == (200, 10) and r.outputs.dtype == np.int8
@@ -98,10 +129,21 @@ def test_malformed_models_become_clear_errors(malformed_models, run_cli):
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
 
 
-def test_profile_budgets_are_checked_on_the_machine_they_describe(harness_models, tmp_path, run_cli):
+def test_profile_budgets_are_checked_on_the_machine_they_describe(
+    harness_models, tmp_path, run_cli
+):
     tiny_latency = native_profile(tmp_path, target_latency_ms=0.0001, max_ram_mb=1)
-    result = run_cli("bench", harness_models["int8"], "--profile", tiny_latency, "--runs", 5, "--min-secs", 0,
-                     expect=1)
+    result = run_cli(
+        "bench",
+        harness_models["int8"],
+        "--profile",
+        tiny_latency,
+        "--runs",
+        5,
+        "--min-secs",
+        0,
+        expect=1,
+    )
     assert "latency us" in result.stdout  # the numbers are printed before the failure
     assert "median latency" in result.stderr and "over local's target of 0.0001 ms" in result.stderr
     assert "peak RSS" in result.stderr and "budget of 1 MB" in result.stderr
@@ -111,21 +153,36 @@ def test_profile_budgets_are_checked_on_the_machine_they_describe(harness_models
 
 def test_profile_size_and_integer_checks_run_before_benchmarking(harness_models, tmp_path):
     with pytest.raises(ProfileError, match=r"bytes, over local's budget of 1,000 bytes"):
-        bench(harness_models["int8"], profile=native_profile(tmp_path, max_model_bytes=1000), **FAST)
+        bench(
+            harness_models["int8"], profile=native_profile(tmp_path, max_model_bytes=1000), **FAST
+        )
     with pytest.raises(ProfileError, match="requires a full-integer model"):
         bench(harness_models["float"], profile="rpi3b", **FAST)
 
 
 def test_cli_json_output(harness_models, run_cli):
-    result = run_cli("bench", harness_models["int8"], "--data", harness_models["data"], "--threads", 1,
-                     "--runs", 10, "--min-secs", 0, "--json")
+    result = run_cli(
+        "bench",
+        harness_models["int8"],
+        "--data",
+        harness_models["data"],
+        "--threads",
+        1,
+        "--runs",
+        10,
+        "--min-secs",
+        0,
+        "--json",
+    )
     data = json.loads(result.stdout)
     assert JSON_KEYS | {"accuracy"} <= set(data) and data["runtime"]["name"]
 
 
 def test_smoke_mode_checks_golden_outputs(harness_models, tmp_path):
     x = np.load(harness_models["data"])["x"][:8]
-    expected = bench(harness_models["int8"], data=harness_models["data"], keep_outputs=True, **FAST).outputs[:8]
+    expected = bench(
+        harness_models["int8"], data=harness_models["data"], keep_outputs=True, **FAST
+    ).outputs[:8]
     good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
     np.savez(good, x=x, y=expected)
     np.savez(bad, x=x, y=(expected.astype(np.int16) + 5).clip(-128, 127).astype(np.int8))
@@ -137,9 +194,20 @@ def test_smoke_mode_checks_golden_outputs(harness_models, tmp_path):
 
 def test_inventory_runs_devices_concurrently_one_row_each(harness_models, tmp_path):
     inventory = tmp_path / "devices.yaml"
-    inventory.write_text(yaml.safe_dump({"devices": [{"name": "here", "target": "local", "threads": 1},
-                                                     {"name": "gone", "target": "ssh://nobody@127.0.0.1:1",
-                                                      "known_hosts": str(tmp_path / "none")}]}))
+    inventory.write_text(
+        yaml.safe_dump(
+            {
+                "devices": [
+                    {"name": "here", "target": "local", "threads": 1},
+                    {
+                        "name": "gone",
+                        "target": "ssh://nobody@127.0.0.1:1",
+                        "known_hosts": str(tmp_path / "none"),
+                    },
+                ]
+            }
+        )
+    )
     rows = bench_inventory(harness_models["int8"], inventory, **FAST)
     assert [r.name for r in rows] == ["here", "gone"]
     assert rows[0].result.latency_us.count >= 20 and rows[0].error is None

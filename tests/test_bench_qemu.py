@@ -1,8 +1,9 @@
 """bench on emulated ARM: the real aarch64 Debian root under qemu-user-static, the real script.
 
-The root is built by ``tfedge.emulator.setup`` (what ``tfedge emulator setup`` runs), once,
+The root is built by ``tfedge.targets.emulator.setup`` (what ``tfedge emulator setup`` runs), once,
 then cached; the first session takes a minute or two, later ones reuse it.
 """
+
 from __future__ import annotations
 
 import time
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 
 from tests.conftest_harness import *  # noqa: F401,F403  (harness fixtures)
-from tfedge import emulator
-from tfedge.bench import bench
 from tfedge.errors import BenchError, ProfileError, TargetError
+from tfedge.targets import emulator
+from tfedge.targets.bench import bench
 
 FAST = dict(runs=5, warmup=1, min_secs=0.0)
 
@@ -22,11 +23,14 @@ def test_mirror_is_read_from_apt_sources(tmp_path):
     (tmp_path / "sources.list.d").mkdir()
     (tmp_path / "sources.list.d" / "debian.sources").write_text(
         "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
-        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n")
+        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
+    )
     assert emulator.apt_mirror(str(tmp_path)) == "http://mirror.example/debian"
     one_line = tmp_path / "old"
     one_line.mkdir()
-    (one_line / "sources.list").write_text("# comment\ndeb [arch=amd64] http://other.example/debian bookworm main\n")
+    (one_line / "sources.list").write_text(
+        "# comment\ndeb [arch=amd64] http://other.example/debian bookworm main\n"
+    )
     assert emulator.apt_mirror(str(one_line)) == "http://other.example/debian"
 
 
@@ -42,7 +46,10 @@ def test_setup_is_cached_and_reused(emulator_env, run_cli):
     start = time.monotonic()
     again = emulator.setup()
     assert again == emulator_env and time.monotonic() - start < 5
-    assert emulator_env.runtime in ("ai-edge-litert", "tflite-runtime") and emulator_env.runtime_version
+    assert (
+        emulator_env.runtime in ("ai-edge-litert", "tflite-runtime")
+        and emulator_env.runtime_version
+    )
     assert "ready" in run_cli("emulator", "status").stdout
     assert "emulator ready" in run_cli("emulator", "setup").stdout
 
@@ -50,9 +57,18 @@ def test_setup_is_cached_and_reused(emulator_env, run_cli):
 @pytest.mark.slow
 def test_int8_outputs_under_emulation_agree_with_local_x86(emulator_env, harness_models):
     """On 200 real digits: identical top-1, and at most one int8 step apart."""
-    local = bench(harness_models["int8"], data=harness_models["data"], keep_outputs=True, threads=1, **FAST)
-    arm = bench(harness_models["int8"], target="qemu", profile="rpi4", data=harness_models["data"],
-                keep_outputs=True, threads=1, **FAST)
+    local = bench(
+        harness_models["int8"], data=harness_models["data"], keep_outputs=True, threads=1, **FAST
+    )
+    arm = bench(
+        harness_models["int8"],
+        target="qemu",
+        profile="rpi4",
+        data=harness_models["data"],
+        keep_outputs=True,
+        threads=1,
+        **FAST,
+    )
     assert arm.emulated and arm.arch == "aarch64" and arm.target == "qemu:cortex-a72"
     assert arm.runtime["version"] == emulator_env.runtime_version and "qemu" in arm.note
     assert local.outputs.shape == arm.outputs.shape == (200, 10) and arm.outputs.dtype == np.int8
@@ -65,8 +81,20 @@ def test_int8_outputs_under_emulation_agree_with_local_x86(emulator_env, harness
 @pytest.mark.slow
 @pytest.mark.parametrize("profile, cpu", [("rpi-zero-2w", "cortex-a53"), ("rpi5", "cortex-a76")])
 def test_profile_cpu_is_the_qemu_cpu(emulator_env, harness_models, run_cli, profile, cpu):
-    result = run_cli("bench", harness_models["int8"], "--target", "qemu", "--profile", profile,
-                     "--compare", harness_models["float"], "--runs", 5, "--min-secs", 0)
+    result = run_cli(
+        "bench",
+        harness_models["int8"],
+        "--target",
+        "qemu",
+        "--profile",
+        profile,
+        "--compare",
+        harness_models["float"],
+        "--runs",
+        5,
+        "--min-secs",
+        0,
+    )
     assert f"qemu:{cpu} (aarch64, EMULATED)" in result.stdout
     assert "compare     digits_float.tflite" in result.stdout
     assert "not checked: emulated" in result.stdout

@@ -1,4 +1,5 @@
 """`tfedge convert`: real TensorFlow conversion, verified with the real flatbuffer."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 import tfedge
+from tfedge.convert.tflite_model import read_tflite
 from tfedge.errors import UsageError, VerificationError
-from tfedge.tflite_model import read_tflite
 
 from .conftest import assert_one_error_line
 
@@ -26,8 +27,12 @@ def test_int8_default_is_full_integer(run_cli, digits, tmp_path):
 
 
 def test_same_seed_gives_byte_identical_model(digits, tmp_path):
-    a = tfedge.convert(digits.model, tmp_path / "a.tflite", calib=digits.train, seed=3, calib_samples=64)
-    b = tfedge.convert(digits.model, tmp_path / "b.tflite", calib=digits.train, seed=3, calib_samples=64)
+    a = tfedge.convert(
+        digits.model, tmp_path / "a.tflite", calib=digits.train, seed=3, calib_samples=64
+    )
+    b = tfedge.convert(
+        digits.model, tmp_path / "b.tflite", calib=digits.train, seed=3, calib_samples=64
+    )
     assert (tmp_path / "a.tflite").read_bytes() == (tmp_path / "b.tflite").read_bytes()
     assert a.calib_samples == b.calib_samples == 64
 
@@ -40,7 +45,9 @@ def test_float32_io_is_still_full_integer(digits, tmp_path):
 
 
 def test_int16x8_uses_int16_activations(digits, tmp_path):
-    result = tfedge.convert(digits.model, tmp_path / "a16.tflite", calib=digits.train, quant="int16x8")
+    result = tfedge.convert(
+        digits.model, tmp_path / "a16.tflite", calib=digits.train, quant="int16x8"
+    )
     model = read_tflite(result.output)
     assert result.full_integer and result.io == "int16"
     conv = next(op for op in model.ops if op.name == "CONV_2D")
@@ -76,7 +83,7 @@ def test_verification_error_carries_the_ops(float_op_model, tmp_path):
 
 
 def test_in_memory_model_converts(digits, tmp_path):
-    from tfedge.loading import detect_format, load_keras_model
+    from tfedge.io.models import detect_format, load_keras_model
 
     model = load_keras_model(detect_format(digits.model))
     x = np.load(digits.train)["x"][:32]
@@ -84,13 +91,15 @@ def test_in_memory_model_converts(digits, tmp_path):
 
 
 def test_h5_and_savedmodel_inputs(digits, tmp_path):
-    from tfedge.loading import detect_format, load_keras_model
+    from tfedge.io.models import detect_format, load_keras_model
 
     model = load_keras_model(detect_format(digits.model))
     model.save(tmp_path / "m.h5")
     model.save(tmp_path / "sm", save_format="tf")
     for src in (tmp_path / "m.h5", tmp_path / "sm"):
-        result = tfedge.convert(src, tmp_path / f"{src.stem}.tflite", calib=digits.train, calib_samples=32)
+        result = tfedge.convert(
+            src, tmp_path / f"{src.stem}.tflite", calib=digits.train, calib_samples=32
+        )
         assert result.full_integer
 
 
@@ -105,10 +114,16 @@ def test_converter_crash_is_a_clear_error(run_cli, tmp_path):
 
     k = import_keras()
     crash = "lambda t: (__import__('os').kill(__import__('os').getpid(), 11), t)[1]"
-    crashing = k.Sequential([k.layers.InputLayer(input_shape=(4,)), k.layers.Lambda(lambda t: t, name="boom")])
-    crashing.layers[0].function = eval(crash)  # swapped in after building, so only the child runs it
+    crashing = k.Sequential(
+        [k.layers.InputLayer(input_shape=(4,)), k.layers.Lambda(lambda t: t, name="boom")]
+    )
+    crashing.layers[0].function = eval(
+        crash
+    )  # swapped in after building, so only the child runs it
     crashing.save(tmp_path / "crash.h5")
-    result = run_cli("convert", tmp_path / "crash.h5", "--quant", "none", "-o", tmp_path / "c.tflite", expect=1)
+    result = run_cli(
+        "convert", tmp_path / "crash.h5", "--quant", "none", "-o", tmp_path / "c.tflite", expect=1
+    )
     assert_one_error_line(result, "converter crashed (SIGSEGV)")
     assert not (tmp_path / "c.tflite").exists()
 
@@ -118,7 +133,9 @@ def test_recurrent_layer_failure_names_the_fix(tmp_path):
     from tfedge.errors import ConversionError
 
     k = import_keras()
-    model = k.Sequential([k.layers.InputLayer(input_shape=(5, 4)), k.layers.GRU(4), k.layers.Dense(2)])
+    model = k.Sequential(
+        [k.layers.InputLayer(input_shape=(5, 4)), k.layers.GRU(4), k.layers.Dense(2)]
+    )
     model.save(tmp_path / "gru.keras")
     x = np.random.default_rng(0).normal(size=(8, 5, 4)).astype(np.float32)
     with pytest.raises(ConversionError, match="TensorListReserve") as info:
@@ -130,7 +147,7 @@ def test_recurrent_layer_failure_names_the_fix(tmp_path):
 def test_profile_budget_failure_names_the_number(run_cli, digits, tmp_path):
     import yaml
 
-    from tfedge.profiles import load_profile
+    from tfedge.targets.profiles import load_profile
 
     base = load_profile("rpi4")
     doc = yaml.safe_load(open(base.source).read())
@@ -138,11 +155,22 @@ def test_profile_budget_failure_names_the_number(run_cli, digits, tmp_path):
     doc["budgets"]["max_model_bytes"] = 10_000
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(doc))
     out = tmp_path / "d.tflite"
-    result = run_cli("convert", digits.model, "--calib", digits.train, "-o", out, "--profile",
-                     tmp_path / "tiny.yaml", expect=1)
+    result = run_cli(
+        "convert",
+        digits.model,
+        "--calib",
+        digits.train,
+        "-o",
+        out,
+        "--profile",
+        tmp_path / "tiny.yaml",
+        expect=1,
+    )
     assert_one_error_line(result, "10,000")
     assert not out.exists()
-    assert run_cli("convert", digits.model, "--calib", digits.train, "-o", out, "--profile", "rpi4", "--json")
+    assert run_cli(
+        "convert", digits.model, "--calib", digits.train, "-o", out, "--profile", "rpi4", "--json"
+    )
     assert out.exists()
 
 
@@ -150,10 +178,13 @@ def test_in_memory_quantization_aware_model_converts(digits, tmp_path):
     """QAT models cannot round-trip through .keras/.h5; convert must still take them in memory."""
     import tensorflow_model_optimization as tfmot
 
-    from tfedge.loading import detect_format, load_keras_model
+    from tfedge.io.models import detect_format, load_keras_model
 
     qat = tfmot.quantization.keras.quantize_model(load_keras_model(detect_format(digits.model)))
     x = np.load(digits.train)["x"][:32]
     result = tfedge.convert(qat, tmp_path / "qat.tflite", calib=x)
     assert result.full_integer
-    assert {op.layer for op in read_tflite(result.output).ops} >= {"quant_conv1", "quant_conv2"}  # tfmot wrappers
+    assert {op.layer for op in read_tflite(result.output).ops} >= {
+        "quant_conv1",
+        "quant_conv2",
+    }  # tfmot wrappers

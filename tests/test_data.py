@@ -1,11 +1,12 @@
 """Data loading: .npz, .npy and image folders, and the checks made before any work."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tfedge.data import check_fits, draw_samples, load_data
 from tfedge.errors import DataError
+from tfedge.io.data import check_fits, draw_samples, load_data
 
 
 def test_npz_with_labels(tmp_path):

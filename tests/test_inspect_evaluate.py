@@ -1,4 +1,5 @@
 """`tfedge inspect` and `tfedge evaluate` with the real LiteRT interpreter."""
+
 from __future__ import annotations
 
 import json
@@ -33,13 +34,22 @@ def test_inspect_tflite_table_names_float_ops(run_cli, float_op_model, tmp_path)
 
 def test_inspect_keras_layers(run_cli, digits):
     report = json.loads(run_cli("inspect", digits.model, "--json").stdout)
-    assert [l["name"] for l in report["layers"]] == ["conv1", "conv2", "pool", "flatten", "fc1", "logits"]
+    assert [l["name"] for l in report["layers"]] == [
+        "conv1",
+        "conv2",
+        "pool",
+        "flatten",
+        "fc1",
+        "logits",
+    ]
     assert report["params"] == 160 + 4640 + 32832 + 650
     assert report["keras"] == "2"
 
 
 def test_evaluate_float_and_int8(run_cli, digits, digits_int8):
-    float_acc = json.loads(run_cli("evaluate", digits.model, "--data", digits.test, "--json").stdout)
+    float_acc = json.loads(
+        run_cli("evaluate", digits.model, "--data", digits.test, "--json").stdout
+    )
     int8_acc = json.loads(run_cli("evaluate", digits_int8, "--data", digits.test, "--json").stdout)
     assert float_acc["samples"] == int8_acc["samples"] == 360
     assert float_acc["accuracy"] > 0.9
@@ -47,8 +57,11 @@ def test_evaluate_float_and_int8(run_cli, digits, digits_int8):
 
 
 def test_evaluate_compare(run_cli, digits, digits_int8):
-    result = json.loads(run_cli("evaluate", digits_int8, "--data", digits.test, "--compare", digits.model,
-                                "--json").stdout)
+    result = json.loads(
+        run_cli(
+            "evaluate", digits_int8, "--data", digits.test, "--compare", digits.model, "--json"
+        ).stdout
+    )
     assert result["top1_agreement"] > 0.95
     assert 0 < result["max_abs_diff"] < 5
     text = run_cli("evaluate", digits_int8, "--data", digits.test, "--compare", digits.model).stdout

@@ -1,4 +1,5 @@
 """Keras 3 models in: the verified bridge into tf_keras, and the direct conversion path."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import pytest
 
 import tfedge
 from tfedge.errors import ModelLoadError
-from tfedge.keras3_bridge import bridge_keras3_model, verify_same_outputs
-from tfedge.loading import detect_format, load_tf_keras_model
+from tfedge.io.keras3_bridge import bridge_keras3_model, verify_same_outputs
+from tfedge.io.models import detect_format, load_tf_keras_model
 
 pytestmark = pytest.mark.slow
 
@@ -64,18 +65,44 @@ def _one_layer_model(keras, name: str):
     return keras.Model(inp, body(inp))
 
 
-LAYERS = ["InputLayer", "Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
-          "LayerNormalization", "Activation", "ReLU", "Softmax", "LeakyReLU", "ELU", "MaxPooling2D",
-          "AveragePooling2D", "GlobalAveragePooling2D", "Flatten", "Reshape", "Dropout", "Add", "Concatenate",
-          "Multiply", "ZeroPadding2D", "Rescaling", "LSTM", "GRU"]
+LAYERS = [
+    "InputLayer",
+    "Dense",
+    "Conv1D",
+    "Conv2D",
+    "DepthwiseConv2D",
+    "SeparableConv2D",
+    "BatchNormalization",
+    "LayerNormalization",
+    "Activation",
+    "ReLU",
+    "Softmax",
+    "LeakyReLU",
+    "ELU",
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "GlobalAveragePooling2D",
+    "Flatten",
+    "Reshape",
+    "Dropout",
+    "Add",
+    "Concatenate",
+    "Multiply",
+    "ZeroPadding2D",
+    "Rescaling",
+    "LSTM",
+    "GRU",
+]
 
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_each_listed_layer_bridges_exactly(keras3, layer):
     model3 = _one_layer_model(keras3, layer)
     for weight in model3.weights:  # non-trivial values, e.g. BatchNorm statistics
-        weight.assign(np.random.default_rng(1).normal(size=weight.shape).astype("float32") * 0.3
-                      + (1.0 if "variance" in weight.path else 0.0))
+        weight.assign(
+            np.random.default_rng(1).normal(size=weight.shape).astype("float32") * 0.3
+            + (1.0 if "variance" in weight.path else 0.0)
+        )
     model2 = bridge_keras3_model(model3)
     assert type(model2).__module__.startswith("tf_keras")
     x = np.random.default_rng(2).normal(size=(4, *model3.inputs[0].shape[1:])).astype("float32")
@@ -161,8 +188,17 @@ def test_keras3_file_converts_directly_and_bridges(keras3, tmp_path, run_cli):
     assert detect_format(path).is_keras3
     x = np.random.default_rng(0).uniform(0, 255, size=(64, 16, 16, 3)).astype("float32")
     np.savez(tmp_path / "calib.npz", x=x)
-    result = json.loads(run_cli("convert", path, "--calib", tmp_path / "calib.npz", "-o", tmp_path / "k3.tflite",
-                                "--json").stdout)
+    result = json.loads(
+        run_cli(
+            "convert",
+            path,
+            "--calib",
+            tmp_path / "calib.npz",
+            "-o",
+            tmp_path / "k3.tflite",
+            "--json",
+        ).stdout
+    )
     assert result["full_integer"] and result["keras"] == "3"
     model2 = load_tf_keras_model(path)
     assert type(model2).__module__.startswith("tf_keras")
@@ -207,16 +243,32 @@ PRUNE_ONLY = "schema_version: 1\npasses:\n  - prune: {target_sparsity: 0.5, epoc
 
 def _classification_data(tmp_path, shape, classes=4, n=96, integer_vocab=None):
     rng = np.random.default_rng(0)
-    x = (rng.integers(0, integer_vocab, size=(n, *shape)).astype("int32") if integer_vocab
-         else rng.normal(size=(n, *shape)).astype("float32"))
+    x = (
+        rng.integers(0, integer_vocab, size=(n, *shape)).astype("int32")
+        if integer_vocab
+        else rng.normal(size=(n, *shape)).astype("float32")
+    )
     y = rng.integers(0, classes, size=n)
     np.savez(tmp_path / "train.npz", x=x, y=y)
     return tmp_path / "train.npz"
 
 
 def _optimize(run_cli, model_path, recipe, data, out):
-    return json.loads(run_cli("optimize", model_path, "--recipe", recipe, "--data", data, "--eval", data,
-                              "-o", out, "--json").stdout)
+    return json.loads(
+        run_cli(
+            "optimize",
+            model_path,
+            "--recipe",
+            recipe,
+            "--data",
+            data,
+            "--eval",
+            data,
+            "-o",
+            out,
+            "--json",
+        ).stdout
+    )
 
 
 def test_keras3_residual_model_short_optimize(keras3, tmp_path, run_cli):
@@ -235,8 +287,12 @@ def test_keras3_lstm_classifier_prune_only(keras3, tmp_path, run_cli):
     inp = keras3.Input((10,), dtype="int32")
     model3 = keras3.Model(inp, L.Dense(4)(L.LSTM(8, unroll=True)(L.Embedding(30, 8)(inp))))
     model3.save(tmp_path / "lstm.keras")
-    compat = {row["type"]: row for row in json.loads(run_cli("inspect", tmp_path / "lstm.keras", "--json").stdout)
-              ["compat"]}
+    compat = {
+        row["type"]: row
+        for row in json.loads(run_cli("inspect", tmp_path / "lstm.keras", "--json").stdout)[
+            "compat"
+        ]
+    }
     assert compat["LSTM"]["qat"] == "no" and compat["Embedding"]["qat"] == "no"
     assert compat["LSTM"]["prune"] == "yes"
     (tmp_path / "prune.yaml").write_text(PRUNE_ONLY)
@@ -259,6 +315,17 @@ def test_untranslatable_keras3_model_takes_the_direct_path(keras3, tmp_path, run
     assert result["stages"][-1]["name"] == "int8"
     assert tfedge.inspect(str(tmp_path / "out" / "model.tflite")).full_integer
     (tmp_path / "prune.yaml").write_text(PRUNE_ONLY)
-    failed = run_cli("optimize", tmp_path / "custom.keras", "--recipe", tmp_path / "prune.yaml", "--data", data,
-                     "--eval", data, "-o", tmp_path / "out2", expect=1)
+    failed = run_cli(
+        "optimize",
+        tmp_path / "custom.keras",
+        "--recipe",
+        tmp_path / "prune.yaml",
+        "--data",
+        data,
+        "--eval",
+        data,
+        "-o",
+        tmp_path / "out2",
+        expect=1,
+    )
     assert "double (TimesTwo)" in failed.stderr and not (tmp_path / "out2").exists()

@@ -1,4 +1,5 @@
 """`tfedge optimize` end to end: real tfmot, real training (few epochs), real conversion."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,13 +12,21 @@ import yaml
 
 import tfedge
 from tests.conftest import assert_one_error_line
+from tfedge.convert.tflite_model import read_tflite
+from tfedge.convert.verify import find_float_ops
 from tfedge.errors import TrainingError
-from tfedge.recipe import RECIPE_DIR
-from tfedge.tflite_model import read_tflite
-from tfedge.verify import find_float_ops
+from tfedge.optimize.recipe import RECIPE_DIR, load_recipe
 
 pytestmark = pytest.mark.slow
-STAGE_KEYS = {"name", "accuracy", "tflite_bytes", "gzip_bytes", "params", "nonzero_params", "unique_weights"}
+STAGE_KEYS = {
+    "name",
+    "accuracy",
+    "tflite_bytes",
+    "gzip_bytes",
+    "params",
+    "nonzero_params",
+    "unique_weights",
+}
 
 
 def _recipe(tmp_path: Path, passes: list, **top) -> Path:
@@ -44,8 +53,19 @@ def _leftovers(parent: Path) -> list[str]:
 
 def test_prune_cluster_qat_cli_end_to_end(digits, run_cli, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("optimize", digits.model, "--recipe", "prune-cluster-qat", "--data", digits.train,
-                     "--eval", digits.test, "-o", out, "--json")
+    result = run_cli(
+        "optimize",
+        digits.model,
+        "--recipe",
+        "prune-cluster-qat",
+        "--data",
+        digits.train,
+        "--eval",
+        digits.test,
+        "-o",
+        out,
+        "--json",
+    )
     printed = json.loads(result.stdout)
     report = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == ["float32", "int8", "prune", "cluster", "qat"]
@@ -78,13 +98,16 @@ def test_int8_recipe_is_convert_and_evaluate(digits, tmp_path):
 
 @pytest.mark.parametrize("builtin", ["distill-lowrank-int8", "max-compress"])
 def test_builtin_recipes_run_end_to_end(builtin, digits, tmp_path):
-    result = tfedge.optimize(digits.model, _quick(tmp_path, builtin), digits.train, digits.test, tmp_path / "out")
-    assert [s.name for s in result.stages][2:] == [p for p in tfedge.recipe.load_recipe(builtin).pass_names]
+    result = tfedge.optimize(
+        digits.model, _quick(tmp_path, builtin), digits.train, digits.test, tmp_path / "out"
+    )
+    assert [s.name for s in result.stages][2:] == [p for p in load_recipe(builtin).pass_names]
     assert not find_float_ops(read_tflite(result.model), "int8")
     low_rank = result.stage("low_rank")
     layers = low_rank.metrics["layers"]
     assert layers and low_rank.metrics["params_after"] == low_rank.metrics["params_before"] - sum(
-        v["params_before"] - v["params_after"] for v in layers.values())
+        v["params_before"] - v["params_after"] for v in layers.values()
+    )
     assert low_rank.params == low_rank.metrics["params_after"]
 
 
@@ -92,8 +115,14 @@ def _nan_prone_model(tmp_path: Path) -> Path:
     from tfedge._tf import import_keras
 
     k = import_keras()
-    model = k.Sequential([k.layers.InputLayer(input_shape=(8, 8, 1)), k.layers.Flatten(),
-                          k.layers.Dense(64, activation="relu", name="fc1"), k.layers.Dense(10, name="logits")])
+    model = k.Sequential(
+        [
+            k.layers.InputLayer(input_shape=(8, 8, 1)),
+            k.layers.Flatten(),
+            k.layers.Dense(64, activation="relu", name="fc1"),
+            k.layers.Dense(10, name="logits"),
+        ]
+    )
     path = tmp_path / "tiny.keras"
     model.save(path)
     return path
@@ -103,12 +132,27 @@ def test_nan_loss_stops_and_leaves_outdir_as_it_was(digits, run_cli, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.json").write_text('{"previous": true}')
-    recipe = _recipe(tmp_path, [{"low_rank": {"param_ratio": 0.25, "epochs": 2}}],
-                     train={"optimizer": "sgd", "learning_rate": 0.99}, convert={"quant": "none"})
+    recipe = _recipe(
+        tmp_path,
+        [{"low_rank": {"param_ratio": 0.25, "epochs": 2}}],
+        train={"optimizer": "sgd", "learning_rate": 0.99},
+        convert={"quant": "none"},
+    )
     x = np.load(digits.train)
     np.savez(tmp_path / "loud.npz", x=x["x"] * 1e6, y=x["y"])
-    result = run_cli("optimize", _nan_prone_model(tmp_path), "--recipe", recipe, "--data", tmp_path / "loud.npz",
-                     "--eval", digits.test, "-o", out, expect=1)
+    result = run_cli(
+        "optimize",
+        _nan_prone_model(tmp_path),
+        "--recipe",
+        recipe,
+        "--data",
+        tmp_path / "loud.npz",
+        "--eval",
+        digits.test,
+        "-o",
+        out,
+        expect=1,
+    )
     assert_one_error_line(result, "stage 'low_rank'", "NaN")
     assert [p.name for p in out.iterdir()] == ["report.json"]
     assert (out / "report.json").read_text() == '{"previous": true}'
@@ -116,8 +160,11 @@ def test_nan_loss_stops_and_leaves_outdir_as_it_was(digits, run_cli, tmp_path):
 
 
 def test_accuracy_guard_names_the_stage(digits, tmp_path):
-    recipe = _recipe(tmp_path, [{"prune": {"target_sparsity": 0.99, "schedule": "constant", "epochs": 1}}],
-                     max_accuracy_drop=0.5)
+    recipe = _recipe(
+        tmp_path,
+        [{"prune": {"target_sparsity": 0.99, "schedule": "constant", "epochs": 1}}],
+        max_accuracy_drop=0.5,
+    )
     with pytest.raises(TrainingError, match="stage 'prune' lost .* points"):
         tfedge.optimize(digits.model, recipe, digits.train, digits.test, tmp_path / "out")
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
@@ -129,7 +176,9 @@ def test_interrupt_leaves_nothing_behind(digits, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        tfedge.optimize(digits.model, "int8", digits.train, digits.test, tmp_path / "out", log=interrupt)
+        tfedge.optimize(
+            digits.model, "int8", digits.train, digits.test, tmp_path / "out", log=interrupt
+        )
     assert list(tmp_path.iterdir()) == []
 
 

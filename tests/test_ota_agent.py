@@ -5,6 +5,7 @@ The repository is real python-tuf metadata served over loopback HTTP; the agent 
 ``python -m tfedge.ota.agent``. After every kill the active model must be exactly the old
 or the new one, and a restarted agent must finish (or roll back) the install.
 """
+
 from __future__ import annotations
 
 import os
@@ -201,12 +202,16 @@ def test_disk_too_small_is_refused_before_download(setup, small_disk, update_rea
 def test_disk_full_during_download_aborts_cleanly(setup, small_disk, update_ready):
     device = small_disk / "device"
     shutil.copytree(update_ready / "device", device, symlinks=True)
-    proc = oh.start_agent(setup.server.url, device, setup.root, TFEDGE_AGENT_PAUSE_AT="download_start")
+    proc = oh.start_agent(
+        setup.server.url, device, setup.root, TFEDGE_AGENT_PAUSE_AT="download_start"
+    )
     oh.wait_for_line(proc, "PAUSED at download_start")
     filler = _fill(small_disk)  # ENOSPC from now on
     oh.resume(proc)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and ("No space left" in err or "disk_full" in err or "space" in err), err
+    assert proc.returncode == 1 and (
+        "No space left" in err or "disk_full" in err or "space" in err
+    ), err
     oh.assert_whole_model(device, {sha256_file(setup.models["v1"]): setup.models["v1"]})
     assert not (device / ".staging").exists()
     filler.unlink()
@@ -219,15 +224,31 @@ def test_agent_runs_without_tensorflow(setup, tmp_path):
     blocker = tmp_path / "blocker"
     for name in ("tensorflow", "tf_keras", "keras"):
         (blocker / name).mkdir(parents=True)
-        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed on this device')\n")
+        (blocker / name / "__init__.py").write_text(
+            f"raise ImportError('{name} is not installed on this device')\n"
+        )
     env = {"PYTHONPATH": f"{blocker}{os.pathsep}{oh.REPO_ROOT}"}
-    probe = subprocess.run([sys.executable, "-c", "import sys, tfedge.ota.agent, tfedge.ota.smoke; "
-                            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-                            "('tensorflow', 'tf_keras', 'keras')))"],
-                           env=oh.agent_env(**env), capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tfedge.ota.agent, tfedge.ota.smoke; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'tf_keras', 'keras')))",
+        ],
+        env=oh.agent_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stderr
-    result = subprocess.run(oh.agent_argv(setup.server.url, setup.device, setup.root), env=oh.agent_env(**env),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        oh.agent_argv(setup.server.url, setup.device, setup.root),
+        env=oh.agent_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     oh.assert_whole_model(setup.device, {sha256_file(setup.models["v2"]): setup.models["v2"]})
 
@@ -237,7 +258,9 @@ def test_daemon_mode_polls_until_stopped(setup):
     proc.communicate(timeout=60)
     assert proc.returncode == 0
     argv = [a for a in oh.agent_argv(setup.server.url, setup.device, setup.root) if a != "--once"]
-    daemon = subprocess.Popen(argv + ["--interval", "1"], env=oh.agent_env(), stderr=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen(
+        argv + ["--interval", "1"], env=oh.agent_env(), stderr=subprocess.PIPE, text=True
+    )
     try:
         oh.wait_for_line(daemon, "up to date")
         repo_api.publish(setup.repo, setup.models["v3"], "kws", 3)

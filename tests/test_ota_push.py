@@ -3,6 +3,7 @@
 The "device" is this machine through Debian's sshd (fixture from the harness tests), with
 this interpreter (numpy + LiteRT) as the device Python. Nothing about SSH is mocked.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,23 @@ from tfedge.ota.versions import sha256_file
 
 
 def opts(server, **extra) -> dict:
-    return {"python": sys.executable, "key": str(server.user_key), "known_hosts": str(server.known_hosts), **extra}
+    return {
+        "python": sys.executable,
+        "key": str(server.user_key),
+        "known_hosts": str(server.known_hosts),
+        **extra,
+    }
 
 
 def cli_opts(server) -> list[str]:
-    return ["--key", server.user_key, "--known-hosts", server.known_hosts, "--remote-python", sys.executable]
+    return [
+        "--key",
+        server.user_key,
+        "--known-hosts",
+        server.known_hosts,
+        "--remote-python",
+        sys.executable,
+    ]
 
 
 def test_push_switches_atomically_and_keeps_history(sshd, ota_models, tmp_path, ssh_home):
@@ -78,7 +91,9 @@ def test_signature_change_is_refused_unless_allowed(sshd, ota_models, tmp_path, 
     with pytest.raises(OtaError, match="signature differs.*shape"):
         push(ota_models["wide"], url, name="kws", **opts(sshd))
     oh.assert_whole_model(device, {v1: ota_models["v1"]})
-    assert push(ota_models["wide"], url, name="kws", allow_signature_change=True, **opts(sshd)).switched
+    assert push(
+        ota_models["wide"], url, name="kws", allow_signature_change=True, **opts(sshd)
+    ).switched
 
 
 def test_wrong_model_name_and_bad_urls(sshd, ota_models, tmp_path, ssh_home):
@@ -108,7 +123,12 @@ def test_wrong_host_key_is_refused_before_anything_changes(sshd, ota_models, tmp
     wrong.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
     device = tmp_path / "kws"
     with pytest.raises(TargetError, match="host key .* not trusted"):
-        push(ota_models["v1"], sshd.url(str(device)), name="kws", **opts(sshd, known_hosts=str(wrong)))
+        push(
+            ota_models["v1"],
+            sshd.url(str(device)),
+            name="kws",
+            **opts(sshd, known_hosts=str(wrong)),
+        )
     assert not device.exists()
 
 
@@ -129,11 +149,21 @@ def test_smoke_test_failure_on_device_switches_nothing(sshd, ota_models, tmp_pat
 def test_device_without_runtime_gets_the_install_hint(sshd, ota_models, tmp_path, ssh_home):
     device = tmp_path / "kws"
     with pytest.raises(TargetError, match="no working TFLite runtime") as info:
-        push(ota_models["v1"], sshd.url(str(device)), name="kws", **opts(sshd, python="/usr/bin/python3"))
+        push(
+            ota_models["v1"],
+            sshd.url(str(device)),
+            name="kws",
+            **opts(sshd, python="/usr/bin/python3"),
+        )
     assert "pip install" in info.value.hint and "--no-smoke-test" in info.value.hint
     assert oh.active_sha(device) is None
-    assert push(ota_models["v1"], sshd.url(str(device)), name="kws", smoke_test=False,
-                **opts(sshd, python="/usr/bin/python3")).switched
+    assert push(
+        ota_models["v1"],
+        sshd.url(str(device)),
+        name="kws",
+        smoke_test=False,
+        **opts(sshd, python="/usr/bin/python3"),
+    ).switched
 
 
 @pytest.fixture
@@ -179,18 +209,33 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sshd_killed_mid_upload_keeps_old_model_and_next_push_cleans(ota_models, big_model, tmp_path, ssh_home):
+def test_sshd_killed_mid_upload_keeps_old_model_and_next_push_cleans(
+    ota_models, big_model, tmp_path, ssh_home
+):
     server = hh.start_sshd(tmp_path / "sshd")
     device = tmp_path / "kws"
     try:
-        v1 = push(ota_models["v1"], server.url(str(device)), name="kws", allow_signature_change=True,
-                  **opts(server)).sha256
+        v1 = push(
+            ota_models["v1"],
+            server.url(str(device)),
+            name="kws",
+            allow_signature_change=True,
+            **opts(server),
+        ).sha256
         outcome = []
 
         def push_big():
             try:
-                outcome.append(push(big_model, server.url(str(device)), name="kws", allow_signature_change=True,
-                                    smoke_test=False, **opts(server)))
+                outcome.append(
+                    push(
+                        big_model,
+                        server.url(str(device)),
+                        name="kws",
+                        allow_signature_change=True,
+                        smoke_test=False,
+                        **opts(server),
+                    )
+                )
             except Exception as exc:  # noqa: BLE001 - the test inspects it
                 outcome.append(exc)
 
@@ -214,8 +259,13 @@ def test_sshd_killed_mid_upload_keeps_old_model_and_next_push_cleans(ota_models,
     oh.assert_whole_model(device, {v1: ota_models["v1"]})
     restarted = hh.start_sshd(tmp_path / "sshd2")
     try:
-        result = push(big_model, restarted.url(str(device)), name="kws", allow_signature_change=True,
-                      **opts(restarted))
+        result = push(
+            big_model,
+            restarted.url(str(device)),
+            name="kws",
+            allow_signature_change=True,
+            **opts(restarted),
+        )
     finally:
         restarted.stop()
     assert result.switched and partial[0].name in result.cleaned

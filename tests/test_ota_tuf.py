@@ -4,6 +4,7 @@ real agent code (``poll_once``, smoke tests in child processes). No mocks of HTT
 Every attack must leave the device serving a whole, valid model (old or new) and report
 the right reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,14 @@ class Fleet:
         from tfedge.ota import target_path
 
         folder, _, base = target_path(name, group).rpartition("/")
-        return self.repo / "public" / "targets" / folder / f"{sha256_file(self.models[model])}.{base}"
+        return (
+            self.repo / "public" / "targets" / folder / f"{sha256_file(self.models[model])}.{base}"
+        )
 
     def assert_serving(self, *names: str) -> str:
-        return oh.assert_whole_model(self.device, {sha256_file(self.models[n]): self.models[n] for n in names})
+        return oh.assert_whole_model(
+            self.device, {sha256_file(self.models[n]): self.models[n] for n in names}
+        )
 
 
 @pytest.fixture
@@ -68,10 +73,17 @@ def test_publish_and_install_a_newer_version(fleet):
 
 def test_signed_custom_metadata_describes_the_model(fleet):
     result = repo_api.publish(fleet.repo, fleet.models["v2"], "kws", 2, profiles=["rpi4", "rpi5"])
-    targets = json.loads((fleet.repo / "public" / "metadata" / f"{result.versions['targets']}.targets.json")
-                         .read_text())["signed"]["targets"]
+    targets = json.loads(
+        (
+            fleet.repo / "public" / "metadata" / f"{result.versions['targets']}.targets.json"
+        ).read_text()
+    )["signed"]["targets"]
     custom = targets["models/kws.tflite"]["custom"]
-    assert custom["model_version"] == 2 and custom["arch"] == ["aarch64"] and custom["profiles"] == ["rpi4", "rpi5"]
+    assert (
+        custom["model_version"] == 2
+        and custom["arch"] == ["aarch64"]
+        and custom["profiles"] == ["rpi4", "rpi5"]
+    )
     assert custom["min_runtime_version"] and custom["signature"]["inputs"][0]["dtype"] == "int8"
     assert custom["golden_npz"] and len(custom["golden_sha256"]) == 64
     assert not list((fleet.repo / "public").rglob("*.pem"))  # private keys are never served
@@ -84,11 +96,14 @@ def test_publish_refuses_a_version_that_does_not_increase(fleet):
         repo_api.publish(fleet.repo, fleet.models["v2"], "bad name!", 2)
 
 
-@pytest.mark.parametrize("damage, reason", [
-    ("flip", "LengthOrHashMismatchError"),
-    ("truncate", "LengthOrHashMismatchError"),
-    ("pad", "DownloadLengthMismatchError"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("flip", "LengthOrHashMismatchError"),
+        ("truncate", "LengthOrHashMismatchError"),
+        ("pad", "DownloadLengthMismatchError"),
+    ],
+)
 def test_tampered_truncated_or_padded_target_is_rejected(fleet, damage, reason):
     repo_api.publish(fleet.repo, fleet.models["v2"], "kws", 2)
     served = fleet.served("kws", "v2")
@@ -167,9 +182,13 @@ def test_targets_signed_by_an_unknown_key_are_rejected(fleet):
 def test_lower_model_version_is_refused(fleet):
     repo_api.publish(fleet.repo, fleet.models["v2"], "kws", 2)
     assert fleet.poll().state == "Success"
-    repo_api.publish(fleet.repo, fleet.models["v3"], "kws", 1, allow_lower=True)  # signed, but older
+    repo_api.publish(
+        fleet.repo, fleet.models["v3"], "kws", 1, allow_lower=True
+    )  # signed, but older
     result = fleet.poll()
-    assert result.reason == "lower_version" and "lower than the installed version 2" in result.message
+    assert (
+        result.reason == "lower_version" and "lower than the installed version 2" in result.message
+    )
     fleet.assert_serving("v2")
 
 
@@ -205,7 +224,7 @@ def test_runtime_versions_compare_across_numberings():
     assert tf_equivalent("ai-edge-litert", "2.3.0") == (2, 21, 0)
     assert tf_equivalent("ai-edge-litert", "1.4.0") == (2, 20, 0)
     assert tf_equivalent("tflite-runtime", "2.14.0") == (2, 14, 0)
-    assert runtime_satisfies("ai-edge-litert", "1.0.1", "2.17.0")      # 1.0 is cut from TF 2.18
+    assert runtime_satisfies("ai-edge-litert", "1.0.1", "2.17.0")  # 1.0 is cut from TF 2.18
     assert not runtime_satisfies("ai-edge-litert", "1.0.1", "2.19.0")
     assert runtime_satisfies("tflite-runtime", "2.14.0", "1.14.0")
     assert not runtime_satisfies("tflite-runtime", "2.14.0", "2.15.0")
@@ -231,7 +250,7 @@ def test_signed_but_broken_model_fails_its_smoke_test_and_nothing_switches(fleet
 
 def test_failed_health_check_rolls_back_and_is_not_retried(fleet):
     repo_api.publish(fleet.repo, fleet.models["v2"], "kws", 2)
-    result = fleet.poll(health_cmd="test -s \"$TFEDGE_MODEL\" && exit 3")
+    result = fleet.poll(health_cmd='test -s "$TFEDGE_MODEL" && exit 3')
     assert result.state == "RolledBack" and "exited 3" in result.message, result
     fleet.assert_serving("v1")
     assert oh.status_of(fleet.device)["state"] == "RolledBack"
@@ -243,7 +262,7 @@ def test_failed_health_check_rolls_back_and_is_not_retried(fleet):
 def test_post_switch_command_runs_with_the_new_model(fleet, tmp_path):
     repo_api.publish(fleet.repo, fleet.models["v2"], "kws", 2)
     marker = tmp_path / "reloaded"
-    assert fleet.poll(post_switch_cmd=f"sha256sum \"$TFEDGE_MODEL\" > {marker}").state == "Success"
+    assert fleet.poll(post_switch_cmd=f'sha256sum "$TFEDGE_MODEL" > {marker}').state == "Success"
     assert marker.read_text().split()[0] == sha256_file(fleet.models["v2"])
 
 
@@ -282,11 +301,27 @@ def test_cli_init_publish_refresh_rotate(tmp_path, ota_models, run_cli):
     repo = tmp_path / "repo"
     assert "1.root.json" in run_cli("ota", "init", repo).stdout
     assert (repo / "keys" / "root.pem").stat().st_mode & 0o077 == 0
-    out = run_cli("ota", "publish", repo, ota_models["v1"], "--name", "kws", "--version", "1",
-                  "--profile", "rpi4", "--group", "canary", "--json").stdout
+    out = run_cli(
+        "ota",
+        "publish",
+        repo,
+        ota_models["v1"],
+        "--name",
+        "kws",
+        "--version",
+        "1",
+        "--profile",
+        "rpi4",
+        "--group",
+        "canary",
+        "--json",
+    ).stdout
     assert json.loads(out)["target"] == "groups/canary/models/kws.tflite"
     assert "timestamp v3" in run_cli("ota", "refresh", repo).stdout
     assert "root v2" in run_cli("ota", "rotate-keys", repo, "--role", "timestamp").stdout
-    assert "refusing" not in run_cli("ota", "promote", repo, "--name", "kws", "--group", "canary").stdout
+    assert (
+        "refusing"
+        not in run_cli("ota", "promote", repo, "--name", "kws", "--group", "canary").stdout
+    )
     result = run_cli("ota", "init", repo, expect=1)
     assert "already holds a repository" in result.stderr

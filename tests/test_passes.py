@@ -1,4 +1,5 @@
 """Each pass alone, with real tfmot and real (short) training on the digits reference model."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,18 +13,24 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def teacher(digits):
-    from tfedge.loading import load_tf_keras_model
+    from tfedge.io.models import load_tf_keras_model
 
     return load_tf_keras_model(digits.model)
 
 
 @pytest.fixture(scope="module")
 def ctx(digits):
-    from tfedge.data import load_data
+    from tfedge.io.data import load_data
 
     train, test = load_data(digits.train), load_data(digits.test)
-    return PassContext(x=train.x.astype(np.float32), y=train.y, train=TrainConfig(), seed=0,
-                       eval_x=test.x, eval_y=test.y)
+    return PassContext(
+        x=train.x.astype(np.float32),
+        y=train.y,
+        train=TrainConfig(),
+        seed=0,
+        eval_x=test.x,
+        eval_y=test.y,
+    )
 
 
 def _kernel(model, name):
@@ -32,7 +39,7 @@ def _kernel(model, name):
 
 def _int8(model, calib, tmp_path):
     import tfedge
-    from tfedge.pipeline import weight_stats
+    from tfedge.optimize.pipeline import weight_stats
 
     out = tmp_path / "m.tflite"
     assert tfedge.convert(model, out, calib=calib).full_integer
@@ -44,21 +51,35 @@ def test_prune_reaches_target_in_keras_and_in_the_int8_tflite(teacher, ctx, tmp_
     result = build_pass("prune", {"target_sparsity": 0.75, "epochs": 2}).apply(teacher, ctx)
     for layer, sparsity in result.metrics["sparsity_by_layer"].items():
         assert abs(sparsity - 0.75) <= 0.02, (layer, sparsity)
-    assert not any("prune" in type(l).__name__.lower() for l in result.model.layers)  # wrappers stripped
-    assert all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights()))  # input untouched
+    assert not any(
+        "prune" in type(l).__name__.lower() for l in result.model.layers
+    )  # wrappers stripped
+    assert all(
+        np.array_equal(a, b) for a, b in zip(before, teacher.get_weights())
+    )  # input untouched
     stats = _int8(result.model, ctx.x, tmp_path)
     for layer in ("conv1", "conv2", "fc1", "logits"):
-        assert abs(stats["layers"][layer]["sparsity"] - 0.75) <= 0.02, (layer, stats["layers"][layer])
+        assert abs(stats["layers"][layer]["sparsity"] - 0.75) <= 0.02, (
+            layer,
+            stats["layers"][layer],
+        )
     assert ctx.accuracy(result.model) > 0.9
 
 
 def test_prune_2_by_4_and_blocks(teacher, ctx):
-    m_by_n = build_pass("prune", {"structure": "2:4", "epochs": 1, "layer_types": ["Dense"]}).apply(teacher, ctx)
+    m_by_n = build_pass("prune", {"structure": "2:4", "epochs": 1, "layer_types": ["Dense"]}).apply(
+        teacher, ctx
+    )
     kernel = _kernel(m_by_n.model, "fc1")  # (in, out): groups of 4 along the input channels
     groups = kernel.T.reshape(kernel.shape[1], -1, 4)
     assert np.all(np.sum(groups == 0, axis=-1) >= 2)
-    blocks = build_pass("prune", {"target_sparsity": 0.5, "block_size": [1, 4], "epochs": 1}).apply(teacher, ctx)
-    assert set(blocks.metrics["sparsity_by_layer"]) == {"fc1", "logits"}  # block sparsity: rank-2 kernels only
+    blocks = build_pass("prune", {"target_sparsity": 0.5, "block_size": [1, 4], "epochs": 1}).apply(
+        teacher, ctx
+    )
+    assert set(blocks.metrics["sparsity_by_layer"]) == {
+        "fc1",
+        "logits",
+    }  # block sparsity: rank-2 kernels only
     quads = _kernel(blocks.model, "fc1").reshape(512, 16, 4)
     zero_blocks = np.all(quads == 0, axis=-1)
     assert np.array_equal(zero_blocks, np.any(quads == 0, axis=-1))  # blocks are zero together
@@ -75,7 +96,9 @@ def test_cluster_after_prune_keeps_zeros_and_at_most_k_values(teacher, ctx, tmp_
         assert np.unique(kernel[kernel != 0]).size <= 8
         assert abs(np.mean(kernel == 0) - np.mean(_kernel(pruned, name) == 0)) <= 0.01
     stats = _int8(result.model, ctx.x, tmp_path)
-    assert stats["max_unique_per_channel"] <= 8 + 1  # per output channel in the int8 file, zero included
+    assert (
+        stats["max_unique_per_channel"] <= 8 + 1
+    )  # per output channel in the int8 file, zero included
     assert stats["sparsity"] >= 0.49
 
 
@@ -83,19 +106,33 @@ def test_qat_lists_unsupported_layers_before_training_then_skips_them(ctx):
     from tfedge._tf import import_keras
 
     k = import_keras()
-    model = k.Sequential([k.layers.InputLayer(input_shape=(8, 8, 1)), k.layers.Flatten(name="flat"),
-                          k.layers.Dense(16, activation="relu", name="fc"),
-                          k.layers.LayerNormalization(name="norm"), k.layers.Dense(10, name="out")])
-    with pytest.raises(RecipeError, match=r"cannot quantize 1 layer\(s\): norm \(LayerNormalization\)"):
+    model = k.Sequential(
+        [
+            k.layers.InputLayer(input_shape=(8, 8, 1)),
+            k.layers.Flatten(name="flat"),
+            k.layers.Dense(16, activation="relu", name="fc"),
+            k.layers.LayerNormalization(name="norm"),
+            k.layers.Dense(10, name="out"),
+        ]
+    )
+    with pytest.raises(
+        RecipeError, match=r"cannot quantize 1 layer\(s\): norm \(LayerNormalization\)"
+    ):
         build_pass("qat", {}).check(model, ctx)
     result = build_pass("qat", {"unsupported": "skip", "epochs": 1}).apply(model, ctx)
-    assert result.quantize_wrapped and result.metrics["skipped_layers"] == ["norm (LayerNormalization)"]
+    assert result.quantize_wrapped and result.metrics["skipped_layers"] == [
+        "norm (LayerNormalization)"
+    ]
 
 
 def test_qat_picks_the_collaborative_scheme():
     qat = build_pass("qat", {})
-    assert [qat.chosen_scheme(a) for a in [(), ("prune",), ("cluster",), ("prune", "cluster")]] == \
-        ["default", "pqat", "cqat", "pcqat"]
+    assert [qat.chosen_scheme(a) for a in [(), ("prune",), ("cluster",), ("prune", "cluster")]] == [
+        "default",
+        "pqat",
+        "cqat",
+        "pcqat",
+    ]
 
 
 def test_low_rank_parameter_count_as_computed(teacher, ctx):
@@ -106,8 +143,11 @@ def test_low_rank_parameter_count_as_computed(teacher, ctx):
     assert plans[0].rank == rank
     result = lr.apply(teacher, ctx)
     assert result.model.count_params() == teacher.count_params() - 512 * 64 + rank * (512 + 64)
-    assert result.metrics["layers"]["fc1"] == {"rank": rank, "params_before": 512 * 64 + 64,
-                                               "params_after": rank * (512 + 64) + 64}
+    assert result.metrics["layers"]["fc1"] == {
+        "rank": rank,
+        "params_before": 512 * 64 + 64,
+        "params_after": rank * (512 + 64) + 64,
+    }
     assert [l.name for l in result.model.layers][-3:] == ["fc1_lr", "fc1", "logits"]
 
 
@@ -133,7 +173,9 @@ def test_low_rank_svd_is_exact_on_low_rank_kernels_for_dense_and_1x1_conv(ctx):
 
 def test_distill_alpha_1_equals_the_student_trained_alone(teacher, ctx):
     """Same architecture, seed, data order, epochs and optimizer: with only the label loss the two match."""
-    result = build_pass("distill", {"width": 0.25, "epochs": 2, "alpha": 1.0, "compare_alone": True}).apply(teacher, ctx)
+    result = build_pass(
+        "distill", {"width": 0.25, "epochs": 2, "alpha": 1.0, "compare_alone": True}
+    ).apply(teacher, ctx)
     m = result.metrics
     assert m["student_params"] < m["teacher_params"] / 8 and m["teacher_accuracy"] > 0.95
     assert m["student_accuracy"] == pytest.approx(m["student_alone_accuracy"], abs=0.01)
@@ -141,8 +183,9 @@ def test_distill_alpha_1_equals_the_student_trained_alone(teacher, ctx):
 
 
 def test_distill_with_soft_targets_and_feature_pairs(teacher, ctx):
-    result = build_pass("distill", {"width": 0.5, "epochs": 2, "features": [["fc1", "fc1"]],
-                                    "feature_weight": 0.01}).apply(teacher, ctx)
+    result = build_pass(
+        "distill", {"width": 0.5, "epochs": 2, "features": [["fc1", "fc1"]], "feature_weight": 0.01}
+    ).apply(teacher, ctx)
     assert 0.0 < result.metrics["student_accuracy"] <= 1.0
     assert [l.name for l in result.model.layers] == [l.name for l in teacher.layers]
     with pytest.raises(RecipeError, match="the student has no layer 'nope'"):
@@ -167,7 +210,9 @@ def test_distill_a_softmax_model_uses_its_logits(teacher, ctx, head):
     options = {"width": 0.25, "epochs": 2, "alpha": 0.0, "temperature": 4.0}
     from_logits = build_pass("distill", options).apply(teacher, ctx).model
     from_probs = build_pass("distill", options).apply(softmax_teacher, ctx).model
-    assert [l.name for l in from_probs.layers][-1] == ("logits" if head == "activation" else "probs")
+    assert [l.name for l in from_probs.layers][-1] == (
+        "logits" if head == "activation" else "probs"
+    )
     if head == "activation":
         assert from_probs.layers[-1].activation.__name__ == "softmax"  # put back after training
     x = ctx.eval_x.astype(np.float32)
@@ -181,7 +226,9 @@ def tf_softmax(z):
 
 
 def test_nan_loss_stops_with_the_stage_named(teacher, ctx):
-    bad = PassContext(**{**ctx.__dict__, "x": ctx.x * 1e38, "train": TrainConfig(learning_rate=0.9)})
+    bad = PassContext(
+        **{**ctx.__dict__, "x": ctx.x * 1e38, "train": TrainConfig(learning_rate=0.9)}
+    )
     with pytest.raises(TrainingError, match="stage 'low_rank'.*NaN"):
         build_pass("low_rank", {"param_ratio": 0.25, "epochs": 1}).apply(teacher, bad)
 
@@ -209,18 +256,27 @@ def _dense_bn_model(seed: int = 0):
 
 def test_dense_batchnorm_prune_cluster_qat_converts_full_integer(tmp_path):
     import tfedge
+    from tfedge.optimize.pipeline import weight_stats
     from tfedge.passes.rebuild import fold_for_qat
-    from tfedge.pipeline import weight_stats
 
     model, x = _dense_bn_model()
     folded, pairs = fold_for_qat(model)
-    assert pairs == {"bn0": "dense0", "bn1": "dense1", "bn2": "dense2",
-                     "relu0": "dense0", "relu1": "dense1", "relu2": "dense2"}
+    assert pairs == {
+        "bn0": "dense0",
+        "bn1": "dense1",
+        "bn2": "dense2",
+        "relu0": "dense0",
+        "relu1": "dense1",
+        "relu2": "dense2",
+    }
     assert [type(layer).__name__ for layer in folded.layers] == ["InputLayer"] + ["Dense"] * 4
     assert np.allclose(model.predict(x, verbose=0), folded.predict(x, verbose=0), atol=1e-5)
     ctx = PassContext(x=x, y=x, train=TrainConfig(batch_size=32), seed=0)
     current = folded
-    for name, options in [("prune", {"target_sparsity": 0.5, "epochs": 1}), ("cluster", {"clusters": 8, "epochs": 1})]:
+    for name, options in [
+        ("prune", {"target_sparsity": 0.5, "epochs": 1}),
+        ("cluster", {"clusters": 8, "epochs": 1}),
+    ]:
         current = build_pass(name, options).apply(current, ctx).model
         ctx.applied += (name,)
     result = build_pass("qat", {"epochs": 1}).apply(current, ctx)
@@ -233,8 +289,17 @@ def test_dense_batchnorm_prune_cluster_qat_converts_full_integer(tmp_path):
     assert stats["sparsity"] >= 0.48  # ReLU layer after the Dense used to lose both)
     assert stats["max_unique_per_channel"] <= 8 + 1
     # qat alone folds too (no pipeline before it)
-    alone = build_pass("qat", {"epochs": 1}).apply(model, PassContext(x=x, y=x, train=TrainConfig(), seed=0))
-    assert set(alone.metrics["folded_into_dense"]) == {"bn0", "bn1", "bn2", "relu0", "relu1", "relu2"}
+    alone = build_pass("qat", {"epochs": 1}).apply(
+        model, PassContext(x=x, y=x, train=TrainConfig(), seed=0)
+    )
+    assert set(alone.metrics["folded_into_dense"]) == {
+        "bn0",
+        "bn1",
+        "bn2",
+        "relu0",
+        "relu1",
+        "relu2",
+    }
 
 
 def test_cluster_count_fits_tfmot_kmeans_plus_plus():
@@ -243,7 +308,10 @@ def test_cluster_count_fits_tfmot_kmeans_plus_plus():
     # 4 non-zeros, 3 of them negative: tfmot would ask k-means++ for 5 negative centroids out of 3
     kernel = np.zeros((8, 3), np.float32)
     kernel[0, :3], kernel[1, 0] = [-0.5, -0.2, -0.1], 0.3
-    assert cluster_count(kernel, 8, keep_zeros=True) == (5, "")  # zero + 3 negative + 1 positive centroids
+    assert cluster_count(kernel, 8, keep_zeros=True) == (
+        5,
+        "",
+    )  # zero + 3 negative + 1 positive centroids
     assert cluster_count(kernel, 8, keep_zeros=False) == (8, "")
     assert cluster_count(np.zeros((4, 4), np.float32), 8, keep_zeros=True)[0] == 0
     k, why = cluster_count(np.array([[0.0, 0.0, 0.0, 0.4]], np.float32), 8, keep_zeros=True)
@@ -256,8 +324,14 @@ def test_cluster_a_layer_with_fewer_values_than_clusters_does_not_crash():
     k = import_keras()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype(np.float32)
-    model = k.Sequential([k.layers.InputLayer(input_shape=(8,)), k.layers.Dense(16, activation="relu", name="big"),
-                          k.layers.Dense(3, name="tiny"), k.layers.Dense(8, name="out")])
+    model = k.Sequential(
+        [
+            k.layers.InputLayer(input_shape=(8,)),
+            k.layers.Dense(16, activation="relu", name="big"),
+            k.layers.Dense(3, name="tiny"),
+            k.layers.Dense(8, name="out"),
+        ]
+    )
     tiny = np.zeros((16, 3), np.float32)
     tiny[0, :3], tiny[1, 0] = [-0.5, -0.2, -0.1], 0.3  # 4 non-zero weights, 3 negative
     model.get_layer("tiny").set_weights([tiny, np.zeros(3, np.float32)])
@@ -267,5 +341,7 @@ def test_cluster_a_layer_with_fewer_values_than_clusters_does_not_crash():
     ctx = PassContext(x=x, y=x, train=TrainConfig(), seed=0, applied=("prune",))
     result = build_pass("cluster", {"clusters": 8, "epochs": 1}).apply(model, ctx)
     assert result.metrics["clusters_by_layer"] == {"big": 8, "tiny": 5}
-    assert result.metrics["skipped_layers"] == {"out": "1 non-zero weight(s): too few to cluster (kept as is)"}
+    assert result.metrics["skipped_layers"] == {
+        "out": "1 non-zero weight(s): too few to cluster (kept as is)"
+    }
     assert np.count_nonzero(_kernel(result.model, "tiny")) == 4

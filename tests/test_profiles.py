@@ -1,4 +1,5 @@
 """Device profiles: shipped files, schema validation, model checks, CLI, packaging."""
+
 from __future__ import annotations
 
 import shutil
@@ -11,8 +12,13 @@ import pytest
 import yaml
 
 from tfedge.errors import ProfileError
-from tfedge.profiles import (PROFILES_DIR, check_model_against_profile, list_profiles, load_profile,
-                             profile_names)
+from tfedge.targets.profiles import (
+    PROFILES_DIR,
+    check_model_against_profile,
+    list_profiles,
+    load_profile,
+    profile_names,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = {"rpi3b", "rpi-zero-2w", "rpi4", "rpi5", "generic-aarch64", "local"}
@@ -52,17 +58,23 @@ def test_unknown_name_lists_the_known_ones():
     assert "rpi4" in info.value.hint
 
 
-@pytest.mark.parametrize("changes, fragment", [
-    ({"cpu": ...}, "missing cpu"),
-    ({"colour": "red"}, "unknown key(s) colour"),
-    ({"arch": "mips"}, "arch is 'mips'"),
-    ({"schema_version": 2}, "schema_version 2"),
-    ({"cores": "four"}, "cores must be a positive integer"),
-    ({"requires_full_integer": "yes"}, "requires_full_integer must be true or false"),
-    ({"budgets": {"max_model_bytes": -1, "max_ram_mb": None, "target_latency_ms": None}}, "max_model_bytes"),
-    ({"budgets": {"max_flops": 1}}, "unknown budget(s) max_flops"),
-    ({"runtime": "onnxruntime"}, "runtime is 'onnxruntime'"),
-])
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"cpu": ...}, "missing cpu"),
+        ({"colour": "red"}, "unknown key(s) colour"),
+        ({"arch": "mips"}, "arch is 'mips'"),
+        ({"schema_version": 2}, "schema_version 2"),
+        ({"cores": "four"}, "cores must be a positive integer"),
+        ({"requires_full_integer": "yes"}, "requires_full_integer must be true or false"),
+        (
+            {"budgets": {"max_model_bytes": -1, "max_ram_mb": None, "target_latency_ms": None}},
+            "max_model_bytes",
+        ),
+        ({"budgets": {"max_flops": 1}}, "unknown budget(s) max_flops"),
+        ({"runtime": "onnxruntime"}, "runtime is 'onnxruntime'"),
+    ],
+)
 def test_invalid_profiles_are_rejected_naming_the_key(tmp_path, changes, fragment):
     with pytest.raises(ProfileError) as info:
         load_profile(write_profile(tmp_path, **changes))
@@ -77,21 +89,31 @@ def test_model_over_size_budget_names_the_numbers():
 
 def test_float_model_fails_where_full_integer_is_required():
     with pytest.raises(ProfileError, match="requires a full-integer model, but 2 op"):
-        check_model_against_profile(load_profile("rpi3b"), 1000, False, ["CONV_2D#0", "SOFTMAX#3"], {"CONV_2D"})
-    check_model_against_profile(load_profile("rpi4"), 1000, False, ["CONV_2D#0"], {"CONV_2D"})  # allowed there
+        check_model_against_profile(
+            load_profile("rpi3b"), 1000, False, ["CONV_2D#0", "SOFTMAX#3"], {"CONV_2D"}
+        )
+    check_model_against_profile(
+        load_profile("rpi4"), 1000, False, ["CONV_2D#0"], {"CONV_2D"}
+    )  # allowed there
 
 
 def test_ops_the_runtime_lacks_are_refused():
     with pytest.raises(ProfileError, match="CUSTOM:FlexErf"):
-        check_model_against_profile(load_profile("rpi4"), 1000, True, [], {"CONV_2D", "CUSTOM:FlexErf"})
-    check_model_against_profile(load_profile("rpi4"), 1000, True, [], {"CUSTOM:TFLite_Detection_PostProcess"})
+        check_model_against_profile(
+            load_profile("rpi4"), 1000, True, [], {"CONV_2D", "CUSTOM:FlexErf"}
+        )
+    check_model_against_profile(
+        load_profile("rpi4"), 1000, True, [], {"CUSTOM:TFLite_Detection_PostProcess"}
+    )
 
 
 def test_armv7l_profile_loads_and_says_how_to_move_to_64_bit(tmp_path, run_cli):
     path = write_profile(tmp_path, arch="armv7l", name="rpi3-32bit")
     assert load_profile(path).arch == "armv7l"
     result = run_cli("profiles", "show", path)
-    assert "no 32-bit (armv7l) wheels" in result.stderr and "64-bit Raspberry Pi OS" in result.stderr
+    assert (
+        "no 32-bit (armv7l) wheels" in result.stderr and "64-bit Raspberry Pi OS" in result.stderr
+    )
 
 
 def test_cli_profiles_list_and_show(run_cli):
@@ -104,19 +126,48 @@ def test_cli_profiles_list_and_show(run_cli):
 
 
 def test_cli_modules_do_not_import_tensorflow():
-    code = ("import sys; from tfedge.cli import profiles, bench, emulator; import tfedge.bench, tfedge.emulator;"
-            " sys.exit('tensorflow' in sys.modules)")
+    code = (
+        "import sys; from tfedge.cli import profiles, bench, emulator; import tfedge.targets.bench, tfedge.targets.emulator;"
+        " sys.exit('tensorflow' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 @pytest.mark.slow
 def test_plain_pip_install_ships_profiles_and_device_script(tmp_path):
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "build", "*.egg-info", "models", "bench-results", "__pycache__", ".pytest_cache"))
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                          "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
+    shutil.copytree(
+        REPO,
+        src,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            ".git",
+            "build",
+            "*.egg-info",
+            "models",
+            "bench-results",
+            "__pycache__",
+            ".pytest_cache",
+        ),
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     names = zipfile.ZipFile(next((tmp_path / "dist").glob("tfedge-*.whl"))).namelist()
-    assert {f"tfedge/device_profiles/{n}.yaml" for n in profile_names()} <= set(names)
+    assert {f"tfedge/targets/device_profiles/{n}.yaml" for n in profile_names()} <= set(names)
     assert "tfedge/device/bench_device.py" in names

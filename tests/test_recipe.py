@@ -1,4 +1,5 @@
 """Recipes are validated whole before anything trains (TensorFlow only where a recipe meets a model)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 from tests.conftest import assert_one_error_line
 from tfedge.errors import RecipeError
-from tfedge.recipe import builtin_recipes, load_recipe, parse_recipe
+from tfedge.optimize.recipe import builtin_recipes, load_recipe, parse_recipe
 
 ISSUE_EXAMPLE = """
 schema_version: 1
@@ -29,7 +30,9 @@ def test_issue_example_shape_is_accepted():
     assert len(recipe.sha256) == 64
 
 
-@pytest.mark.parametrize("name", ["int8", "prune-cluster-qat", "distill-lowrank-int8", "max-compress"])
+@pytest.mark.parametrize(
+    "name", ["int8", "prune-cluster-qat", "distill-lowrank-int8", "max-compress"]
+)
 def test_builtin_recipes_load_by_name(name):
     assert name in builtin_recipes()
     recipe = load_recipe(name)
@@ -39,14 +42,19 @@ def test_builtin_recipes_load_by_name(name):
 def test_recipe_file_and_student_path_resolved_next_to_it(tmp_path):
     (tmp_path / "student.keras").write_bytes(b"PK")
     path = tmp_path / "r.yaml"
-    path.write_text("schema_version: 1\npasses:\n  - distill: {student: student.keras, epochs: 1}\n")
+    path.write_text(
+        "schema_version: 1\npasses:\n  - distill: {student: student.keras, epochs: 1}\n"
+    )
     assert load_recipe(path).passes[0].student == str(tmp_path / "student.keras")
 
 
 BAD = [
     ("passes:\n  - prune: {}\n", "schema_version"),
     ("schema_version: 1\npasses:\n  - prnue: {}\n", "did you mean 'prune'"),
-    ("schema_version: 1\npasses:\n  - prune: {target_sparsty: 0.5}\n", "did you mean 'target_sparsity'"),
+    (
+        "schema_version: 1\npasses:\n  - prune: {target_sparsty: 0.5}\n",
+        "did you mean 'target_sparsity'",
+    ),
     ("schema_version: 1\npasss: []\n", "did you mean 'passes'"),
     ("schema_version: 1\npasses:\n  - prune: {target_sparsity: 1.5}\n", "target_sparsity"),
     ("schema_version: 1\npasses:\n  - prune: {epochs: two}\n", "epochs must be an integer"),
@@ -77,11 +85,17 @@ def test_bad_recipes_are_rejected_with_a_clear_error(text, fragment, tmp_path):
 
 def test_max_compress_prunes_the_big_conv_and_dense_kernels_of_any_model():
     """Selection by type and size, not by name, so the recipe applies to every reference model."""
-    from tfedge.reference import digits_model, kws_model
+    from tfedge.zoo.reference import digits_model, kws_model
 
     prune = next(p for p in load_recipe("max-compress").passes if p.pass_name == "prune")
     assert prune.selected(digits_model()) == ["conv2", "fc1"]  # conv1: 144 weights, logits: 640
-    assert prune.selected(kws_model()) == ["conv0", "pw1", "pw2", "pw3", "pw4"]  # no depthwise, no head
+    assert prune.selected(kws_model()) == [
+        "conv0",
+        "pw1",
+        "pw2",
+        "pw3",
+        "pw4",
+    ]  # no depthwise, no head
 
 
 def test_unknown_builtin_suggests_the_close_one():
@@ -90,8 +104,10 @@ def test_unknown_builtin_suggests_the_close_one():
 
 
 def test_loading_recipes_does_not_import_tensorflow():
-    code = ("import sys, tfedge; from tfedge.recipe import builtin_recipes, load_recipe\n"
-            "[load_recipe(n) for n in builtin_recipes()]\nassert 'tensorflow' not in sys.modules")
+    code = (
+        "import sys, tfedge; from tfedge.optimize.recipe import builtin_recipes, load_recipe\n"
+        "[load_recipe(n) for n in builtin_recipes()]\nassert 'tensorflow' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -102,19 +118,34 @@ def test_cli_recipes_list_show_check(run_cli, tmp_path):
     assert parse_recipe(shown.stdout).pass_names == ["prune", "cluster", "qat"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("schema_version: 1\npasses:\n  - prune: {}\n  - clustr: {clusters: 8}\n")
-    assert_one_error_line(run_cli("recipes", "check", bad, expect=1), "passes[1]", "did you mean 'cluster'")
+    assert_one_error_line(
+        run_cli("recipes", "check", bad, expect=1), "passes[1]", "did you mean 'cluster'"
+    )
 
 
 def test_optimize_rejects_a_bad_recipe_before_loading_or_training(run_cli, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("schema_version: 1\npasses:\n  - prune: {target_sparsity: 0.75}\n  - qat: {}\n  - cluster: {}\n")
+    bad.write_text(
+        "schema_version: 1\npasses:\n  - prune: {target_sparsity: 0.75}\n  - qat: {}\n  - cluster: {}\n"
+    )
     model = tmp_path / "model.keras"
     model.write_bytes(b"not read")
     data = tmp_path / "d.npz"
     data.write_bytes(b"not read")
     started = time.perf_counter()
-    result = run_cli("optimize", model, "--recipe", bad, "--data", data, "--eval", data, "-o", tmp_path / "out",
-                     expect=1)
+    result = run_cli(
+        "optimize",
+        model,
+        "--recipe",
+        bad,
+        "--data",
+        data,
+        "--eval",
+        data,
+        "-o",
+        tmp_path / "out",
+        expect=1,
+    )
     assert_one_error_line(result, "qat must be the last pass")
     assert time.perf_counter() - started < 5
     assert not (tmp_path / "out").exists()

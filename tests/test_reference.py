@@ -1,10 +1,11 @@
 """The reference models are real classifiers in inference mode, not only while training."""
+
 from __future__ import annotations
 
 import pytest
 
-from tfedge.evaluate import evaluate
-from tfedge.reference import build_reference
+from tfedge.analyze.evaluate import evaluate
+from tfedge.zoo.reference import build_reference
 
 
 def test_digits_reference_model_is_accurate(digits):

@@ -8,19 +8,39 @@ Example:
     >>> tfedge.convert("model.keras", "model.tflite", calib="train.npz").full_integer
     True
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# Binding the functions over the same-named submodules is deliberate: ``tfedge.convert``
-# is the function, ``tfedge.convert`` the module stays reachable through ``sys.modules``.
-from .bench import BenchResult, bench  # noqa: E402
-from .convert import ConvertResult, convert  # noqa: E402
-from .evaluate import CompareResult, EvalResult, compare, evaluate  # noqa: E402
-from .inspect import KerasReport, TfliteReport, inspect  # noqa: E402
-from .pipeline import OptimizeResult, optimize  # noqa: E402
+# Binding the functions over the same-named subpackages is deliberate: ``tfedge.convert``
+# is the function; the package ``tfedge.convert`` stays reachable through ``sys.modules``
+# and ``from tfedge.convert import ...``.
+from tfedge.analyze import (
+    CompareResult,
+    EvalResult,
+    KerasReport,
+    TfliteReport,
+    compare,
+    evaluate,
+    inspect,
+)  # noqa: E402
+from tfedge.convert import ConvertResult, convert  # noqa: E402
+from tfedge.optimize import OptimizeResult, optimize  # noqa: E402
+from tfedge.targets import BenchResult, bench  # noqa: E402
 
 __all__ = [
-    "convert", "inspect", "evaluate", "compare", "bench", "optimize",
-    "ConvertResult", "TfliteReport", "KerasReport", "EvalResult", "CompareResult", "BenchResult", "OptimizeResult",
+    "convert",
+    "inspect",
+    "evaluate",
+    "compare",
+    "bench",
+    "optimize",
+    "ConvertResult",
+    "TfliteReport",
+    "KerasReport",
+    "EvalResult",
+    "CompareResult",
+    "BenchResult",
+    "OptimizeResult",
 ]

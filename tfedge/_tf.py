@@ -3,6 +3,7 @@
 Every TensorFlow import in tfedge goes through here, lazily, so ``tfedge --help`` and the
 device-side code never pay for it.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -3,6 +3,7 @@
 Library code raises these; exactly one place (``tfedge.cli.main``) turns them into a
 single ``Error: ...`` line and an exit code.
 """
+
 from __future__ import annotations
 
 

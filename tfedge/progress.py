@@ -1,8 +1,10 @@
 """Progress bars on a terminal only: quiet under --json, in pipes and in tests."""
+
 from __future__ import annotations
 
 import sys
-from typing import IO, Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import IO, TypeVar
 
 T = TypeVar("T")
 
@@ -12,7 +14,9 @@ def progress_wanted(json_output: bool = False) -> bool:
     return not json_output and sys.stderr.isatty()
 
 
-def progress_iter(items: Iterable[T], label: str, enabled: bool, file: IO | None = None) -> Iterator[T]:
+def progress_iter(
+    items: Iterable[T], label: str, enabled: bool, file: IO | None = None
+) -> Iterator[T]:
     """Iterate ``items``, drawing a bar on ``file`` (stderr by default) when ``enabled``."""
     if not enabled:
         yield from items

@@ -1,4 +1,5 @@
 """``tfedge bench``: latency, memory and accuracy of a .tflite on local, qemu or ssh targets."""
+
 from __future__ import annotations
 
 import json
@@ -6,37 +7,94 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
+from tfedge.errors import UsageError
 
 
 @click.command("bench")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--target", "-t", default="local", show_default=True,
-              help="local, qemu, or ssh://user@host[:port][/workdir][?python=PATH&key=PATH]")
-@click.option("--profile", "-p", help="Device profile name or .yaml path: checks the model and its budgets.")
-@click.option("--threads", type=click.IntRange(min=1), help="Interpreter threads (default: the profile's).")
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Minimum measured runs.")
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Minimum warm-up runs.")
-@click.option("--min-secs", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Minimum measured time in seconds.")
-@click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
-              help=".npz with x (and y) or .npy inputs: real inputs, and accuracy with labels.")
-@click.option("--compare", type=click.Path(dir_okay=False, path_type=Path),
-              help="Another .tflite (e.g. the float32 one) to run the same way; reports the speed-up.")
-@click.option("--inventory", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="YAML list of devices to benchmark concurrently (replaces --target).")
-@click.option("--no-xnnpack", is_flag=True, help="Run the builtin kernels without the XNNPACK delegate.")
+@click.option(
+    "--target",
+    "-t",
+    default="local",
+    show_default=True,
+    help="local, qemu, or ssh://user@host[:port][/workdir][?python=PATH&key=PATH]",
+)
+@click.option(
+    "--profile", "-p", help="Device profile name or .yaml path: checks the model and its budgets."
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Interpreter threads (default: the profile's)."
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Minimum measured runs.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Minimum warm-up runs.",
+)
+@click.option(
+    "--min-secs",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Minimum measured time in seconds.",
+)
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=".npz with x (and y) or .npy inputs: real inputs, and accuracy with labels.",
+)
+@click.option(
+    "--compare",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Another .tflite (e.g. the float32 one) to run the same way; reports the speed-up.",
+)
+@click.option(
+    "--inventory",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="YAML list of devices to benchmark concurrently (replaces --target).",
+)
+@click.option(
+    "--no-xnnpack", is_flag=True, help="Run the builtin kernels without the XNNPACK delegate."
+)
 @click.option("--cpus", help="Pin the benchmark to these CPUs, like taskset -c (e.g. 2,3).")
 @click.option("--remote-python", help="Python on the SSH device (default python3).")
 @click.option("--key", help="SSH private key file (default: ssh-agent and ~/.ssh keys).")
 @click.option("--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
-              help="Seconds before a run is abandoned.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    help="Seconds before a run is abandoned.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench_cmd(model: Path, target: str, profile: str | None, threads: int | None, runs: int, warmup: int,
-              min_secs: float, data: Path | None, compare: Path | None, inventory: Path | None,
-              no_xnnpack: bool, cpus: str | None, remote_python: str | None, key: str | None,
-              known_hosts: str | None, timeout: float, as_json: bool) -> None:
+def bench_cmd(
+    model: Path,
+    target: str,
+    profile: str | None,
+    threads: int | None,
+    runs: int,
+    warmup: int,
+    min_secs: float,
+    data: Path | None,
+    compare: Path | None,
+    inventory: Path | None,
+    no_xnnpack: bool,
+    cpus: str | None,
+    remote_python: str | None,
+    key: str | None,
+    known_hosts: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Benchmark MODEL like TFLite's benchmark_model, on the local CPU, emulated ARM, or a board.
 
     \b
@@ -45,55 +103,79 @@ def bench_cmd(model: Path, target: str, profile: str | None, threads: int | None
         tfedge bench model_int8.tflite --target qemu --profile rpi4
         tfedge bench model_int8.tflite --target ssh://pi@raspberrypi.local --profile rpi4 --data eval.npz
     """
-    from ..bench import bench, enforce_budgets
+    from tfedge.targets.bench import bench, enforce_budgets
 
-    options = dict(profile=profile, threads=threads, runs=runs, warmup=warmup, min_secs=min_secs, data=data,
-                   compare=compare, xnnpack=not no_xnnpack, cpus=cpus, timeout=timeout,
-                   python=remote_python, key=key, known_hosts=known_hosts)
+    options = dict(
+        profile=profile,
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        min_secs=min_secs,
+        data=data,
+        compare=compare,
+        xnnpack=not no_xnnpack,
+        cpus=cpus,
+        timeout=timeout,
+        python=remote_python,
+        key=key,
+        known_hosts=known_hosts,
+    )
     if inventory is not None:
         return _inventory(model, inventory, target, options, as_json)
     ssh_options = {k: options.pop(k) for k in ("python", "key", "known_hosts")}
     if not target.startswith("ssh://") and any(ssh_options.values()):
-        raise UsageError("--remote-python, --key and --known-hosts only apply to ssh:// targets",
-                         "drop them, or use --target ssh://user@host")
+        raise UsageError(
+            "--remote-python, --key and --known-hosts only apply to ssh:// targets",
+            "drop them, or use --target ssh://user@host",
+        )
     result = bench(model, target=target, **options, **{k: v for k, v in ssh_options.items() if v})
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_result(result))
     enforce_budgets(result)
 
 
 def _inventory(model, inventory, target, options, as_json) -> None:
-    from ..bench import bench_inventory
+    from tfedge.targets.bench import bench_inventory
 
     if target != "local":
-        raise UsageError("--inventory and --target cannot be combined", "put each device's target in the inventory")
+        raise UsageError(
+            "--inventory and --target cannot be combined",
+            "put each device's target in the inventory",
+        )
     options = {k: v for k, v in options.items() if v is not None}
     rows = bench_inventory(model, inventory, **options)
     click.echo(json.dumps([r.to_dict() for r in rows], indent=2) if as_json else format_rows(rows))
     failed = [r for r in rows if r.error]
     if failed:
-        from ..errors import BenchError
-        raise BenchError(f"{len(failed)} of {len(rows)} device(s) failed: {', '.join(r.name for r in failed)}",
-                         "see the error column above")
+        from tfedge.errors import BenchError
+
+        raise BenchError(
+            f"{len(failed)} of {len(rows)} device(s) failed: {', '.join(r.name for r in failed)}",
+            "see the error column above",
+        )
 
 
 # ---------------------------------------------------------------- formatting
 def format_result(r) -> str:
     """A human summary of a BenchResult, like benchmark_model's closing lines."""
     lat = r.latency_us
-    lines = [f"target      {r.target} ({r.arch}{', EMULATED' if r.emulated else ''})",
-             f"runtime     {r.runtime['name']} {r.runtime['version']}, XNNPACK "
-             f"{'on' if r.runtime.get('xnnpack', True) else 'off'}, {r.threads} thread(s)",
-             f"model       {Path(r.model).name}, {r.model_bytes:,} B",
-             f"init        {r.init_ms:.2f} ms, first inference {r.first_us:,.0f} us",
-             f"latency us  count={lat.count} min={lat.min:,.1f} p50={lat.p50:,.1f} p90={lat.p90:,.1f} "
-             f"p99={lat.p99:,.1f} max={lat.max:,.1f} mean={lat.mean:,.1f} std={lat.std:,.1f}",
-             f"peak RSS    {r.peak_rss_mb:.1f} MB"]
+    lines = [
+        f"target      {r.target} ({r.arch}{', EMULATED' if r.emulated else ''})",
+        f"runtime     {r.runtime['name']} {r.runtime['version']}, XNNPACK "
+        f"{'on' if r.runtime.get('xnnpack', True) else 'off'}, {r.threads} thread(s)",
+        f"model       {Path(r.model).name}, {r.model_bytes:,} B",
+        f"init        {r.init_ms:.2f} ms, first inference {r.first_us:,.0f} us",
+        f"latency us  count={lat.count} min={lat.min:,.1f} p50={lat.p50:,.1f} p90={lat.p90:,.1f} "
+        f"p99={lat.p99:,.1f} max={lat.max:,.1f} mean={lat.mean:,.1f} std={lat.std:,.1f}",
+        f"peak RSS    {r.peak_rss_mb:.1f} MB",
+    ]
     if r.accuracy is not None:
         lines.append(f"accuracy    {r.accuracy:.2%} on {r.samples} samples")
     lines += _device_lines(r.device)
     if r.compare is not None:
-        lines.append(f"compare     {Path(r.compare.model).name}: p50 {r.compare.latency_us.p50:,.1f} us -> "
-                     f"{Path(r.model).name} is {r.speedup:.2f}x {'faster' if r.speedup >= 1 else 'as fast'}")
+        lines.append(
+            f"compare     {Path(r.compare.model).name}: p50 {r.compare.latency_us.p50:,.1f} us -> "
+            f"{Path(r.model).name} is {r.speedup:.2f}x {'faster' if r.speedup >= 1 else 'as fast'}"
+        )
     lines.append(_budget_line(r))
     if r.emulated:
         lines.append(f"note        {r.note}")
@@ -116,14 +198,20 @@ def _budget_line(r) -> str:
 
 def format_rows(rows) -> str:
     """One row per device of an inventory run."""
-    out = [f"{'DEVICE':16} {'TARGET':32} {'RUNTIME':22} {'P50 MS':>8} {'P90 MS':>8} {'RSS MB':>7} {'ACC':>6}  STATUS"]
+    out = [
+        f"{'DEVICE':16} {'TARGET':32} {'RUNTIME':22} {'P50 MS':>8} {'P90 MS':>8} {'RSS MB':>7} {'ACC':>6}  STATUS"
+    ]
     for row in rows:
         r = row.result
         if r is None:
-            out.append(f"{row.name:16} {row.target:32} {'-':22} {'-':>8} {'-':>8} {'-':>7} {'-':>6}  error: {row.error}")
+            out.append(
+                f"{row.name:16} {row.target:32} {'-':22} {'-':>8} {'-':>8} {'-':>7} {'-':>6}  error: {row.error}"
+            )
             continue
         acc = f"{r.accuracy:.1%}" if r.accuracy is not None else "-"
         status = "over budget" if r.budget.violations else ("emulated" if r.emulated else "ok")
-        out.append(f"{row.name:16} {row.target:32} {r.runtime['name'] + ' ' + r.runtime['version']:22} "
-                   f"{r.latency_us.p50 / 1000:8.3f} {r.latency_us.p90 / 1000:8.3f} {r.peak_rss_mb:7.1f} {acc:>6}  {status}")
+        out.append(
+            f"{row.name:16} {row.target:32} {r.runtime['name'] + ' ' + r.runtime['version']:22} "
+            f"{r.latency_us.p50 / 1000:8.3f} {r.latency_us.p90 / 1000:8.3f} {r.peak_rss_mb:7.1f} {acc:>6}  {status}"
+        )
     return "\n".join(out)

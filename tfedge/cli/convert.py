@@ -1,42 +1,78 @@
 """`tfedge convert`."""
+
 from __future__ import annotations
 
 import click
 
-from .options import echo_json, json_option, profile_option
+from tfedge.cli.options import echo_json, json_option, profile_option
 
 
 @click.command("convert")
 @click.argument("model", type=click.Path(exists=True), metavar="MODEL")
 @click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite file to write.")
-@click.option("--calib", type=click.Path(exists=True),
-              help="Calibration data: .npz (x; or one array per input, named after it), .npy or an image folder.")
-@click.option("--quant", type=click.Choice(["int8", "int16x8", "float16", "dynamic", "none"]), default="int8",
-              show_default=True, help="Quantization scheme.")
-@click.option("--io", type=click.Choice(["int8", "uint8", "int16", "float32"]),
-              help="Input/output type [default: int8 for int8, int16 for int16x8, else float32].")
-@click.option("--calib-samples", type=int, default=256, show_default=True, help="Calibration samples to draw.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for drawing calibration samples.")
-@click.option("--allow-float-ops", is_flag=True, help="Keep a model that still computes some ops in float.")
+@click.option(
+    "--calib",
+    type=click.Path(exists=True),
+    help="Calibration data: .npz (x; or one array per input, named after it), .npy or an image folder.",
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["int8", "int16x8", "float16", "dynamic", "none"]),
+    default="int8",
+    show_default=True,
+    help="Quantization scheme.",
+)
+@click.option(
+    "--io",
+    type=click.Choice(["int8", "uint8", "int16", "float32"]),
+    help="Input/output type [default: int8 for int8, int16 for int16x8, else float32].",
+)
+@click.option(
+    "--calib-samples", type=int, default=256, show_default=True, help="Calibration samples to draw."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for drawing calibration samples."
+)
+@click.option(
+    "--allow-float-ops", is_flag=True, help="Keep a model that still computes some ops in float."
+)
 @profile_option
 @json_option
-def convert_cmd(model, output, calib, quant, io, calib_samples, seed, allow_float_ops, profile, as_json):
+def convert_cmd(
+    model, output, calib, quant, io, calib_samples, seed, allow_float_ops, profile, as_json
+):
     """Convert a Keras model (.keras, .h5, SavedModel) to a verified TFLite model.
 
     \b
     Example:
         tfedge convert models/digits/model.keras --calib models/digits/train.npz -o digits.tflite
     """
-    from ..convert import convert
-    from ..progress import progress_wanted
+    from tfedge.convert.converter import convert
+    from tfedge.progress import progress_wanted
 
-    result = convert(model, output, calib=calib, quant=quant, io=io, calib_samples=calib_samples, seed=seed,
-                     allow_float_ops=allow_float_ops, profile=profile, progress=progress_wanted(as_json))
+    result = convert(
+        model,
+        output,
+        calib=calib,
+        quant=quant,
+        io=io,
+        calib_samples=calib_samples,
+        seed=seed,
+        allow_float_ops=allow_float_ops,
+        profile=profile,
+        progress=progress_wanted(as_json),
+    )
     if as_json:
         echo_json(result.to_dict())
         return
-    verdict = "full-integer" if result.full_integer else f"NOT full-integer ({len(result.float_ops)} float ops)"
-    click.echo(f"Wrote {result.output}: {result.size_bytes:,} bytes, {result.quant}, io {result.io}, {verdict}, "
-               f"{result.seconds:.1f} s")
+    verdict = (
+        "full-integer"
+        if result.full_integer
+        else f"NOT full-integer ({len(result.float_ops)} float ops)"
+    )
+    click.echo(
+        f"Wrote {result.output}: {result.size_bytes:,} bytes, {result.quant}, io {result.io}, {verdict}, "
+        f"{result.seconds:.1f} s"
+    )
     for op in result.float_ops:
         click.echo(f"  float op: {op.describe()}")

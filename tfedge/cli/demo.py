@@ -1,16 +1,28 @@
 """`tfedge demo`."""
+
 from __future__ import annotations
 
 import click
 
-from .options import echo_table
+from tfedge.cli.options import echo_table
 
 
 @click.command("demo")
-@click.option("--models-dir", default="models", show_default=True, type=click.Path(file_okay=False),
-              help="Where reference models are built and cached.")
-@click.option("--out", "out_dir", default="demo-out", show_default=True, type=click.Path(file_okay=False),
-              help="Where the demo writes its models and reports.")
+@click.option(
+    "--models-dir",
+    default="models",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where reference models are built and cached.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default="demo-out",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the demo writes its models and reports.",
+)
 def demo_cmd(models_dir, out_dir):
     """Run the whole toolchain on the digits reference model and print a table.
 
@@ -18,18 +30,41 @@ def demo_cmd(models_dir, out_dir):
     Example:
         tfedge demo --out /tmp/demo
     """
-    from ..demo import run_demo
+    from tfedge.zoo.demo import run_demo
 
     result = run_demo(models_dir, out_dir, say=lambda s: click.secho(s, bold=True, err=True))
-    echo_table(["model", "accuracy", "bytes", "gzip bytes", "size ratio", "full-integer"],
-               [[r.model, r.accuracy, f"{r.size_bytes:,}", f"{r.gzip_bytes:,}", "-" if r.size_ratio != r.size_ratio
-                 else f"{r.size_ratio:.3f}", r.full_integer] for r in result.rows])
+    echo_table(
+        ["model", "accuracy", "bytes", "gzip bytes", "size ratio", "full-integer"],
+        [
+            [
+                r.model,
+                r.accuracy,
+                f"{r.size_bytes:,}",
+                f"{r.gzip_bytes:,}",
+                "-" if r.size_ratio != r.size_ratio else f"{r.size_ratio:.3f}",
+                r.full_integer,
+            ]
+            for r in result.rows
+        ],
+    )
     click.echo()
-    echo_table(["target", "runtime", "float32 p50 us", "int8 p50 us", "int8 speed-up"],
-               [[b.target + (" (EMULATED)" if b.emulated else ""), b.runtime, f"{b.float32_p50_us:,.1f}",
-                 f"{b.int8_p50_us:,.1f}", f"{b.speedup:.2f}x"] for b in result.bench])
+    echo_table(
+        ["target", "runtime", "float32 p50 us", "int8 p50 us", "int8 speed-up"],
+        [
+            [
+                b.target + (" (EMULATED)" if b.emulated else ""),
+                b.runtime,
+                f"{b.float32_p50_us:,.1f}",
+                f"{b.int8_p50_us:,.1f}",
+                f"{b.speedup:.2f}x",
+            ]
+            for b in result.bench
+        ],
+    )
     if result.ship:
-        click.echo(f"\nshipped to the stand-in device {result.ship.device_dir}: {result.ship.state}, "
-                   f"model version {result.ship.model_version}, serving {result.ship.serving}")
+        click.echo(
+            f"\nshipped to the stand-in device {result.ship.device_dir}: {result.ship.state}, "
+            f"model version {result.ship.model_version}, serving {result.ship.serving}"
+        )
     for note in result.notes:
         click.echo(note)

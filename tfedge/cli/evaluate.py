@@ -1,16 +1,23 @@
 """`tfedge evaluate`."""
+
 from __future__ import annotations
 
 import click
 
-from .options import echo_json, echo_table, json_option
+from tfedge.cli.options import echo_json, echo_table, json_option
 
 
 @click.command("evaluate")
 @click.argument("model", type=click.Path(exists=True), metavar="MODEL")
-@click.option("--data", required=True, type=click.Path(exists=True),
-              help="Evaluation data: .npz with x (or one array per input) and y.")
-@click.option("--compare", "other", type=click.Path(exists=True), help="A second model to compare against.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True),
+    help="Evaluation data: .npz with x (or one array per input) and y.",
+)
+@click.option(
+    "--compare", "other", type=click.Path(exists=True), help="A second model to compare against."
+)
 @json_option
 def evaluate_cmd(model, data, other, as_json):
     """Accuracy (classifiers) or MSE of a Keras or .tflite model.
@@ -19,8 +26,8 @@ def evaluate_cmd(model, data, other, as_json):
     Example:
         tfedge evaluate digits.tflite --data models/digits/test.npz --compare models/digits/model.keras
     """
-    from ..evaluate import compare, evaluate
-    from ..progress import progress_wanted
+    from tfedge.analyze.evaluate import compare, evaluate
+    from tfedge.progress import progress_wanted
 
     progress = progress_wanted(as_json)
     if other:
@@ -42,8 +49,10 @@ def _print_one(r) -> None:
 
 
 def _print_compare(c) -> None:
-    echo_table(["model", "metric", "samples"], [[c.a.model, _metric(c.a), c.a.samples],
-                                                [c.b.model, _metric(c.b), c.b.samples]])
+    echo_table(
+        ["model", "metric", "samples"],
+        [[c.a.model, _metric(c.a), c.a.samples], [c.b.model, _metric(c.b), c.b.samples]],
+    )
     if c.agreement is not None:
         click.echo(f"top-1 agreement: {c.agreement:.4f}")
     click.echo(f"max |difference| of outputs: {c.max_abs_diff:.6g}")

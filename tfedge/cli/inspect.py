@@ -1,9 +1,10 @@
 """`tfedge inspect`."""
+
 from __future__ import annotations
 
 import click
 
-from .options import echo_json, echo_table, json_option
+from tfedge.cli.options import echo_json, echo_table, json_option
 
 
 @click.command("inspect")
@@ -16,7 +17,7 @@ def inspect_cmd(model, as_json):
     Example:
         tfedge inspect digits.tflite --json
     """
-    from ..inspect import inspect
+    from tfedge.analyze.inspect import inspect
 
     report = inspect(model)
     if as_json:
@@ -28,14 +29,20 @@ def inspect_cmd(model, as_json):
 
 
 def _print_tflite(r) -> None:
-    click.echo(f"{r.path}: {r.size_bytes:,} bytes, {r.parameters:,} parameters, {r.macs:,} MACs, "
-               f"min runtime {r.min_runtime_version or '?'}")
-    echo_table(["op", "count", "input dtypes", "output dtypes"],
-               [[o.op, o.count, ",".join(o.input_dtypes), ",".join(o.output_dtypes)] for o in r.ops])
+    click.echo(
+        f"{r.path}: {r.size_bytes:,} bytes, {r.parameters:,} parameters, {r.macs:,} MACs, "
+        f"min runtime {r.min_runtime_version or '?'}"
+    )
+    echo_table(
+        ["op", "count", "input dtypes", "output dtypes"],
+        [[o.op, o.count, ",".join(o.input_dtypes), ",".join(o.output_dtypes)] for o in r.ops],
+    )
     click.echo("bytes by dtype: " + ", ".join(f"{k} {v:,}" for k, v in r.bytes_by_dtype.items()))
     for kind, tensors in (("input", r.inputs), ("output", r.outputs)):
         for t in tensors:
-            click.echo(f"{kind}: {t.name} {tuple(t.shape)} {t.dtype} scale={t.scale} zero_point={t.zero_point}")
+            click.echo(
+                f"{kind}: {t.name} {tuple(t.shape)} {t.dtype} scale={t.scale} zero_point={t.zero_point}"
+            )
     if r.full_integer:
         click.echo("full-integer: yes")
     else:
@@ -43,11 +50,17 @@ def _print_tflite(r) -> None:
 
 
 def _print_keras(r) -> None:
-    click.echo(f"{r.path}: {r.format}, saved with Keras {r.keras_version or r.keras}, "
-               f"{r.params:,} parameters ({r.trainable_params:,} trainable)")
-    echo_table(["layer", "type", "output shape", "params"],
-               [[l.name, l.type, l.output_shape, l.params] for l in r.layers])
+    click.echo(
+        f"{r.path}: {r.format}, saved with Keras {r.keras_version or r.keras}, "
+        f"{r.params:,} parameters ({r.trainable_params:,} trainable)"
+    )
+    echo_table(
+        ["layer", "type", "output shape", "params"],
+        [[l.name, l.type, l.output_shape, l.params] for l in r.layers],
+    )
     if r.compat:
         click.echo("\ncompression passes (yes / no / - nothing to do):")
-        echo_table(["layer", "prune", "cluster", "qat", "why not"],
-                   [[c.layer, c.prune, c.cluster, c.qat, c.notes] for c in r.compat])
+        echo_table(
+            ["layer", "prune", "cluster", "qat", "why not"],
+            [[c.layer, c.prune, c.cluster, c.qat, c.notes] for c in r.compat],
+        )

@@ -3,6 +3,7 @@
 Sub-commands are imported lazily by name, and no command module imports TensorFlow at
 module level, so ``tfedge --help`` answers at once.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -11,7 +12,7 @@ import sys
 
 import click
 
-from ..errors import TfedgeError
+from tfedge.errors import TfedgeError
 
 # name -> "module:attribute" (modules under tfedge.cli)
 COMMANDS = {

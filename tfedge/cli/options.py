@@ -1,13 +1,19 @@
 """Options shared by several commands, and output helpers."""
+
 from __future__ import annotations
 
 import json
 
 import click
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-profile_option = click.option("--profile", metavar="NAME|FILE",
-                              help="Device profile (see `tfedge profiles list`) to check the model against.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object instead of tables."
+)
+profile_option = click.option(
+    "--profile",
+    metavar="NAME|FILE",
+    help="Device profile (see `tfedge profiles list`) to check the model against.",
+)
 
 
 def echo_json(data) -> None:
@@ -35,6 +41,7 @@ def _default(obj):
         return obj.to_dict()
     if hasattr(obj, "__dataclass_fields__"):
         from dataclasses import asdict
+
         return asdict(obj)
     if hasattr(obj, "item"):
         return obj.item()

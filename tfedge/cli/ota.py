@@ -1,5 +1,6 @@
 """Over-the-air commands: ``push``/``rollback``/``status`` (SSH), ``ota ...`` (signed repository),
 ``agent`` (the device daemon)."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,14 @@ from pathlib import Path
 
 import click
 
-from .options import echo_json
+from tfedge.cli.options import echo_json
 
 _ssh_options = [
     click.option("--key", help="SSH private key file (default: ssh-agent and ~/.ssh keys)."),
     click.option("--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
-    click.option("--remote-python", help="Python on the device for the smoke test (default python3)."),
+    click.option(
+        "--remote-python", help="Python on the device for the smoke test (default python3)."
+    ),
 ]
 
 
@@ -32,31 +35,63 @@ def _overrides(key, known_hosts, remote_python) -> dict:
 @click.argument("target")
 @click.option("--name", help="Model name recorded on the device (default: the file name).")
 @click.option("--no-smoke-test", is_flag=True, help="Skip running the golden input on the device.")
-@click.option("--allow-signature-change", is_flag=True, help="Accept a different input/output shape or dtype.")
-@click.option("--keep", type=click.IntRange(min=2), default=3, show_default=True, help="Versions kept on the device.")
-@click.option("--golden", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help=".npz whose x gives the smoke-test inputs (default: seeded random inputs).")
+@click.option(
+    "--allow-signature-change", is_flag=True, help="Accept a different input/output shape or dtype."
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=2),
+    default=3,
+    show_default=True,
+    help="Versions kept on the device.",
+)
+@click.option(
+    "--golden",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=".npz whose x gives the smoke-test inputs (default: seeded random inputs).",
+)
 @ssh_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def push_cmd(model, target, name, no_smoke_test, allow_signature_change, keep, golden, key, known_hosts,
-             remote_python, as_json):
+def push_cmd(
+    model,
+    target,
+    name,
+    no_smoke_test,
+    allow_signature_change,
+    keep,
+    golden,
+    key,
+    known_hosts,
+    remote_python,
+    as_json,
+):
     """Install MODEL on the device at TARGET (ssh://user@host[:port]/path/to/model_dir), atomically.
 
     \b
     Example:
         tfedge push kws_int8.tflite ssh://pi@raspberrypi.local/srv/models/kws --name kws
     """
-    from ..ota.push import push
+    from tfedge.ota.push import push
 
-    result = push(model, target, name=name, smoke_test=not no_smoke_test, allow_signature_change=allow_signature_change,
-                  keep=keep, golden=golden, **_overrides(key, known_hosts, remote_python))
+    result = push(
+        model,
+        target,
+        name=name,
+        smoke_test=not no_smoke_test,
+        allow_signature_change=allow_signature_change,
+        keep=keep,
+        golden=golden,
+        **_overrides(key, known_hosts, remote_python),
+    )
     if as_json:
         return echo_json(result.to_dict())
     if result.already_current:
         return click.echo(f"{target}: already active ({result.sha256[:12]}); nothing to do")
     smoke = f", smoke test passed (max diff {result.smoke['max_abs_diff']})" if result.smoke else ""
-    click.echo(f"{target}: switched to {result.sha256[:12]} in {result.seconds.get('total', 0):.2f} s{smoke}; "
-               f"previous {(result.previous or 'none')[:12]}")
+    click.echo(
+        f"{target}: switched to {result.sha256[:12]} in {result.seconds.get('total', 0):.2f} s{smoke}; "
+        f"previous {(result.previous or 'none')[:12]}"
+    )
     for note in result.notes:
         click.echo(f"note: {note}")
 
@@ -73,12 +108,14 @@ def rollback_cmd(target, name, key, known_hosts, remote_python, as_json):
     Example:
         tfedge rollback ssh://pi@raspberrypi.local/srv/models/kws
     """
-    from ..ota.push import rollback
+    from tfedge.ota.push import rollback
 
     result = rollback(target, name=name, **_overrides(key, known_hosts, remote_python))
     if as_json:
         return echo_json(result.to_dict())
-    click.echo(f"{target}: rolled back to {result.sha256[:12]} (was {(result.previous or 'none')[:12]})")
+    click.echo(
+        f"{target}: rolled back to {result.sha256[:12]} (was {(result.previous or 'none')[:12]})"
+    )
 
 
 @click.command("status")
@@ -92,17 +129,23 @@ def status_cmd(target, key, known_hosts, remote_python, as_json):
     Example:
         tfedge status ssh://pi@raspberrypi.local/srv/models/kws --json
     """
-    from ..ota.push import device_status
+    from tfedge.ota.push import device_status
 
     status = device_status(target, **_overrides(key, known_hosts, remote_python))
     if as_json:
         return echo_json(status.to_dict())
     click.echo(f"{status.target}{status.model_dir}  model: {status.name or '-'}")
     for label, entry in (("current", status.current), ("previous", status.previous)):
-        text = f"{entry['sha256'][:12]}  {entry.get('time', '')}  {entry.get('source', '')}" if entry else "-"
+        text = (
+            f"{entry['sha256'][:12]}  {entry.get('time', '')}  {entry.get('source', '')}"
+            if entry
+            else "-"
+        )
         click.echo(f"  {label:9}{text}")
-    click.echo(f"  versions {len(status.versions)} kept" + (f", {len(status.leftovers)} leftover(s)"
-                                                             if status.leftovers else ""))
+    click.echo(
+        f"  versions {len(status.versions)} kept"
+        + (f", {len(status.leftovers)} leftover(s)" if status.leftovers else "")
+    )
 
 
 # ---------------------------------------------------------------- the signed repository
@@ -126,7 +169,9 @@ def _echo_repo(result, as_json: bool) -> None:
     if result.target:
         line += f"; {result.target} = version {result.model_version} ({result.sha256[:12]})"
     click.echo(line)
-    click.echo(f"timestamp expires {result.expires.get('timestamp')}, snapshot {result.expires.get('snapshot')}")
+    click.echo(
+        f"timestamp expires {result.expires.get('timestamp')}, snapshot {result.expires.get('snapshot')}"
+    )
 
 
 @ota_cmd.command("init")
@@ -134,35 +179,57 @@ def _echo_repo(result, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def ota_init(repo, as_json):
     """Create REPO with root, targets, snapshot and timestamp keys (kept in REPO/keys, never served)."""
-    from ..ota.repository import init_repository
+    from tfedge.ota.repository import init_repository
 
     result = init_repository(repo)
     _echo_repo(result, as_json)
     if not as_json:
-        click.echo(f"install {result.root_json} on every device (tfedge agent --root); serve {repo}/public")
+        click.echo(
+            f"install {result.root_json} on every device (tfedge agent --root); serve {repo}/public"
+        )
 
 
 @ota_cmd.command("publish")
 @click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Model name; devices poll models/NAME.tflite.")
-@click.option("--version", "version", required=True, type=click.IntRange(min=1), help="Monotonic model version.")
-@click.option("--profile", "profiles", multiple=True, help="Device profile(s) it is for (repeatable).")
+@click.option(
+    "--version",
+    "version",
+    required=True,
+    type=click.IntRange(min=1),
+    help="Monotonic model version.",
+)
+@click.option(
+    "--profile", "profiles", multiple=True, help="Device profile(s) it is for (repeatable)."
+)
 @click.option("--group", help="Publish to this device group only (staged rollout, e.g. canary).")
-@click.option("--golden", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help=".npz whose x gives the golden inputs (default: seeded random inputs).")
-@click.option("--allow-signature-change", is_flag=True, help="Let devices accept a new input/output signature.")
+@click.option(
+    "--golden",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=".npz whose x gives the golden inputs (default: seeded random inputs).",
+)
+@click.option(
+    "--allow-signature-change",
+    is_flag=True,
+    help="Let devices accept a new input/output signature.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def ota_publish(repo, model, name, version, profiles, group, golden, allow_signature_change, as_json):
+def ota_publish(
+    repo, model, name, version, profiles, group, golden, allow_signature_change, as_json
+):
     """Add MODEL to REPO as a signed target with its model metadata.
 
     \b
     Example:
         tfedge ota publish repo kws_int8.tflite --name kws --version 4 --profile rpi4 --group canary
     """
-    from ..ota.repository import publish
+    from tfedge.ota.repository import publish
 
-    _echo_repo(publish(repo, model, name, version, list(profiles), group, golden, allow_signature_change), as_json)
+    _echo_repo(
+        publish(repo, model, name, version, list(profiles), group, golden, allow_signature_change),
+        as_json,
+    )
 
 
 @ota_cmd.command("promote")
@@ -172,7 +239,7 @@ def ota_publish(repo, model, name, version, profiles, group, golden, allow_signa
 @click.option("--json", "as_json", is_flag=True)
 def ota_promote(repo, name, group, as_json):
     """Widen a staged rollout: give every device GROUP's version of NAME."""
-    from ..ota.repository import promote
+    from tfedge.ota.repository import promote
 
     _echo_repo(promote(repo, name, group), as_json)
 
@@ -189,18 +256,20 @@ def ota_refresh(repo, timestamp_days, snapshot_days, as_json):
     Example (crontab):
         0 */6 * * *  tfedge ota refresh /srv/tfedge-repo
     """
-    from ..ota.repository import refresh
+    from tfedge.ota.repository import refresh
 
     _echo_repo(refresh(repo, timestamp_days, snapshot_days), as_json)
 
 
 @ota_cmd.command("rotate-keys")
 @click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--role", required=True, type=click.Choice(["root", "targets", "snapshot", "timestamp"]))
+@click.option(
+    "--role", required=True, type=click.Choice(["root", "targets", "snapshot", "timestamp"])
+)
 @click.option("--json", "as_json", is_flag=True)
 def ota_rotate(repo, role, as_json):
     """Replace ROLE's key; the new root metadata is signed by the root key (old and new for root)."""
-    from ..ota.repository import rotate_keys
+    from tfedge.ota.repository import rotate_keys
 
     _echo_repo(rotate_keys(repo, role), as_json)
 
@@ -208,10 +277,15 @@ def ota_rotate(repo, role, as_json):
 @ota_cmd.command("serve")
 @click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for a LAN).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 for a LAN).",
+)
 def ota_serve(repo, port, host):
     """Serve REPO/public over HTTP for trials (production: any static server, object store or CDN)."""
-    from ..ota.repository import make_server
+    from tfedge.ota.repository import make_server
 
     server = make_server(repo, port, host)
     click.echo(f"serving {repo}/public at http://{host}:{server.server_address[1]} (Ctrl-C stops)")
@@ -225,7 +299,7 @@ def ota_serve(repo, port, host):
 @click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def ota_status(repo):
     """Metadata versions, expiry dates and targets of REPO."""
-    from ..ota.repository import repo_status
+    from tfedge.ota.repository import repo_status
 
     click.echo(json.dumps(repo_status(repo).to_dict(), indent=2))
 
@@ -235,18 +309,47 @@ def ota_status(repo):
 @click.option("--repo-url", required=True, help="Base URL serving metadata/ and targets/.")
 @click.option("--model-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Model name (target models/NAME.tflite).")
-@click.option("--root", "root", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The trusted root.json installed with the agent.")
+@click.option(
+    "--root",
+    "root",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The trusted root.json installed with the agent.",
+)
 @click.option("--group", help="Device group for staged rollouts (e.g. canary).")
-@click.option("--interval", type=click.FloatRange(min=1), default=300, show_default=True, help="Seconds between polls.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1),
+    default=300,
+    show_default=True,
+    help="Seconds between polls.",
+)
 @click.option("--once", is_flag=True, help="Poll once and exit (0 = up to date or installed).")
-@click.option("--health-cmd", help="Shell command that must exit 0 after the switch (default: smoke test).")
+@click.option(
+    "--health-cmd", help="Shell command that must exit 0 after the switch (default: smoke test)."
+)
 @click.option("--health-timeout", type=click.FloatRange(min=1), default=60, show_default=True)
-@click.option("--post-switch-cmd", help="Shell command run after the switch, e.g. to reload the application.")
+@click.option(
+    "--post-switch-cmd", help="Shell command run after the switch, e.g. to reload the application."
+)
 @click.option("--keep", type=click.IntRange(min=2), default=3, show_default=True)
-@click.option("--profile", help="This device's profile name (refuses models made for other profiles).")
-def agent_cmd(repo_url, model_dir, name, root, group, interval, once, health_cmd, health_timeout, post_switch_cmd,
-              keep, profile):
+@click.option(
+    "--profile", help="This device's profile name (refuses models made for other profiles)."
+)
+def agent_cmd(
+    repo_url,
+    model_dir,
+    name,
+    root,
+    group,
+    interval,
+    once,
+    health_cmd,
+    health_timeout,
+    post_switch_cmd,
+    keep,
+    profile,
+):
     """Poll a signed repository and install newer models safely (the device daemon).
 
     Also runs without TensorFlow or click as `python -m tfedge.ota.agent` with the same options.
@@ -256,10 +359,21 @@ def agent_cmd(repo_url, model_dir, name, root, group, interval, once, health_cmd
         tfedge agent --repo-url http://models.lan:8000 --model-dir /var/lib/tfedge/kws --name kws \\
             --root /etc/tfedge/root.json --interval 300
     """
-    from ..ota.agent import AgentConfig, run
+    from tfedge.ota.agent import AgentConfig, run
 
-    cfg = AgentConfig(repo_url, model_dir, name, root, group, interval, health_cmd, health_timeout, post_switch_cmd,
-                      keep, profile)
+    cfg = AgentConfig(
+        repo_url,
+        model_dir,
+        name,
+        root,
+        group,
+        interval,
+        health_cmd,
+        health_timeout,
+        post_switch_cmd,
+        keep,
+        profile,
+    )
     code = run(cfg, once)
     if code:
         raise SystemExit(code)

@@ -1,9 +1,10 @@
 """`tfedge recipes list|show|check`."""
+
 from __future__ import annotations
 
 import click
 
-from .options import echo_json, echo_table, json_option
+from tfedge.cli.options import echo_json, echo_table, json_option
 
 
 @click.group("recipes")
@@ -20,21 +21,28 @@ def recipes_cmd():
 @json_option
 def list_cmd(as_json):
     """List the built-in recipes and their passes."""
-    from ..recipe import builtin_recipes, load_recipe
+    from tfedge.optimize.recipe import builtin_recipes, load_recipe
 
     recipes = [load_recipe(name) for name in builtin_recipes()]
     if as_json:
-        echo_json([{"name": r.name, "passes": r.pass_names, "description": r.description} for r in recipes])
+        echo_json(
+            [
+                {"name": r.name, "passes": r.pass_names, "description": r.description}
+                for r in recipes
+            ]
+        )
         return
-    echo_table(["recipe", "passes", "description"],
-               [[r.name, " -> ".join(r.pass_names) or "-", r.description] for r in recipes])
+    echo_table(
+        ["recipe", "passes", "description"],
+        [[r.name, " -> ".join(r.pass_names) or "-", r.description] for r in recipes],
+    )
 
 
 @recipes_cmd.command("show")
 @click.argument("name", metavar="NAME|FILE")
 def show_cmd(name):
     """Print a recipe's YAML (a starting point for your own)."""
-    from ..recipe import load_recipe
+    from tfedge.optimize.recipe import load_recipe
 
     click.echo(load_recipe(name).text, nl=False)
 
@@ -43,7 +51,9 @@ def show_cmd(name):
 @click.argument("name", metavar="NAME|FILE")
 def check_cmd(name):
     """Validate a recipe without training anything."""
-    from ..recipe import load_recipe
+    from tfedge.optimize.recipe import load_recipe
 
     recipe = load_recipe(name)
-    click.echo(f"{recipe.source}: ok ({' -> '.join(recipe.pass_names) or 'no passes'}), sha256 {recipe.sha256[:12]}")
+    click.echo(
+        f"{recipe.source}: ok ({' -> '.join(recipe.pass_names) or 'no passes'}), sha256 {recipe.sha256[:12]}"
+    )

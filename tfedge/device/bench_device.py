@@ -21,6 +21,7 @@ Library use (the OTA smoke test and evaluate import it):
     >>> runtime["name"], runtime["version"]
     ('ai-edge-litert', '2.3.0')
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,8 @@ EXIT_INPUT = 3
 INSTALL_CMD = "python3 -m pip install numpy ai-edge-litert"
 INSTALL_HINT = (
     "install a TFLite runtime on the device, in a virtual environment on Raspberry Pi OS 64-bit: "
-    "`python3 -m venv ~/tfedge-venv && ~/tfedge-venv/bin/" + INSTALL_CMD.replace("python3 -m ", "")
+    "`python3 -m venv ~/tfedge-venv && ~/tfedge-venv/bin/"
+    + INSTALL_CMD.replace("python3 -m ", "")
     + "` (or `pip install 'numpy<2' tflite-runtime`), then point tfedge at that python "
     "(ssh://user@host?python=~/tfedge-venv/bin/python)"
 )
@@ -51,11 +53,14 @@ ARMV7_HINT = (
 )
 # A 656-byte float model (y = x + x, shape [1, 2]): creating an interpreter on it proves
 # a runtime works, independently of the model under test.
-_PROBE_MODEL = zlib.decompress(base64.b64decode(
-    "eNplUb1Kw1AYPWljW2ioBYN0yNChc7C1upe2QiBtoRZxEKqQDBmaQo2i4EOIs6Ojj+DgID6Fg0/haDz35kst+sEhX86953w/1wEwO/L3bTThoAEbdVjkKjCZg1yG"
-    "hGgZQJfwC0ARWTBFlzCJjzRNTcl3iP5kfDKcHnuT8Xw0nPUGvVmPvpb2riDzyO8uoni+uoqTaBHOr8PVZbSMsUX+mXgiHok7uf8gdc6JuvRRQW3tq7iWZkuaK4lO"
-    "hbWe0dRzHg4LZefLc4oyi6lVQMfttN29/x7Ku+0eZEcSL99p+kq8Edv8H/netNlfxpwjCQMXXJneJdhjXl151oRX+z2TeQKps7iIYqXY1Nq6voWqaGX2qiX5gHsx"
-    "RFPY6M/YQP5mp1LnnRp1VBcPddYg7smrXXpByEdJbnPdr/eungUyTRZlslnJ3M+Q76f0dvPHx9Bvp3oxdT8/vqFJQw=="))
+_PROBE_MODEL = zlib.decompress(
+    base64.b64decode(
+        "eNplUb1Kw1AYPWljW2ioBYN0yNChc7C1upe2QiBtoRZxEKqQDBmaQo2i4EOIs6Ojj+DgID6Fg0/haDz35kst+sEhX86953w/1wEwO/L3bTThoAEbdVjkKjCZg1yG"
+        "hGgZQJfwC0ARWTBFlzCJjzRNTcl3iP5kfDKcHnuT8Xw0nPUGvVmPvpb2riDzyO8uoni+uoqTaBHOr8PVZbSMsUX+mXgiHok7uf8gdc6JuvRRQW3tq7iWZkuaK4lO"
+        "hbWe0dRzHg4LZefLc4oyi6lVQMfttN29/x7Ku+0eZEcSL99p+kq8Edv8H/netNlfxpwjCQMXXJneJdhjXl151oRX+z2TeQKps7iIYqXY1Nq6voWqaGX2qiX5gHsx"
+        "RFPY6M/YQP5mp1LnnRp1VBcPddYg7smrXXpByEdJbnPdr/eungUyTRZlslnJ3M+Q76f0dvPHx9Bvp3oxdT8/vqFJQw=="
+    )
+)
 
 
 class DeviceError(Exception):
@@ -74,17 +79,24 @@ class DeviceError(Exception):
 
 
 # ---------------------------------------------------------------- runtime detection
-_CANDIDATES = (("ai-edge-litert", "ai_edge_litert.interpreter"), ("tflite-runtime", "tflite_runtime.interpreter"))
+_CANDIDATES = (
+    ("ai-edge-litert", "ai_edge_litert.interpreter"),
+    ("tflite-runtime", "tflite_runtime.interpreter"),
+)
 
 
 def import_numpy():
     """Return numpy, or raise DeviceError(runtime_missing) with the install command."""
     try:
         import numpy
+
         return numpy
     except ImportError as exc:
-        raise DeviceError("runtime_missing", f"numpy is not installed for {sys.executable} ({exc})",
-                          _install_hint()) from exc
+        raise DeviceError(
+            "runtime_missing",
+            f"numpy is not installed for {sys.executable} ({exc})",
+            _install_hint(),
+        ) from exc
 
 
 def find_runtime(prefer: str | None = None):
@@ -100,8 +112,11 @@ def find_runtime(prefer: str | None = None):
         if module is not None:
             return module, {"name": name, "version": _runtime_version(name, module)}
         problems.append(f"{name}: {problem}")
-    raise DeviceError("runtime_missing", "no working TFLite runtime for " + sys.executable + " ("
-                      + "; ".join(problems) + ")", _install_hint())
+    raise DeviceError(
+        "runtime_missing",
+        "no working TFLite runtime for " + sys.executable + " (" + "; ".join(problems) + ")",
+        _install_hint(),
+    )
 
 
 def _ordered_candidates(prefer: str | None):
@@ -121,6 +136,7 @@ def _try_runtime(module_name: str):
 def _runtime_version(name: str, module) -> str:
     try:
         from importlib.metadata import version
+
         return version(name)
     except Exception:
         top = sys.modules.get(module.__name__.split(".")[0])
@@ -131,29 +147,40 @@ def _install_hint() -> str:
     return ARMV7_HINT if platform.machine() in ("armv7l", "armv6l") else INSTALL_HINT
 
 
-def load_interpreter(path: str, threads: int | None = None, xnnpack: bool = True, prefer: str | None = None):
+def load_interpreter(
+    path: str, threads: int | None = None, xnnpack: bool = True, prefer: str | None = None
+):
     """Create and allocate an interpreter for ``path``; return ``(interpreter, runtime_info)``.
 
     Raises:
         DeviceError: kind ``runtime_missing`` (no runtime) or ``model_invalid`` (bad file).
     """
     module, runtime = find_runtime(prefer)
-    return create_interpreter(module, runtime, path, threads, xnnpack), dict(runtime, xnnpack=xnnpack)
+    return create_interpreter(module, runtime, path, threads, xnnpack), dict(
+        runtime, xnnpack=xnnpack
+    )
 
 
-def create_interpreter(module, runtime: dict, path: str, threads: int | None = None, xnnpack: bool = True):
+def create_interpreter(
+    module, runtime: dict, path: str, threads: int | None = None, xnnpack: bool = True
+):
     """An allocated interpreter of ``module`` (from find_runtime) for the model at ``path``."""
     _check_model_file(path)
     kwargs = {"model_path": path, "num_threads": threads}
     if not xnnpack:
-        kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        kwargs["experimental_op_resolver_type"] = (
+            module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
     try:
         interp = module.Interpreter(**kwargs)
         interp.allocate_tensors()
     except Exception as exc:
-        raise DeviceError("model_invalid", f"{runtime['name']} {runtime['version']} cannot load {path}: "
-                          f"{_first_line(exc)}", "re-convert the model; the file may be damaged or use ops "
-                          "this runtime version does not have") from exc
+        raise DeviceError(
+            "model_invalid",
+            f"{runtime['name']} {runtime['version']} cannot load {path}: {_first_line(exc)}",
+            "re-convert the model; the file may be damaged or use ops "
+            "this runtime version does not have",
+        ) from exc
     return interp
 
 
@@ -162,10 +189,15 @@ def _check_model_file(path: str) -> None:
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError as exc:
-        raise DeviceError("model_invalid", f"cannot read model {path}: {exc}", "check the path") from exc
+        raise DeviceError(
+            "model_invalid", f"cannot read model {path}: {exc}", "check the path"
+        ) from exc
     if len(head) < 8 or head[4:8] != b"TFL3":
-        raise DeviceError("model_invalid", f"{path} is not a TFLite model (no TFL3 identifier)",
-                          "pass a .tflite file written by the TFLite converter")
+        raise DeviceError(
+            "model_invalid",
+            f"{path} is not a TFLite model (no TFL3 identifier)",
+            "pass a .tflite file written by the TFLite converter",
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -183,7 +215,9 @@ def random_inputs(interp, seed: int = 0) -> list:
         dtype, shape = detail["dtype"], detail["shape"]
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
-            values.append(rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=shape).astype(dtype))
+            values.append(
+                rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=shape).astype(dtype)
+            )
         else:
             values.append(rng.random(shape, dtype=np.float32).astype(dtype))
     return values
@@ -195,13 +229,19 @@ def load_data(path: str):
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise DeviceError("data_invalid", f"cannot read data {path}: {_first_line(exc)}",
-                          "pass a .npz with arrays x (inputs) and y (labels), or a .npy of inputs") from exc
+        raise DeviceError(
+            "data_invalid",
+            f"cannot read data {path}: {_first_line(exc)}",
+            "pass a .npz with arrays x (inputs) and y (labels), or a .npy of inputs",
+        ) from exc
     if isinstance(loaded, np.ndarray):
         return loaded, None
     if "x" not in loaded.files:
-        raise DeviceError("data_invalid", f"{path} has arrays {loaded.files} but no 'x'",
-                          "save inputs as x and labels as y: np.savez(path, x=x, y=y)")
+        raise DeviceError(
+            "data_invalid",
+            f"{path} has arrays {loaded.files} but no 'x'",
+            "save inputs as x and labels as y: np.savez(path, x=x, y=y)",
+        )
     return loaded["x"], (loaded["y"] if "y" in loaded.files else None)
 
 
@@ -212,8 +252,12 @@ def prepare_input(detail: dict, sample):
     value = np.asarray(sample)
     if value.shape != shape:
         if value.size != int(np.prod(shape)):
-            raise DeviceError("data_invalid", f"a sample of shape {value.shape} does not fit input "
-                              f"{detail['name']} of shape {list(shape)}", "check the data matches the model")
+            raise DeviceError(
+                "data_invalid",
+                f"a sample of shape {value.shape} does not fit input "
+                f"{detail['name']} of shape {list(shape)}",
+                "check the data matches the model",
+            )
         value = value.reshape(shape)
     return _cast(detail, value)
 
@@ -299,8 +343,16 @@ def latency_stats(samples: list) -> dict:
     if a.size == 0:
         return {"count": 0}
     p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
-    return {"count": int(a.size), "min": float(a.min()), "max": float(a.max()), "mean": float(a.mean()),
-            "std": float(a.std()), "p50": p50, "p90": p90, "p99": p99}
+    return {
+        "count": int(a.size),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
+    }
 
 
 def peak_rss_mb() -> float:
@@ -368,7 +420,9 @@ def _vcgencmd_throttled() -> str | None:
     if not shutil.which("vcgencmd"):
         return None
     try:
-        out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip().split("=", 1)[-1] or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -385,13 +439,25 @@ def pin_cpus(spec: str | None) -> None:
             cpus.update(range(int(lo), int(hi or lo) + 1))
         os.sched_setaffinity(0, cpus)
     except (AttributeError, OSError, ValueError) as exc:
-        raise DeviceError("bad_option", f"cannot pin to CPUs {spec!r}: {exc}", "list CPUs that exist, e.g. 0-3")
+        raise DeviceError(
+            "bad_option", f"cannot pin to CPUs {spec!r}: {exc}", "list CPUs that exist, e.g. 0-3"
+        )
 
 
 # ---------------------------------------------------------------- the benchmark
-def benchmark(model: str, threads: int | None = None, runs: int = 50, warmup: int = 1, min_secs: float = 1.0,
-              warmup_min_secs: float = 0.5, max_secs: float = 150.0, data: str | None = None,
-              save_outputs: str | None = None, xnnpack: bool = True, prefer: str | None = None) -> dict:
+def benchmark(
+    model: str,
+    threads: int | None = None,
+    runs: int = 50,
+    warmup: int = 1,
+    min_secs: float = 1.0,
+    warmup_min_secs: float = 0.5,
+    max_secs: float = 150.0,
+    data: str | None = None,
+    save_outputs: str | None = None,
+    xnnpack: bool = True,
+    prefer: str | None = None,
+) -> dict:
     """Benchmark ``model`` and return the report as a dict (what the script prints)."""
     module, runtime = find_runtime(prefer)
     runtime = dict(runtime, xnnpack=xnnpack)
@@ -401,12 +467,21 @@ def benchmark(model: str, threads: int | None = None, runs: int = 50, warmup: in
     interp = create_interpreter(module, runtime, model, threads, xnnpack)
     init_ms = (time.perf_counter() - t0) * 1000.0
     rss_init = current_rss_mb()
-    report = {"script_version": SCRIPT_VERSION, "runtime": runtime, "threads": threads,
-              "model_bytes": os.path.getsize(model), "init_ms": init_ms}
+    report = {
+        "script_version": SCRIPT_VERSION,
+        "runtime": runtime,
+        "threads": threads,
+        "model_bytes": os.path.getsize(model),
+        "init_ms": init_ms,
+    }
     inputs = _timing_inputs(interp, data, report, save_outputs)
     report.update(_run_timings(interp, inputs, runs, warmup, min_secs, warmup_min_secs, max_secs))
-    report.update(peak_rss_mb=peak_rss_mb(), rss_init_delta_mb=_delta(rss_init, rss_start),
-                  arch=platform.machine(), device=device_info())
+    report.update(
+        peak_rss_mb=peak_rss_mb(),
+        rss_init_delta_mb=_delta(rss_init, rss_start),
+        arch=platform.machine(),
+        device=device_info(),
+    )
     return report
 
 
@@ -428,9 +503,17 @@ def _run_timings(interp, inputs, runs, warmup, min_secs, warmup_min_secs, max_se
     t0 = time.perf_counter_ns()
     run_once(interp, inputs[0])
     first_us = (time.perf_counter_ns() - t0) / 1000.0
-    warm = timed_loop(interp, inputs, warmup, warmup_min_secs if warmup else 0.0, max_secs) if warmup else []
+    warm = (
+        timed_loop(interp, inputs, warmup, warmup_min_secs if warmup else 0.0, max_secs)
+        if warmup
+        else []
+    )
     measured = timed_loop(interp, inputs, max(runs, 1), min_secs, max_secs)
-    return {"first_us": first_us, "warmup_us": latency_stats(warm), "latency_us": latency_stats(measured)}
+    return {
+        "first_us": first_us,
+        "warmup_us": latency_stats(warm),
+        "latency_us": latency_stats(measured),
+    }
 
 
 def _delta(after, before):
@@ -446,40 +529,70 @@ def smoke(model: str, golden: str, atol: float | None = None, threads: int | Non
     interp, runtime = load_interpreter(model, threads)
     x, y = load_data(golden)
     if y is None:
-        raise DeviceError("data_invalid", f"golden file {golden} has no expected outputs 'y'",
-                          "save it as np.savez(path, x=inputs, y=expected_outputs)")
+        raise DeviceError(
+            "data_invalid",
+            f"golden file {golden} has no expected outputs 'y'",
+            "save it as np.savez(path, x=inputs, y=expected_outputs)",
+        )
     raw, floats = predict_all(interp, x)
     expected = np.asarray(y).reshape(raw.shape) if np.asarray(y).size == raw.size else None
     if expected is None:
-        raise DeviceError("data_invalid", f"golden y has shape {np.asarray(y).shape}, model outputs {raw.shape}",
-                          "regenerate the golden file for this model")
+        raise DeviceError(
+            "data_invalid",
+            f"golden y has shape {np.asarray(y).shape}, model outputs {raw.shape}",
+            "regenerate the golden file for this model",
+        )
     got = raw if np.issubdtype(expected.dtype, np.integer) else floats.reshape(raw.shape)
     diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
     tol = atol if atol is not None else (1.0 if np.issubdtype(expected.dtype, np.integer) else None)
-    ok = bool(np.all(diff <= tol)) if tol is not None else bool(
-        np.allclose(got, expected, rtol=1e-3, atol=1e-4))
+    ok = (
+        bool(np.all(diff <= tol))
+        if tol is not None
+        else bool(np.allclose(got, expected, rtol=1e-3, atol=1e-4))
+    )
     finite = bool(np.all(np.isfinite(floats)))
-    return {"ok": ok and finite, "max_abs_diff": float(diff.max()) if diff.size else 0.0, "tolerance": tol,
-            "samples": int(len(x)), "finite": finite, "runtime": runtime, "arch": platform.machine(),
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "ok": ok and finite,
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "tolerance": tol,
+        "samples": int(len(x)),
+        "finite": finite,
+        "runtime": runtime,
+        "arch": platform.machine(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 # ---------------------------------------------------------------- command line
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark a .tflite model; print one JSON object.")
     p.add_argument("model", nargs="?", help="the .tflite model")
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all CPUs)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="interpreter threads (default: all CPUs)"
+    )
     p.add_argument("--runs", type=int, default=50, help="minimum measured runs (default 50)")
     p.add_argument("--warmup", type=int, default=1, help="minimum warm-up runs (default 1)")
-    p.add_argument("--min-secs", type=float, default=1.0, help="minimum measured time (default 1 s)")
-    p.add_argument("--warmup-min-secs", type=float, default=0.5, help="minimum warm-up time (default 0.5 s)")
-    p.add_argument("--max-secs", type=float, default=150.0, help="stop measuring after this (default 150 s)")
-    p.add_argument("--data", help=".npz (x, y) or .npy inputs: real inputs, and accuracy when y is given")
+    p.add_argument(
+        "--min-secs", type=float, default=1.0, help="minimum measured time (default 1 s)"
+    )
+    p.add_argument(
+        "--warmup-min-secs", type=float, default=0.5, help="minimum warm-up time (default 0.5 s)"
+    )
+    p.add_argument(
+        "--max-secs", type=float, default=150.0, help="stop measuring after this (default 150 s)"
+    )
+    p.add_argument(
+        "--data", help=".npz (x, y) or .npy inputs: real inputs, and accuracy when y is given"
+    )
     p.add_argument("--save-outputs", help="write the raw outputs for --data to this .npy")
-    p.add_argument("--no-xnnpack", action="store_true", help="use the builtin kernels without XNNPACK")
+    p.add_argument(
+        "--no-xnnpack", action="store_true", help="use the builtin kernels without XNNPACK"
+    )
     p.add_argument("--cpus", help="pin to these CPUs, like taskset -c (e.g. 2,3 or 0-3)")
     p.add_argument("--runtime", choices=[c[0] for c in _CANDIDATES], help="prefer this runtime")
-    p.add_argument("--smoke", metavar="GOLDEN.npz", help="compare outputs on golden x with y; exit 0 or 1")
+    p.add_argument(
+        "--smoke", metavar="GOLDEN.npz", help="compare outputs on golden x with y; exit 0 or 1"
+    )
     p.add_argument("--atol", type=float, default=None, help="--smoke tolerance")
     p.add_argument("--probe", action="store_true", help="only report the runtime that works here")
     return p.parse_args(argv)
@@ -490,15 +603,32 @@ def run(args: argparse.Namespace) -> tuple[dict, int]:
     pin_cpus(args.cpus)
     if args.probe:
         _, runtime = find_runtime(args.runtime)
-        return {"runtime": runtime, "arch": platform.machine(), "python": platform.python_version(),
-                "numpy": import_numpy().__version__}, 0
+        return {
+            "runtime": runtime,
+            "arch": platform.machine(),
+            "python": platform.python_version(),
+            "numpy": import_numpy().__version__,
+        }, 0
     if not args.model:
-        raise DeviceError("model_invalid", "no model given", "usage: bench_device.py MODEL.tflite [options]")
+        raise DeviceError(
+            "model_invalid", "no model given", "usage: bench_device.py MODEL.tflite [options]"
+        )
     if args.smoke:
         report = smoke(args.model, args.smoke, args.atol, args.threads)
         return report, 0 if report["ok"] else 1
-    return benchmark(args.model, args.threads, args.runs, args.warmup, args.min_secs, args.warmup_min_secs,
-                     args.max_secs, args.data, args.save_outputs, not args.no_xnnpack, args.runtime), 0
+    return benchmark(
+        args.model,
+        args.threads,
+        args.runs,
+        args.warmup,
+        args.min_secs,
+        args.warmup_min_secs,
+        args.max_secs,
+        args.data,
+        args.save_outputs,
+        not args.no_xnnpack,
+        args.runtime,
+    ), 0
 
 
 def main(argv=None) -> int:
@@ -508,7 +638,10 @@ def main(argv=None) -> int:
     except DeviceError as err:
         report, code = err.to_dict(), err.exit_code
     except Exception as exc:  # anything unexpected still answers in JSON
-        report, code = {"error": f"{type(exc).__name__}: {_first_line(exc)}", "kind": "internal", "hint": ""}, 4
+        report, code = (
+            {"error": f"{type(exc).__name__}: {_first_line(exc)}", "kind": "internal", "hint": ""},
+            4,
+        )
     sys.stdout.write(json.dumps(report, default=_json_default) + "\n")
     sys.stdout.flush()
     return code

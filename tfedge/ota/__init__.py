@@ -13,6 +13,7 @@ Example:
     >>> target_path("kws"), target_path("kws", group="canary")
     ('models/kws.tflite', 'groups/canary/models/kws.tflite')
 """
+
 from __future__ import annotations
 
 import re

@@ -21,6 +21,7 @@ Example:
     >>> poll_once(cfg).state
     'Success'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import OtaError, UsageError
-from . import target_path, valid_name
-from .journal import PRE_SWITCH, ROLLING_BACK, Journal
-from .versions import (DEFAULT_KEEP, ModelDir, add_record, fsync_dir, fsync_file, make_record, now_iso,
-                       record_for, sha256_file, write_json_atomic)
+from tfedge.errors import OtaError, UsageError
+from tfedge.ota import target_path, valid_name
+from tfedge.ota.journal import PRE_SWITCH, ROLLING_BACK, Journal
+from tfedge.ota.versions import (
+    DEFAULT_KEEP,
+    ModelDir,
+    add_record,
+    fsync_dir,
+    fsync_file,
+    make_record,
+    now_iso,
+    record_for,
+    sha256_file,
+    write_json_atomic,
+)
 
 STATES = ("Downloading", "Installing", "Success", "Failure", "RolledBack")
 PAUSE_ENV = "TFEDGE_AGENT_PAUSE_AT"  # test hook: stop (SIGSTOP) right after this journal step
@@ -103,15 +114,24 @@ class InstallError(Exception):
 def validate(cfg: AgentConfig) -> AgentConfig:
     """Check the configuration before anything touches the network or the disk."""
     if not cfg.repo_url.startswith(("http://", "https://")):
-        raise UsageError(f"--repo-url {cfg.repo_url!r} is not an http(s) URL", "e.g. https://models.example.com")
+        raise UsageError(
+            f"--repo-url {cfg.repo_url!r} is not an http(s) URL", "e.g. https://models.example.com"
+        )
     if not valid_name(cfg.name) or (cfg.group is not None and not valid_name(cfg.group)):
-        raise UsageError(f"bad --name {cfg.name!r} or --group {cfg.group!r}", "use letters, digits, '.', '_', '-'")
+        raise UsageError(
+            f"bad --name {cfg.name!r} or --group {cfg.group!r}",
+            "use letters, digits, '.', '_', '-'",
+        )
     if not cfg.root.is_file():
-        raise UsageError(f"trusted root {cfg.root} does not exist",
-                         "install the repository's 1.root.json with the agent and pass --root PATH")
+        raise UsageError(
+            f"trusted root {cfg.root} does not exist",
+            "install the repository's 1.root.json with the agent and pass --root PATH",
+        )
     if cfg.interval <= 0 or cfg.health_timeout <= 0 or cfg.keep < 2:
-        raise UsageError("--interval and --health-timeout must be positive and --keep at least 2",
-                         "e.g. --interval 300 --health-timeout 60 --keep 3")
+        raise UsageError(
+            "--interval and --health-timeout must be positive and --keep at least 2",
+            "e.g. --interval 300 --health-timeout 60 --keep 3",
+        )
     return cfg
 
 
@@ -144,8 +164,10 @@ class directory_lock:
             self.handle.seek(0)
             holder = self.handle.read().strip() or "?"
             self.handle.close()
-            raise OtaError(f"another agent (pid {holder}) already manages {self.path.parent}",
-                           "run one agent per model directory; stop the other one (systemctl stop tfedge-agent)")
+            raise OtaError(
+                f"another agent (pid {holder}) already manages {self.path.parent}",
+                "run one agent per model directory; stop the other one (systemctl stop tfedge-agent)",
+            )
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(str(os.getpid()))
@@ -205,14 +227,24 @@ class _Agent:
         except tuf_errors.DownloadError as exc:
             return self._unreachable(exc)
         except OSError as exc:
-            return self._result("Failure", f"cannot update the metadata cache: {exc}; {self._serving_text()}",
-                                "disk_full" if exc.errno == errno.ENOSPC else "io")
+            return self._result(
+                "Failure",
+                f"cannot update the metadata cache: {exc}; {self._serving_text()}",
+                "disk_full" if exc.errno == errno.ENOSPC else "io",
+            )
         except tuf_errors.RepositoryError as exc:
-            return self._result("Failure", f"repository metadata rejected ({type(exc).__name__}: {exc}); "
-                                f"{self._serving_text()}", type(exc).__name__)
+            return self._result(
+                "Failure",
+                f"repository metadata rejected ({type(exc).__name__}: {exc}); "
+                f"{self._serving_text()}",
+                type(exc).__name__,
+            )
         if target is None:
-            return self._result("Failure", f"no target {target_path(self.cfg.name)} in the repository; "
-                                f"{self._serving_text()}", "no_target")
+            return self._result(
+                "Failure",
+                f"no target {target_path(self.cfg.name)} in the repository; {self._serving_text()}",
+                "no_target",
+            )
         try:
             return self.install(updater, target)
         except InstallError as err:
@@ -224,24 +256,38 @@ class _Agent:
         metadata = self.dir.root / "tuf"
         metadata.mkdir(exist_ok=True)
         base = self.cfg.repo_url.rstrip("/")
-        return Updater(metadata_dir=str(metadata), metadata_base_url=f"{base}/metadata/",
-                       target_base_url=f"{base}/targets/", target_dir=str(self.staging),
-                       bootstrap=self.cfg.root.read_bytes())
+        return Updater(
+            metadata_dir=str(metadata),
+            metadata_base_url=f"{base}/metadata/",
+            target_base_url=f"{base}/targets/",
+            target_dir=str(self.staging),
+            bootstrap=self.cfg.root.read_bytes(),
+        )
 
     def _choose(self, updater):
         """The highest-versioned target for this device: everyone's, or its group's."""
-        paths = [target_path(self.cfg.name)] + ([target_path(self.cfg.name, self.cfg.group)] if self.cfg.group else [])
+        paths = [target_path(self.cfg.name)] + (
+            [target_path(self.cfg.name, self.cfg.group)] if self.cfg.group else []
+        )
         found = [t for t in (updater.get_targetinfo(p) for p in paths) if t is not None]
         return max(found, key=lambda t: int(t.custom.get("model_version", 0)), default=None)
 
     def _unreachable(self, exc: Exception) -> PollResult:
         cause = exc.__cause__ or exc
-        return self._result("Failure", f"repository {self.cfg.repo_url} unreachable ({type(cause).__name__}); "
-                            f"{self._serving_text()}", "unreachable")
+        return self._result(
+            "Failure",
+            f"repository {self.cfg.repo_url} unreachable ({type(cause).__name__}); "
+            f"{self._serving_text()}",
+            "unreachable",
+        )
 
     def _serving_text(self) -> str:
         sha, version = self.serving()
-        return f"still serving the last good model {sha[:12]} (version {version})" if sha else "no model installed"
+        return (
+            f"still serving the last good model {sha[:12]} (version {version})"
+            if sha
+            else "no model installed"
+        )
 
     # ---- deciding
     def _check(self, target) -> None:
@@ -252,38 +298,60 @@ class _Agent:
         if sha in self.dir.manifest(self.cfg.name).get("rejected", []):
             raise InstallError("rejected", f"version {version} ({sha[:12]}) failed here before")
         if current_version is not None and version < current_version:
-            raise InstallError("lower_version", f"refusing version {version}: lower than the installed "
-                               f"version {current_version}")
+            raise InstallError(
+                "lower_version",
+                f"refusing version {version}: lower than the installed version {current_version}",
+            )
         if current_version is not None and version == current_version and sha != current_sha:
             raise InstallError("lower_version", f"version {version} is installed with other bytes")
         self._check_compatible(custom)
         self._check_space(target.length)
 
     def _check_compatible(self, custom: dict) -> None:
-        from .signature import runtime_satisfies, signature_diff
+        from tfedge.ota.signature import runtime_satisfies, signature_diff
 
         arches = custom.get("arch") or ["any"]
         if "any" not in arches and self.cfg.arch not in arches:
-            raise InstallError("arch", f"the model is for {', '.join(arches)}, this device is {self.cfg.arch}")
-        if self.cfg.profile and custom.get("profiles") and self.cfg.profile not in custom["profiles"]:
-            raise InstallError("profile", f"the model is for profiles {custom['profiles']}, "
-                               f"this device is {self.cfg.profile}")
+            raise InstallError(
+                "arch", f"the model is for {', '.join(arches)}, this device is {self.cfg.arch}"
+            )
+        if (
+            self.cfg.profile
+            and custom.get("profiles")
+            and self.cfg.profile not in custom["profiles"]
+        ):
+            raise InstallError(
+                "profile",
+                f"the model is for profiles {custom['profiles']}, "
+                f"this device is {self.cfg.profile}",
+            )
         runtime = _runtime()
-        if not runtime_satisfies(runtime["name"], runtime["version"], custom.get("min_runtime_version")):
-            raise InstallError("runtime", f"the model needs TFLite runtime {custom.get('min_runtime_version')}, "
-                               f"this device has {runtime['name']} {runtime['version']}")
+        if not runtime_satisfies(
+            runtime["name"], runtime["version"], custom.get("min_runtime_version")
+        ):
+            raise InstallError(
+                "runtime",
+                f"the model needs TFLite runtime {custom.get('min_runtime_version')}, "
+                f"this device has {runtime['name']} {runtime['version']}",
+            )
         current = record_for(self.dir.manifest(self.cfg.name), self.dir.current_sha()) or {}
         changes = signature_diff(current.get("signature"), custom.get("signature"))
         if changes and not custom.get("allow_signature_change"):
-            raise InstallError("signature", "the input/output signature changed (" + "; ".join(changes)
-                               + "); publish with --allow-signature-change if the application handles it")
+            raise InstallError(
+                "signature",
+                "the input/output signature changed ("
+                + "; ".join(changes)
+                + "); publish with --allow-signature-change if the application handles it",
+            )
 
     def _check_space(self, length: int) -> None:
         stats = os.statvfs(self.dir.root)
         free, needed = stats.f_bavail * stats.f_frsize, SPACE_FACTOR * length + SPACE_MARGIN
         if free < needed:
-            raise InstallError("disk_full", f"not enough space in {self.dir.root}: {free} bytes free, "
-                               f"{needed} needed")
+            raise InstallError(
+                "disk_full",
+                f"not enough space in {self.dir.root}: {free} bytes free, {needed} needed",
+            )
 
     # ---- installing
     def install(self, updater, target) -> PollResult:
@@ -292,11 +360,19 @@ class _Agent:
             return self._result("Success", f"up to date: version {version} ({sha[:12]})")
         self._check(target)
         previous, _ = self.serving()
-        self._step("download_start", sha256=sha, model_version=version, previous=previous, target=target.path,
-                   custom={k: v for k, v in target.custom.items() if k != "golden_npz"})
+        self._step(
+            "download_start",
+            sha256=sha,
+            model_version=version,
+            previous=previous,
+            target=target.path,
+            custom={k: v for k, v in target.custom.items() if k != "golden_npz"},
+        )
         try:
             self._stage(updater, target)
-            self._smoke_test(self._staged(sha), self._staged_golden(sha), target.custom["signature"])
+            self._smoke_test(
+                self._staged(sha), self._staged_golden(sha), target.custom["signature"]
+            )
             self._step("smoke_tested")
             self._install_files(sha)
         except InstallError:
@@ -305,11 +381,15 @@ class _Agent:
         except OSError as exc:
             self._abort_staging()
             reason = "disk_full" if exc.errno == errno.ENOSPC else "io"
-            raise InstallError(reason, f"cannot stage version {version}: {exc.strerror or exc}") from exc
+            raise InstallError(
+                reason, f"cannot stage version {version}: {exc.strerror or exc}"
+            ) from exc
         except Exception as exc:  # tuf's RepositoryError/DownloadError: a bad or unreachable target
             self._abort_staging()
-            raise InstallError(type(exc).__name__, f"download of version {version} rejected "
-                               f"({type(exc).__name__}: {exc})") from exc
+            raise InstallError(
+                type(exc).__name__,
+                f"download of version {version} rejected ({type(exc).__name__}: {exc})",
+            ) from exc
         return self._switch_and_check()
 
     def _step(self, step: str, **data) -> dict:
@@ -334,13 +414,17 @@ class _Agent:
     def _stage(self, updater, target) -> None:
         """Download into staging, re-verify length and hash from disk, fsync; write the golden file."""
         sha = target.hashes["sha256"]
-        self._status("Downloading", f"downloading version {target.custom.get('model_version')} ({sha[:12]})")
+        self._status(
+            "Downloading", f"downloading version {target.custom.get('model_version')} ({sha[:12]})"
+        )
         self.staging.mkdir(exist_ok=True)
         staged = self._staged(sha)
         updater.download_target(target, filepath=str(staged))
         self._step("downloaded")
         if os.path.getsize(staged) != target.length or sha256_file(staged) != sha:
-            raise InstallError("LengthOrHashMismatchError", "the staged file does not match its signed hash")
+            raise InstallError(
+                "LengthOrHashMismatchError", "the staged file does not match its signed hash"
+            )
         fsync_file(staged)
         golden = base64.b64decode(target.custom.get("golden_npz", ""))
         if hashlib.sha256(golden).hexdigest() != target.custom.get("golden_sha256"):
@@ -351,13 +435,17 @@ class _Agent:
             os.fsync(handle.fileno())
         fsync_dir(self.staging)
         self._step("verified")
-        self._status("Installing", f"smoke-testing version {target.custom.get('model_version')} ({sha[:12]})")
+        self._status(
+            "Installing", f"smoke-testing version {target.custom.get('model_version')} ({sha[:12]})"
+        )
 
     def _smoke_test(self, model: Path, golden: Path, signature: dict | None) -> None:
         """Run the smoke test in a child process; raise InstallError if it does not pass."""
         report = run_smoke(model, golden, signature, self.cfg.smoke_timeout, self.cfg.threads)
         if not report.get("ok"):
-            raise InstallError("smoke_test", f"smoke test failed: {report.get('error', 'no verdict')}")
+            raise InstallError(
+                "smoke_test", f"smoke test failed: {report.get('error', 'no verdict')}"
+            )
 
     def _install_files(self, sha: str) -> None:
         os.replace(self._staged_golden(sha), self.dir.golden_path(sha))
@@ -373,9 +461,13 @@ class _Agent:
         entry = self.journal.read()
         manifest = self.dir.manifest(self.cfg.name)
         custom = entry.get("custom", {})
-        record = make_record(entry["sha256"], f"{self.cfg.repo_url} {entry.get('target')}",
-                             model_version=entry.get("model_version"), signature=custom.get("signature"),
-                             min_runtime_version=custom.get("min_runtime_version"))
+        record = make_record(
+            entry["sha256"],
+            f"{self.cfg.repo_url} {entry.get('target')}",
+            model_version=entry.get("model_version"),
+            signature=custom.get("signature"),
+            min_runtime_version=custom.get("min_runtime_version"),
+        )
         self.dir.save_manifest(add_record(manifest, record))
         self._step("switching")
         return self._finish_switch()
@@ -384,7 +476,9 @@ class _Agent:
         entry = self.journal.read()
         self.dir.switch_to(entry["sha256"])
         self._step("switched")
-        self._status("Installing", f"switched to version {entry.get('model_version')}; health check running")
+        self._status(
+            "Installing", f"switched to version {entry.get('model_version')}; health check running"
+        )
         return self._health_and_commit()
 
     def _health_and_commit(self) -> PollResult:
@@ -402,14 +496,23 @@ class _Agent:
     def _post_switch_and_health(self, sha: str) -> str | None:
         env = dict(os.environ, TFEDGE_MODEL=str(self.dir.current_link), TFEDGE_MODEL_SHA256=sha)
         if self.cfg.post_switch_cmd:
-            problem = _run_command(self.cfg.post_switch_cmd, env, self.cfg.health_timeout, "post-switch command")
+            problem = _run_command(
+                self.cfg.post_switch_cmd, env, self.cfg.health_timeout, "post-switch command"
+            )
             if problem:
                 return problem
         if self.cfg.health_cmd:
             return _run_command(self.cfg.health_cmd, env, self.cfg.health_timeout, "health check")
-        report = run_smoke(self.dir.current_link, self.dir.golden_path(sha), None, self.cfg.health_timeout,
-                           self.cfg.threads)
-        return None if report.get("ok") else f"health check (smoke test) failed: {report.get('error')}"
+        report = run_smoke(
+            self.dir.current_link,
+            self.dir.golden_path(sha),
+            None,
+            self.cfg.health_timeout,
+            self.cfg.threads,
+        )
+        return (
+            None if report.get("ok") else f"health check (smoke test) failed: {report.get('error')}"
+        )
 
     def rollback(self, problem: str) -> PollResult:
         """Restore the previous model; mark the failed version rejected so it is not retried."""
@@ -424,13 +527,23 @@ class _Agent:
         manifest = self.dir.manifest(self.cfg.name)
         manifest = dict(manifest, rejected=sorted({*manifest.get("rejected", []), bad}))
         if previous:
-            manifest = add_record(manifest, dict(record_for(manifest, previous) or {}, sha256=previous,
-                                                 time=now_iso(), event="rollback", reason=problem))
+            manifest = add_record(
+                manifest,
+                dict(
+                    record_for(manifest, previous) or {},
+                    sha256=previous,
+                    time=now_iso(),
+                    event="rollback",
+                    reason=problem,
+                ),
+            )
         self.dir.save_manifest(manifest)
         for path in (self.dir.model_path(bad), self.dir.golden_path(bad)):
             _unlink(path)
         self.journal.clear()
-        return self._result("RolledBack", f"version {entry.get('model_version')} rolled back: {problem}", "health")
+        return self._result(
+            "RolledBack", f"version {entry.get('model_version')} rolled back: {problem}", "health"
+        )
 
     # ---- recovery after a crash
     def recover(self) -> PollResult | None:
@@ -459,7 +572,9 @@ class _Agent:
         self.dir.prune(self.dir.manifest(self.cfg.name), self.cfg.keep)
         shutil.rmtree(self.staging, ignore_errors=True)
         self.journal.clear()
-        return self._result("Success", f"installed version {entry.get('model_version')} ({entry['sha256'][:12]})")
+        return self._result(
+            "Success", f"installed version {entry.get('model_version')} ({entry['sha256'][:12]})"
+        )
 
 
 # ---------------------------------------------------------------- helpers
@@ -469,7 +584,7 @@ _RUNTIME: dict = {}
 def _runtime() -> dict:
     """The TFLite runtime on this device (found by creating an interpreter), cached per process."""
     if not _RUNTIME:
-        from ..device import bench_device
+        from tfedge.device import bench_device
 
         try:
             _RUNTIME.update(bench_device.find_runtime()[1])
@@ -478,16 +593,28 @@ def _runtime() -> dict:
     return _RUNTIME
 
 
-def run_smoke(model: Path, golden: Path, signature: dict | None, timeout: float, threads: int = 1) -> dict:
+def run_smoke(
+    model: Path, golden: Path, signature: dict | None, timeout: float, threads: int = 1
+) -> dict:
     """``python -m tfedge.ota.smoke`` in a child process; its JSON verdict (``ok`` False on a crash)."""
-    argv = [sys.executable, "-m", "tfedge.ota.smoke", str(model), str(golden), "--threads", str(threads)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tfedge.ota.smoke",
+        str(model),
+        str(golden),
+        "--threads",
+        str(threads),
+    ]
     sig_file = None
     if signature is not None:
         sig_file = Path(str(golden) + ".sig.json")
         sig_file.write_text(json.dumps(signature))
         argv += ["--signature", str(sig_file)]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_child_env())
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, env=_child_env()
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"the smoke test took longer than {timeout:.0f} s"}
     finally:
@@ -501,8 +628,11 @@ def _verdict(proc: subprocess.CompletedProcess) -> dict:
     try:
         report = json.loads(lines[-1])
     except (IndexError, ValueError):
-        return {"ok": False, "error": f"the smoke test crashed (exit {proc.returncode}): "
-                f"{(proc.stderr or '').strip()[-300:]}"}
+        return {
+            "ok": False,
+            "error": f"the smoke test crashed (exit {proc.returncode}): "
+            f"{(proc.stderr or '').strip()[-300:]}",
+        }
     report["ok"] = bool(report.get("ok")) and proc.returncode == 0
     return report
 
@@ -516,7 +646,9 @@ def _child_env() -> dict:
 def _run_command(command: str, env: dict, timeout: float, what: str) -> str | None:
     """Run a user's shell command; a problem description unless it exits 0 in time."""
     try:
-        proc = subprocess.run(command, shell=True, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            command, shell=True, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return f"{what} `{command}` did not finish within {timeout:.0f} s"
     if proc.returncode != 0:
@@ -538,24 +670,52 @@ def _log(message: str) -> None:
 
 # ---------------------------------------------------------------- command line (no click needed)
 def parse_args(argv=None) -> tuple[AgentConfig, bool]:
-    p = argparse.ArgumentParser(prog="python -m tfedge.ota.agent",
-                                description="Install signed model updates from a TUF repository.")
+    p = argparse.ArgumentParser(
+        prog="python -m tfedge.ota.agent",
+        description="Install signed model updates from a TUF repository.",
+    )
     p.add_argument("--repo-url", required=True, help="base URL serving metadata/ and targets/")
-    p.add_argument("--model-dir", required=True, type=Path, help="the model directory this agent manages")
+    p.add_argument(
+        "--model-dir", required=True, type=Path, help="the model directory this agent manages"
+    )
     p.add_argument("--name", required=True, help="model name (target models/NAME.tflite)")
-    p.add_argument("--root", required=True, type=Path, help="the trusted root.json installed with the agent")
+    p.add_argument(
+        "--root", required=True, type=Path, help="the trusted root.json installed with the agent"
+    )
     p.add_argument("--group", help="device group for staged rollouts (e.g. canary)")
-    p.add_argument("--interval", type=float, default=300.0, help="seconds between polls (default 300)")
+    p.add_argument(
+        "--interval", type=float, default=300.0, help="seconds between polls (default 300)"
+    )
     p.add_argument("--once", action="store_true", help="poll once and exit (0 = up to date)")
-    p.add_argument("--health-cmd", help="shell command that must exit 0 after the switch "
-                   "(default: the smoke test in a fresh process); $TFEDGE_MODEL is the active model")
-    p.add_argument("--health-timeout", type=float, default=60.0, help="seconds for the health check")
-    p.add_argument("--post-switch-cmd", help="shell command run after the switch, e.g. to reload the app")
-    p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="versions kept on disk (default 3)")
+    p.add_argument(
+        "--health-cmd",
+        help="shell command that must exit 0 after the switch "
+        "(default: the smoke test in a fresh process); $TFEDGE_MODEL is the active model",
+    )
+    p.add_argument(
+        "--health-timeout", type=float, default=60.0, help="seconds for the health check"
+    )
+    p.add_argument(
+        "--post-switch-cmd", help="shell command run after the switch, e.g. to reload the app"
+    )
+    p.add_argument(
+        "--keep", type=int, default=DEFAULT_KEEP, help="versions kept on disk (default 3)"
+    )
     p.add_argument("--profile", help="this device's profile name (refuses models made for others)")
     a = p.parse_args(argv)
-    cfg = AgentConfig(a.repo_url, a.model_dir, a.name, a.root, a.group, a.interval, a.health_cmd,
-                      a.health_timeout, a.post_switch_cmd, a.keep, a.profile)
+    cfg = AgentConfig(
+        a.repo_url,
+        a.model_dir,
+        a.name,
+        a.root,
+        a.group,
+        a.interval,
+        a.health_cmd,
+        a.health_timeout,
+        a.post_switch_cmd,
+        a.keep,
+        a.profile,
+    )
     return cfg, a.once
 
 

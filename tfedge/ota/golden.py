@@ -9,6 +9,7 @@ Example:
     >>> sorted(np.load(io.BytesIO(blob)).files)
     ['x', 'y']
 """
+
 from __future__ import annotations
 
 import io
@@ -16,16 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import bench_device
-from ..errors import DataError
+from tfedge.device import bench_device
+from tfedge.errors import DataError
 
 DEFAULT_SAMPLES = 4
 
 
-def golden_npz(model: str | Path, data: str | Path | None = None, samples: int = DEFAULT_SAMPLES,
-               seed: int = 0) -> bytes:
+def golden_npz(
+    model: str | Path, data: str | Path | None = None, samples: int = DEFAULT_SAMPLES, seed: int = 0
+) -> bytes:
     """The bytes of a compressed ``.npz`` with golden inputs ``x`` and raw outputs ``y``."""
-    from ..runtime import load_interpreter
+    from tfedge.analyze.runtime import load_interpreter
 
     interp, _ = load_interpreter(str(model), threads=1)
     x = _inputs(interp, data, samples, seed)

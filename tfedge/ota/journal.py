@@ -18,15 +18,25 @@ Example:
     >>> j.read()["step"]
     'download_start'
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .versions import now_iso, read_json, write_json_atomic
+from tfedge.ota.versions import now_iso, read_json, write_json_atomic
 
-STEPS = ("download_start", "downloaded", "verified", "smoke_tested", "staged",
-         "switching", "switched", "health_checked", "committed")
+STEPS = (
+    "download_start",
+    "downloaded",
+    "verified",
+    "smoke_tested",
+    "staged",
+    "switching",
+    "switched",
+    "health_checked",
+    "committed",
+)
 ROLLING_BACK = "rolling_back"
 PRE_SWITCH = STEPS[: STEPS.index("switching")]
 

@@ -14,7 +14,7 @@ changes on the device:
 6. ``current`` is replaced by one rename of a new symlink, and the directory is fsynced;
 7. only the last ``keep`` versions stay.
 
-Connection, URL and host-key handling are the benchmark harness's (``tfedge.bench.ssh``).
+Connection, URL and host-key handling are the benchmark harness's (``tfedge.targets.ssh``).
 
 Example:
     >>> r = push("kws_int8.tflite", "ssh://pi@raspberrypi.local/srv/models/kws")
@@ -23,6 +23,7 @@ Example:
     >>> rollback("ssh://pi@raspberrypi.local/srv/models/kws").sha256[:12]
     'a07e55c1d2f3'
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,11 +35,23 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..bench import ssh
-from ..errors import OtaError, TargetError, UsageError
-from . import valid_name
-from .versions import (CURRENT, DEFAULT_KEEP, MANIFEST, VERSIONS, add_record, make_record, new_manifest,
-                       previous_sha, record_for, sha256_file, shas_to_keep, trim_history)
+from tfedge.errors import OtaError, TargetError, UsageError
+from tfedge.ota import valid_name
+from tfedge.ota.versions import (
+    CURRENT,
+    DEFAULT_KEEP,
+    MANIFEST,
+    VERSIONS,
+    add_record,
+    make_record,
+    new_manifest,
+    previous_sha,
+    record_for,
+    sha256_file,
+    shas_to_keep,
+    trim_history,
+)
+from tfedge.targets import ssh
 
 TOOLS = ".tools"  # the device script lives here, inside the model directory
 SPACE_MARGIN = 64 * 1024
@@ -83,9 +96,16 @@ class DeviceStatus:
 
 
 # ---------------------------------------------------------------- public API
-def push(model: str | Path, url: str, name: str | None = None, smoke_test: bool = True,
-         allow_signature_change: bool = False, keep: int = DEFAULT_KEEP, golden: str | Path | None = None,
-         **ssh_overrides) -> PushResult:
+def push(
+    model: str | Path,
+    url: str,
+    name: str | None = None,
+    smoke_test: bool = True,
+    allow_signature_change: bool = False,
+    keep: int = DEFAULT_KEEP,
+    golden: str | Path | None = None,
+    **ssh_overrides,
+) -> PushResult:
     """Install ``model`` as the active model of the directory at ``url`` (ssh://user@host/dir).
 
     Raises:
@@ -93,14 +113,16 @@ def push(model: str | Path, url: str, name: str | None = None, smoke_test: bool 
         TargetError: host key, login, connection or device runtime problems.
         OtaError: signature changed, not enough space, hash mismatch, smoke test failed.
     """
-    from .golden import golden_npz
-    from .signature import signature_from_tflite
+    from tfedge.ota.golden import golden_npz
+    from tfedge.ota.signature import signature_from_tflite
 
     model = Path(model)
     target = _target(url, ssh_overrides)
     name = _check_name(name or model.stem)
     if keep < 2:
-        raise UsageError(f"--keep {keep} would leave nothing to roll back to", "keep at least 2 versions")
+        raise UsageError(
+            f"--keep {keep} would leave nothing to roll back to", "keep at least 2 versions"
+        )
     signature = signature_from_tflite(model)  # also proves it is a readable TFLite file
     blob = golden_npz(model, golden) if smoke_test else None
     job = _PushJob(model, name, signature, blob, allow_signature_change, keep)
@@ -121,13 +143,17 @@ def device_status(url: str, **ssh_overrides) -> DeviceStatus:
 def _target(url: str, overrides: dict) -> ssh.SshTarget:
     target = ssh.parse_target(url, **overrides)
     if not url.split("?")[0].partition("//")[2].partition("/")[2]:
-        raise UsageError(f"{url!r} names no model directory", "write ssh://user@host[:port]/path/to/model_dir")
+        raise UsageError(
+            f"{url!r} names no model directory", "write ssh://user@host[:port]/path/to/model_dir"
+        )
     return target
 
 
 def _check_name(name: str) -> str:
     if not valid_name(name):
-        raise UsageError(f"bad model name {name!r}", "use letters, digits, '.', '_' or '-' (e.g. kws)")
+        raise UsageError(
+            f"bad model name {name!r}", "use letters, digits, '.', '_' or '-' (e.g. kws)"
+        )
     return name
 
 
@@ -137,9 +163,11 @@ def _run(coroutine):
     try:
         return asyncio.run(coroutine)
     except (asyncssh.Error, ConnectionError, asyncio.IncompleteReadError) as exc:
-        raise TargetError(f"the SSH connection failed mid-operation: {exc}",
-                          "nothing was switched; check the device and push again (leftovers are "
-                          "cleaned on the next push)") from exc
+        raise TargetError(
+            f"the SSH connection failed mid-operation: {exc}",
+            "nothing was switched; check the device and push again (leftovers are "
+            "cleaned on the next push)",
+        ) from exc
 
 
 @dataclass
@@ -190,8 +218,10 @@ class _Remote:
         except asyncssh.SFTPNoSuchFile:
             return new_manifest(name or "")
         except ValueError as exc:
-            raise OtaError(f"{self.path(MANIFEST)} on {self.target.label} is not valid JSON ({exc})",
-                           "fix or remove the damaged manifest on the device") from exc
+            raise OtaError(
+                f"{self.path(MANIFEST)} on {self.target.label} is not valid JSON ({exc})",
+                "fix or remove the damaged manifest on the device",
+            ) from exc
 
     async def listdir(self, folder: str) -> list[str]:
         try:
@@ -217,8 +247,10 @@ class _Remote:
         found = (await ssh._remote_sha256(self.conn, [tmp], self.target)).get(tmp)
         if found != expected:
             await self._remove(tmp)
-            raise OtaError(f"sha256 mismatch on {self.target.label} after upload ({found} != {expected})",
-                           "the copy was corrupted or the disk is full; check `df -h` on the device and retry")
+            raise OtaError(
+                f"sha256 mismatch on {self.target.label} after upload ({found} != {expected})",
+                "the copy was corrupted or the disk is full; check `df -h` on the device and retry",
+            )
         await self.sftp.posix_rename(tmp, path)
 
     async def has_file(self, path: str, sha: str) -> bool:
@@ -240,8 +272,10 @@ class _Remote:
         quoted = " ".join(shlex.quote(f) for f in folders)
         result = await self.conn.run(f"sync -- {quoted}", check=False)
         if result.exit_status != 0:
-            raise OtaError(f"cannot fsync {quoted} on {self.target.label}: {(result.stderr or '').strip()}",
-                           "the device needs coreutils 8.24 or newer (any current Raspberry Pi OS has it)")
+            raise OtaError(
+                f"cannot fsync {quoted} on {self.target.label}: {(result.stderr or '').strip()}",
+                "the device needs coreutils 8.24 or newer (any current Raspberry Pi OS has it)",
+            )
 
     async def clean_leftovers(self) -> list[str]:
         """Remove temporary files that an interrupted push left behind."""
@@ -264,8 +298,13 @@ class _Remote:
         return removed
 
     async def version_shas(self) -> list[str]:
-        return sorted({n[: -len(".tflite")] for n in await self.listdir(self.versions)
-                       if n.endswith(".tflite") and not n.startswith(".")})
+        return sorted(
+            {
+                n[: -len(".tflite")]
+                for n in await self.listdir(self.versions)
+                if n.endswith(".tflite") and not n.startswith(".")
+            }
+        )
 
     async def _remove(self, path: str) -> None:
         try:
@@ -297,9 +336,18 @@ async def _push_async(job: _PushJob, target: ssh.SshTarget) -> PushResult:
             if job.golden is not None:
                 result.smoke = await _smoke_test(remote, job, sha)
                 clock.lap("smoke_test")
-            manifest = add_record(dict(manifest, name=job.name), make_record(
-                sha, f"push {job.model.name}", bytes=job.model.stat().st_size, signature=job.signature))
-            await remote.write_durable(remote.path(MANIFEST), json.dumps(trim_history(manifest), indent=1).encode())
+            manifest = add_record(
+                dict(manifest, name=job.name),
+                make_record(
+                    sha,
+                    f"push {job.model.name}",
+                    bytes=job.model.stat().st_size,
+                    signature=job.signature,
+                ),
+            )
+            await remote.write_durable(
+                remote.path(MANIFEST), json.dumps(trim_history(manifest), indent=1).encode()
+            )
             await remote.switch_to(sha)
             result.switched = True
             clock.lap("switch")
@@ -310,18 +358,22 @@ async def _push_async(job: _PushJob, target: ssh.SshTarget) -> PushResult:
 
 def _check_same_model(manifest: dict, name: str, target: ssh.SshTarget) -> None:
     if manifest.get("name") and manifest["name"] != name:
-        raise OtaError(f"the directory on {target.label} holds model {manifest['name']!r}, not {name!r}",
-                       f"pass --name {manifest['name']}, or push to another directory")
+        raise OtaError(
+            f"the directory on {target.label} holds model {manifest['name']!r}, not {name!r}",
+            f"pass --name {manifest['name']}, or push to another directory",
+        )
 
 
 def _check_signature(manifest: dict, current: str | None, job: _PushJob) -> list[str]:
-    from .signature import quantization_notes, signature_diff
+    from tfedge.ota.signature import quantization_notes, signature_diff
 
     active = (record_for(manifest, current) or {}).get("signature")
     changes = signature_diff(active, job.signature)
     if changes and not job.allow_signature_change:
-        raise OtaError("the input/output signature differs from the active model's: " + "; ".join(changes),
-                       "the application would break; pass --allow-signature-change if it handles the new one")
+        raise OtaError(
+            "the input/output signature differs from the active model's: " + "; ".join(changes),
+            "the application would break; pass --allow-signature-change if it handles the new one",
+        )
     return quantization_notes(active, job.signature)
 
 
@@ -329,8 +381,11 @@ async def _check_space(remote: _Remote, job: _PushJob) -> None:
     needed = job.model.stat().st_size + len(job.golden or b"") + SPACE_MARGIN
     free = await remote.free_bytes()
     if free < needed:
-        raise OtaError(f"not enough space in {remote.root} on {remote.target.label}: {free} bytes free, "
-                       f"{needed} needed", "free space on the device, or lower --keep")
+        raise OtaError(
+            f"not enough space in {remote.root} on {remote.target.label}: {free} bytes free, "
+            f"{needed} needed",
+            "free space on the device, or lower --keep",
+        )
 
 
 async def _upload_version(remote: _Remote, job: _PushJob, sha: str) -> bool:
@@ -350,27 +405,44 @@ async def _smoke_test(remote: _Remote, job: _PushJob, sha: str) -> dict:
     """Run the harness's device script in ``--smoke`` mode on the device; OtaError if it fails."""
     script = await _device_script(remote)
     golden = posixpath.join(remote.versions, f"{sha}.golden.npz")
-    command = " ".join([ssh._python(remote.target.python), shlex.quote(script), shlex.quote(remote.model_path(sha)),
-                        "--smoke", shlex.quote(golden), "--threads", "1"])
+    command = " ".join(
+        [
+            ssh._python(remote.target.python),
+            shlex.quote(script),
+            shlex.quote(remote.model_path(sha)),
+            "--smoke",
+            shlex.quote(golden),
+            "--threads",
+            "1",
+        ]
+    )
     result = await remote.conn.run(command, check=False)
     report = _last_json(result.stdout or "")
     if result.exit_status == 127 or report.get("kind") == "runtime_missing":
-        from ..device.bench_device import INSTALL_HINT
-        raise TargetError(f"no working TFLite runtime for {remote.target.python} on {remote.target.label}: "
-                          f"{report.get('error', (result.stderr or '').strip()[-200:])}",
-                          INSTALL_HINT + "; or push with --no-smoke-test")
+        from tfedge.device.bench_device import INSTALL_HINT
+
+        raise TargetError(
+            f"no working TFLite runtime for {remote.target.python} on {remote.target.label}: "
+            f"{report.get('error', (result.stderr or '').strip()[-200:])}",
+            INSTALL_HINT + "; or push with --no-smoke-test",
+        )
     if result.exit_status != 0 or not report.get("ok"):
         for path in (remote.model_path(sha), golden):
             await remote._remove(path)
-        reason = report.get("error") or (f"max difference {report.get('max_abs_diff')} > tolerance "
-                                         f"{report.get('tolerance')}" if report else (result.stderr or "")[-300:])
-        raise OtaError(f"the smoke test failed on {remote.target.label}: {reason}; nothing was switched",
-                       "run the model locally (tfedge bench MODEL), re-convert it, or check the device's runtime")
+        reason = report.get("error") or (
+            f"max difference {report.get('max_abs_diff')} > tolerance {report.get('tolerance')}"
+            if report
+            else (result.stderr or "")[-300:]
+        )
+        raise OtaError(
+            f"the smoke test failed on {remote.target.label}: {reason}; nothing was switched",
+            "run the model locally (tfedge bench MODEL), re-convert it, or check the device's runtime",
+        )
     return report
 
 
 async def _device_script(remote: _Remote) -> str:
-    from ..bench.job import DEVICE_SCRIPT
+    from tfedge.targets.job import DEVICE_SCRIPT
 
     path = remote.path(TOOLS, ssh.SCRIPT_NAME)
     if not await remote.has_file(path, sha256_file(DEVICE_SCRIPT)):
@@ -400,12 +472,18 @@ async def _rollback_async(target: ssh.SshTarget, name: str | None) -> PushResult
             present = set(await remote.version_shas())
             previous = previous_sha(manifest, current, exists=lambda s: s in present)
             if previous is None:
-                raise OtaError(f"no previous version to roll back to in {remote.root} on {target.label}",
-                               "push a model first; `tfedge status` lists what the device holds")
-            record = dict(record_for(manifest, previous) or {}, **make_record(previous, f"rollback from {current}",
-                                                                              event="rollback"))
+                raise OtaError(
+                    f"no previous version to roll back to in {remote.root} on {target.label}",
+                    "push a model first; `tfedge status` lists what the device holds",
+                )
+            record = dict(
+                record_for(manifest, previous) or {},
+                **make_record(previous, f"rollback from {current}", event="rollback"),
+            )
             manifest = add_record(manifest, record)
-            await remote.write_durable(remote.path(MANIFEST), json.dumps(trim_history(manifest), indent=1).encode())
+            await remote.write_durable(
+                remote.path(MANIFEST), json.dumps(trim_history(manifest), indent=1).encode()
+            )
             await remote.switch_to(previous)
             return PushResult(target.label, remote.root, previous, current, switched=True)
 
@@ -418,9 +496,16 @@ async def _status_async(target: ssh.SshTarget) -> DeviceStatus:
             present = await remote.version_shas()
             previous = previous_sha(manifest, current, exists=lambda s: s in present)
             leftovers = [n for n in await remote.listdir(remote.versions) if n.endswith(".part")]
-            return DeviceStatus(target.label, remote.root, manifest.get("name") or None,
-                                _entry(manifest, current), _entry(manifest, previous), present, leftovers,
-                                manifest.get("history", [])[-10:])
+            return DeviceStatus(
+                target.label,
+                remote.root,
+                manifest.get("name") or None,
+                _entry(manifest, current),
+                _entry(manifest, previous),
+                present,
+                leftovers,
+                manifest.get("history", [])[-10:],
+            )
 
 
 def _entry(manifest: dict, sha: str | None) -> dict | None:

@@ -18,6 +18,7 @@ Example:
     >>> promote("repo", "kws", group="canary")   # widen to every device
     >>> refresh("repo")                           # from cron, daily
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,9 +32,9 @@ from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 
-from .._atomic import write_bytes_atomic
-from ..errors import OtaError, UsageError
-from . import target_path, valid_name
+from tfedge.errors import OtaError, UsageError
+from tfedge.fsutil import write_bytes_atomic
+from tfedge.ota import target_path, valid_name
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 EXPIRY_DAYS = {"root": 365.0, "targets": 365.0, "snapshot": 7.0, "timestamp": 1.0}
@@ -100,7 +101,10 @@ def init_repository(repo: str | Path) -> RepoResult:
 
     layout = RepoLayout(Path(repo))
     if layout.keys.exists() or layout.metadata.exists():
-        raise OtaError(f"{repo} already holds a repository", "pick an empty directory, or use `tfedge ota publish`")
+        raise OtaError(
+            f"{repo} already holds a repository",
+            "pick an empty directory, or use `tfedge ota publish`",
+        )
     for folder in (layout.keys, layout.metadata, layout.targets):
         folder.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.keys, 0o700)
@@ -110,18 +114,32 @@ def init_repository(repo: str | Path) -> RepoResult:
     root = Metadata(Root(expires=_expiry("root")))
     for role, signer in signers.items():
         root.signed.add_key(signer.public_key, role)
-    state = _State(layout, root, Metadata(Targets(expires=_expiry("targets"))),
-                   Metadata(Snapshot(expires=_expiry("snapshot"))), Metadata(Timestamp(expires=_expiry("timestamp"))),
-                   signers, initial=True)
+    state = _State(
+        layout,
+        root,
+        Metadata(Targets(expires=_expiry("targets"))),
+        Metadata(Snapshot(expires=_expiry("snapshot"))),
+        Metadata(Timestamp(expires=_expiry("timestamp"))),
+        signers,
+        initial=True,
+    )
     state.write_root()
     state.write_targets_chain()
     state.initial = False
     return state.result("init")
 
 
-def publish(repo: str | Path, model: str | Path, name: str, version: int, profiles: list[str] | tuple = (),
-            group: str | None = None, golden: str | Path | None = None, allow_signature_change: bool = False,
-            allow_lower: bool = False) -> RepoResult:
+def publish(
+    repo: str | Path,
+    model: str | Path,
+    name: str,
+    version: int,
+    profiles: list[str] | tuple = (),
+    group: str | None = None,
+    golden: str | Path | None = None,
+    allow_signature_change: bool = False,
+    allow_lower: bool = False,
+) -> RepoResult:
     """Add ``model`` as signed target ``name`` (for ``group`` only, if given) at ``version``.
 
     Args:
@@ -142,7 +160,9 @@ def publish(repo: str | Path, model: str | Path, name: str, version: int, profil
         _check_version_increases(state, path, version, allow_lower)
         target = _add_target(state, path, model, custom)
         state.write_targets_chain()
-        return state.result("publish", target=path, sha256=target.hashes["sha256"], model_version=version)
+        return state.result(
+            "publish", target=path, sha256=target.hashes["sha256"], model_version=version
+        )
 
 
 def promote(repo: str | Path, name: str, group: str) -> RepoResult:
@@ -152,21 +172,31 @@ def promote(repo: str | Path, name: str, group: str) -> RepoResult:
     with _locked(repo) as state:
         staged = state.targets.signed.targets.get(target_path(name, group))
         if staged is None:
-            raise OtaError(f"{name} was never published to group {group!r}",
-                           f"publish first: tfedge ota publish REPO MODEL --name {name} --group {group} --version N")
+            raise OtaError(
+                f"{name} was never published to group {group!r}",
+                f"publish first: tfedge ota publish REPO MODEL --name {name} --group {group} --version N",
+            )
         path = target_path(name)
         _check_version_increases(state, path, staged.custom["model_version"], False)
         src = state.layout.targets / _served_name(staged.path, staged.hashes["sha256"])
         _copy_target(src, state.layout.targets / _served_name(path, staged.hashes["sha256"]))
-        state.targets.signed.targets[path] = TargetFile(staged.length, staged.hashes, path,
-                                                        {"custom": dict(staged.custom)})
+        state.targets.signed.targets[path] = TargetFile(
+            staged.length, staged.hashes, path, {"custom": dict(staged.custom)}
+        )
         state.write_targets_chain()
-        return state.result("promote", target=path, sha256=staged.hashes["sha256"],
-                            model_version=staged.custom["model_version"])
+        return state.result(
+            "promote",
+            target=path,
+            sha256=staged.hashes["sha256"],
+            model_version=staged.custom["model_version"],
+        )
 
 
-def refresh(repo: str | Path, timestamp_days: float = EXPIRY_DAYS["timestamp"],
-            snapshot_days: float = EXPIRY_DAYS["snapshot"]) -> RepoResult:
+def refresh(
+    repo: str | Path,
+    timestamp_days: float = EXPIRY_DAYS["timestamp"],
+    snapshot_days: float = EXPIRY_DAYS["snapshot"],
+) -> RepoResult:
     """Re-sign timestamp and snapshot with new expiry dates (and targets when it nears expiry).
 
     Run it from cron more often than ``timestamp_days``, or every device stops updating
@@ -174,8 +204,9 @@ def refresh(repo: str | Path, timestamp_days: float = EXPIRY_DAYS["timestamp"],
     """
     with _locked(repo) as state:
         renew_targets = state.targets.signed.expires < _expiry_in(TARGETS_RENEW_WITHIN_DAYS)
-        state.write_targets_chain(bump_targets=renew_targets, snapshot_days=snapshot_days,
-                                  timestamp_days=timestamp_days)
+        state.write_targets_chain(
+            bump_targets=renew_targets, snapshot_days=snapshot_days, timestamp_days=timestamp_days
+        )
         return state.result("refresh")
 
 
@@ -200,7 +231,9 @@ def rotate_keys(repo: str | Path, role: str) -> RepoResult:
         state.write_root(extra_signers=extra)
         os.replace(pending, state.layout.key_file(role))
         if role != "root":
-            state.write_targets_chain(bump_targets=role == "targets", bump_snapshot=role in ("targets", "snapshot"))
+            state.write_targets_chain(
+                bump_targets=role == "targets", bump_snapshot=role in ("targets", "snapshot")
+            )
         return state.result("rotate-keys")
 
 
@@ -208,21 +241,28 @@ def repo_status(repo: str | Path) -> RepoResult:
     """Versions, expiry dates and targets of ``repo`` (read-only)."""
     state = _State.load(RepoLayout(Path(repo)))
     result = state.result("status")
-    result.versions["targets_list"] = {p: t.custom.get("model_version")
-                                       for p, t in sorted(state.targets.signed.targets.items())}
+    result.versions["targets_list"] = {
+        p: t.custom.get("model_version") for p, t in sorted(state.targets.signed.targets.items())
+    }
     return result
 
 
-def make_server(repo: str | Path, port: int = 8000, host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:
+def make_server(
+    repo: str | Path, port: int = 8000, host: str = "127.0.0.1"
+) -> http.server.ThreadingHTTPServer:
     """A static HTTP server for ``REPO/public`` (trials and tests; any static server will do)."""
     layout = RepoLayout(Path(repo))
     if not layout.metadata.is_dir():
-        raise OtaError(f"{repo} is not a repository (no public/metadata)", "create one: tfedge ota init REPO")
+        raise OtaError(
+            f"{repo} is not a repository (no public/metadata)", "create one: tfedge ota init REPO"
+        )
     handler = partial(_QuietHandler, directory=str(layout.public))
     try:
         server = http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as exc:
-        raise OtaError(f"cannot listen on {host}:{port}: {exc.strerror}", "pick another --port") from exc
+        raise OtaError(
+            f"cannot listen on {host}:{port}: {exc.strerror}", "pick another --port"
+        ) from exc
     server.daemon_threads = True
     return server
 
@@ -233,12 +273,14 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------- model metadata
-def model_metadata(model: Path, version: int, profiles=(), golden=None, allow_signature_change=False) -> dict:
+def model_metadata(
+    model: Path, version: int, profiles=(), golden=None, allow_signature_change=False
+) -> dict:
     """The signed ``custom`` block for ``model``."""
-    from ..profiles import load_profile
-    from ..tflite_model import read_tflite
-    from .golden import golden_npz
-    from .signature import signature_from_tflite
+    from tfedge.convert.tflite_model import read_tflite
+    from tfedge.ota.golden import golden_npz
+    from tfedge.ota.signature import signature_from_tflite
+    from tfedge.targets.profiles import load_profile
 
     parsed = read_tflite(model)
     loaded = [load_profile(p) for p in profiles]
@@ -259,19 +301,27 @@ def model_metadata(model: Path, version: int, profiles=(), golden=None, allow_si
 
 def _check_publish_args(name: str, version: int, group: str | None) -> None:
     if not valid_name(name):
-        raise UsageError(f"bad model name {name!r}", "use letters, digits, '.', '_' or '-' (e.g. kws)")
+        raise UsageError(
+            f"bad model name {name!r}", "use letters, digits, '.', '_' or '-' (e.g. kws)"
+        )
     if group is not None and not valid_name(group):
-        raise UsageError(f"bad group name {group!r}", "use letters, digits, '.', '_' or '-' (e.g. canary)")
+        raise UsageError(
+            f"bad group name {group!r}", "use letters, digits, '.', '_' or '-' (e.g. canary)"
+        )
     if not isinstance(version, int) or version < 1:
-        raise UsageError(f"bad model version {version!r}", "versions are integers from 1, increasing per release")
+        raise UsageError(
+            f"bad model version {version!r}", "versions are integers from 1, increasing per release"
+        )
 
 
 def _check_version_increases(state: "_State", path: str, version: int, allow_lower: bool) -> None:
     existing = state.targets.signed.targets.get(path)
     last = existing.custom.get("model_version", 0) if existing is not None else 0
     if version <= last and not allow_lower:
-        raise OtaError(f"{path} is already at version {last}; version {version} would not be installed",
-                       f"publish version {last + 1} or higher: devices refuse lower versions")
+        raise OtaError(
+            f"{path} is already at version {last}; version {version} would not be installed",
+            f"publish version {last + 1} or higher: devices refuse lower versions",
+        )
 
 
 def _add_target(state: "_State", path: str, model: Path, custom: dict):
@@ -323,8 +373,10 @@ def _load_signer(path: Path, public_key):
     try:
         return CryptoSigner(load_pem_private_key(path.read_bytes(), password=None), public_key)
     except (OSError, ValueError) as exc:
-        raise OtaError(f"cannot load the private key {path}: {exc}",
-                       "keys live in REPO/keys; restore them from your backup") from exc
+        raise OtaError(
+            f"cannot load the private key {path}: {exc}",
+            "keys live in REPO/keys; restore them from your backup",
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -332,7 +384,9 @@ def _locked(repo: str | Path):
     """Load the repository's current state under an exclusive lock (one writer at a time)."""
     layout = RepoLayout(Path(repo))
     if not layout.metadata.is_dir():
-        raise OtaError(f"{repo} is not a repository (no public/metadata)", "create one: tfedge ota init REPO")
+        raise OtaError(
+            f"{repo} is not a repository (no public/metadata)", "create one: tfedge ota init REPO"
+        )
     with open(layout.root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield _State.load(layout, with_signers=True)
@@ -359,8 +413,10 @@ class _State:
             snapshot = read(f"{timestamp.signed.snapshot_meta.version}.snapshot.json")
             targets = read(f"{snapshot.signed.meta['targets.json'].version}.targets.json")
         except (OSError, ValueError, KeyError) as exc:
-            raise OtaError(f"cannot read the metadata of {layout.root}: {exc}",
-                           "the repository is damaged; restore public/metadata from a backup") from exc
+            raise OtaError(
+                f"cannot read the metadata of {layout.root}: {exc}",
+                "the repository is damaged; restore public/metadata from a backup",
+            ) from exc
         signers = {}
         if with_signers:
             for role in ROLES:
@@ -372,11 +428,17 @@ class _State:
         self.root.signatures.clear()
         for signer in (self.signers["root"], *extra_signers):
             self.root.sign(signer, append=True)
-        write_bytes_atomic(self.layout.metadata / f"{self.root.signed.version}.root.json", self.root.to_bytes())
+        write_bytes_atomic(
+            self.layout.metadata / f"{self.root.signed.version}.root.json", self.root.to_bytes()
+        )
 
-    def write_targets_chain(self, bump_targets: bool = True, bump_snapshot: bool = True,
-                            snapshot_days: float = EXPIRY_DAYS["snapshot"],
-                            timestamp_days: float = EXPIRY_DAYS["timestamp"]) -> None:
+    def write_targets_chain(
+        self,
+        bump_targets: bool = True,
+        bump_snapshot: bool = True,
+        snapshot_days: float = EXPIRY_DAYS["snapshot"],
+        timestamp_days: float = EXPIRY_DAYS["timestamp"],
+    ) -> None:
         """Sign and write targets -> snapshot -> timestamp, the timestamp last (clients see it
         only once everything it points to is in place)."""
         from tuf.api.metadata import MetaFile
@@ -404,17 +466,32 @@ class _State:
         write_bytes_atomic(self.layout.metadata / name, md.to_bytes())
 
     def result(self, action: str, **extra) -> RepoResult:
-        mds = {"root": self.root, "targets": self.targets, "snapshot": self.snapshot, "timestamp": self.timestamp}
-        return RepoResult(repo=str(self.layout.root), action=action,
-                          versions={r: m.signed.version for r, m in mds.items()},
-                          expires={r: m.signed.expires.strftime("%Y-%m-%dT%H:%M:%SZ") for r, m in mds.items()},
-                          root_json=str(self.layout.root_json), **extra)
+        mds = {
+            "root": self.root,
+            "targets": self.targets,
+            "snapshot": self.snapshot,
+            "timestamp": self.timestamp,
+        }
+        return RepoResult(
+            repo=str(self.layout.root),
+            action=action,
+            versions={r: m.signed.version for r, m in mds.items()},
+            expires={r: m.signed.expires.strftime("%Y-%m-%dT%H:%M:%SZ") for r, m in mds.items()},
+            root_json=str(self.layout.root_json),
+            **extra,
+        )
 
 
 def _latest_root(layout: RepoLayout) -> int:
-    versions = [int(p.name.split(".")[0]) for p in layout.metadata.glob("*.root.json") if p.name.split(".")[0].isdigit()]
+    versions = [
+        int(p.name.split(".")[0])
+        for p in layout.metadata.glob("*.root.json")
+        if p.name.split(".")[0].isdigit()
+    ]
     if not versions:
-        raise OtaError(f"{layout.root} has no root metadata", "create the repository: tfedge ota init REPO")
+        raise OtaError(
+            f"{layout.root} has no root metadata", "create the repository: tfedge ota init REPO"
+        )
     return max(versions)
 
 
@@ -431,5 +508,16 @@ def remove_unused_targets(repo: str | Path) -> list[str]:
     return removed
 
 
-__all__ = ["init_repository", "publish", "promote", "refresh", "rotate_keys", "repo_status", "make_server",
-           "remove_unused_targets", "RepoLayout", "RepoResult", "model_metadata"]
+__all__ = [
+    "init_repository",
+    "publish",
+    "promote",
+    "refresh",
+    "rotate_keys",
+    "repo_status",
+    "make_server",
+    "remove_unused_targets",
+    "RepoLayout",
+    "RepoResult",
+    "model_metadata",
+]

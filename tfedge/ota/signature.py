@@ -1,6 +1,6 @@
 """A model's input/output signature (shape, dtype, scale, zero point) and runtime versions.
 
-The host reads it from the flatbuffer (``tfedge.tflite_model``); the device reads it from
+The host reads it from the flatbuffer (``tfedge.convert.tflite_model``); the device reads it from
 a live interpreter. Both give the same plain dict, so a signature stored in a manifest or
 in signed TUF metadata can be compared with the model actually loaded on the device.
 Device-safe: no TensorFlow, no numpy at import.
@@ -12,6 +12,7 @@ Example:
     >>> signature_diff(sig, other_sig)
     ['input 0 shape [1, 49, 10, 1] -> [1, 98, 10, 1]']
 """
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,12 @@ import re
 # versions. Each LiteRT release maps to the TensorFlow Lite runtime it was cut from
 # (conservatively the older one when a release straddles two). Later releases inherit the
 # last known value, which only ever under-states what a device can run.
-LITERT_TO_TF = (((1, 0), (2, 18, 0)), ((1, 2), (2, 19, 0)), ((1, 3), (2, 20, 0)), ((2, 1), (2, 21, 0)))
+LITERT_TO_TF = (
+    ((1, 0), (2, 18, 0)),
+    ((1, 2), (2, 19, 0)),
+    ((1, 3), (2, 20, 0)),
+    ((2, 1), (2, 21, 0)),
+)
 
 
 # Scales within 0.1 % are the same: for int8 values (|q| <= 128) the quantized value moves by
@@ -31,28 +37,40 @@ SCALE_RTOL = 1e-3
 def tensor_entry(shape, dtype: str, scales, zero_points) -> dict:
     """One tensor's entry. Scales are strings (``repr`` of the float): TUF's canonical JSON,
     which signs the metadata, has no floats."""
-    return {"shape": [int(d) for d in shape], "dtype": str(dtype),
-            "scale": [repr(float(s)) for s in (scales or [])], "zero_point": [int(z) for z in (zero_points or [])]}
+    return {
+        "shape": [int(d) for d in shape],
+        "dtype": str(dtype),
+        "scale": [repr(float(s)) for s in (scales or [])],
+        "zero_point": [int(z) for z in (zero_points or [])],
+    }
 
 
 def signature_from_tflite(path) -> dict:
     """The signature of a .tflite file read on the host (no interpreter needed)."""
-    from ..tflite_model import read_tflite
+    from tfedge.convert.tflite_model import read_tflite
 
     model = read_tflite(path)
     entry = lambda t: tensor_entry(t.shape, t.dtype, t.scale, t.zero_point)  # noqa: E731
-    return {"inputs": [entry(t) for t in model.inputs], "outputs": [entry(t) for t in model.outputs]}
+    return {
+        "inputs": [entry(t) for t in model.inputs],
+        "outputs": [entry(t) for t in model.outputs],
+    }
 
 
 def signature_from_interpreter(interp) -> dict:
     """The signature of a loaded interpreter (device side)."""
+
     def entry(detail):
         q = detail.get("quantization_parameters") or {}
         dtype = getattr(detail["dtype"], "__name__", str(detail["dtype"]))
-        return tensor_entry(detail["shape"], dtype, list(q.get("scales", [])), list(q.get("zero_points", [])))
+        return tensor_entry(
+            detail["shape"], dtype, list(q.get("scales", [])), list(q.get("zero_points", []))
+        )
 
-    return {"inputs": [entry(d) for d in interp.get_input_details()],
-            "outputs": [entry(d) for d in interp.get_output_details()]}
+    return {
+        "inputs": [entry(d) for d in interp.get_input_details()],
+        "outputs": [entry(d) for d in interp.get_output_details()],
+    }
 
 
 def signature_diff(old: dict | None, new: dict | None) -> list[str]:
@@ -65,7 +83,10 @@ def signature_diff(old: dict | None, new: dict | None) -> list[str]:
     if not old or not new:
         return []
     changes = []
-    for side, keys in (("inputs", ("shape", "dtype", "scale", "zero_point")), ("outputs", ("shape", "dtype"))):
+    for side, keys in (
+        ("inputs", ("shape", "dtype", "scale", "zero_point")),
+        ("outputs", ("shape", "dtype")),
+    ):
         changes += _side_diff(side, old.get(side, []), new.get(side, []), keys)
     return changes
 
@@ -80,8 +101,12 @@ def quantization_notes(old: dict | None, new: dict | None) -> list[str]:
 def _side_diff(side: str, a: list, b: list, keys) -> list[str]:
     if len(a) != len(b):
         return [f"{len(a)} {side} -> {len(b)}"]
-    return [f"{side[:-1]} {i} {key} {x.get(key)} -> {y.get(key)}"
-            for i, (x, y) in enumerate(zip(a, b)) for key in keys if not _same(x.get(key), y.get(key))]
+    return [
+        f"{side[:-1]} {i} {key} {x.get(key)} -> {y.get(key)}"
+        for i, (x, y) in enumerate(zip(a, b))
+        for key in keys
+        if not _same(x.get(key), y.get(key))
+    ]
 
 
 def _same(a, b) -> bool:

@@ -13,32 +13,44 @@ Example:
     >>> check("versions/3f1c.tflite", "versions/3f1c.golden.npz", expected_signature=sig)["ok"]
     True
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
-from ..device import bench_device
-from .signature import quantization_notes, signature_diff, signature_from_interpreter
+from tfedge.device import bench_device
+from tfedge.ota.signature import quantization_notes, signature_diff, signature_from_interpreter
 
 
-def check(model: str, golden: str, expected_signature: dict | None = None, threads: int | None = 1) -> dict:
+def check(
+    model: str, golden: str, expected_signature: dict | None = None, threads: int | None = 1
+) -> dict:
     """The smoke-test verdict for ``model`` as a dict with ``ok`` and the reason when not ok."""
     try:
         interp, runtime = bench_device.load_interpreter(model, threads)
         actual = signature_from_interpreter(interp)
-        mismatch = signature_diff(expected_signature, actual) + quantization_notes(expected_signature, actual)
+        mismatch = signature_diff(expected_signature, actual) + quantization_notes(
+            expected_signature, actual
+        )
         if mismatch:
-            return {"ok": False, "reason": "signature", "error": "the model's signature is not the signed one: "
-                    + "; ".join(mismatch), "signature": actual}
+            return {
+                "ok": False,
+                "reason": "signature",
+                "error": "the model's signature is not the signed one: " + "; ".join(mismatch),
+                "signature": actual,
+            }
         report = bench_device.smoke(model, golden, threads=threads)
     except bench_device.DeviceError as err:
         return {"ok": False, "reason": err.kind, "error": err.message}
     report["signature"] = actual
     if not report["ok"]:
-        report.update(reason="outputs", error=f"golden outputs differ by {report['max_abs_diff']} "
-                      f"(tolerance {report['tolerance']})")
+        report.update(
+            reason="outputs",
+            error=f"golden outputs differ by {report['max_abs_diff']} "
+            f"(tolerance {report['tolerance']})",
+        )
     return report
 
 

@@ -22,6 +22,7 @@ Example:
     >>> previous_sha(d.manifest(), d.current_sha())
     'a07e...'
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -7,10 +7,27 @@ Example:
     >>> pass_names()
     ['cluster', 'distill', 'low_rank', 'prune', 'qat']
 """
+
 from __future__ import annotations
 
-from .base import (PASSES, PassContext, PassResult, TrainConfig, build_config, build_pass, pass_names,
-                   register_pass)
+from tfedge.passes.base import (
+    PASSES,
+    PassContext,
+    PassResult,
+    TrainConfig,
+    build_config,
+    build_pass,
+    pass_names,
+    register_pass,
+)
 
-__all__ = ["PASSES", "PassContext", "PassResult", "TrainConfig", "build_config", "build_pass", "pass_names",
-           "register_pass"]
+__all__ = [
+    "PASSES",
+    "PassContext",
+    "PassResult",
+    "TrainConfig",
+    "build_config",
+    "build_pass",
+    "pass_names",
+    "register_pass",
+]

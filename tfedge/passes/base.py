@@ -10,6 +10,7 @@ Example:
     >>> build_pass("prune", {"target_sparsity": 0.75, "epochs": 2})
     Prune(target_sparsity=0.75, ...)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,13 +18,14 @@ import difflib
 import fnmatch
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ..data import Inputs, arrange_inputs, as_float32, keras_input_specs, num_samples
-from ..errors import RecipeError, TrainingError
+from tfedge.errors import RecipeError, TrainingError
+from tfedge.io.data import Inputs, arrange_inputs, as_float32, keras_input_specs, num_samples
 
 PASSES: dict[str, type] = {}
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -31,10 +33,12 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
 def register_pass(name: str) -> Callable[[type], type]:
     """Class decorator: make a pass available to recipes under ``name``."""
+
     def register(cls: type) -> type:
         cls.pass_name = name
         PASSES[name] = cls
         return cls
+
     return register
 
 
@@ -56,12 +60,16 @@ def build_config(cls: type, options: dict | None, where: str):
     """``cls(**options)`` with unknown keys and wrong types reported as RecipeError."""
     options = {} if options is None else options
     if not isinstance(options, dict):
-        raise RecipeError(f"{where}: options must be a mapping, got {type(options).__name__}",
-                          "write options as `name: {key: value}`")
+        raise RecipeError(
+            f"{where}: options must be a mapping, got {type(options).__name__}",
+            "write options as `name: {key: value}`",
+        )
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     for key in options:
         if key not in known:
-            raise RecipeError(f"{where}: unknown option '{key}'", did_you_mean(str(key), known, "options"))
+            raise RecipeError(
+                f"{where}: unknown option '{key}'", did_you_mean(str(key), known, "options")
+            )
     config = cls(**{k: _plain(v) for k, v in options.items()})
     object.__setattr__(config, "_where", where)
     return config
@@ -79,10 +87,11 @@ def _plain(value):
 
 
 def _load_builtin_passes() -> None:
-    from . import cluster, distill, low_rank, prune, qat  # noqa: F401  (they register themselves)
+    from tfedge.passes import cluster, distill, low_rank, prune, qat  # noqa: F401  (they register themselves)
 
 
 # ---- validation helpers (used in __post_init__) -------------------------------------------
+
 
 def where_of(config) -> str:
     if hasattr(config, "_where"):
@@ -92,8 +101,17 @@ def where_of(config) -> str:
     return getattr(config, "section", type(config).__name__)
 
 
-def check_number(config, name: str, lo: float, hi: float, *, integer: bool = False,
-                 lo_open: bool = False, hi_open: bool = False, optional: bool = False) -> None:
+def check_number(
+    config,
+    name: str,
+    lo: float,
+    hi: float,
+    *,
+    integer: bool = False,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    optional: bool = False,
+) -> None:
     """Raise RecipeError unless ``config.name`` is a number in the range (bools are not numbers)."""
     value = getattr(config, name)
     if value is None and optional:
@@ -101,11 +119,17 @@ def check_number(config, name: str, lo: float, hi: float, *, integer: bool = Fal
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
-        raise RecipeError(f"{where_of(config)}: {name} must be {kind}, got {value!r}", _range_text(lo, hi, lo_open, hi_open))
+        raise RecipeError(
+            f"{where_of(config)}: {name} must be {kind}, got {value!r}",
+            _range_text(lo, hi, lo_open, hi_open),
+        )
     too_low = value <= lo if lo_open else value < lo
     too_high = value >= hi if hi_open else value > hi
     if too_low or too_high:
-        raise RecipeError(f"{where_of(config)}: {name} = {value} is out of range", _range_text(lo, hi, lo_open, hi_open))
+        raise RecipeError(
+            f"{where_of(config)}: {name} = {value} is out of range",
+            _range_text(lo, hi, lo_open, hi_open),
+        )
 
 
 def _range_text(lo, hi, lo_open, hi_open) -> str:
@@ -116,14 +140,19 @@ def _range_text(lo, hi, lo_open, hi_open) -> str:
 def check_choice(config, name: str, choices) -> None:
     value = getattr(config, name)
     if value not in choices:
-        raise RecipeError(f"{where_of(config)}: {name} = {value!r} is not one of {', '.join(map(str, choices))}",
-                          did_you_mean(str(value), [str(c) for c in choices], "values"))
+        raise RecipeError(
+            f"{where_of(config)}: {name} = {value!r} is not one of {', '.join(map(str, choices))}",
+            did_you_mean(str(value), [str(c) for c in choices], "values"),
+        )
 
 
 def check_bool(config, name: str, optional: bool = False) -> None:
     value = getattr(config, name)
     if not isinstance(value, bool) and not (optional and value is None):
-        raise RecipeError(f"{where_of(config)}: {name} must be true or false, got {value!r}", "write true or false")
+        raise RecipeError(
+            f"{where_of(config)}: {name} must be true or false, got {value!r}",
+            "write true or false",
+        )
 
 
 def check_names(config, name: str) -> None:
@@ -133,11 +162,14 @@ def check_names(config, name: str) -> None:
         object.__setattr__(config, name, (value,))
         return
     if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-        raise RecipeError(f"{where_of(config)}: {name} must be a list of names, got {value!r}",
-                          f"e.g. {name}: [conv*, fc1]")
+        raise RecipeError(
+            f"{where_of(config)}: {name} must be a list of names, got {value!r}",
+            f"e.g. {name}: [conv*, fc1]",
+        )
 
 
 # ---- training -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -196,17 +228,23 @@ class PassContext:
         return max(1, math.ceil(n / self.train.batch_size))
 
     def seed_all(self, offset: int = 0) -> None:
-        from .._tf import import_keras
+        from tfedge._tf import import_keras
 
         import_keras().utils.set_random_seed(self.seed + offset)
 
     def compile(self, model, learning_rate: float | None = None) -> None:
         """Compile ``model`` with a fresh optimizer and the loss that fits the data."""
-        from .._tf import import_keras
+        from tfedge._tf import import_keras
 
         k = import_keras()
-        optimizers = {"adam": k.optimizers.Adam, "sgd": k.optimizers.SGD, "rmsprop": k.optimizers.RMSprop}
-        optimizer = optimizers[self.train.optimizer](learning_rate=learning_rate or self.train.learning_rate)
+        optimizers = {
+            "adam": k.optimizers.Adam,
+            "sgd": k.optimizers.SGD,
+            "rmsprop": k.optimizers.RMSprop,
+        }
+        optimizer = optimizers[self.train.optimizer](
+            learning_rate=learning_rate or self.train.learning_rate
+        )
         if self.classification:
             loss = k.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model))
             model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
@@ -217,17 +255,30 @@ class PassContext:
         """Train ``model`` for ``epochs``; a NaN loss raises TrainingError naming ``stage``."""
         guard = NanGuard.make(stage)
         bars = [EpochBar.make(stage, self.steps_per_epoch)] if self.progress else []
-        model.fit(self.inputs_for(model, self.x), self.y, epochs=epochs, batch_size=self.train.batch_size,
-                  validation_split=self.train.validation_split, shuffle=True, verbose=0,
-                  callbacks=[*(callbacks or []), guard, *bars])
+        model.fit(
+            self.inputs_for(model, self.x),
+            self.y,
+            epochs=epochs,
+            batch_size=self.train.batch_size,
+            validation_split=self.train.validation_split,
+            shuffle=True,
+            verbose=0,
+            callbacks=[*(callbacks or []), guard, *bars],
+        )
         guard.raise_if_nan()
 
     def accuracy(self, model) -> float | None:
         """Accuracy of a Keras ``model`` on the evaluation data (None without labels or for regression)."""
         if self.eval_x is None or self.eval_y is None or not self.classification:
             return None
-        out = np.asarray(model.predict(self.inputs_for(model, as_float32(self.eval_x)), verbose=0, batch_size=256))
-        return float(np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(self.eval_y).reshape(-1)))
+        out = np.asarray(
+            model.predict(
+                self.inputs_for(model, as_float32(self.eval_x)), verbose=0, batch_size=256
+            )
+        )
+        return float(
+            np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(self.eval_y).reshape(-1))
+        )
 
     @staticmethod
     def inputs_for(model, x: Inputs):
@@ -257,7 +308,7 @@ class NanGuard:
 
     @staticmethod
     def make(stage: str):
-        from .._tf import import_keras
+        from tfedge._tf import import_keras
 
         class _Guard(import_keras().callbacks.Callback):
             def __init__(self):
@@ -275,8 +326,10 @@ class NanGuard:
 
             def raise_if_nan(self):
                 if self.bad_epoch is not None:
-                    raise TrainingError(f"stage '{stage}': the training loss became NaN in epoch {self.bad_epoch}",
-                                        "lower train.learning_rate in the recipe (e.g. 1e-4) or check the data")
+                    raise TrainingError(
+                        f"stage '{stage}': the training loss became NaN in epoch {self.bad_epoch}",
+                        "lower train.learning_rate in the recipe (e.g. 1e-4) or check the data",
+                    )
 
         return _Guard()
 
@@ -288,11 +341,13 @@ class EpochBar:
     def make(stage: str, steps: int):
         import click
 
-        from .._tf import import_keras
+        from tfedge._tf import import_keras
 
         class _Bar(import_keras().callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
-                self.bar = click.progressbar(length=steps, label=f"  {stage} epoch {epoch + 1}", file=sys.stderr)
+                self.bar = click.progressbar(
+                    length=steps, label=f"  {stage} epoch {epoch + 1}", file=sys.stderr
+                )
                 self.bar.__enter__()
 
             def on_train_batch_end(self, batch, logs=None):
@@ -306,16 +361,19 @@ class EpochBar:
 
 # ---- models -------------------------------------------------------------------------------
 
+
 def clone_with_weights(model):
     """A copy of ``model`` with its own weights, so training it leaves ``model`` untouched."""
-    from .._tf import import_keras
+    from tfedge._tf import import_keras
 
     copy = import_keras().models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy
 
 
-def select_layers(model, patterns: tuple[str, ...], types: tuple[str, ...], eligible: Callable) -> list[str]:
+def select_layers(
+    model, patterns: tuple[str, ...], types: tuple[str, ...], eligible: Callable
+) -> list[str]:
     """Names of the layers matching ``patterns``/``types`` (all when both are empty) that ``eligible`` accepts."""
     chosen = []
     for layer in model.layers:
@@ -328,9 +386,11 @@ def select_layers(model, patterns: tuple[str, ...], types: tuple[str, ...], elig
 
 def check_selection(config, model, chosen: list[str], what: str) -> None:
     if not chosen:
-        raise RecipeError(f"{where_of(config)}: no layer of the model can be {what} with this selection",
-                          f"check `layers`/`layer_types` against `tfedge inspect MODEL.keras` "
-                          f"(layers: {', '.join(l.name for l in model.layers)})")
+        raise RecipeError(
+            f"{where_of(config)}: no layer of the model can be {what} with this selection",
+            f"check `layers`/`layer_types` against `tfedge inspect MODEL.keras` "
+            f"(layers: {', '.join(l.name for l in model.layers)})",
+        )
 
 
 def kernel_of(layer):
@@ -343,7 +403,7 @@ def kernel_of(layer):
 
 
 def import_tfmot():
-    from .._tf import import_tf
+    from tfedge._tf import import_tf
 
     import_tf()
     import tensorflow_model_optimization as tfmot

@@ -7,16 +7,33 @@ Example (recipe):
     passes:
       - cluster: {clusters: 16, epochs: 1, init: kmeans++}
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from .base import (PassResult, check_bool, check_choice, check_names, check_number, check_selection,
-                   clone_with_weights, import_tfmot, kernel_of, register_pass, select_layers)
+from tfedge.passes.base import (
+    PassResult,
+    check_bool,
+    check_choice,
+    check_names,
+    check_number,
+    check_selection,
+    clone_with_weights,
+    import_tfmot,
+    kernel_of,
+    register_pass,
+    select_layers,
+)
 
-INITS = {"kmeans++": "KMEANS_PLUS_PLUS", "linear": "LINEAR", "density": "DENSITY_BASED", "random": "RANDOM"}
+INITS = {
+    "kmeans++": "KMEANS_PLUS_PLUS",
+    "linear": "LINEAR",
+    "density": "DENSITY_BASED",
+    "random": "RANDOM",
+}
 
 
 @register_pass("cluster")
@@ -55,7 +72,9 @@ class Cluster:
         check_names(self, "layer_types")
 
     def selected(self, model) -> list[str]:
-        return select_layers(model, self.layers, self.layer_types, lambda l: clusterable(l, self.clusters))
+        return select_layers(
+            model, self.layers, self.layer_types, lambda l: clusterable(l, self.clusters)
+        )
 
     def check(self, model, ctx) -> None:
         check_selection(self, model, self.selected(model), "clustered")
@@ -79,15 +98,26 @@ class Cluster:
             else:
                 skipped[name] = why
         base = clone_with_weights(model)
-        wrap = lambda layer: tfmot.clustering.keras.cluster_weights(  # noqa: E731
-            layer, **{**params, "number_of_clusters": counts[layer.name]}) if layer.name in counts else layer
+        wrap = lambda layer: (
+            tfmot.clustering.keras.cluster_weights(  # noqa: E731
+                layer, **{**params, "number_of_clusters": counts[layer.name]}
+            )
+            if layer.name in counts
+            else layer
+        )
         wrapped = import_keras_clone(base, wrap)
         ctx.compile(wrapped, learning_rate=self.learning_rate or ctx.train.learning_rate / 10)
         ctx.fit(wrapped, self.epochs, "cluster")
         plain = tfmot.clustering.keras.strip_clustering(wrapped)
-        return PassResult(plain, {"unique_by_layer": unique_values(plain, selected),
-                                  "clusters_by_layer": counts, "skipped_layers": skipped,
-                                  "preserve_sparsity": keep_zeros})
+        return PassResult(
+            plain,
+            {
+                "unique_by_layer": unique_values(plain, selected),
+                "clusters_by_layer": counts,
+                "skipped_layers": skipped,
+                "preserve_sparsity": keep_zeros,
+            },
+        )
 
     def _params(self, tfmot, applied) -> dict:
         init = getattr(tfmot.clustering.keras.CentroidInitialization, INITS[self.init])
@@ -101,7 +131,9 @@ class Cluster:
 
 def clusterable(layer, clusters: int = 2) -> bool:
     """tfmot clusters this layer's kernel, and the kernel has more weights than clusters."""
-    from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
+    from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import (
+        ClusteringRegistry,
+    )
 
     if not layer.trainable_weights or not ClusteringRegistry.supports(layer):
         return False
@@ -113,7 +145,9 @@ def clusterable(layer, clusters: int = 2) -> bool:
     return bool(names) and kernel is not None and int(np.prod(kernel.shape)) > clusters
 
 
-def cluster_count(kernel: np.ndarray, clusters: int, keep_zeros: bool, per_channel: bool = False) -> tuple[int, str]:
+def cluster_count(
+    kernel: np.ndarray, clusters: int, keep_zeros: bool, per_channel: bool = False
+) -> tuple[int, str]:
     """How many centroids tfmot can initialise for ``kernel``: ``(k, "")``, or ``(0, why)`` to skip it.
 
     tfmot's k-means++ needs at least as many points as centroids. Keeping zeros, it fixes one
@@ -148,12 +182,15 @@ def _feasible(weights: np.ndarray, k: int, keep_zeros: bool) -> bool:
 
 
 def import_keras_clone(model, wrap):
-    from .._tf import import_keras
+    from tfedge._tf import import_keras
 
     return import_keras().models.clone_model(model, clone_function=wrap)
 
 
 def unique_values(model, names) -> dict[str, int]:
     """Distinct values in the kernel of each named layer."""
-    return {l.name: int(np.unique(kernel_of(l).numpy()).size) for l in model.layers
-            if l.name in names and kernel_of(l) is not None}
+    return {
+        l.name: int(np.unique(kernel_of(l).numpy()).size)
+        for l in model.layers
+        if l.name in names and kernel_of(l) is not None
+    }

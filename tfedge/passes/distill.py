@@ -11,17 +11,23 @@ Example (recipe):
       - distill: {width: 0.25, temperature: 4, alpha: 0.1, epochs: 20, compare_alone: true}
       - distill: {student: student.keras, features: [[fc1, fc1]]}
 """
+
 from __future__ import annotations
 
 import contextlib
 import inspect as pyinspect
 from dataclasses import dataclass
 
-from ..errors import RecipeError
-from .base import PassResult, check_bool, check_choice, check_number, register_pass, where_of
-from .rebuild import from_config, model_config
-
-BUILDERS = ("digits", "kws", "vww", "anomaly")
+from tfedge.errors import RecipeError
+from tfedge.passes.base import (
+    PassResult,
+    check_bool,
+    check_choice,
+    check_number,
+    register_pass,
+    where_of,
+)
+from tfedge.passes.rebuild import from_config, model_config
 
 
 @register_pass("distill")
@@ -57,10 +63,12 @@ class Distill:
 
     def __post_init__(self):
         if self.student is not None and (self.builder is not None or self.width is not None):
-            raise RecipeError(f"{where_of(self)}: a student file cannot be combined with builder or width",
-                              "give student, or builder (with an optional width), or width alone")
+            raise RecipeError(
+                f"{where_of(self)}: a student file cannot be combined with builder or width",
+                "give student, or builder (with an optional width), or width alone",
+            )
         if self.builder is not None:
-            check_choice(self, "builder", BUILDERS)
+            check_choice(self, "builder", tuple(sorted(_student_builders())))
         check_number(self, "width", 0, 1, lo_open=True, optional=True)
         check_number(self, "alpha", 0, 1)
         check_number(self, "temperature", 0, 100, lo_open=True)
@@ -73,15 +81,21 @@ class Distill:
     def _check_features(self) -> None:
         pairs = self.features
         if not isinstance(pairs, tuple) or not all(
-                isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(n, str) for n in p) for p in pairs):
-            raise RecipeError(f"{where_of(self)}: features must be a list of [teacher_layer, student_layer] pairs",
-                              "e.g. features: [[fc1, fc1]]")
+            isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(n, str) for n in p)
+            for p in pairs
+        ):
+            raise RecipeError(
+                f"{where_of(self)}: features must be a list of [teacher_layer, student_layer] pairs",
+                "e.g. features: [[fc1, fc1]]",
+            )
         object.__setattr__(self, "features", tuple(tuple(p) for p in pairs))
 
     def check(self, model, ctx) -> None:
         if not ctx.classification:
-            raise RecipeError(f"{where_of(self)}: distillation needs class labels (integer y)",
-                              "use a classification data set, or drop the distill pass")
+            raise RecipeError(
+                f"{where_of(self)}: distillation needs class labels (integer y)",
+                "use a classification data set, or drop the distill pass",
+            )
 
     def apply(self, model, ctx) -> PassResult:
         teacher = self._teacher(model)
@@ -96,13 +110,16 @@ class Distill:
         student = self.build_student(teacher, ctx, seed_offset=0)
         ctx.seed_all(1)
         self.train(teacher, student, ctx)
-        metrics.update(student_accuracy=ctx.accuracy(student), student_params=int(student.count_params()),
-                       teacher_params=int(teacher.count_params()))
+        metrics.update(
+            student_accuracy=ctx.accuracy(student),
+            student_params=int(student.count_params()),
+            teacher_params=int(teacher.count_params()),
+        )
         return PassResult(student, metrics)
 
     def build_student(self, teacher, ctx, seed_offset: int = 0):
         """The student, freshly initialised from the run's seed (same weights every call)."""
-        from ..loading import load_tf_keras_model
+        from tfedge.io.models import load_tf_keras_model
 
         ctx.seed_all(seed_offset)
         if self.student is not None:
@@ -113,16 +130,18 @@ class Distill:
 
     def train(self, teacher, student, ctx) -> None:
         """Distil ``teacher`` into ``student`` in place."""
-        from .._tf import import_keras
+        from tfedge._tf import import_keras
 
         trainer = _make_trainer(teacher, student, self)
         optimizers = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop"}
         optimizer = getattr(import_keras().optimizers, optimizers[ctx.train.optimizer])
-        trainer.compile(optimizer=optimizer(learning_rate=self.learning_rate or ctx.train.learning_rate))
+        trainer.compile(
+            optimizer=optimizer(learning_rate=self.learning_rate or ctx.train.learning_rate)
+        )
         ctx.fit(trainer, self.epochs, "distill")
 
     def _teacher(self, model):
-        from ..loading import load_tf_keras_model
+        from tfedge.io.models import load_tf_keras_model
 
         return load_tf_keras_model(self.teacher) if self.teacher else model
 
@@ -130,16 +149,25 @@ class Distill:
         for t_name, s_name in self.features:
             for model, name, role in ((teacher, t_name, "teacher"), (student, s_name, "student")):
                 if name not in {l.name for l in model.layers}:
-                    raise RecipeError(f"{where_of(self)}: the {role} has no layer '{name}'",
-                                      f"its layers: {', '.join(l.name for l in model.layers)}")
-            t_shape, s_shape = teacher.get_layer(t_name).output.shape, student.get_layer(s_name).output.shape
+                    raise RecipeError(
+                        f"{where_of(self)}: the {role} has no layer '{name}'",
+                        f"its layers: {', '.join(l.name for l in model.layers)}",
+                    )
+            t_shape, s_shape = (
+                teacher.get_layer(t_name).output.shape,
+                student.get_layer(s_name).output.shape,
+            )
             if tuple(t_shape[:-1]) != tuple(s_shape[:-1]):
-                raise RecipeError(f"{where_of(self)}: features '{t_name}' {tuple(t_shape)} and '{s_name}' "
-                                  f"{tuple(s_shape)} differ in more than their last axis",
-                                  "pair layers whose outputs have the same spatial shape")
+                raise RecipeError(
+                    f"{where_of(self)}: features '{t_name}' {tuple(t_shape)} and '{s_name}' "
+                    f"{tuple(s_shape)} differ in more than their last axis",
+                    "pair layers whose outputs have the same spatial shape",
+                )
         if teacher.outputs[0].shape[-1] != student.outputs[0].shape[-1]:
-            raise RecipeError(f"{where_of(self)}: teacher and student have different numbers of classes",
-                              "the student must predict the same classes as the teacher")
+            raise RecipeError(
+                f"{where_of(self)}: teacher and student have different numbers of classes",
+                "the student must predict the same classes as the teacher",
+            )
 
 
 def shrink(teacher, width: float):
@@ -156,8 +184,10 @@ def shrink(teacher, width: float):
     try:
         return from_config(teacher, config)
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"cannot shrink '{teacher.name}' by width {width}: {str(exc).splitlines()[0]}",
-                          "give the student as a model file (student: small.keras)") from exc
+        raise RecipeError(
+            f"cannot shrink '{teacher.name}' by width {width}: {str(exc).splitlines()[0]}",
+            "give the student as a model file (student: small.keras)",
+        ) from exc
 
 
 def _output_width_layers(model) -> set[str]:
@@ -177,14 +207,34 @@ def _output_width_layers(model) -> set[str]:
     return keep
 
 
-def _build_reference(name: str, width: float | None):
-    from .. import reference
+STUDENT_BUILDERS = (
+    "tfedge.model_builders"  # entry-point group: name -> callable(width=...) -> model
+)
 
-    builder = getattr(reference, f"{name}_model")
+
+def _build_reference(name: str, width: float | None):
+    """A student from a model builder registered under the ``tfedge.model_builders`` entry points.
+
+    The reference models register themselves there (``setup.cfg``), so the passes never import them.
+    """
+    entry = _student_builders().get(name)
+    if entry is None:
+        known = ", ".join(sorted(_student_builders())) or "none installed"
+        raise RecipeError(f"pass 'distill': no model builder named {name!r}", f"builders: {known}")
+    builder = entry.load()
     takes_width = "width" in pyinspect.signature(builder).parameters
     if width is not None and not takes_width:
-        raise RecipeError(f"pass 'distill': the {name} builder has no width option", "drop width, or use width alone")
+        raise RecipeError(
+            f"pass 'distill': the {name} builder has no width option",
+            "drop width, or use width alone",
+        )
     return builder(width) if width is not None else builder()
+
+
+def _student_builders() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=STUDENT_BUILDERS)}
 
 
 @contextlib.contextmanager
@@ -209,8 +259,8 @@ def _softmax_off(model, k):
 
 def _make_trainer(teacher, student, config: Distill):
     """A tf_keras Model whose train_step distils ``teacher`` into ``student``."""
-    from .._tf import import_keras, import_tf
-    from .base import ends_in_softmax
+    from tfedge._tf import import_keras, import_tf
+    from tfedge.passes.base import ends_in_softmax
 
     tf, k = import_tf(), import_keras()
     T, alpha, pairs = float(config.temperature), float(config.alpha), config.features
@@ -218,7 +268,11 @@ def _make_trainer(teacher, student, config: Distill):
     def outputs_of(model, names):
         """The model's logits (the input of a final Softmax layer) and the named layers' outputs."""
         last = model.layers[-1]
-        head = last.input if ends_in_softmax(model) and not hasattr(last, "activation") else model.outputs[0]
+        head = (
+            last.input
+            if ends_in_softmax(model) and not hasattr(last, "activation")
+            else model.outputs[0]
+        )
         return k.Model(model.inputs, [head] + [model.get_layer(n).output for n in names])
 
     class Distiller(k.Model):
@@ -226,8 +280,10 @@ def _make_trainer(teacher, student, config: Distill):
             super().__init__()
             self.t_net = outputs_of(teacher, [t for t, _ in pairs])
             self.s_net = outputs_of(student, [s for _, s in pairs])
-            self.proj = [k.layers.Dense(int(teacher.get_layer(t).output.shape[-1]), use_bias=False)
-                         for t, _ in pairs]
+            self.proj = [
+                k.layers.Dense(int(teacher.get_layer(t).output.shape[-1]), use_bias=False)
+                for t, _ in pairs
+            ]
             for proj, (_, s) in zip(self.proj, pairs):
                 proj.build(student.get_layer(s).output.shape)
             self.ce = k.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -242,24 +298,38 @@ def _make_trainer(teacher, student, config: Distill):
             return student(x, training=training)
 
         def _loss(self, x, y, training):
-            with _softmax_off(teacher, k), _softmax_off(student, k):  # pre-softmax logits, not log(probabilities)
+            with (
+                _softmax_off(teacher, k),
+                _softmax_off(student, k),
+            ):  # pre-softmax logits, not log(probabilities)
                 t_out = self.t_net(x, training=False)
                 s_out = self.s_net(x, training=training)
-            t_out, s_out = (t_out if isinstance(t_out, list) else [t_out]), (s_out if isinstance(s_out, list) else [s_out])
+            t_out, s_out = (
+                (t_out if isinstance(t_out, list) else [t_out]),
+                (s_out if isinstance(s_out, list) else [s_out]),
+            )
             s_logits, t_logits = s_out[0], t_out[0]
             p_t = tf.nn.softmax(t_logits / T)
-            kl = tf.reduce_mean(tf.reduce_sum(
-                p_t * (tf.nn.log_softmax(t_logits / T) - tf.nn.log_softmax(s_logits / T)), axis=-1))
+            kl = tf.reduce_mean(
+                tf.reduce_sum(
+                    p_t * (tf.nn.log_softmax(t_logits / T) - tf.nn.log_softmax(s_logits / T)),
+                    axis=-1,
+                )
+            )
             loss = alpha * self.ce(y, s_logits) + (1.0 - alpha) * T * T * kl
             for proj, t_f, s_f in zip(self.proj, t_out[1:], s_out[1:]):
-                loss += config.feature_weight * tf.reduce_mean(tf.square(proj(s_f) - tf.stop_gradient(t_f)))
+                loss += config.feature_weight * tf.reduce_mean(
+                    tf.square(proj(s_f) - tf.stop_gradient(t_f))
+                )
             return loss, s_logits
 
         def train_step(self, data):
             x, y = data
             with tf.GradientTape() as tape:
                 loss, s_logits = self._loss(x, y, training=True)
-            variables = student.trainable_variables + [v for p in self.proj for v in p.trainable_variables]
+            variables = student.trainable_variables + [
+                v for p in self.proj for v in p.trainable_variables
+            ]
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return self._update(loss, y, s_logits)
 

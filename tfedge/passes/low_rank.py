@@ -9,16 +9,25 @@ Example (recipe):
       - low_rank: {param_ratio: 0.4, epochs: 2}
       - low_rank: {energy: 0.95, layers: [pw*]}
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import RecipeError
-from .base import (PassResult, check_bool, check_names, check_number, check_selection, register_pass,
-                   select_layers, where_of)
-from .rebuild import copy_weights, from_config, model_config, split_layer
+from tfedge.errors import RecipeError
+from tfedge.passes.base import (
+    PassResult,
+    check_bool,
+    check_names,
+    check_number,
+    check_selection,
+    register_pass,
+    select_layers,
+    where_of,
+)
+from tfedge.passes.rebuild import copy_weights, from_config, model_config, split_layer
 
 
 @dataclass
@@ -33,7 +42,11 @@ class Factorisation:
     tail: np.ndarray
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "params_before": self.params_before, "params_after": self.params_after}
+        return {
+            "rank": self.rank,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+        }
 
 
 @register_pass("low_rank")
@@ -62,7 +75,9 @@ class LowRank:
 
     def __post_init__(self):
         if self.energy is not None and self.param_ratio is not None:
-            raise RecipeError(f"{where_of(self)}: give energy or param_ratio, not both", "remove one of them")
+            raise RecipeError(
+                f"{where_of(self)}: give energy or param_ratio, not both", "remove one of them"
+            )
         check_number(self, "energy", 0, 1, lo_open=True, optional=True)
         check_number(self, "param_ratio", 0, 1, lo_open=True, hi_open=True, optional=True)
         check_number(self, "epochs", 0, 1000, integer=True)
@@ -74,8 +89,12 @@ class LowRank:
 
     def selected(self, model) -> list[str]:
         outputs = set(model.output_names) if self.skip_output else set()
-        return select_layers(model, self.layers, self.layer_types,
-                             lambda l: l.name not in outputs and self._factorisable(l))
+        return select_layers(
+            model,
+            self.layers,
+            self.layer_types,
+            lambda l: l.name not in outputs and self._factorisable(l),
+        )
 
     def check(self, model, ctx) -> None:
         check_selection(self, model, self.selected(model), "factorised")
@@ -91,21 +110,32 @@ class LowRank:
         if plans and self.epochs:
             ctx.compile(new, learning_rate=self.learning_rate)
             ctx.fit(new, self.epochs, "low_rank")
-        return PassResult(new, {"layers": {p.layer: p.to_dict() for p in plans},
-                                "params_before": int(model.count_params()), "params_after": int(new.count_params())})
+        return PassResult(
+            new,
+            {
+                "layers": {p.layer: p.to_dict() for p in plans},
+                "params_before": int(model.count_params()),
+                "params_after": int(new.count_params()),
+            },
+        )
 
     def rank_for(self, singular: np.ndarray, n_in: int, n_out: int) -> int:
         if self.param_ratio is not None:
             return max(1, int(self.param_ratio * n_in * n_out / (n_in + n_out)))
-        energy = np.cumsum(singular ** 2) / np.sum(singular ** 2)
+        energy = np.cumsum(singular**2) / np.sum(singular**2)
         return int(np.searchsorted(energy, self.energy or 0.9) + 1)
 
     def _factorisable(self, layer) -> bool:
         kind = type(layer).__name__
         if kind == "Dense":
             return True
-        return kind == "Conv2D" and self.conv1x1 and tuple(layer.kernel_size) == (1, 1) and layer.groups == 1 \
+        return (
+            kind == "Conv2D"
+            and self.conv1x1
+            and tuple(layer.kernel_size) == (1, 1)
+            and layer.groups == 1
             and tuple(layer.dilation_rate) == (1, 1)
+        )
 
     def _plan_layer(self, layer) -> Factorisation | None:
         kernel = layer.kernel.numpy()
@@ -119,8 +149,14 @@ class LowRank:
         head, tail = u[:, :rank] * root, root[:, None] * vt[:rank]
         bias = n_out if layer.use_bias else 0
         shape = kernel.shape[:-2]  # (1, 1) for a 1x1 conv, () for Dense
-        return Factorisation(layer.name, rank, n_in * n_out + bias, rank * (n_in + n_out) + bias,
-                             head.reshape(*shape, n_in, rank), tail.reshape(*shape, rank, n_out))
+        return Factorisation(
+            layer.name,
+            rank,
+            n_in * n_out + bias,
+            rank * (n_in + n_out) + bias,
+            head.reshape(*shape, n_in, rank),
+            tail.reshape(*shape, rank, n_out),
+        )
 
 
 def factorise(model, plans: list[Factorisation]):
@@ -142,5 +178,7 @@ def factorise(model, plans: list[Factorisation]):
 def _split_options(layer, rank: int) -> tuple[dict, dict]:
     if type(layer).__name__ == "Dense":
         return {"units": rank, "use_bias": False, "activation": "linear"}, {}
-    return ({"filters": rank, "use_bias": False, "activation": "linear"},
-            {"strides": (1, 1), "padding": "valid"})
+    return (
+        {"filters": rank, "use_bias": False, "activation": "linear"},
+        {"strides": (1, 1), "padding": "valid"},
+    )

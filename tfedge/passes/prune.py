@@ -10,15 +10,27 @@ Example (recipe):
       - prune: {target_sparsity: 0.75, epochs: 2, layers: [conv2, fc*]}
       - prune: {structure: "2:4", layer_types: [Dense]}
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import RecipeError
-from .base import (PassResult, check_choice, check_names, check_number, check_selection, clone_with_weights,
-                   import_tfmot, kernel_of, register_pass, select_layers, where_of)
+from tfedge.errors import RecipeError
+from tfedge.passes.base import (
+    PassResult,
+    check_choice,
+    check_names,
+    check_number,
+    check_selection,
+    clone_with_weights,
+    import_tfmot,
+    kernel_of,
+    register_pass,
+    select_layers,
+    where_of,
+)
 
 SCHEDULES = ("polynomial", "constant")
 STRUCTURES = ("unstructured", "2:4")
@@ -61,7 +73,10 @@ class Prune:
         check_number(self, "ramp", 0, 1, lo_open=True)
         check_number(self, "epochs", 1, 1000, integer=True)
         if self.structure == 124:  # YAML 1.1 reads an unquoted 2:4 as the base-60 number 124
-            raise RecipeError(f"{where_of(self)}: structure must be the string \"2:4\"", 'quote it: structure: "2:4"')
+            raise RecipeError(
+                f'{where_of(self)}: structure must be the string "2:4"',
+                'quote it: structure: "2:4"',
+            )
         check_choice(self, "structure", STRUCTURES)
         check_names(self, "layers")
         check_names(self, "layer_types")
@@ -70,12 +85,20 @@ class Prune:
 
     def _check_block(self) -> None:
         block = self.block_size
-        if not (isinstance(block, tuple) and len(block) == 2 and all(isinstance(b, int) and b >= 1 for b in block)):
-            raise RecipeError(f"{where_of(self)}: block_size must be two positive integers, got {block!r}",
-                              "e.g. block_size: [1, 4]")
+        if not (
+            isinstance(block, tuple)
+            and len(block) == 2
+            and all(isinstance(b, int) and b >= 1 for b in block)
+        ):
+            raise RecipeError(
+                f"{where_of(self)}: block_size must be two positive integers, got {block!r}",
+                "e.g. block_size: [1, 4]",
+            )
         if block != (1, 1) and self.structure == "2:4":
-            raise RecipeError(f"{where_of(self)}: block_size and structure 2:4 cannot be combined",
-                              "choose one of them")
+            raise RecipeError(
+                f"{where_of(self)}: block_size and structure 2:4 cannot be combined",
+                "choose one of them",
+            )
 
     def selected(self, model) -> list[str]:
         """The layers this pass prunes in ``model``."""
@@ -90,14 +113,22 @@ class Prune:
         check_selection(self, model, sorted(chosen), "pruned")
         params = self._wrapper_params(tfmot, ctx.steps_per_epoch * self.epochs)
         base = clone_with_weights(model)
-        wrap = lambda layer: tfmot.sparsity.keras.prune_low_magnitude(layer, **params) \
-            if layer.name in chosen else layer  # noqa: E731
+        wrap = lambda layer: (
+            tfmot.sparsity.keras.prune_low_magnitude(layer, **params)
+            if layer.name in chosen
+            else layer
+        )  # noqa: E731
         wrapped = _clone_wrapping(base, wrap)
         ctx.compile(wrapped)
         ctx.fit(wrapped, self.epochs, "prune", callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
         plain = tfmot.sparsity.keras.strip_pruning(wrapped)
-        return PassResult(plain, {"sparsity_by_layer": kernel_sparsity(plain, chosen),
-                                  "target_sparsity": self.effective_target})
+        return PassResult(
+            plain,
+            {
+                "sparsity_by_layer": kernel_sparsity(plain, chosen),
+                "target_sparsity": self.effective_target,
+            },
+        )
 
     @property
     def effective_target(self) -> float:
@@ -113,10 +144,17 @@ class Prune:
         sparsity = tfmot.sparsity.keras
         end, frequency = self.schedule_steps(total_steps)
         if self.schedule == "constant" or self.structure == "2:4":
-            sched = sparsity.ConstantSparsity(self.effective_target, begin_step=0, frequency=frequency)
+            sched = sparsity.ConstantSparsity(
+                self.effective_target, begin_step=0, frequency=frequency
+            )
         else:
-            sched = sparsity.PolynomialDecay(self.initial_sparsity, self.target_sparsity, begin_step=0,
-                                             end_step=end, frequency=frequency)
+            sched = sparsity.PolynomialDecay(
+                self.initial_sparsity,
+                self.target_sparsity,
+                begin_step=0,
+                end_step=end,
+                frequency=frequency,
+            )
         params = {"pruning_schedule": sched}
         if self.structure == "2:4":
             params["sparsity_m_by_n"] = (2, 4)
@@ -125,8 +163,12 @@ class Prune:
         return params
 
     def _eligible(self, layer) -> bool:
-        return prunable(layer) and _kernel_size(layer) >= self.min_weights and (self.structure != "2:4" or _fits_2_4(layer)) and \
-            (self.block_size == (1, 1) or _is_rank2(layer))
+        return (
+            prunable(layer)
+            and _kernel_size(layer) >= self.min_weights
+            and (self.structure != "2:4" or _fits_2_4(layer))
+            and (self.block_size == (1, 1) or _is_rank2(layer))
+        )
 
 
 def _kernel_size(layer) -> int:
@@ -136,7 +178,9 @@ def _kernel_size(layer) -> int:
 
 def prunable(layer) -> bool:
     """tfmot can prune this layer and it has a kernel to prune."""
-    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
+        PruneRegistry,
+    )
 
     if not layer.trainable_weights or not PruneRegistry.supports(layer):
         return False
@@ -158,7 +202,7 @@ def _is_rank2(layer) -> bool:
 
 
 def _clone_wrapping(model, wrap):
-    from .._tf import import_keras
+    from tfedge._tf import import_keras
 
     return import_keras().models.clone_model(model, clone_function=wrap)
 

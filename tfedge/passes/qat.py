@@ -10,13 +10,22 @@ Example (recipe):
       - cluster: {clusters: 16}
       - qat: {epochs: 1, unsupported: stop}     # -> PCQAT
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..compat import qat_unsupported
-from ..errors import RecipeError
-from .base import PassResult, check_choice, check_number, clone_with_weights, import_tfmot, register_pass, where_of
+from tfedge.errors import RecipeError
+from tfedge.passes.base import (
+    PassResult,
+    check_choice,
+    check_number,
+    clone_with_weights,
+    import_tfmot,
+    register_pass,
+    where_of,
+)
+from tfedge.passes.compat import qat_unsupported
 
 SCHEMES = ("auto", "default", "pqat", "cqat", "pcqat")
 POLICIES = ("stop", "skip")
@@ -51,18 +60,28 @@ class Qat:
         """Stop before any training if tfmot cannot quantize some layers and the recipe says so."""
         bad = qat_unsupported(model)
         if bad and self.unsupported == "stop":
-            raise RecipeError(f"{where_of(self)}: tfmot cannot quantize {len(bad)} layer(s): {', '.join(bad)}",
-                              "set `unsupported: skip` in the qat pass to leave them to post-training "
-                              "quantization, or replace those layers")
+            raise RecipeError(
+                f"{where_of(self)}: tfmot cannot quantize {len(bad)} layer(s): {', '.join(bad)}",
+                "set `unsupported: skip` in the qat pass to leave them to post-training "
+                "quantization, or replace those layers",
+            )
 
     def chosen_scheme(self, applied) -> str:
         if self.scheme != "auto":
             return self.scheme
         pruned, clustered = "prune" in applied, "cluster" in applied
-        return "pcqat" if pruned and clustered else "cqat" if clustered else "pqat" if pruned else "default"
+        return (
+            "pcqat"
+            if pruned and clustered
+            else "cqat"
+            if clustered
+            else "pqat"
+            if pruned
+            else "default"
+        )
 
     def apply(self, model, ctx) -> PassResult:
-        from .rebuild import fold_for_qat
+        from tfedge.passes.rebuild import fold_for_qat
 
         model, folded = fold_for_qat(model)  # tfmot folds BN into Conv2D only; see rebuild
         self.check(model, ctx)
@@ -74,27 +93,33 @@ class Qat:
             wrapped = tfmot.quantization.keras.quantize_apply(annotated, _scheme(scheme_name))
         ctx.compile(wrapped, learning_rate=self.learning_rate or ctx.train.learning_rate / 10)
         ctx.fit(wrapped, self.epochs, "qat")
-        return PassResult(wrapped, {"scheme": scheme_name, "skipped_layers": skipped,
-                                    "folded_into_dense": folded}, quantize_wrapped=True)
+        return PassResult(
+            wrapped,
+            {"scheme": scheme_name, "skipped_layers": skipped, "folded_into_dense": folded},
+            quantize_wrapped=True,
+        )
 
 
 def _annotate(tfmot, model, skip: set[str]):
     quant = tfmot.quantization.keras
     if not skip:
         return quant.quantize_annotate_model(model)
-    from .._tf import import_keras
+    from tfedge._tf import import_keras
 
     annotate = lambda layer: layer if layer.name in skip else quant.quantize_annotate_layer(layer)  # noqa: E731
     return import_keras().models.clone_model(model, clone_function=annotate)
 
 
 def _scheme(name: str):
-    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import \
-        default_8bit_cluster_preserve_quantize_scheme as cluster_preserve
-    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import \
-        default_8bit_prune_preserve_quantize_scheme as prune_preserve
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import \
-        default_8bit_quantize_scheme as default
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        default_8bit_cluster_preserve_quantize_scheme as cluster_preserve,
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+        default_8bit_prune_preserve_quantize_scheme as prune_preserve,
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_scheme as default,
+    )
 
     if name == "pcqat":
         return cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)

@@ -8,18 +8,21 @@ Example:
     >>> set_option(config, "fc1", units=32)
     >>> smaller = from_config(model, config)
 """
+
 from __future__ import annotations
 
 import copy
 
-from ..errors import RecipeError
+from tfedge.errors import RecipeError
 
 
 def model_config(model) -> dict:
     """A deep copy of ``model``'s config with every layer's recorded input shape dropped."""
     if type(model).__name__ not in ("Sequential", "Functional"):
-        raise RecipeError(f"model '{model.name}' is a subclassed {type(model).__name__}",
-                          "low_rank and distill need a Sequential or Functional model")
+        raise RecipeError(
+            f"model '{model.name}' is a subclassed {type(model).__name__}",
+            "low_rank and distill need a Sequential or Functional model",
+        )
     config = copy.deepcopy(model.get_config())
     config.pop("build_input_shape", None)
     for layer in config["layers"]:
@@ -45,12 +48,12 @@ def split_layer(config: dict, name: str, first: dict, second: dict) -> None:
     if "inbound_nodes" in entry:  # functional
         head["name"] = f"{name}_lr"
         tail["inbound_nodes"] = [[[f"{name}_lr", 0, 0, {}]]]
-    config["layers"][index:index + 1] = [head, tail]
+    config["layers"][index : index + 1] = [head, tail]
 
 
 def from_config(model, config: dict):
     """A fresh model of ``model``'s class built from ``config`` (new, untrained weights)."""
-    from .._tf import import_keras
+    from tfedge._tf import import_keras
 
     k = import_keras()
     cls = k.Sequential if type(model).__name__ == "Sequential" else k.Model
@@ -90,7 +93,9 @@ def fold_dense_batchnorm(model):
     folded = _without_layers(model, pairs, lambda options: options.update(use_bias=True))
     copy_weights(model, folded, skip=set(pairs.values()))
     for bn_name, dense_name in pairs.items():
-        folded.get_layer(dense_name).set_weights(_folded_weights(model.get_layer(dense_name), model.get_layer(bn_name)))
+        folded.get_layer(dense_name).set_weights(
+            _folded_weights(model.get_layer(dense_name), model.get_layer(bn_name))
+        )
     return folded, pairs
 
 
@@ -129,15 +134,21 @@ def _is_plain_relu(layer) -> bool:
     options = layer.get_config()
     if type(layer).__name__ == "Activation":
         return options.get("activation") == "relu"
-    return type(layer).__name__ == "ReLU" and options.get("max_value") is None \
-        and not options.get("negative_slope") and not options.get("threshold")
+    return (
+        type(layer).__name__ == "ReLU"
+        and options.get("max_value") is None
+        and not options.get("negative_slope")
+        and not options.get("threshold")
+    )
 
 
 def _is_last_axis_bn(layer) -> bool:
     if type(layer).__name__ != "BatchNormalization":
         return False
     rank = len(layer.input.shape)
-    axes = [a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis])]
+    axes = [
+        a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis])
+    ]
     return axes == [rank - 1]
 
 
@@ -160,8 +171,14 @@ def _dense_pairs(model, follows) -> dict[str, str]:
         else:
             nodes = layer.inbound_nodes
             inbound = nodes[0].inbound_layers if len(nodes) == 1 else None
-            dense = inbound if inbound is not None and not isinstance(inbound, (list, tuple)) else None
-        if dense is None or type(dense).__name__ != "Dense" or dense.get_config()["activation"] != "linear":
+            dense = (
+                inbound if inbound is not None and not isinstance(inbound, (list, tuple)) else None
+            )
+        if (
+            dense is None
+            or type(dense).__name__ != "Dense"
+            or dense.get_config()["activation"] != "linear"
+        ):
             continue
         if len(dense.outbound_nodes) == 1 and len(dense.inbound_nodes) == 1:
             pairs[layer.name] = dense.name
@@ -186,4 +203,7 @@ def _folded_weights(dense, bn) -> list:
     gamma = bn.gamma.numpy() if bn.scale else np.ones_like(bias)
     beta = bn.beta.numpy() if bn.center else np.zeros_like(bias)
     scale = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
-    return [(kernel * scale).astype(kernel.dtype), ((bias - bn.moving_mean.numpy()) * scale + beta).astype(bias.dtype)]
+    return [
+        (kernel * scale).astype(kernel.dtype),
+        ((bias - bn.moving_mean.numpy()) * scale + beta).astype(bias.dtype),
+    ]

@@ -2,7 +2,7 @@
 
 For ``.tflite`` the inputs are quantized and the outputs dequantized with the model's own
 scale and zero point, so the numbers compare directly with the float model's. A model with
-several inputs takes one array per input (see ``tfedge.data``); each is matched to its
+several inputs takes one array per input (see ``tfedge.io.data``); each is matched to its
 input by name (the TFLite signature keeps the Keras input names) and quantized with that
 input's own scale and zero point.
 
@@ -10,6 +10,7 @@ Example:
     >>> evaluate("model.tflite", "test.npz").accuracy
     0.975
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -17,10 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset, InputSpec, Inputs, arrange_inputs, as_float32, keras_input_specs, load_data, num_samples
-from .errors import DataError
-from .loading import detect_format, load_keras_model
-from .progress import progress_iter
+from tfedge.errors import DataError
+from tfedge.io.data import (
+    Dataset,
+    Inputs,
+    InputSpec,
+    arrange_inputs,
+    as_float32,
+    keras_input_specs,
+    load_data,
+    num_samples,
+)
+from tfedge.io.models import detect_format, load_keras_model
+from tfedge.progress import progress_iter
 
 
 @dataclass
@@ -46,8 +56,13 @@ class CompareResult:
     max_abs_diff: float
 
     def to_dict(self) -> dict:
-        return {"a": self.a.to_dict(), "b": self.b.to_dict(), "top1_agreement": self.agreement,
-                "max_abs_diff": self.max_abs_diff, "samples": self.a.samples}
+        return {
+            "a": self.a.to_dict(),
+            "b": self.b.to_dict(),
+            "top1_agreement": self.agreement,
+            "max_abs_diff": self.max_abs_diff,
+            "samples": self.a.samples,
+        }
 
 
 def evaluate(model: str | Path, data, *, progress: bool = False) -> EvalResult:
@@ -57,14 +72,18 @@ def evaluate(model: str | Path, data, *, progress: bool = False) -> EvalResult:
     return _score(str(model), ds, outputs)
 
 
-def compare(model_a: str | Path, model_b: str | Path, data, *, progress: bool = False) -> CompareResult:
+def compare(
+    model_a: str | Path, model_b: str | Path, data, *, progress: bool = False
+) -> CompareResult:
     """Evaluate two models on the same data and measure how far apart their outputs are."""
     ds = data if isinstance(data, Dataset) else load_data(data)
     a = evaluate(model_a, ds, progress=progress)
     b = evaluate(model_b, ds, progress=progress)
     if a.outputs.shape != b.outputs.shape:
-        raise DataError(f"the models' outputs differ in shape: {a.outputs.shape[1:]} vs {b.outputs.shape[1:]}",
-                        "compare two versions of the same model")
+        raise DataError(
+            f"the models' outputs differ in shape: {a.outputs.shape[1:]} vs {b.outputs.shape[1:]}",
+            "compare two versions of the same model",
+        )
     agreement = None
     if a.outputs.ndim == 2 and a.outputs.shape[1] > 1:
         agreement = float(np.mean(a.outputs.argmax(1) == b.outputs.argmax(1)))
@@ -75,18 +94,22 @@ def predict(model, x: Inputs, *, progress: bool = False, threads: int | None = N
     """Float outputs of ``model`` (a path or an in-memory Keras model) for inputs ``x``."""
     if not isinstance(model, (str, Path)):
         arrays = arrange_inputs(as_float32(x), keras_input_specs(model), "data")
-        return np.asarray(model.predict(arrays[0] if len(arrays) == 1 else arrays, verbose=0, batch_size=256))
+        return np.asarray(
+            model.predict(arrays[0] if len(arrays) == 1 else arrays, verbose=0, batch_size=256)
+        )
     fmt = detect_format(model)
     if fmt.kind == "tflite":
         return predict_tflite(model, x, progress=progress, threads=threads)
     return predict(load_keras_model(fmt), x, progress=progress)
 
 
-def predict_tflite(path, x: Inputs, *, progress: bool = False, threads: int | None = None) -> np.ndarray:
+def predict_tflite(
+    path, x: Inputs, *, progress: bool = False, threads: int | None = None
+) -> np.ndarray:
     """Run a ``.tflite`` model sample by sample, quantizing inputs and dequantizing outputs."""
-    from .device import bench_device as device
-    from .runtime import load_interpreter
-    from .tflite_model import read_tflite
+    from tfedge.analyze.runtime import load_interpreter
+    from tfedge.convert.tflite_model import read_tflite
+    from tfedge.device import bench_device as device
 
     read_tflite(path)  # a damaged file fails here, cleanly, before the interpreter sees it
     interp, _ = load_interpreter(str(path), threads=threads)
@@ -94,7 +117,9 @@ def predict_tflite(path, x: Inputs, *, progress: bool = False, threads: int | No
     arrays = arrange_inputs(x, tflite_input_specs(interp), "data")
     results = []
     for i in progress_iter(range(num_samples(x)), "Evaluating", progress):
-        device.run_once(interp, [device.prepare_input(d, a[i:i + 1]) for d, a in zip(details, arrays)])
+        device.run_once(
+            interp, [device.prepare_input(d, a[i : i + 1]) for d, a in zip(details, arrays)]
+        )
         results.append(device.output_of(interp)[1][0])
     return np.stack(results)
 
@@ -102,8 +127,14 @@ def predict_tflite(path, x: Inputs, *, progress: bool = False, threads: int | No
 def tflite_input_specs(interp) -> list[InputSpec]:
     """The inputs of a TFLite interpreter in tensor order, named as in its signature (the Keras input names)."""
     by_index = _signature_input_names(interp)
-    return [InputSpec(by_index.get(d["index"], _plain_tensor_name(d["name"])), tuple(int(n) for n in d["shape"]),
-                      np.dtype(d["dtype"]).name) for d in interp.get_input_details()]
+    return [
+        InputSpec(
+            by_index.get(d["index"], _plain_tensor_name(d["name"])),
+            tuple(int(n) for n in d["shape"]),
+            np.dtype(d["dtype"]).name,
+        )
+        for d in interp.get_input_details()
+    ]
 
 
 def _signature_input_names(interp) -> dict[int, str]:
@@ -128,12 +159,18 @@ def _score(name: str, ds: Dataset, outputs: np.ndarray) -> EvalResult:
         acc = float(np.mean(outputs.reshape(n, -1).argmax(1) == y.reshape(n)))
         return EvalResult(name, n, "classification", accuracy=acc, outputs=outputs)
     if y.reshape(n, -1).shape != outputs.reshape(n, -1).shape:
-        raise DataError(f"{ds.source}: labels have shape {y.shape[1:]}, outputs {outputs.shape[1:]}",
-                        "give class indices for a classifier or targets shaped like the output")
+        raise DataError(
+            f"{ds.source}: labels have shape {y.shape[1:]}, outputs {outputs.shape[1:]}",
+            "give class indices for a classifier or targets shaped like the output",
+        )
     mse = float(np.mean((outputs.reshape(n, -1) - y.reshape(n, -1).astype(np.float32)) ** 2))
     return EvalResult(name, n, "regression", mse=mse, outputs=outputs)
 
 
 def _is_classification(y: np.ndarray, outputs: np.ndarray) -> bool:
     flat = outputs.reshape(len(outputs), -1)
-    return np.issubdtype(y.dtype, np.integer) and y.reshape(len(y), -1).shape[1] == 1 and flat.shape[1] > 1
+    return (
+        np.issubdtype(y.dtype, np.integer)
+        and y.reshape(len(y), -1).shape[1] == 1
+        and flat.shape[1] > 1
+    )

@@ -8,6 +8,7 @@ weights layer by layer, and checks both models agree on seeded inputs
 Example:
     >>> model = bridge_keras3_file("model_k3.keras")   # a tf_keras.Model, verified
 """
+
 from __future__ import annotations
 
 import inspect as pyinspect
@@ -15,19 +16,60 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelLoadError
+from tfedge.errors import ModelLoadError
 
-SUPPORTED_LAYERS = frozenset({
-    "InputLayer", "Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
-    "LayerNormalization", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "MaxPooling1D",
-    "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Dropout", "SpatialDropout2D", "Add",
-    "Subtract", "Concatenate", "Multiply", "Average", "Maximum", "Minimum", "ZeroPadding1D", "ZeroPadding2D",
-    "Rescaling", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Permute", "UpSampling2D",
-    "Cropping2D", "Conv2DTranspose",
-})
-BASE_LAYER_KWARGS = frozenset({"name", "trainable", "dtype", "input_shape", "batch_input_shape", "batch_size",
-                               "input_dim"})
+SUPPORTED_LAYERS = frozenset(
+    {
+        "InputLayer",
+        "Dense",
+        "Conv1D",
+        "Conv2D",
+        "DepthwiseConv2D",
+        "SeparableConv2D",
+        "BatchNormalization",
+        "LayerNormalization",
+        "Activation",
+        "ReLU",
+        "LeakyReLU",
+        "PReLU",
+        "ELU",
+        "Softmax",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "Flatten",
+        "Reshape",
+        "Dropout",
+        "SpatialDropout2D",
+        "Add",
+        "Subtract",
+        "Concatenate",
+        "Multiply",
+        "Average",
+        "Maximum",
+        "Minimum",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "Rescaling",
+        "Embedding",
+        "LSTM",
+        "GRU",
+        "SimpleRNN",
+        "Bidirectional",
+        "Permute",
+        "UpSampling2D",
+        "Cropping2D",
+        "Conv2DTranspose",
+    }
+)
+BASE_LAYER_KWARGS = frozenset(
+    {"name", "trainable", "dtype", "input_shape", "batch_input_shape", "batch_size", "input_dim"}
+)
 # Keras 3 argument names that tf_keras spells differently, per layer.
 RENAMED_ARGS = {
     "InputLayer": {"batch_shape": "batch_input_shape"},
@@ -39,16 +81,17 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def bridge_keras3_file(path: str):
     """Load a Keras 3 ``.keras``/``.h5`` file and return the verified tf_keras model."""
-    from ._tf import import_keras, import_keras3
+    from tfedge._tf import import_keras, import_keras3
 
     keras = import_keras3()
     import_keras()
     try:
         model3 = keras.models.load_model(path, compile=False)
     except Exception as exc:
-        raise ModelLoadError(f"Keras 3 cannot load {path}: {_first_line(exc)}",
-                             "custom layers must be registered with keras.saving.register_keras_serializable"
-                             ) from exc
+        raise ModelLoadError(
+            f"Keras 3 cannot load {path}: {_first_line(exc)}",
+            "custom layers must be registered with keras.saving.register_keras_serializable",
+        ) from exc
     return bridge_keras3_model(model3)
 
 
@@ -66,37 +109,49 @@ def _check_translatable(model3) -> None:
     if kind not in ("Sequential", "Functional"):
         raise ModelLoadError(
             f"the model is a subclassed Keras model ({kind}); its architecture is Python code, not data",
-            "rewrite it with the Functional API (keras.Model(inputs, outputs)) or Sequential")
-    unknown = [f"{layer.name} ({type(layer).__name__})" for layer in model3.layers
-               if type(layer).__name__ not in SUPPORTED_LAYERS or not type(layer).__module__.startswith("keras")]
+            "rewrite it with the Functional API (keras.Model(inputs, outputs)) or Sequential",
+        )
+    unknown = [
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in model3.layers
+        if type(layer).__name__ not in SUPPORTED_LAYERS
+        or not type(layer).__module__.startswith("keras")
+    ]
     if unknown:
         raise ModelLoadError(
             "the Keras 3 bridge cannot translate these layers: " + ", ".join(unknown),
             "use built-in layers for a model that needs tfmot passes, or convert it directly with "
             "`tfedge convert` / a post-training recipe (no bridge needed); custom layers need a "
-            "tf_keras twin registered as a custom object")
+            "tf_keras twin registered as a custom object",
+        )
 
 
 def _build_tf_keras(model3):
-    from ._tf import import_keras
+    from tfedge._tf import import_keras
 
     k2 = import_keras()
     config = model3.get_config()
     if type(model3).__name__ == "Sequential":
         layers = [_layer_entry(entry, k2) for entry in config["layers"]]
-        return k2.Sequential.from_config({"name": config.get("name", "sequential"), "layers": layers})
+        return k2.Sequential.from_config(
+            {"name": config.get("name", "sequential"), "layers": layers}
+        )
     functional = {
         "name": config.get("name", "model"),
-        "layers": [dict(_layer_entry(e, k2), name=e["name"], inbound_nodes=_nodes(e["inbound_nodes"]))
-                   for e in config["layers"]],
+        "layers": [
+            dict(_layer_entry(e, k2), name=e["name"], inbound_nodes=_nodes(e["inbound_nodes"]))
+            for e in config["layers"]
+        ],
         "input_layers": _endpoints(config["input_layers"]),
         "output_layers": _endpoints(config["output_layers"]),
     }
     try:
         return k2.Model.from_config(functional)
     except Exception as exc:
-        raise ModelLoadError(f"tf_keras could not rebuild the Keras 3 graph: {_first_line(exc)}",
-                             "convert the model directly with `tfedge convert` (no tfmot passes)") from exc
+        raise ModelLoadError(
+            f"tf_keras could not rebuild the Keras 3 graph: {_first_line(exc)}",
+            "convert the model directly with `tfedge convert` (no tfmot passes)",
+        ) from exc
 
 
 def _layer_entry(entry: dict, k2) -> dict:
@@ -170,8 +225,11 @@ def _copy_weights(model3, model2) -> None:
         try:
             layer2.set_weights(weights)
         except ValueError as exc:
-            raise ModelLoadError(f"layer '{layer3.name}': weights do not fit the tf_keras rebuild "
-                                 f"({_first_line(exc)})", "convert the model directly with `tfedge convert`") from exc
+            raise ModelLoadError(
+                f"layer '{layer3.name}': weights do not fit the tf_keras rebuild "
+                f"({_first_line(exc)})",
+                "convert the model directly with `tfedge convert`",
+            ) from exc
 
 
 def seeded_inputs(model, count: int = SEEDED_INPUTS, seed: int = 0) -> list[np.ndarray]:
@@ -197,7 +255,8 @@ def verify_same_outputs(model3, model2) -> None:
     layer = _first_diverging_layer(model3, model2, x)
     raise ModelLoadError(
         f"the tf_keras rebuild differs from the Keras 3 model (first at layer '{layer}')",
-        "convert the model directly with `tfedge convert` or a post-training recipe; report the layer to tfedge")
+        "convert the model directly with `tfedge convert` or a post-training recipe; report the layer to tfedge",
+    )
 
 
 def _predict(model, x: list[np.ndarray]) -> list[np.ndarray]:
@@ -206,14 +265,15 @@ def _predict(model, x: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _allclose(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(p.shape == q.shape and np.allclose(p, q, rtol=RTOL, atol=ATOL)
-                                    for p, q in zip(a, b))
+    return len(a) == len(b) and all(
+        p.shape == q.shape and np.allclose(p, q, rtol=RTOL, atol=ATOL) for p, q in zip(a, b)
+    )
 
 
 def _first_diverging_layer(model3, model2, x) -> str:
     import keras
 
-    from ._tf import import_keras
+    from tfedge._tf import import_keras
 
     k2 = import_keras()
     for layer3 in model3.layers:

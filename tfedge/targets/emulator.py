@@ -15,6 +15,7 @@ Example:
     >>> env.command("cortex-a72", ["script.py", "--probe"])[:3]
     ['/usr/bin/qemu-aarch64-static', '-cpu', 'cortex-a72']
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,19 +29,24 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
-from .errors import TargetError
+from tfedge.errors import TargetError
 
 SUITE = "bookworm"
 PYTHON = "usr/bin/python3.11"
 NUMPY = "numpy==1.26.4"
 # ai-edge-litert 2.x segfaults under qemu-user; these two run (checked at setup anyway).
 RUNTIMES = {"ai-edge-litert": "ai-edge-litert==1.4.0", "tflite-runtime": "tflite-runtime==2.14.0"}
-PLATFORMS = ("manylinux_2_17_aarch64", "manylinux2014_aarch64", "manylinux_2_27_aarch64",
-             "manylinux_2_28_aarch64", "manylinux_2_34_aarch64")
+PLATFORMS = (
+    "manylinux_2_17_aarch64",
+    "manylinux2014_aarch64",
+    "manylinux_2_27_aarch64",
+    "manylinux_2_28_aarch64",
+    "manylinux_2_34_aarch64",
+)
 MARKER = "ready.json"
 LAYOUT_VERSION = 1
 
@@ -64,8 +70,13 @@ class Emulator:
 
     def env(self) -> dict[str, str]:
         """Environment for :meth:`command`: the aarch64 wheels on PYTHONPATH, nothing from the host."""
-        return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.site), "PYTHONNOUSERSITE": "1",
-                "LANG": "C.UTF-8", "HOME": str(self.root / "root")}
+        return {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(self.site),
+            "PYTHONNOUSERSITE": "1",
+            "LANG": "C.UTF-8",
+            "HOME": str(self.root / "root"),
+        }
 
 
 def cache_dir() -> Path:
@@ -95,15 +106,18 @@ def require() -> Emulator:
     """The cached emulator, or TargetError telling the user to run ``tfedge emulator setup``."""
     env = status()
     if env is None:
-        raise TargetError("the emulated aarch64 root is not set up yet",
-                          "run `tfedge emulator setup` once (needs root or user namespaces; ~2 minutes)")
+        raise TargetError(
+            "the emulated aarch64 root is not set up yet",
+            "run `tfedge emulator setup` once (needs root or user namespaces; ~2 minutes)",
+        )
     if not Path(env.qemu).exists():
         raise TargetError(f"{env.qemu} is missing", "install it: apt-get install qemu-user-static")
     return env
 
 
-def setup(mirror: str | None = None, runtime: str = "auto", force: bool = False,
-          log=lambda msg: None) -> Emulator:
+def setup(
+    mirror: str | None = None, runtime: str = "auto", force: bool = False, log=lambda msg: None
+) -> Emulator:
     """Build (once) and return the emulated root; safe to call concurrently.
 
     Args:
@@ -127,7 +141,9 @@ def setup(mirror: str | None = None, runtime: str = "auto", force: bool = False,
 
 def _check_runtime_choice(runtime: str) -> None:
     if runtime != "auto" and runtime not in RUNTIMES:
-        raise TargetError(f"unknown emulator runtime {runtime!r}", f"use auto or one of {', '.join(RUNTIMES)}")
+        raise TargetError(
+            f"unknown emulator runtime {runtime!r}", f"use auto or one of {', '.join(RUNTIMES)}"
+        )
 
 
 @contextlib.contextmanager
@@ -152,9 +168,16 @@ def _build(qemu: str, mirror: str, runtime: str, log) -> Emulator:
         log("downloading aarch64 wheels: " + NUMPY + " and a TFLite runtime")
         name, version = _install_runtime(qemu, root, site, runtime, log)
         _replace_dir(work, final)
-        env = Emulator(root=final / "root", site=final / "site", runtime=name, runtime_version=version,
-                       numpy_version=NUMPY.split("==")[1], qemu=qemu, mirror=mirror,
-                       built_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        env = Emulator(
+            root=final / "root",
+            site=final / "site",
+            runtime=name,
+            runtime_version=version,
+            numpy_version=NUMPY.split("==")[1],
+            qemu=qemu,
+            mirror=mirror,
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
         _write_marker(final, env)
         log(f"ready: {final} ({name} {version})")
         return env
@@ -184,12 +207,16 @@ def apt_mirror(sources_dir: str = "/etc/apt") -> str:
     """
     base = Path(sources_dir)
     candidates = _deb822_uris(sorted(base.glob("sources.list.d/*.sources")))
-    candidates += _one_line_uris([base / "sources.list", *sorted(base.glob("sources.list.d/*.list"))])
+    candidates += _one_line_uris(
+        [base / "sources.list", *sorted(base.glob("sources.list.d/*.list"))]
+    )
     for uri in candidates:
         if "security" not in uri and "debian" in uri:
             return uri.rstrip("/")
-    raise TargetError(f"no Debian mirror found in {base}/sources.list or {base}/sources.list.d/*.sources",
-                      "pass one: tfedge emulator setup --mirror http://<your Debian mirror>/debian")
+    raise TargetError(
+        f"no Debian mirror found in {base}/sources.list or {base}/sources.list.d/*.sources",
+        "pass one: tfedge emulator setup --mirror http://<your Debian mirror>/debian",
+    )
 
 
 def _deb822_uris(files: list[Path]) -> list[str]:
@@ -221,8 +248,16 @@ def _read(path: Path) -> str:
 
 def _debootstrap(root: Path, mirror: str) -> None:
     debootstrap = _require_tool("debootstrap", "debootstrap")
-    argv = [debootstrap, "--foreign", "--arch=arm64", "--variant=minbase", "--include=python3",
-            SUITE, str(root), mirror]
+    argv = [
+        debootstrap,
+        "--foreign",
+        "--arch=arm64",
+        "--variant=minbase",
+        "--include=python3",
+        SUITE,
+        str(root),
+        mirror,
+    ]
     _run(_as_root(argv), "debootstrap", timeout=1800)
 
 
@@ -231,30 +266,40 @@ def _as_root(argv: list[str]) -> list[str]:
     if os.geteuid() == 0:
         return argv
     unshare = shutil.which("unshare")
-    if unshare and subprocess.run([unshare, "--map-root-user", "true"], capture_output=True).returncode == 0:
+    if (
+        unshare
+        and subprocess.run([unshare, "--map-root-user", "true"], capture_output=True).returncode
+        == 0
+    ):
         return [unshare, "--map-root-user", *argv]
-    raise TargetError("building the emulated root needs root or unprivileged user namespaces",
-                      "run `sudo tfedge emulator setup` once, or enable kernel.unprivileged_userns_clone")
+    raise TargetError(
+        "building the emulated root needs root or unprivileged user namespaces",
+        "run `sudo tfedge emulator setup` once, or enable kernel.unprivileged_userns_clone",
+    )
 
 
 def _unpack_debs(root: Path) -> None:
     """Unpack every downloaded .deb (what the second stage would do, without a chroot)."""
     archives = sorted((root / "var/cache/apt/archives").glob("*.deb"))
     if not archives:
-        raise TargetError(f"debootstrap left no packages in {root}/var/cache/apt/archives",
-                          "check the mirror serves arm64 (try --mirror)")
+        raise TargetError(
+            f"debootstrap left no packages in {root}/var/cache/apt/archives",
+            "check the mirror serves arm64 (try --mirror)",
+        )
     for deb in archives:
         _run(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}", timeout=600)
         deb.unlink()
     if not (root / PYTHON).exists():
-        raise TargetError(f"the emulated root has no {PYTHON}", "rebuild with `tfedge emulator setup --force`")
+        raise TargetError(
+            f"the emulated root has no {PYTHON}", "rebuild with `tfedge emulator setup --force`"
+        )
 
 
 # ---------------------------------------------------------------- Python wheels
 def _install_runtime(qemu: str, root: Path, site: Path, runtime: str, log) -> tuple[str, str]:
     _pip_install(NUMPY, site)
     problems = []
-    for name in ([runtime] if runtime != "auto" else list(RUNTIMES)):
+    for name in [runtime] if runtime != "auto" else list(RUNTIMES):
         target = site.parent / f"site-{name}"
         _pip_install(RUNTIMES[name], target)
         probe = _probe(qemu, root, [site, target], name)
@@ -263,23 +308,41 @@ def _install_runtime(qemu: str, root: Path, site: Path, runtime: str, log) -> tu
             return probe["runtime"]["name"], probe["runtime"]["version"]
         problems.append(f"{name}: {probe.get('error', probe)}")
         log(f"{name} does not work under qemu: {problems[-1]}")
-    raise TargetError("no TFLite runtime works under qemu: " + "; ".join(problems),
-                      "report this with `tfedge emulator setup --runtime tflite-runtime` output")
+    raise TargetError(
+        "no TFLite runtime works under qemu: " + "; ".join(problems),
+        "report this with `tfedge emulator setup --runtime tflite-runtime` output",
+    )
 
 
 def _pip_install(requirement: str, target: Path) -> None:
     """Download the aarch64 cp311 wheel of ``requirement`` and unzip it into ``target``."""
     download = target.parent / ".wheels"
     download.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-            "--python-version", "3.11", "--implementation", "cp", "-d", str(download), requirement]
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "-d",
+        str(download),
+        requirement,
+    ]
     for tag in PLATFORMS:
         argv[6:6] = ["--platform", tag]
     _run(argv, f"pip download {requirement}", timeout=900)
     name = requirement.split("==")[0].replace("-", "_")
     wheels = sorted(download.glob(f"{name}-*.whl"))
     if not wheels:
-        raise TargetError(f"pip downloaded no aarch64 wheel for {requirement}", "check pip can reach its index")
+        raise TargetError(
+            f"pip downloaded no aarch64 wheel for {requirement}", "check pip can reach its index"
+        )
     target.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheels[-1]) as wheel:
         wheel.extractall(target)
@@ -292,10 +355,24 @@ def _merge(src: Path, dst: Path) -> None:
 
 
 def _probe(qemu: str, root: Path, paths: list[Path], prefer: str) -> dict:
-    script = Path(__file__).parent / "device" / "bench_device.py"
-    argv = [qemu, "-cpu", "cortex-a72", "-L", str(root), str(root / PYTHON), str(script),
-            "--probe", "--runtime", prefer]
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(map(str, paths)), "PYTHONNOUSERSITE": "1"}
+    script = Path(__file__).resolve().parent.parent / "device" / "bench_device.py"
+    argv = [
+        qemu,
+        "-cpu",
+        "cortex-a72",
+        "-L",
+        str(root),
+        str(root / PYTHON),
+        str(script),
+        "--probe",
+        "--runtime",
+        prefer,
+    ]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.pathsep.join(map(str, paths)),
+        "PYTHONNOUSERSITE": "1",
+    }
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     except subprocess.TimeoutExpired:
@@ -306,7 +383,9 @@ def _probe(qemu: str, root: Path, paths: list[Path], prefer: str) -> dict:
     except ValueError:
         report = {}
     if report.get("runtime", {}).get("name") != prefer:
-        return {"error": report.get("error") or f"exit {out.returncode}: {out.stderr.strip()[-300:]}"}
+        return {
+            "error": report.get("error") or f"exit {out.returncode}: {out.stderr.strip()[-300:]}"
+        }
     return report
 
 
@@ -322,8 +401,12 @@ def _run(argv: list[str], what: str, timeout: float) -> None:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise TargetError(f"{what} timed out after {timeout:.0f} s", "check the network and retry") from exc
+        raise TargetError(
+            f"{what} timed out after {timeout:.0f} s", "check the network and retry"
+        ) from exc
     if out.returncode != 0:
         tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
-        raise TargetError(f"{what} failed (exit {out.returncode}): {' | '.join(tail)}",
-                          "check the mirror (--mirror) and that you can reach it")
+        raise TargetError(
+            f"{what} failed (exit {out.returncode}): {' | '.join(tail)}",
+            "check the mirror (--mirror) and that you can reach it",
+        )

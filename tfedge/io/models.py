@@ -3,6 +3,7 @@
 Format detection reads only file headers (no TensorFlow), so bad input fails fast.
 Loading imports TensorFlow lazily.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelLoadError
+from tfedge.errors import ModelLoadError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -57,12 +58,14 @@ def detect_format(path: str | Path) -> ModelFormat:
 def load_keras_model(fmt: ModelFormat, compile: bool = False):
     """Load a ``.keras``/``.h5``/SavedModel as a Keras model (tf_keras, or Keras 3 for Keras 3 files)."""
     if fmt.kind == "tflite":
-        raise ModelLoadError(f"{fmt.path} is already a TFLite model", "pass the Keras model instead")
+        raise ModelLoadError(
+            f"{fmt.path} is already a TFLite model", "pass the Keras model instead"
+        )
     if fmt.is_keras3:
-        from ._tf import import_keras3
+        from tfedge._tf import import_keras3
 
         return _load_with(import_keras3().models.load_model, fmt, compile)
-    from ._tf import import_keras
+    from tfedge._tf import import_keras
 
     keras2 = import_keras()
     return _load_with(keras2.models.load_model, fmt, compile)
@@ -71,17 +74,19 @@ def load_keras_model(fmt: ModelFormat, compile: bool = False):
 def load_tf_keras_model(model):
     """A tf_keras (Keras 2) model for tfmot from a path, a ModelFormat or an in-memory model.
 
-    Keras 3 files and models go through the verified bridge (``tfedge.keras3_bridge``).
+    Keras 3 files and models go through the verified bridge (``tfedge.io.keras3_bridge``).
     """
-    from .keras3_bridge import bridge_keras3_file, bridge_keras3_model
+    from tfedge.io.keras3_bridge import bridge_keras3_file, bridge_keras3_model
 
     if not isinstance(model, (str, os.PathLike, ModelFormat)):
         return bridge_keras3_model(model) if _is_keras3_object(model) else model
     fmt = model if isinstance(model, ModelFormat) else detect_format(model)
     if fmt.kind == "savedmodel" and fmt.keras != "2":
-        raise ModelLoadError(f"{fmt.path} is an exported SavedModel: it holds a graph, not Keras layers",
-                             "pass the .keras file for tfmot passes; a SavedModel converts directly with "
-                             "`tfedge convert` or the post-training `int8` recipe")
+        raise ModelLoadError(
+            f"{fmt.path} is an exported SavedModel: it holds a graph, not Keras layers",
+            "pass the .keras file for tfmot passes; a SavedModel converts directly with "
+            "`tfedge convert` or the post-training `int8` recipe",
+        )
     return bridge_keras3_file(fmt.path) if fmt.is_keras3 else load_keras_model(fmt)
 
 
@@ -103,14 +108,20 @@ def _load_with(loader, fmt: ModelFormat, compile: bool):
 
 def _needs_tfmot_scope(exc: Exception) -> bool:
     text = str(exc)
-    return any(w in text for w in ("QuantizeWrapper", "PruneLowMagnitude", "ClusterWeights", "QuantizeLayer"))
+    return any(
+        w in text
+        for w in ("QuantizeWrapper", "PruneLowMagnitude", "ClusterWeights", "QuantizeLayer")
+    )
 
 
 def _load_in_tfmot_scope(loader, fmt: ModelFormat, compile: bool):
     import tensorflow_model_optimization as tfmot
 
-    with tfmot.quantization.keras.quantize_scope(), tfmot.clustering.keras.cluster_scope(), \
-            tfmot.sparsity.keras.prune_scope():
+    with (
+        tfmot.quantization.keras.quantize_scope(),
+        tfmot.clustering.keras.cluster_scope(),
+        tfmot.sparsity.keras.prune_scope(),
+    ):
         return loader(fmt.path, compile=compile)
 
 
@@ -129,10 +140,18 @@ def _head(path: Path) -> bytes:
 
 def _detect_savedmodel(path: Path) -> ModelFormat:
     if not (path / "saved_model.pb").exists():
-        raise ModelLoadError(f"{path} is a directory without saved_model.pb",
-                             "pass a SavedModel directory, or a .keras/.h5 file")
-    keras = "3" if (path / "fingerprint.pb").exists() and not (path / "keras_metadata.pb").exists() else ""
-    return ModelFormat(str(path), "savedmodel", keras="2" if (path / "keras_metadata.pb").exists() else keras)
+        raise ModelLoadError(
+            f"{path} is a directory without saved_model.pb",
+            "pass a SavedModel directory, or a .keras/.h5 file",
+        )
+    keras = (
+        "3"
+        if (path / "fingerprint.pb").exists() and not (path / "keras_metadata.pb").exists()
+        else ""
+    )
+    return ModelFormat(
+        str(path), "savedmodel", keras="2" if (path / "keras_metadata.pb").exists() else keras
+    )
 
 
 def _detect_keras_zip(path: Path) -> ModelFormat:
@@ -142,10 +161,14 @@ def _detect_keras_zip(path: Path) -> ModelFormat:
             names = set(zf.namelist())
             meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path} is a damaged .keras file ({_first_line(exc)})",
-                             "the file looks truncated; save the model again") from exc
+        raise ModelLoadError(
+            f"{path} is a damaged .keras file ({_first_line(exc)})",
+            "the file looks truncated; save the model again",
+        ) from exc
     if bad is not None or "config.json" not in names:
-        raise ModelLoadError(f"{path} is a damaged .keras file", "the file looks truncated; save the model again")
+        raise ModelLoadError(
+            f"{path} is a damaged .keras file", "the file looks truncated; save the model again"
+        )
     version = str(meta.get("keras_version", ""))
     return ModelFormat(str(path), "keras", keras=version[:1] or "2", keras_version=version)
 
@@ -158,10 +181,14 @@ def _detect_h5(path: Path) -> ModelFormat:
             version = f.attrs.get("keras_version", "")
             has_model = "model_config" in f.attrs
     except OSError as exc:
-        raise ModelLoadError(f"{path} is a damaged .h5 file ({_first_line(exc)})",
-                             "the file looks truncated; save the model again") from exc
+        raise ModelLoadError(
+            f"{path} is a damaged .h5 file ({_first_line(exc)})",
+            "the file looks truncated; save the model again",
+        ) from exc
     version = version.decode() if isinstance(version, bytes) else str(version)
     if not has_model:
-        raise ModelLoadError(f"{path} holds weights only, not a model",
-                             "save the whole model with model.save('model.h5') or model.save('model.keras')")
+        raise ModelLoadError(
+            f"{path} holds weights only, not a model",
+            "save the whole model with model.save('model.h5') or model.save('model.keras')",
+        )
     return ModelFormat(str(path), "h5", keras=version[:1] or "2", keras_version=version)

@@ -1,6 +1,6 @@
 """Keras model -> verified TFLite model.
 
-The conversion itself runs in a child process (``tfedge._convert_worker``) so that a
+The conversion itself runs in a child process (``tfedge.convert.worker``) so that a
 converter crash becomes a ConversionError instead of killing tfedge. The parent then
 reads the flatbuffer and verifies that every op computes in integer before the file is
 renamed into place.
@@ -10,6 +10,7 @@ Example:
     >>> result.full_integer
     True
 """
+
 from __future__ import annotations
 
 import json
@@ -24,18 +25,24 @@ from pathlib import Path
 
 import numpy as np
 
-from . import errors
-from ._atomic import atomic_path, check_writable
-from .data import Dataset, Inputs, draw_samples, load_data, num_samples
-from .errors import ConversionError, UsageError, VerificationError
-from .loading import detect_format
-from .verify import FloatOp, find_float_ops
-from .tflite_model import read_tflite
+from tfedge import errors
+from tfedge.convert.tflite_model import read_tflite
+from tfedge.convert.verify import FloatOp, find_float_ops
+from tfedge.errors import ConversionError, UsageError, VerificationError
+from tfedge.fsutil import atomic_path, check_writable
+from tfedge.io.data import Dataset, Inputs, draw_samples, load_data, num_samples
+from tfedge.io.models import detect_format
 
 QUANT_MODES = ("int8", "int16x8", "float16", "dynamic", "none")
 IO_TYPES = ("int8", "uint8", "int16", "float32")
 FULL_INTEGER_MODES = ("int8", "int16x8")
-DEFAULT_IO = {"int8": "int8", "int16x8": "int16", "float16": "float32", "dynamic": "float32", "none": "float32"}
+DEFAULT_IO = {
+    "int8": "int8",
+    "int16x8": "int16",
+    "float16": "float32",
+    "dynamic": "float32",
+    "none": "float32",
+}
 ALLOWED_IO = {"int8": {"int8", "uint8", "float32"}, "int16x8": {"int16", "float32"}}
 
 
@@ -57,9 +64,19 @@ class ConvertResult:
         return asdict(self)
 
 
-def convert(model, output: str | os.PathLike, *, calib=None, quant: str = "int8", io: str | None = None,
-            calib_samples: int = 256, seed: int = 0, allow_float_ops: bool = False,
-            profile=None, progress: bool = False) -> ConvertResult:
+def convert(
+    model,
+    output: str | os.PathLike,
+    *,
+    calib=None,
+    quant: str = "int8",
+    io: str | None = None,
+    calib_samples: int = 256,
+    seed: int = 0,
+    allow_float_ops: bool = False,
+    profile=None,
+    progress: bool = False,
+) -> ConvertResult:
     """Convert ``model`` to TFLite at ``output`` and verify it.
 
     Args:
@@ -87,7 +104,10 @@ def convert(model, output: str | os.PathLike, *, calib=None, quant: str = "int8"
     output = check_writable(output)
     device_profile = _load_profile(profile)
     samples = _calibration_samples(calib, quant, calib_samples, seed)
-    with tempfile.TemporaryDirectory(prefix="tfedge-convert-") as work, atomic_path(output) as tmp_out:
+    with (
+        tempfile.TemporaryDirectory(prefix="tfedge-convert-") as work,
+        atomic_path(output) as tmp_out,
+    ):
         source, keras = _model_source(model, Path(work))
         job = _job(source, tmp_out, quant, io, samples, Path(work), progress)
         _run_worker(job, Path(work))
@@ -97,10 +117,15 @@ def convert(model, output: str | os.PathLike, *, calib=None, quant: str = "int8"
         if device_profile is not None:
             _check_profile(device_profile, report, float_ops)
     return ConvertResult(
-        output=str(output), size_bytes=report.size_bytes, quant=quant, io=io,
-        full_integer=not float_ops, float_ops=float_ops,
+        output=str(output),
+        size_bytes=report.size_bytes,
+        quant=quant,
+        io=io,
+        full_integer=not float_ops,
+        float_ops=float_ops,
         calib_samples=0 if samples is None else num_samples(samples),
-        seconds=round(time.perf_counter() - started, 3), keras=keras,
+        seconds=round(time.perf_counter() - started, 3),
+        keras=keras,
     )
 
 
@@ -112,18 +137,24 @@ def _check_options(quant: str, io: str | None, calib, calib_samples: int) -> str
         raise UsageError(f"unknown --io '{io}'", f"choose one of {', '.join(IO_TYPES)}")
     allowed = ALLOWED_IO.get(quant, {"float32"})
     if io not in allowed:
-        raise UsageError(f"--io {io} does not fit --quant {quant}", f"use --io {' or '.join(sorted(allowed))}")
+        raise UsageError(
+            f"--io {io} does not fit --quant {quant}", f"use --io {' or '.join(sorted(allowed))}"
+        )
     if quant in FULL_INTEGER_MODES and calib is None:
-        raise UsageError(f"--quant {quant} needs calibration data", "pass --calib train.npz (inputs in array x)")
+        raise UsageError(
+            f"--quant {quant} needs calibration data", "pass --calib train.npz (inputs in array x)"
+        )
     if calib_samples <= 0:
-        raise UsageError(f"--calib-samples must be positive, got {calib_samples}", "try --calib-samples 256")
+        raise UsageError(
+            f"--calib-samples must be positive, got {calib_samples}", "try --calib-samples 256"
+        )
     return io
 
 
 def _load_profile(profile):
     if profile is None:
         return None
-    from .profiles import load_profile
+    from tfedge.targets.profiles import load_profile
 
     return profile if hasattr(profile, "budgets") else load_profile(profile)
 
@@ -147,7 +178,10 @@ def _model_source(model, work: Path) -> tuple[str, str]:
     if isinstance(model, (str, os.PathLike)):
         fmt = detect_format(model)
         if fmt.kind == "tflite":
-            raise UsageError(f"{model} is already a TFLite model", "pass the Keras model (.keras, .h5 or SavedModel)")
+            raise UsageError(
+                f"{model} is already a TFLite model",
+                "pass the Keras model (.keras, .h5 or SavedModel)",
+            )
         return str(model), fmt.keras
     path = work / "savedmodel"
     if type(model).__module__.split(".")[0] == "keras":
@@ -162,8 +196,15 @@ def _job(source: str, out: Path, quant: str, io: str, samples, work: Path, progr
     if samples is not None:
         calib_path = str(work / "calib.npz")
         np.savez(calib_path, **(samples if isinstance(samples, dict) else {"x": samples}))
-    return {"model": source, "output": str(out), "quant": quant, "io": io, "calib": calib_path,
-            "result": str(work / "result.json"), "progress": progress}
+    return {
+        "model": source,
+        "output": str(out),
+        "quant": quant,
+        "io": io,
+        "calib": calib_path,
+        "result": str(work / "result.json"),
+        "progress": progress,
+    }
 
 
 def _run_worker(job: dict, work: Path) -> None:
@@ -176,9 +217,11 @@ def _run_worker(job: dict, work: Path) -> None:
     try:
         with open(log_path, "wb") as log:
             proc = subprocess.run(
-                [sys.executable, "-m", "tfedge._convert_worker", str(job_path)],
-                stdout=None if debug else log, stderr=None if debug else log,
-                pass_fds=(progress_fd,), env=os.environ.copy(),
+                [sys.executable, "-m", "tfedge.convert.worker", str(job_path)],
+                stdout=None if debug else log,
+                stderr=None if debug else log,
+                pass_fds=(progress_fd,),
+                env=os.environ.copy(),
             )
     finally:
         os.close(progress_fd)
@@ -199,9 +242,13 @@ def _raise_worker_error(returncode: int, result_path: Path, log_path: Path) -> N
             f"the TFLite converter crashed ({name})",
             "this model's layers are not supported by the converter; try --quant none, or run with --debug for its log",
         )
-    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
-    raise ConversionError(f"the TFLite converter failed (exit {returncode}){': ' + tail[0] if tail else ''}",
-                          "run with --debug to see the converter's log")
+    tail = (
+        log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+    )
+    raise ConversionError(
+        f"the TFLite converter failed (exit {returncode}){': ' + tail[0] if tail else ''}",
+        "run with --debug to see the converter's log",
+    )
 
 
 def _check_full_integer(quant: str, float_ops: list[FloatOp], allow_float_ops: bool) -> None:
@@ -217,7 +264,12 @@ def _check_full_integer(quant: str, float_ops: list[FloatOp], allow_float_ops: b
 
 
 def _check_profile(profile, report, float_ops: list[FloatOp]) -> None:
-    from .profiles import check_model_against_profile
+    from tfedge.targets.profiles import check_model_against_profile
 
-    check_model_against_profile(profile, report.size_bytes, not float_ops,
-                                [op.describe() for op in float_ops], {op.name for op in report.ops})
+    check_model_against_profile(
+        profile,
+        report.size_bytes,
+        not float_ops,
+        [op.describe() for op in float_ops],
+        {op.name for op in report.ops},
+    )

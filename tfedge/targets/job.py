@@ -4,6 +4,7 @@ A runner (local, qemu, ssh) only decides *where* the device script runs and how 
 there; this module builds the script's arguments and turns its JSON (or its crash) into
 a report dict or a typed error.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BenchError, DataError, TargetError
+from tfedge.errors import BenchError, DataError, TargetError
 
 DEVICE_SCRIPT = Path(__file__).resolve().parent.parent / "device" / "bench_device.py"
 
@@ -31,9 +32,19 @@ class Job:
     keep_outputs: bool = False
     timeout: float = 600.0
 
-    def script_args(self, model: str, data: str | None = None, outputs: str | None = None) -> list[str]:
+    def script_args(
+        self, model: str, data: str | None = None, outputs: str | None = None
+    ) -> list[str]:
         """Arguments for the device script, given where model/data/outputs live on the target."""
-        args = [model, "--runs", str(self.runs), "--warmup", str(self.warmup), "--min-secs", str(self.min_secs)]
+        args = [
+            model,
+            "--runs",
+            str(self.runs),
+            "--warmup",
+            str(self.warmup),
+            "--min-secs",
+            str(self.min_secs),
+        ]
         if self.warmup == 0:
             args += ["--warmup-min-secs", "0"]
         if self.threads:
@@ -62,8 +73,10 @@ def parse_report(stdout: str, stderr: str, returncode: int, model: Path, where: 
     report = _last_json(stdout)
     if report is None:
         tail = " | ".join(stderr.strip().splitlines()[-3:]) or f"exit status {returncode}"
-        raise BenchError(f"the device script gave no report on {where}: {tail}",
-                         "run it by hand there: python3 tfedge_bench_device.py MODEL.tflite")
+        raise BenchError(
+            f"the device script gave no report on {where}: {tail}",
+            "run it by hand there: python3 tfedge_bench_device.py MODEL.tflite",
+        )
     if "error" in report:
         raise _reported_error(report, model, where)
     return report
@@ -76,7 +89,8 @@ def _crash(returncode: int, stderr: str, model: Path, where: str) -> BenchError:
         name = f"signal {-returncode}"
     return BenchError(
         f"the TFLite runtime crashed ({name}) running {model.name} on {where}; tfedge itself is unaffected",
-        "the model is malformed or hostile, or hits a runtime bug: check it with `tfedge inspect`, re-convert it")
+        "the model is malformed or hostile, or hits a runtime bug: check it with `tfedge inspect`, re-convert it",
+    )
 
 
 def _reported_error(report: dict, model: Path, where: str) -> Exception:
@@ -87,7 +101,9 @@ def _reported_error(report: dict, model: Path, where: str) -> Exception:
         return DataError(f"on {where}: {message}", hint)
     if kind == "model_invalid":
         return BenchError(f"{model.name} cannot be loaded on {where}: {message}", hint)
-    return BenchError(f"the device script failed on {where}: {message}", hint or "run it with --debug")
+    return BenchError(
+        f"the device script failed on {where}: {message}", hint or "run it with --debug"
+    )
 
 
 def _last_json(stdout: str) -> dict | None:
@@ -104,13 +120,15 @@ def _last_json(stdout: str) -> dict | None:
 
 def check_model_file(model: Path) -> Path:
     """Refuse a missing, empty or non-TFLite file before any target is involved."""
-    from ..errors import ModelLoadError
+    from tfedge.errors import ModelLoadError
 
     if not model.is_file():
         raise ModelLoadError(f"{model} does not exist", "check the path")
     with open(model, "rb") as handle:
         head = handle.read(8)
     if len(head) < 8 or head[4:8] != b"TFL3":
-        raise ModelLoadError(f"{model} is not a TFLite model (no TFL3 identifier)",
-                             "pass a .tflite file written by the TFLite converter or `tfedge convert`")
+        raise ModelLoadError(
+            f"{model} is not a TFLite model (no TFL3 identifier)",
+            "pass a .tflite file written by the TFLite converter or `tfedge convert`",
+        )
     return model

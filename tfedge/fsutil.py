@@ -1,13 +1,14 @@
 """Never leave a half-written file: write to a temporary sibling, then rename."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from .errors import OutputError
+from tfedge.errors import OutputError
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -17,9 +18,13 @@ def check_writable(path: str | os.PathLike) -> Path:
     if path.is_dir():
         raise OutputError(f"output {path} is a directory", "give a file name, e.g. model.tflite")
     if not parent.is_dir():
-        raise OutputError(f"output directory {parent} does not exist", f"create it first: mkdir -p {parent}")
+        raise OutputError(
+            f"output directory {parent} does not exist", f"create it first: mkdir -p {parent}"
+        )
     if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write to {parent}", "choose an output path in a writable directory")
+        raise OutputError(
+            f"cannot write to {parent}", "choose an output path in a writable directory"
+        )
     return path
 
 
@@ -34,8 +39,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as exc:
-        raise OutputError(f"cannot write to {path.parent} ({exc.strerror})",
-                          "choose an output path in a writable directory") from exc
+        raise OutputError(
+            f"cannot write to {path.parent} ({exc.strerror})",
+            "choose an output path in a writable directory",
+        ) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -2,7 +2,7 @@
 
 A recipe names its passes in order, how to train and how to convert. Unknown passes or
 keys, bad values and orders that would undo earlier work are RecipeErrors, with a
-"did you mean" where one fits. Built-in recipes ship in ``tfedge/recipes/`` and are used by
+"did you mean" where one fits. Built-in recipes ship in ``tfedge/optimize/recipes/`` and are used by
 name.
 
 Example:
@@ -19,23 +19,46 @@ Example:
     convert: {quant: int8}
     max_accuracy_drop: 1.5      # percentage points against the float model, per stage
 """
+
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RecipeError
-from .passes.base import TrainConfig, build_config, build_pass, check_choice, check_number, did_you_mean
+from tfedge.errors import RecipeError
+from tfedge.passes.base import (
+    TrainConfig,
+    build_config,
+    build_pass,
+    check_choice,
+    check_number,
+    did_you_mean,
+)
 
 SCHEMA_VERSION = 1
 RECIPE_DIR = Path(__file__).parent / "recipes"
-TOP_KEYS = ("schema_version", "name", "description", "passes", "train", "convert", "max_accuracy_drop", "seed")
+TOP_KEYS = (
+    "schema_version",
+    "name",
+    "description",
+    "passes",
+    "train",
+    "convert",
+    "max_accuracy_drop",
+    "seed",
+)
 QUANT_MODES = ("int8", "int16x8", "float16", "dynamic", "none")
 UNDOES = {  # pass -> earlier passes whose effect it would undo
     "prune": {"cluster": "pruning a clustered model breaks its clusters; put prune before cluster"},
-    "distill": {"prune": "distillation trains a new dense student", "cluster": "distillation trains a new student"},
-    "low_rank": {"prune": "the SVD factors are dense", "cluster": "the SVD factors are not clustered"},
+    "distill": {
+        "prune": "distillation trains a new dense student",
+        "cluster": "distillation trains a new student",
+    },
+    "low_rank": {
+        "prune": "the SVD factors are dense",
+        "cluster": "the SVD factors are not clustered",
+    },
 }
 FILE_OPTIONS = ("student", "teacher")
 
@@ -94,9 +117,11 @@ def load_recipe(name_or_path) -> Recipe:
     if str(name_or_path) in builtin_recipes():
         builtin = RECIPE_DIR / f"{name_or_path}.yaml"
         return parse_recipe(_read(builtin), f"builtin:{name_or_path}", builtin.parent)
-    raise RecipeError(f"no recipe file or built-in recipe named '{name_or_path}'",
-                      did_you_mean(str(name_or_path), builtin_recipes(), "built-in recipes")
-                      + "; or give the path of a .yaml file")
+    raise RecipeError(
+        f"no recipe file or built-in recipe named '{name_or_path}'",
+        did_you_mean(str(name_or_path), builtin_recipes(), "built-in recipes")
+        + "; or give the path of a .yaml file",
+    )
 
 
 def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | str = ".") -> Recipe:
@@ -112,10 +137,14 @@ def _build(data: dict, text: str, source: str, base_dir: Path) -> Recipe:
     _check_top(data)
     passes = tuple(_build_pass(i, entry, base_dir) for i, entry in enumerate(_pass_list(data)))
     recipe = Recipe(
-        name=str(data.get("name") or Path(source.replace("builtin:", "")).stem), source=source, text=text,
-        passes=passes, train=build_config(TrainConfig, data.get("train"), "train"),
+        name=str(data.get("name") or Path(source.replace("builtin:", "")).stem),
+        source=source,
+        text=text,
+        passes=passes,
+        train=build_config(TrainConfig, data.get("train"), "train"),
         convert=build_config(ConvertConfig, data.get("convert"), "convert"),
-        max_accuracy_drop=_drop(data.get("max_accuracy_drop")), seed=_seed(data.get("seed", 0)),
+        max_accuracy_drop=_drop(data.get("max_accuracy_drop")),
+        seed=_seed(data.get("seed", 0)),
         description=str(data.get("description") or ""),
     )
     _check_order(recipe)
@@ -130,11 +159,15 @@ def _yaml(text: str, source: str) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"recipe {source} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
-                          "check the indentation and the `key: value` pairs") from None
+        raise RecipeError(
+            f"recipe {source} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+            "check the indentation and the `key: value` pairs",
+        ) from None
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe {source} must be a mapping with schema_version and passes",
-                          "start from `tfedge recipes show prune-cluster-qat`")
+        raise RecipeError(
+            f"recipe {source} must be a mapping with schema_version and passes",
+            "start from `tfedge recipes show prune-cluster-qat`",
+        )
     return data
 
 
@@ -144,8 +177,10 @@ def _check_top(data: dict) -> None:
             raise RecipeError(f"unknown key '{key}'", did_you_mean(str(key), TOP_KEYS, "keys"))
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise RecipeError(f"schema_version must be {SCHEMA_VERSION}, got {version!r}",
-                          f"add `schema_version: {SCHEMA_VERSION}` at the top")
+        raise RecipeError(
+            f"schema_version must be {SCHEMA_VERSION}, got {version!r}",
+            f"add `schema_version: {SCHEMA_VERSION}` at the top",
+        )
 
 
 def _pass_list(data: dict) -> list:
@@ -159,10 +194,14 @@ def _build_pass(index: int, entry, base_dir: Path):
     if isinstance(entry, str):
         entry = {entry: {}}
     if not isinstance(entry, dict) or len(entry) != 1:
-        raise RecipeError(f"passes[{index}] must be one `name: {{options}}` mapping, got {entry!r}",
-                          "e.g. `- prune: {target_sparsity: 0.75}`")
-    (name, options), = entry.items()
-    options = _resolve_files(dict(options or {}) if isinstance(options, dict) else options, base_dir, index, name)
+        raise RecipeError(
+            f"passes[{index}] must be one `name: {{options}}` mapping, got {entry!r}",
+            "e.g. `- prune: {target_sparsity: 0.75}`",
+        )
+    ((name, options),) = entry.items()
+    options = _resolve_files(
+        dict(options or {}) if isinstance(options, dict) else options, base_dir, index, name
+    )
     return build_pass(str(name), options, where=f"passes[{index}] {name}")
 
 
@@ -173,8 +212,10 @@ def _resolve_files(options, base_dir: Path, index: int, name: str):
         if isinstance(options.get(key), str):
             path = (base_dir / options[key]).resolve()
             if not path.exists():
-                raise RecipeError(f"passes[{index}] {name}: {key} file {path} does not exist",
-                                  "paths are relative to the recipe file")
+                raise RecipeError(
+                    f"passes[{index}] {name}: {key} file {path} does not exist",
+                    "paths are relative to the recipe file",
+                )
             options[key] = str(path)
     return options
 
@@ -182,24 +223,32 @@ def _resolve_files(options, base_dir: Path, index: int, name: str):
 def _check_order(recipe: Recipe) -> None:
     names = recipe.pass_names
     if "qat" in names and names.index("qat") != len(names) - 1:
-        raise RecipeError(f"qat must be the last pass (order: {' -> '.join(names)})",
-                          "tfmot cannot strip QAT wrappers: move qat to the end")
+        raise RecipeError(
+            f"qat must be the last pass (order: {' -> '.join(names)})",
+            "tfmot cannot strip QAT wrappers: move qat to the end",
+        )
     if "qat" in names and recipe.convert.quant != "int8":
-        raise RecipeError(f"qat trains for int8, but convert.quant is {recipe.convert.quant}",
-                          "use convert: {quant: int8}, or drop the qat pass")
+        raise RecipeError(
+            f"qat trains for int8, but convert.quant is {recipe.convert.quant}",
+            "use convert: {quant: int8}, or drop the qat pass",
+        )
     for i, name in enumerate(names):
         for earlier in names[:i]:
             if earlier in UNDOES.get(name, {}):
-                raise RecipeError(f"{name} after {earlier} would undo it: {UNDOES[name][earlier]}",
-                                  f"put {name} before {earlier}")
+                raise RecipeError(
+                    f"{name} after {earlier} would undo it: {UNDOES[name][earlier]}",
+                    f"put {name} before {earlier}",
+                )
 
 
 def _drop(value) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-        raise RecipeError(f"max_accuracy_drop must be a number of percentage points from 0 to 100, got {value!r}",
-                          "e.g. max_accuracy_drop: 1.5")
+        raise RecipeError(
+            f"max_accuracy_drop must be a number of percentage points from 0 to 100, got {value!r}",
+            "e.g. max_accuracy_drop: 1.5",
+        )
     return float(value)
 
 

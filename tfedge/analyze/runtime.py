@@ -4,11 +4,12 @@ The detection logic lives in the standalone device script (it must run on a bare
 without tfedge); the host side uses the very same code and turns its errors into
 tfedge's typed errors.
 """
+
 from __future__ import annotations
 
-from ._tf import quiet_native_stderr
-from .device import bench_device
-from .errors import BenchError, ModelLoadError
+from tfedge._tf import quiet_native_stderr
+from tfedge.device import bench_device
+from tfedge.errors import BenchError, ModelLoadError
 
 
 def load_interpreter(path: str, threads: int | None = None, xnnpack: bool = True):

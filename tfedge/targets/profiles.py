@@ -1,7 +1,7 @@
 """Device profiles: what a target board is and what a model must fit into.
 
 A profile is a small YAML file with a versioned schema (``schema_version: 1``), validated
-on load. The shipped ones live in ``tfedge/device_profiles/`` (installed with the package);
+on load. The shipped ones live in ``tfedge/targets/device_profiles/`` (installed with the package);
 a path to a user's own file works wherever a name does.
 
 Example:
@@ -10,6 +10,7 @@ Example:
     ('cortex-a72', 4, 50000000)
     >>> check_model_against_profile(p, 600_000, full_integer=True, float_ops=[], op_names={"CONV_2D"})
 """
+
 from __future__ import annotations
 
 import os
@@ -20,22 +21,50 @@ from typing import Any
 
 import yaml
 
-from .errors import ProfileError
+from tfedge.errors import ProfileError
 
 SCHEMA_VERSION = 1
 PROFILES_DIR = Path(__file__).parent / "device_profiles"
 ARCHES = ("aarch64", "x86_64", "armv7l", "native")
 RUNTIMES = ("ai-edge-litert", "tflite-runtime")
-QEMU_CPUS = ("cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "max")
+QEMU_CPUS = (
+    "cortex-a35",
+    "cortex-a53",
+    "cortex-a57",
+    "cortex-a72",
+    "cortex-a76",
+    "neoverse-n1",
+    "max",
+)
 # Custom ops that the stock LiteRT / tflite-runtime op resolver registers itself.
-RUNTIME_CUSTOM_OPS = frozenset({"TFLite_Detection_PostProcess", "Convolution2DTransposeBias",
-                                "MaxPoolingWithArgmax2D", "MaxUnpooling2D"})
-ARMV7_HINT = ("there are no 32-bit (armv7l) wheels of ai-edge-litert or tflite-runtime for Python 3.11; "
-              "flash the 64-bit Raspberry Pi OS (Raspberry Pi Imager -> 'Raspberry Pi OS (64-bit)'), "
-              "or check `uname -m` says aarch64 and `getconf LONG_BIT` says 64")
+RUNTIME_CUSTOM_OPS = frozenset(
+    {
+        "TFLite_Detection_PostProcess",
+        "Convolution2DTransposeBias",
+        "MaxPoolingWithArgmax2D",
+        "MaxUnpooling2D",
+    }
+)
+ARMV7_HINT = (
+    "there are no 32-bit (armv7l) wheels of ai-edge-litert or tflite-runtime for Python 3.11; "
+    "flash the 64-bit Raspberry Pi OS (Raspberry Pi Imager -> 'Raspberry Pi OS (64-bit)'), "
+    "or check `uname -m` says aarch64 and `getconf LONG_BIT` says 64"
+)
 
-_REQUIRED = ("schema_version", "name", "description", "arch", "cpu", "cores", "ram_mb", "storage",
-             "runtime", "requires_full_integer", "budgets", "default_threads")
+_REQUIRED = (
+    "schema_version",
+    "name",
+    "description",
+    "arch",
+    "cpu",
+    "cores",
+    "ram_mb",
+    "storage",
+    "runtime",
+    "requires_full_integer",
+    "budgets",
+    "default_threads",
+)
 _OPTIONAL = ("unsupported_ops",)
 _BUDGET_KEYS = ("max_model_bytes", "max_ram_mb", "target_latency_ms")
 
@@ -105,7 +134,9 @@ def load_profile(name_or_path: str | os.PathLike | DeviceProfile) -> DeviceProfi
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc}", "check the file is valid YAML") from exc
+        raise ProfileError(
+            f"cannot read profile {path}: {exc}", "check the file is valid YAML"
+        ) from exc
     return _build(raw, str(path))
 
 
@@ -118,15 +149,19 @@ def _resolve(name: str) -> Path:
         return path
     path = PROFILES_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ProfileError(f"unknown device profile {name!r}",
-                           f"use one of {', '.join(profile_names())}, or a path to your own .yaml file")
+        raise ProfileError(
+            f"unknown device profile {name!r}",
+            f"use one of {', '.join(profile_names())}, or a path to your own .yaml file",
+        )
     return path
 
 
 def _build(raw: Any, source: str) -> DeviceProfile:
     if not isinstance(raw, dict):
-        raise ProfileError(f"profile {source} is not a mapping of keys to values",
-                           "see tfedge/device_profiles/rpi4.yaml for the format")
+        raise ProfileError(
+            f"profile {source} is not a mapping of keys to values",
+            "see tfedge/targets/device_profiles/rpi4.yaml for the format",
+        )
     _check_keys(raw, source)
     _check_schema_version(raw["schema_version"], source)
     return DeviceProfile(
@@ -149,18 +184,24 @@ def _build(raw: Any, source: str) -> DeviceProfile:
 def _check_keys(raw: dict, source: str) -> None:
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
-        raise ProfileError(f"profile {source} is missing {', '.join(missing)}",
-                           "every profile needs: " + ", ".join(_REQUIRED))
+        raise ProfileError(
+            f"profile {source} is missing {', '.join(missing)}",
+            "every profile needs: " + ", ".join(_REQUIRED),
+        )
     unknown = sorted(set(raw) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
-        raise ProfileError(f"profile {source} has unknown key(s) {', '.join(unknown)}",
-                           "allowed keys: " + ", ".join(_REQUIRED + _OPTIONAL))
+        raise ProfileError(
+            f"profile {source} has unknown key(s) {', '.join(unknown)}",
+            "allowed keys: " + ", ".join(_REQUIRED + _OPTIONAL),
+        )
 
 
 def _check_schema_version(version: Any, source: str) -> None:
     if version != SCHEMA_VERSION:
-        raise ProfileError(f"profile {source} has schema_version {version!r}; this tfedge reads {SCHEMA_VERSION}",
-                           "upgrade tfedge, or rewrite the profile for schema_version 1")
+        raise ProfileError(
+            f"profile {source} has schema_version {version!r}; this tfedge reads {SCHEMA_VERSION}",
+            "upgrade tfedge, or rewrite the profile for schema_version 1",
+        )
 
 
 def _string(raw: dict, key: str, source: str, optional: bool = False) -> str | None:
@@ -175,7 +216,9 @@ def _string(raw: dict, key: str, source: str, optional: bool = False) -> str | N
 def _choice(raw: dict, key: str, choices: tuple[str, ...], source: str) -> str:
     value = raw.get(key)
     if value not in choices:
-        raise ProfileError(f"profile {source}: {key} is {value!r}", f"use one of {', '.join(choices)}")
+        raise ProfileError(
+            f"profile {source}: {key} is {value!r}", f"use one of {', '.join(choices)}"
+        )
     return value
 
 
@@ -186,8 +229,10 @@ def _positive(raw: dict, key: str, source: str, optional: bool = False, number=i
     ok_types = (int, float) if number is float else (int,)
     if isinstance(value, bool) or not isinstance(value, ok_types) or value <= 0:
         kind = "number" if number is float else "integer"
-        raise ProfileError(f"profile {source}: {key} must be a positive {kind}"
-                           f"{' or null' if optional else ''}, got {value!r}")
+        raise ProfileError(
+            f"profile {source}: {key} must be a positive {kind}"
+            f"{' or null' if optional else ''}, got {value!r}"
+        )
     return value
 
 
@@ -207,11 +252,15 @@ def _string_list(raw: dict, key: str, source: str) -> list[str]:
 
 def _budgets(raw: Any, source: str) -> Budgets:
     if not isinstance(raw, dict):
-        raise ProfileError(f"profile {source}: budgets must be a mapping with {', '.join(_BUDGET_KEYS)}")
+        raise ProfileError(
+            f"profile {source}: budgets must be a mapping with {', '.join(_BUDGET_KEYS)}"
+        )
     unknown = sorted(set(raw) - set(_BUDGET_KEYS))
     if unknown:
-        raise ProfileError(f"profile {source}: unknown budget(s) {', '.join(unknown)}",
-                           f"allowed budgets: {', '.join(_BUDGET_KEYS)}")
+        raise ProfileError(
+            f"profile {source}: unknown budget(s) {', '.join(unknown)}",
+            f"allowed budgets: {', '.join(_BUDGET_KEYS)}",
+        )
     where = f"{source} budgets"
     return Budgets(
         max_model_bytes=_positive(raw, "max_model_bytes", where, optional=True),
@@ -220,8 +269,9 @@ def _budgets(raw: Any, source: str) -> Budgets:
     )
 
 
-def check_model_against_profile(profile: DeviceProfile, size_bytes: int, full_integer: bool,
-                                float_ops: list, op_names: set[str]) -> None:
+def check_model_against_profile(
+    profile: DeviceProfile, size_bytes: int, full_integer: bool, float_ops: list, op_names: set[str]
+) -> None:
     """Check what is known before the model runs: its size, integer-only ops, runtime ops.
 
     RAM and latency budgets need the model to run on the target; ``tfedge bench`` checks them.
@@ -245,7 +295,8 @@ def _check_size(profile: DeviceProfile, size_bytes: int) -> None:
         raise ProfileError(
             f"model is {size_bytes:,} bytes, over {profile.name}'s budget of {limit:,} bytes "
             f"by {size_bytes - limit:,} bytes ({size_bytes / limit:.2f}x)",
-            "quantize to int8, prune/cluster before conversion, or pick a smaller architecture")
+            "quantize to int8, prune/cluster before conversion, or pick a smaller architecture",
+        )
 
 
 def _check_full_integer(profile: DeviceProfile, full_integer: bool, float_ops: list) -> None:
@@ -254,7 +305,8 @@ def _check_full_integer(profile: DeviceProfile, full_integer: bool, float_ops: l
         more = f" (first: {shown})" if shown else ""
         raise ProfileError(
             f"{profile.name} requires a full-integer model, but {len(float_ops)} op(s) compute in float{more}",
-            "convert with full-integer quantization and a representative dataset (tfedge convert --calib ...)")
+            "convert with full-integer quantization and a representative dataset (tfedge convert --calib ...)",
+        )
 
 
 def _check_ops(profile: DeviceProfile, op_names: set[str]) -> None:
@@ -262,7 +314,8 @@ def _check_ops(profile: DeviceProfile, op_names: set[str]) -> None:
     if bad:
         raise ProfileError(
             f"{len(bad)} op(s) are not supported by {profile.name}'s runtime {profile.runtime}: {', '.join(bad)}",
-            "avoid SELECT_TF_OPS (Flex) and custom ops when converting; use TFLite builtin ops only")
+            "avoid SELECT_TF_OPS (Flex) and custom ops when converting; use TFLite builtin ops only",
+        )
 
 
 def _unsupported(profile: DeviceProfile, op: str) -> bool:
@@ -278,10 +331,14 @@ _BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
 def float_ops_of(model) -> list[str]:
     """Ops of a parsed TfliteModel that compute in float (QUANTIZE/DEQUANTIZE excepted)."""
-    from .tflite_model import FLOAT_TYPES
+    from tfedge.convert.tflite_model import FLOAT_TYPES
 
-    return [f"{op.name}#{op.index}" for op in model.ops if op.name not in _BOUNDARY_OPS
-            and any(t.dtype in FLOAT_TYPES for t in op.inputs + op.outputs)]
+    return [
+        f"{op.name}#{op.index}"
+        for op in model.ops
+        if op.name not in _BOUNDARY_OPS
+        and any(t.dtype in FLOAT_TYPES for t in op.inputs + op.outputs)
+    ]
 
 
 def check_tflite_against_profile(profile: DeviceProfile | str, path: str | os.PathLike) -> None:
@@ -290,10 +347,11 @@ def check_tflite_against_profile(profile: DeviceProfile | str, path: str | os.Pa
     Example:
         >>> check_tflite_against_profile("rpi3b", "model_int8.tflite")
     """
-    from .tflite_model import read_tflite
+    from tfedge.convert.tflite_model import read_tflite
 
     profile = load_profile(profile)
     model = read_tflite(path)
     float_ops = float_ops_of(model)
-    check_model_against_profile(profile, model.size_bytes, not float_ops, float_ops,
-                                {op.name for op in model.ops})
+    check_model_against_profile(
+        profile, model.size_bytes, not float_ops, float_ops, {op.name for op in model.ops}
+    )

@@ -8,6 +8,7 @@ Example:
     >>> report["latency_us"]["p50"]
     534.2
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BenchError
-from .job import DEVICE_SCRIPT, Job, parse_report
+from tfedge.errors import BenchError
+from tfedge.targets.job import DEVICE_SCRIPT, Job, parse_report
 
 WHERE = "the local CPU"
 
@@ -28,8 +29,11 @@ def run(job: Job, python: str | None = None) -> tuple[dict, np.ndarray | None]:
     """Benchmark ``job`` locally; return the script's report and (if kept) the raw outputs."""
     with tempfile.TemporaryDirectory(prefix="tfedge-bench-") as tmp:
         outputs = os.path.join(tmp, "outputs.npy") if job.keep_outputs and job.data else None
-        argv = [python or sys.executable, str(DEVICE_SCRIPT),
-                *job.script_args(str(job.model), str(job.data) if job.data else None, outputs)]
+        argv = [
+            python or sys.executable,
+            str(DEVICE_SCRIPT),
+            *job.script_args(str(job.model), str(job.data) if job.data else None, outputs),
+        ]
         report = parse_report(*_call(argv, job.timeout, _env()), job.model, WHERE)
         return report, (np.load(outputs) if outputs else None)
 
@@ -40,13 +44,17 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _call(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[str, str, int]:
+def _call(
+    argv: list[str], timeout: float, env: dict[str, str] | None = None
+) -> tuple[str, str, int]:
     """Run ``argv``; return (stdout, stderr, returncode); a timeout becomes a BenchError."""
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"the benchmark timed out after {timeout:.0f} s",
-                         "lower --runs/--min-secs, or raise the timeout") from exc
+        raise BenchError(
+            f"the benchmark timed out after {timeout:.0f} s",
+            "lower --runs/--min-secs, or raise the timeout",
+        ) from exc
     except OSError as exc:
         raise BenchError(f"cannot start {argv[0]}: {exc}", "check the interpreter path") from exc
     return out.stdout, out.stderr, out.returncode

@@ -11,6 +11,7 @@ Example:
     >>> r.latency_us.p50, r.budget.violations
     (48211.0, [])
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,10 +25,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..errors import ProfileError, TfedgeError, UsageError
-from ..profiles import ARMV7_HINT, DeviceProfile, check_tflite_against_profile, load_profile
-from .job import Job, check_model_file
-from .stats import LatencyStats, speedup
+from tfedge.errors import ProfileError, TfedgeError, UsageError
+from tfedge.targets.job import Job, check_model_file
+from tfedge.targets.profiles import (
+    ARMV7_HINT,
+    DeviceProfile,
+    check_tflite_against_profile,
+    load_profile,
+)
+from tfedge.targets.stats import LatencyStats, speedup
 
 DEFAULT_PROFILE = {"local": "local", "qemu": "generic-aarch64"}
 
@@ -70,11 +76,22 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``tfedge bench --json``)."""
         data = {
-            "model": self.model, "model_bytes": self.model_bytes, "model_sha256": self.model_sha256,
-            "target": self.target, "emulated": self.emulated, "arch": self.arch, "runtime": self.runtime,
-            "threads": self.threads, "init_ms": self.init_ms, "first_us": self.first_us,
-            "latency_us": self.latency_us.to_dict(), "peak_rss_mb": self.peak_rss_mb, "profile": self.profile,
-            "device": self.device, "budget": vars(self.budget), "note": self.note,
+            "model": self.model,
+            "model_bytes": self.model_bytes,
+            "model_sha256": self.model_sha256,
+            "target": self.target,
+            "emulated": self.emulated,
+            "arch": self.arch,
+            "runtime": self.runtime,
+            "threads": self.threads,
+            "init_ms": self.init_ms,
+            "first_us": self.first_us,
+            "latency_us": self.latency_us.to_dict(),
+            "peak_rss_mb": self.peak_rss_mb,
+            "profile": self.profile,
+            "device": self.device,
+            "budget": vars(self.budget),
+            "note": self.note,
         }
         if self.accuracy is not None:
             data.update(accuracy=self.accuracy, samples=self.samples)
@@ -83,11 +100,22 @@ class BenchResult:
         return data
 
 
-def bench(model: str | os.PathLike, target: str = "local", profile: str | DeviceProfile | None = None,
-          threads: int | None = None, runs: int = 50, warmup: int = 1, min_secs: float = 1.0,
-          data: str | os.PathLike | None = None, compare: str | os.PathLike | None = None,
-          xnnpack: bool = True, cpus: str | None = None, keep_outputs: bool = False,
-          timeout: float = 600.0, **ssh_options) -> BenchResult:
+def bench(
+    model: str | os.PathLike,
+    target: str = "local",
+    profile: str | DeviceProfile | None = None,
+    threads: int | None = None,
+    runs: int = 50,
+    warmup: int = 1,
+    min_secs: float = 1.0,
+    data: str | os.PathLike | None = None,
+    compare: str | os.PathLike | None = None,
+    xnnpack: bool = True,
+    cpus: str | None = None,
+    keep_outputs: bool = False,
+    timeout: float = 600.0,
+    **ssh_options,
+) -> BenchResult:
     """Benchmark ``model`` on ``target`` (``local``, ``qemu`` or ``ssh://user@host...``).
 
     Args:
@@ -110,13 +138,24 @@ def bench(model: str | os.PathLike, target: str = "local", profile: str | Device
     if profile is not None:
         check_tflite_against_profile(prof, model)
     _check_arch(prof, kind)
-    job = Job(model=model, threads=threads or (prof.threads if prof else None), runs=runs, warmup=warmup,
-              min_secs=min_secs, data=_existing(data), xnnpack=xnnpack, cpus=cpus,
-              keep_outputs=keep_outputs, timeout=timeout)
+    job = Job(
+        model=model,
+        threads=threads or (prof.threads if prof else None),
+        runs=runs,
+        warmup=warmup,
+        min_secs=min_secs,
+        data=_existing(data),
+        xnnpack=xnnpack,
+        cpus=cpus,
+        keep_outputs=keep_outputs,
+        timeout=timeout,
+    )
     result = _run(job, target, kind, prof, ssh_options)
     result.budget = check_budgets(result, prof if profile is not None else None, kind)
     if compare is not None:
-        other = Job(**{**vars(job), "model": check_model_file(Path(compare)), "keep_outputs": False})
+        other = Job(
+            **{**vars(job), "model": check_model_file(Path(compare)), "keep_outputs": False}
+        )
         result.compare = _run(other, target, kind, prof, ssh_options)
         result.speedup = speedup(result.compare.latency_us.p50, result.latency_us.p50)
     return result
@@ -128,7 +167,9 @@ def target_kind(target: str) -> str:
         return target
     if target.startswith("ssh://"):
         return "ssh"
-    raise UsageError(f"unknown target {target!r}", "use local, qemu, or ssh://user@host[:port][/workdir]")
+    raise UsageError(
+        f"unknown target {target!r}", "use local, qemu, or ssh://user@host[:port][/workdir]"
+    )
 
 
 def _resolve_profile(profile, kind: str) -> DeviceProfile | None:
@@ -143,8 +184,10 @@ def _check_arch(prof: DeviceProfile | None, kind: str) -> None:
     if prof.arch == "armv7l" and kind in ("qemu", "ssh"):
         raise ProfileError(f"profile {prof.name} is a 32-bit ARM board (armv7l)", ARMV7_HINT)
     if kind == "qemu" and prof.arch != "aarch64":
-        raise ProfileError(f"profile {prof.name} is {prof.arch}; qemu emulates aarch64 boards only",
-                           "pick an aarch64 profile, e.g. --profile rpi4, or use --target local")
+        raise ProfileError(
+            f"profile {prof.name} is {prof.arch}; qemu emulates aarch64 boards only",
+            "pick an aarch64 profile, e.g. --profile rpi4, or use --target local",
+        )
 
 
 def _existing(path) -> Path | None:
@@ -152,24 +195,32 @@ def _existing(path) -> Path | None:
         return None
     path = Path(path)
     if not path.is_file():
-        from ..errors import DataError
-        raise DataError(f"data file {path} does not exist", "pass a .npz with x (and y) or a .npy of inputs")
+        from tfedge.errors import DataError
+
+        raise DataError(
+            f"data file {path} does not exist", "pass a .npz with x (and y) or a .npy of inputs"
+        )
     return path
 
 
-def _run(job: Job, target: str, kind: str, prof: DeviceProfile | None, ssh_options: dict) -> BenchResult:
+def _run(
+    job: Job, target: str, kind: str, prof: DeviceProfile | None, ssh_options: dict
+) -> BenchResult:
     if kind == "local":
-        from . import local
+        from tfedge.targets import local
+
         report, outputs = local.run(job)
         report.setdefault("emulated", False)
         label = "local"
     elif kind == "qemu":
-        from . import qemu
+        from tfedge.targets import qemu
+
         cpu = prof.cpu if prof else "cortex-a72"
         report, outputs = qemu.run(job, cpu)
         label = f"qemu:{cpu}"
     else:
-        from . import ssh
+        from tfedge.targets import ssh
+
         ssh_target = ssh.parse_target(target, **ssh_options)
         report, outputs = ssh.run(job, ssh_target)
         label = ssh_target.label
@@ -178,13 +229,24 @@ def _run(job: Job, target: str, kind: str, prof: DeviceProfile | None, ssh_optio
 
 def _result(job: Job, report: dict, outputs, label: str, prof: DeviceProfile | None) -> BenchResult:
     return BenchResult(
-        model=str(job.model), model_bytes=job.model.stat().st_size, model_sha256=_sha256(job.model),
-        target=label, emulated=bool(report.get("emulated")), arch=report.get("arch", ""),
-        runtime=report["runtime"], threads=report.get("threads"), init_ms=float(report["init_ms"]),
-        first_us=float(report["first_us"]), latency_us=LatencyStats.from_dict(report["latency_us"]),
-        peak_rss_mb=float(report["peak_rss_mb"]), profile=prof.name if prof else None,
-        accuracy=report.get("accuracy"), samples=report.get("samples"), device=report.get("device", {}),
-        note=report.get("emulation_note", ""), outputs=outputs,
+        model=str(job.model),
+        model_bytes=job.model.stat().st_size,
+        model_sha256=_sha256(job.model),
+        target=label,
+        emulated=bool(report.get("emulated")),
+        arch=report.get("arch", ""),
+        runtime=report["runtime"],
+        threads=report.get("threads"),
+        init_ms=float(report["init_ms"]),
+        first_us=float(report["first_us"]),
+        latency_us=LatencyStats.from_dict(report["latency_us"]),
+        peak_rss_mb=float(report["peak_rss_mb"]),
+        profile=prof.name if prof else None,
+        accuracy=report.get("accuracy"),
+        samples=report.get("samples"),
+        device=report.get("device", {}),
+        note=report.get("emulation_note", ""),
+        outputs=outputs,
     )
 
 
@@ -204,27 +266,35 @@ def check_budgets(result: BenchResult, prof: DeviceProfile | None, kind: str) ->
     if result.emulated:
         return BudgetCheck(False, "emulated: qemu's timings and memory are not the device's")
     if kind == "local" and prof.arch not in ("native", platform.machine()):
-        return BudgetCheck(False, f"measured on this {platform.machine()} machine, not on a {prof.name}")
+        return BudgetCheck(
+            False, f"measured on this {platform.machine()} machine, not on a {prof.name}"
+        )
     return BudgetCheck(True, "", _violations(result, prof))
 
 
 def _violations(result: BenchResult, prof: DeviceProfile) -> list[str]:
     found, budgets = [], prof.budgets
     if budgets.max_ram_mb is not None and result.peak_rss_mb > budgets.max_ram_mb:
-        found.append(f"peak RSS {result.peak_rss_mb:.1f} MB is over {prof.name}'s budget of "
-                     f"{budgets.max_ram_mb:g} MB")
+        found.append(
+            f"peak RSS {result.peak_rss_mb:.1f} MB is over {prof.name}'s budget of "
+            f"{budgets.max_ram_mb:g} MB"
+        )
     median_ms = result.latency_us.p50 / 1000.0
     if budgets.target_latency_ms is not None and median_ms > budgets.target_latency_ms:
-        found.append(f"median latency {median_ms:.2f} ms is over {prof.name}'s target of "
-                     f"{budgets.target_latency_ms:g} ms")
+        found.append(
+            f"median latency {median_ms:.2f} ms is over {prof.name}'s target of "
+            f"{budgets.target_latency_ms:g} ms"
+        )
     return found
 
 
 def enforce_budgets(result: BenchResult) -> None:
     """Raise ProfileError naming every broken budget (the CLI calls this after printing)."""
     if result.budget.violations:
-        raise ProfileError("; ".join(result.budget.violations),
-                           "use a smaller or int8 model, more threads, or a bigger board")
+        raise ProfileError(
+            "; ".join(result.budget.violations),
+            "use a smaller or int8 model, more threads, or a bigger board",
+        )
 
 
 # ---------------------------------------------------------------- several devices
@@ -239,8 +309,13 @@ class DeviceRow:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "target": self.target, "profile": self.profile,
-                "result": self.result.to_dict() if self.result else None, "error": self.error}
+        return {
+            "name": self.name,
+            "target": self.target,
+            "profile": self.profile,
+            "result": self.result.to_dict() if self.result else None,
+            "error": self.error,
+        }
 
 
 def load_inventory(path: str | os.PathLike) -> list[dict]:
@@ -248,29 +323,48 @@ def load_inventory(path: str | os.PathLike) -> list[dict]:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"cannot read inventory {path}: {exc}", "see docs/harness.md for the format") from exc
+        raise UsageError(
+            f"cannot read inventory {path}: {exc}", "see docs/harness.md for the format"
+        ) from exc
     devices = raw.get("devices") if isinstance(raw, dict) else None
     if not isinstance(devices, list) or not devices:
-        raise UsageError(f"inventory {path} has no devices list", "write devices: [{name: pi1, target: ssh://...}]")
+        raise UsageError(
+            f"inventory {path} has no devices list",
+            "write devices: [{name: pi1, target: ssh://...}]",
+        )
     return [_inventory_entry(d, i, path) for i, d in enumerate(devices)]
 
 
-_ENTRY_KEYS = {"name", "target", "profile", "python", "key", "known_hosts", "threads", "connect_timeout"}
+_ENTRY_KEYS = {
+    "name",
+    "target",
+    "profile",
+    "python",
+    "key",
+    "known_hosts",
+    "threads",
+    "connect_timeout",
+}
 
 
 def _inventory_entry(entry, index: int, path) -> dict:
     if not isinstance(entry, dict) or "target" not in entry:
-        raise UsageError(f"inventory {path}: device #{index + 1} has no target", "give each device a target")
+        raise UsageError(
+            f"inventory {path}: device #{index + 1} has no target", "give each device a target"
+        )
     unknown = sorted(set(entry) - _ENTRY_KEYS)
     if unknown:
-        raise UsageError(f"inventory {path}: device #{index + 1} has unknown key(s) {', '.join(unknown)}",
-                         f"known keys: {', '.join(sorted(_ENTRY_KEYS))}")
+        raise UsageError(
+            f"inventory {path}: device #{index + 1} has unknown key(s) {', '.join(unknown)}",
+            f"known keys: {', '.join(sorted(_ENTRY_KEYS))}",
+        )
     target_kind(str(entry["target"]))  # a typo fails before any device runs
     return {"name": str(entry.get("name") or entry["target"]), **entry}
 
 
-def bench_inventory(model, inventory: str | os.PathLike | list[dict], max_workers: int = 8,
-                    **options) -> list[DeviceRow]:
+def bench_inventory(
+    model, inventory: str | os.PathLike | list[dict], max_workers: int = 8, **options
+) -> list[DeviceRow]:
     """Benchmark ``model`` on every device of ``inventory`` concurrently; one row per device.
 
     A device that fails gives a row with ``error`` set; the others still run.
@@ -282,9 +376,14 @@ def bench_inventory(model, inventory: str | os.PathLike | list[dict], max_worker
 
 def _bench_row(model, entry: dict, options: dict) -> DeviceRow:
     row = DeviceRow(entry["name"], entry["target"], entry.get("profile"))
-    ssh_keys = {k: entry[k] for k in ("python", "key", "known_hosts", "connect_timeout") if k in entry}
-    kwargs = {**options, "profile": entry.get("profile", options.get("profile")),
-              "threads": entry.get("threads", options.get("threads"))}
+    ssh_keys = {
+        k: entry[k] for k in ("python", "key", "known_hosts", "connect_timeout") if k in entry
+    }
+    kwargs = {
+        **options,
+        "profile": entry.get("profile", options.get("profile")),
+        "threads": entry.get("threads", options.get("threads")),
+    }
     if target_kind(entry["target"]) == "ssh":
         kwargs.update(ssh_keys)
     try:
@@ -294,5 +393,15 @@ def _bench_row(model, entry: dict, options: dict) -> DeviceRow:
     return row
 
 
-__all__ = ["bench", "bench_inventory", "BenchResult", "BudgetCheck", "DeviceRow", "LatencyStats",
-           "check_budgets", "enforce_budgets", "load_inventory", "target_kind"]
+__all__ = [
+    "bench",
+    "bench_inventory",
+    "BenchResult",
+    "BudgetCheck",
+    "DeviceRow",
+    "LatencyStats",
+    "check_budgets",
+    "enforce_budgets",
+    "load_inventory",
+    "target_kind",
+]

@@ -9,6 +9,7 @@ Example:
     >>> report["emulated"], report["qemu_cpu"]
     (True, 'cortex-a53')
 """
+
 from __future__ import annotations
 
 import os
@@ -16,14 +17,16 @@ import tempfile
 
 import numpy as np
 
-from .. import emulator
-from ..errors import TargetError
-from ..profiles import QEMU_CPUS
-from .job import DEVICE_SCRIPT, Job, parse_report
-from .local import _call
+from tfedge.errors import TargetError
+from tfedge.targets import emulator
+from tfedge.targets.job import DEVICE_SCRIPT, Job, parse_report
+from tfedge.targets.local import _call
+from tfedge.targets.profiles import QEMU_CPUS
 
-EMULATION_NOTE = ("emulated with qemu-user on {host}: timings and memory are qemu's, for functional parity "
-                  "and relative comparisons only, never for device budgets")
+EMULATION_NOTE = (
+    "emulated with qemu-user on {host}: timings and memory are qemu's, for functional parity "
+    "and relative comparisons only, never for device budgets"
+)
 
 
 def run(job: Job, cpu: str = "cortex-a72") -> tuple[dict, np.ndarray | None]:
@@ -32,10 +35,19 @@ def run(job: Job, cpu: str = "cortex-a72") -> tuple[dict, np.ndarray | None]:
     env = emulator.require()
     with tempfile.TemporaryDirectory(prefix="tfedge-qemu-") as tmp:
         outputs = os.path.join(tmp, "outputs.npy") if job.keep_outputs and job.data else None
-        args = [str(DEVICE_SCRIPT), *job.script_args(str(job.model.resolve()), _abs(job.data), outputs)]
+        args = [
+            str(DEVICE_SCRIPT),
+            *job.script_args(str(job.model.resolve()), _abs(job.data), outputs),
+        ]
         where = f"qemu {cpu} ({env.runtime} {env.runtime_version})"
-        report = parse_report(*_call(env.command(cpu, args), job.timeout, env.env()), job.model, where)
-        report.update(emulated=True, qemu_cpu=cpu, emulation_note=EMULATION_NOTE.format(host=os.uname().machine))
+        report = parse_report(
+            *_call(env.command(cpu, args), job.timeout, env.env()), job.model, where
+        )
+        report.update(
+            emulated=True,
+            qemu_cpu=cpu,
+            emulation_note=EMULATION_NOTE.format(host=os.uname().machine),
+        )
         return report, (np.load(outputs) if outputs else None)
 
 

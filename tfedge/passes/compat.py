@@ -8,6 +8,7 @@ Example:
     >>> rows[1]
     LayerCompat(layer='conv1', type='Conv2D', prune='yes', cluster='yes', qat='yes', notes='')
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -52,8 +53,11 @@ def _row(layer, previous) -> LayerCompat:
 
 
 def _prune_status(layer, reasons: list[str]) -> str:
-    from .passes.prune import prunable
-    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
+        PruneRegistry,
+    )
+
+    from tfedge.passes.prune import prunable
 
     if not layer.trainable_weights or type(layer).__name__ in NORMALISATION:
         return NO_WEIGHTS
@@ -64,13 +68,18 @@ def _prune_status(layer, reasons: list[str]) -> str:
     elif PruneRegistry.supports(layer):
         reasons.append("prune: tfmot keeps its weights dense (nothing prunable)")
     else:
-        reasons.append(f"prune: tfmot has no pruning rule for {type(layer).__name__}; exclude it with `layers:`")
+        reasons.append(
+            f"prune: tfmot has no pruning rule for {type(layer).__name__}; exclude it with `layers:`"
+        )
     return "no"
 
 
 def _cluster_status(layer, reasons: list[str]) -> str:
-    from .passes.cluster import clusterable
-    from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
+    from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import (
+        ClusteringRegistry,
+    )
+
+    from tfedge.passes.cluster import clusterable
 
     if not layer.trainable_weights or type(layer).__name__ in NORMALISATION:
         return NO_WEIGHTS
@@ -86,8 +95,9 @@ def _cluster_status(layer, reasons: list[str]) -> str:
 
 
 def _qat_status(layer, previous, reasons: list[str]) -> str:
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry \
-        import Default8BitQuantizeRegistry
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
+        Default8BitQuantizeRegistry,
+    )
 
     kind = type(layer).__name__
     if kind == "InputLayer":
@@ -97,8 +107,10 @@ def _qat_status(layer, previous, reasons: list[str]) -> str:
     if kind == "BatchNormalization" and type(previous).__name__ in FOLDED_INTO:
         reasons.append(f"qat: folded into '{previous.name}'")
         return "yes"
-    reasons.append(f"qat: tfmot's 8-bit scheme has no rule for {kind}; "
-                   "use `unsupported: skip` in the qat pass to leave it to post-training quantization")
+    reasons.append(
+        f"qat: tfmot's 8-bit scheme has no rule for {kind}; "
+        "use `unsupported: skip` in the qat pass to leave it to post-training quantization"
+    )
     return "no"
 
 
@@ -107,8 +119,8 @@ def compat_rows(fmt, model) -> list[LayerCompat]:
 
     Returns an empty list when the model cannot be rebuilt in tf_keras (tfmot cannot work on it).
     """
-    from .errors import TfedgeError
-    from .loading import load_tf_keras_model
+    from tfedge.errors import TfedgeError
+    from tfedge.io.models import load_tf_keras_model
 
     if fmt.is_keras3 or fmt.kind == "savedmodel":
         try:

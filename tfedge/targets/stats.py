@@ -8,6 +8,7 @@ Example:
     >>> s.count, s.p50, round(s.std, 2)
     (3, 110.0, 8.16)
 """
+
 from __future__ import annotations
 
 import statistics
@@ -37,7 +38,16 @@ class LatencyStats:
         if a.size == 0:
             raise ValueError("no latency samples")
         p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
-        return cls(int(a.size), float(a.min()), float(a.max()), float(a.mean()), float(a.std()), p50, p90, p99)
+        return cls(
+            int(a.size),
+            float(a.min()),
+            float(a.max()),
+            float(a.mean()),
+            float(a.std()),
+            p50,
+            p90,
+            p99,
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> "LatencyStats":

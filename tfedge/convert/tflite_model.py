@@ -9,6 +9,7 @@ Example:
     >>> [op.name for op in m.ops][:3]
     ['QUANTIZE', 'CONV_2D', 'CONV_2D']
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,13 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelLoadError
+from tfedge.errors import ModelLoadError
 
 FLOAT_TYPES = frozenset({"float32", "float16", "float64", "bfloat16", "complex64", "complex128"})
 _NUMPY_TYPES = {
-    "float32": np.float32, "float16": np.float16, "float64": np.float64, "int8": np.int8,
-    "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16, "int32": np.int32,
-    "uint32": np.uint32, "int64": np.int64, "uint64": np.uint64, "bool": np.bool_,
+    "float32": np.float32,
+    "float16": np.float16,
+    "float64": np.float64,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "int16": np.int16,
+    "uint16": np.uint16,
+    "int32": np.int32,
+    "uint32": np.uint32,
+    "int64": np.int64,
+    "uint64": np.uint64,
+    "bool": np.bool_,
 }
 
 
@@ -91,15 +101,19 @@ def read_tflite(path: str | Path) -> TfliteModel:
 def parse_tflite(raw: bytes, name: str = "<bytes>") -> TfliteModel:
     """Parse flatbuffer bytes; raise ModelLoadError if they are not a valid TFLite model."""
     if len(raw) < 8 or raw[4:8] != b"TFL3":
-        raise ModelLoadError(f"{name} is not a TFLite model (no TFL3 identifier)",
-                             "pass a .tflite file written by the TFLite converter or `tfedge convert`")
+        raise ModelLoadError(
+            f"{name} is not a TFLite model (no TFL3 identifier)",
+            "pass a .tflite file written by the TFLite converter or `tfedge convert`",
+        )
     try:
         return _build(raw, name)
     except ModelLoadError:
         raise
     except Exception as exc:  # garbage offsets surface as IndexError, struct.error, ...
-        raise ModelLoadError(f"{name} is a damaged TFLite model ({type(exc).__name__})",
-                             "re-convert the model; the file may be truncated or corrupted") from exc
+        raise ModelLoadError(
+            f"{name} is a damaged TFLite model ({type(exc).__name__})",
+            "re-convert the model; the file may be truncated or corrupted",
+        ) from exc
 
 
 def layer_from_tensor_name(name: str) -> str:
@@ -115,7 +129,9 @@ def _read_bytes(path: Path) -> bytes:
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist", "check the path")
     if path.is_dir():
-        raise ModelLoadError(f"{path} is a directory, not a .tflite file", "pass the .tflite file itself")
+        raise ModelLoadError(
+            f"{path} is a directory, not a .tflite file", "pass the .tflite file itself"
+        )
     data = path.read_bytes()
     if not data:
         raise ModelLoadError(f"{path} is empty", "re-convert the model")
@@ -133,19 +149,29 @@ def _build(raw: bytes, name: str) -> TfliteModel:
     tensors = [_tensor(i, t, model.buffers or [], raw) for i, t in enumerate(graph.tensors or [])]
     ops = [_op(i, o, tensors, opcodes, versions) for i, o in enumerate(graph.operators or [])]
     for sub in model.subgraphs[1:]:  # control-flow bodies: count their ops too
-        sub_tensors = [_tensor(i, t, model.buffers or [], raw) for i, t in enumerate(sub.tensors or [])]
-        ops += [_op(len(ops) + i, o, sub_tensors, opcodes, versions) for i, o in enumerate(sub.operators or [])]
+        sub_tensors = [
+            _tensor(i, t, model.buffers or [], raw) for i, t in enumerate(sub.tensors or [])
+        ]
+        ops += [
+            _op(len(ops) + i, o, sub_tensors, opcodes, versions)
+            for i, o in enumerate(sub.operators or [])
+        ]
     return TfliteModel(
-        path=name, size_bytes=len(raw), tensors=tensors, ops=ops,
+        path=name,
+        size_bytes=len(raw),
+        tensors=tensors,
+        ops=ops,
         inputs=[tensors[i] for i in _ints(graph.inputs)],
         outputs=[tensors[i] for i in _ints(graph.outputs)],
-        metadata=_metadata(model, raw), subgraphs=len(model.subgraphs),
+        metadata=_metadata(model, raw),
+        subgraphs=len(model.subgraphs),
     )
 
 
 @lru_cache(maxsize=1)
 def _schema():
     from ai_edge_litert import schema_py_generated
+
     return schema_py_generated
 
 
@@ -169,7 +195,10 @@ def _tensor(index: int, t, buffers, raw: bytes) -> Tensor:
     shape = tuple(int(d) for d in _ints(t.shape))
     q = t.quantization
     return Tensor(
-        index=index, name=name, dtype=dtype, shape=shape,
+        index=index,
+        name=name,
+        dtype=dtype,
+        shape=shape,
         scale=[float(s) for s in _floats(q.scale)] if q else [],
         zero_point=[int(z) for z in _ints(q.zeroPoint)] if q else [],
         quantized_dimension=int(q.quantizedDimension or 0) if q else 0,
@@ -196,7 +225,9 @@ def _constant(t, buffers, raw: bytes, dtype: str, shape: tuple[int, ...]) -> np.
 
 def _op(index: int, o, tensors: list[Tensor], opcodes: list[str], versions: list[int]) -> Op:
     return Op(
-        index=index, name=opcodes[o.opcodeIndex], version=versions[o.opcodeIndex],
+        index=index,
+        name=opcodes[o.opcodeIndex],
+        version=versions[o.opcodeIndex],
         inputs=[tensors[i] for i in _ints(o.inputs) if i >= 0],
         outputs=[tensors[i] for i in _ints(o.outputs) if i >= 0],
     )
@@ -208,7 +239,7 @@ def _metadata(model, raw: bytes) -> dict[str, bytes]:
         name = m.name.decode() if isinstance(m.name, bytes) else str(m.name)
         buf = model.buffers[m.buffer]
         if buf.offset and buf.offset > 1:
-            out[name] = raw[buf.offset: buf.offset + buf.size]
+            out[name] = raw[buf.offset : buf.offset + buf.size]
         elif buf.data is not None:
             out[name] = bytes(np.asarray(buf.data, dtype=np.uint8))
     return out

@@ -11,6 +11,7 @@ Example:
     >>> build_reference("digits", "models")
     ReferenceModel(name='digits', ...)
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from tfedge.errors import UsageError
 
 SEED = 1234
 
@@ -42,10 +43,14 @@ def reference_names() -> list[str]:
 def reference_paths(name: str, root: str | os.PathLike) -> ReferenceModel:
     """Where reference model ``name`` lives under ``root`` (built or not)."""
     if name not in _BUILDERS:
-        raise UsageError(f"unknown reference model '{name}'", f"choose one of {', '.join(_BUILDERS)}")
+        raise UsageError(
+            f"unknown reference model '{name}'", f"choose one of {', '.join(_BUILDERS)}"
+        )
     d = Path(root) / name
     task = "reconstruction" if name == "anomaly" else "classification"
-    return ReferenceModel(name, str(d), str(d / "model.keras"), str(d / "train.npz"), str(d / "test.npz"), task)
+    return ReferenceModel(
+        name, str(d), str(d / "model.keras"), str(d / "train.npz"), str(d / "test.npz"), task
+    )
 
 
 def build_reference(name: str, root: str | os.PathLike, force: bool = False) -> ReferenceModel:
@@ -81,27 +86,33 @@ def digits_model(width: float = 1.0, keras=None):
 
     Built with ``tf_keras`` unless ``keras`` (e.g. the Keras 3 package) is given.
     """
-    from ._tf import import_keras
+    from tfedge._tf import import_keras
 
     k = keras or import_keras()
     w = lambda n: max(1, int(round(n * width)))  # noqa: E731
-    return k.Sequential([
-        k.Input(shape=(8, 8, 1), name="image"),
-        k.layers.Conv2D(w(16), 3, padding="same", activation="relu", name="conv1"),
-        k.layers.Conv2D(w(32), 3, padding="same", activation="relu", name="conv2"),
-        k.layers.MaxPooling2D(2, name="pool"),
-        k.layers.Flatten(name="flatten"),
-        k.layers.Dense(w(64), activation="relu", name="fc1"),
-        k.layers.Dense(10, name="logits"),
-    ], name="digits_cnn")
+    return k.Sequential(
+        [
+            k.Input(shape=(8, 8, 1), name="image"),
+            k.layers.Conv2D(w(16), 3, padding="same", activation="relu", name="conv1"),
+            k.layers.Conv2D(w(32), 3, padding="same", activation="relu", name="conv2"),
+            k.layers.MaxPooling2D(2, name="pool"),
+            k.layers.Flatten(name="flatten"),
+            k.layers.Dense(w(64), activation="relu", name="fc1"),
+            k.layers.Dense(10, name="logits"),
+        ],
+        name="digits_cnn",
+    )
 
 
 def compile_classifier(model, learning_rate: float = 1e-3):
-    from ._tf import import_keras
+    from tfedge._tf import import_keras
 
     k = import_keras()
-    model.compile(optimizer=k.optimizers.Adam(learning_rate),
-                  loss=k.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=k.optimizers.Adam(learning_rate),
+        loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -119,7 +130,7 @@ BN_MOMENTUM = 0.9
 
 def kws_model():
     """The MLPerf Tiny DS-CNN (small) for keyword spotting: 49x10x1 MFCCs, 12 classes."""
-    from ._tf import import_keras
+    from tfedge._tf import import_keras
 
     k = import_keras()
     inp = k.Input((49, 10, 1), name="mfcc")
@@ -147,11 +158,12 @@ def _build_kws():
 
 def vww_model():
     """MobileNetV2 alpha 0.35 at 96x96x3 with 2 classes, random initialisation (no download)."""
-    from ._tf import import_keras
+    from tfedge._tf import import_keras
 
     k = import_keras()
-    return k.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=2,
-                                      classifier_activation=None)
+    return k.applications.MobileNetV2(
+        input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=2, classifier_activation=None
+    )
 
 
 def _build_vww():
@@ -162,7 +174,7 @@ def _build_vww():
 
 def anomaly_model():
     """The MLPerf Tiny anomaly-detection autoencoder: 640 -> 128x4 -> 8 -> 128x4 -> 640."""
-    from ._tf import import_keras
+    from tfedge._tf import import_keras
 
     k = import_keras()
     inp = k.Input((640,), name="frames")
@@ -176,7 +188,7 @@ def anomaly_model():
 
 
 def _build_anomaly():
-    from ._tf import import_keras
+    from tfedge._tf import import_keras
 
     k = import_keras()
     rng = np.random.default_rng(SEED)
@@ -204,7 +216,7 @@ def _save_npz(path: str, x: np.ndarray, y: np.ndarray) -> None:
 
 
 def _seed_everything() -> None:
-    from ._tf import import_tf
+    from tfedge._tf import import_tf
 
     tf = import_tf()
     random.seed(SEED)
@@ -214,4 +226,9 @@ def _seed_everything() -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-_BUILDERS = {"digits": _build_digits, "kws": _build_kws, "vww": _build_vww, "anomaly": _build_anomaly}
+_BUILDERS = {
+    "digits": _build_digits,
+    "kws": _build_kws,
+    "vww": _build_vww,
+    "anomaly": _build_anomaly,
+}

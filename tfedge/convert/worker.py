@@ -1,4 +1,4 @@
-"""Child process that runs the TFLite converter (see ``tfedge.convert``).
+"""Child process that runs the TFLite converter (see ``tfedge.convert.converter``).
 
 Reads a job JSON, loads the model, checks the calibration data against its inputs, converts
 and writes the flatbuffer. Errors go back as JSON (type, message, hint); a crash of the
@@ -8,6 +8,7 @@ A model with several inputs is calibrated with one dict per sample keyed by inpu
 converter's signature keeps the Keras input names, while the order of its input tensors may
 differ from the Keras model's.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ._tf import prepare_environment
-from .data import InputSpec, arrange_inputs, keras_input_specs
-from .errors import ConversionError, TfedgeError
+from tfedge._tf import prepare_environment
+from tfedge.errors import ConversionError, TfedgeError
+from tfedge.io.data import InputSpec, arrange_inputs, keras_input_specs
 
 QAT_LAYERS = {"QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV2"}
-FAKE_QUANT_OPS = {"FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel", "FakeQuantWithMinMaxArgs",
-                  "QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4"}
+FAKE_QUANT_OPS = {
+    "FakeQuantWithMinMaxVars",
+    "FakeQuantWithMinMaxVarsPerChannel",
+    "FakeQuantWithMinMaxArgs",
+    "QuantizeAndDequantizeV2",
+    "QuantizeAndDequantizeV3",
+    "QuantizeAndDequantizeV4",
+}
 TF_TYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16", "float32": "float32"}
 
 
@@ -32,7 +39,9 @@ def main(job_path: str) -> int:
     try:
         data = run(job)
     except TfedgeError as exc:
-        _write_result(job, {"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}})
+        _write_result(
+            job, {"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}}
+        )
         return 1
     except Exception as exc:  # the converter's own errors: keep the useful line
         traceback.print_exc()
@@ -43,11 +52,11 @@ def main(job_path: str) -> int:
 
 
 def run(job: dict) -> dict:
-    from .loading import detect_format, load_keras_model
+    from tfedge.io.models import detect_format, load_keras_model
 
     fmt = detect_format(job["model"])
     prepare_environment(legacy_keras=not fmt.is_keras3)
-    from ._tf import import_tf
+    from tfedge._tf import import_tf
 
     tf = import_tf()
     if fmt.kind == "savedmodel":
@@ -65,7 +74,15 @@ def run(job: dict) -> dict:
     qat_ranges = flatbuffer is not None
     if flatbuffer is None:
         converter = make()
-        _configure(tf, converter, job["quant"], job["io"], calib, job.get("progress"), job.get("progress_fd"))
+        _configure(
+            tf,
+            converter,
+            job["quant"],
+            job["io"],
+            calib,
+            job.get("progress"),
+            job.get("progress_fd"),
+        )
         flatbuffer = converter.convert()
     Path(job["output"]).write_bytes(flatbuffer)
     return {"keras": fmt.keras, "bytes": len(flatbuffer), "qat_ranges": qat_ranges}
@@ -81,8 +98,8 @@ def _convert_qat_ranges(tf, converter, job: dict) -> bytes | None:
     pair is left at the input. Returns ``None`` when the result is not full-integer (layers the
     qat pass left to post-training quantization have no ranges), so the caller calibrates.
     """
-    from .tflite_model import parse_tflite
-    from .verify import find_float_ops
+    from tfedge.convert.tflite_model import parse_tflite
+    from tfedge.convert.verify import find_float_ops
 
     # tfmot's recipe: no representative dataset, no TFLITE_BUILTINS_INT8 target (the converter
     # asks for calibration data when that target is set); the fake-quant ops give every range.
@@ -118,8 +135,11 @@ def _configure(tf, converter, quant: str, io: str, calib, progress: bool, progre
     if quant == "dynamic":
         return
     ops = tf.lite.OpsSet
-    integer_set = ops.TFLITE_BUILTINS_INT8 if quant == "int8" else \
-        ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+    integer_set = (
+        ops.TFLITE_BUILTINS_INT8
+        if quant == "int8"
+        else ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+    )
     # Keep TFLITE_BUILTINS as a fallback so that ops without integer kernels stay float and
     # verification can name them, instead of the converter failing without saying where.
     converter.target_spec.supported_ops = [integer_set, ops.TFLITE_BUILTINS]
@@ -135,14 +155,14 @@ def _representative(samples: dict[str, np.ndarray], progress: bool, progress_fd)
 
     def generate():
         for i in _maybe_progress(range(count), progress, progress_fd):
-            one = {name: array[i:i + 1] for name, array in samples.items()}
+            one = {name: array[i : i + 1] for name, array in samples.items()}
             yield list(one.values()) if len(one) == 1 else one
 
     return generate
 
 
 def _maybe_progress(samples, progress: bool, progress_fd):
-    from .progress import progress_iter
+    from tfedge.progress import progress_iter
 
     stream = open(progress_fd, "w", closefd=False) if progress and progress_fd is not None else None
     yield from progress_iter(samples, "Calibrating", stream is not None, file=stream)
@@ -161,9 +181,13 @@ def _has_fake_quant(loaded) -> bool:
 def _saved_model_inputs(loaded, path: str) -> list[InputSpec]:
     sig = loaded.signatures.get("serving_default")
     if sig is None:
-        raise ConversionError(f"{path} has no serving_default signature", "export the model with a serving signature")
-    return [InputSpec(name, tuple(spec.shape), spec.dtype.name)
-            for name, spec in sig.structured_input_signature[1].items()]
+        raise ConversionError(
+            f"{path} has no serving_default signature", "export the model with a serving signature"
+        )
+    return [
+        InputSpec(name, tuple(spec.shape), spec.dtype.name)
+        for name, spec in sig.structured_input_signature[1].items()
+    ]
 
 
 def _converter_error(exc: Exception) -> dict:
@@ -175,9 +199,15 @@ def _converter_error(exc: Exception) -> dict:
         first = first.rsplit("): ", 1)[-1]
     hint = "run with --debug to see the converter's log"
     if "TensorList" in text:
-        hint = ("recurrent layers (LSTM/GRU) convert only with a fixed batch size or unroll=True: rebuild the "
-                "model with Input(batch_size=1) or the layer with unroll=True")
-    return {"type": "ConversionError", "message": "the TFLite converter failed: " + first[:400], "hint": hint}
+        hint = (
+            "recurrent layers (LSTM/GRU) convert only with a fixed batch size or unroll=True: rebuild the "
+            "model with Input(batch_size=1) or the layer with unroll=True"
+        )
+    return {
+        "type": "ConversionError",
+        "message": "the TFLite converter failed: " + first[:400],
+        "hint": hint,
+    }
 
 
 def _write_result(job: dict, result: dict) -> None:

@@ -15,16 +15,18 @@ Example:
     >>> ds.x.shape, ds.y.shape
     ((360, 8, 8, 1), (360,))
 """
+
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 
-from .errors import DataError
+from tfedge.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
@@ -68,8 +70,10 @@ def load_data(path: str | Path, image_size: tuple[int, int] | None = None) -> Da
     elif path.suffix == ".npy":
         ds = Dataset(_load_npy(path), None, str(path))
     else:
-        raise DataError(f"{path}: unknown data format '{path.suffix}'",
-                        "use .npz (arrays x, y), .npy (inputs) or a folder with one sub-folder per class")
+        raise DataError(
+            f"{path}: unknown data format '{path.suffix}'",
+            "use .npz (arrays x, y), .npy (inputs) or a folder with one sub-folder per class",
+        )
     for name, array in _named_arrays(ds.x):
         _check_numeric_finite(array, ds.source if name is None else f"{ds.source}, array '{name}'")
     _check_sample_counts(ds)
@@ -130,13 +134,17 @@ def check_fits(x: np.ndarray, input_shape: Sequence[int | None], source: str) ->
     hint = "reshape the data to the model's input shape"
     if len(got) + 1 == len(want) and want[-1] == 1:
         hint = "add a channel axis, e.g. x = x[..., None]"
-    raise DataError(f"{source}: samples have shape {got}, the model expects {_fmt_shape(want)}", hint)
+    raise DataError(
+        f"{source}: samples have shape {got}, the model expects {_fmt_shape(want)}", hint
+    )
 
 
 def draw_samples(x: Inputs, count: int, seed: int) -> Inputs:
     """Up to ``count`` samples of ``x`` drawn without replacement with a fixed seed."""
     if count <= 0:
-        raise DataError(f"sample count must be positive, got {count}", "pass --calib-samples 100 or more")
+        raise DataError(
+            f"sample count must be positive, got {count}", "pass --calib-samples 100 or more"
+        )
     rng = np.random.default_rng(seed)
     n = num_samples(x)
     idx = rng.choice(n, size=min(count, n), replace=False)
@@ -180,9 +188,12 @@ def _match_by_shape(x: dict, specs: Sequence[InputSpec], source: str) -> list[np
     if all(len(c) == 1 for c in chosen) and len({c[0] for c in chosen}) == len(specs):
         return [x[c[0]] for c in chosen]
     missing = [s.name for s in specs if s.name not in x]
-    raise DataError(f"{source} has no array named {', '.join(repr(m) for m in missing)} "
-                    f"(found: {', '.join(sorted(x))}), and its shapes do not tell the inputs apart "
-                    f"(the model's inputs: {', '.join(s.describe() for s in specs)})", _layout_hint(specs))
+    raise DataError(
+        f"{source} has no array named {', '.join(repr(m) for m in missing)} "
+        f"(found: {', '.join(sorted(x))}), and its shapes do not tell the inputs apart "
+        f"(the model's inputs: {', '.join(s.describe() for s in specs)})",
+        _layout_hint(specs),
+    )
 
 
 def _fits(x: np.ndarray, input_shape: Sequence[int | None]) -> bool:
@@ -198,7 +209,9 @@ def _load_npz(path: Path) -> Dataset:
             arrays = {name: f[name] for name in names}
             y = f["y"] if "y" in keys else None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npz file ({exc})", "write it with numpy.savez") from exc
+        raise DataError(
+            f"{path} is not a readable .npz file ({exc})", "write it with numpy.savez"
+        ) from exc
     return Dataset(arrays["x"] if names == ["x"] else arrays, y, str(path))
 
 
@@ -209,42 +222,59 @@ def _npz_input_names(keys: set[str], path: Path) -> list[str]:
     names = sorted(keys - {"y"})
     if len(names) >= 2:
         return names
-    raise DataError(f"{path} has no array named 'x' (found: {', '.join(sorted(keys)) or 'none'})",
-                    "save inputs as x and labels as y: np.savez(path, x=x, y=y); for a model with several "
-                    "inputs, one array per input named after it")
+    raise DataError(
+        f"{path} has no array named 'x' (found: {', '.join(sorted(keys)) or 'none'})",
+        "save inputs as x and labels as y: np.savez(path, x=x, y=y); for a model with several "
+        "inputs, one array per input named after it",
+    )
 
 
 def _check_sample_counts(ds: Dataset) -> None:
     counts = {name: len(a) for name, a in _named_arrays(ds.x)}
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{name} {n}" for name, n in counts.items())
-        raise DataError(f"{ds.source}: the input arrays hold different numbers of samples ({listed})",
-                        "every input array (and y) must hold one row per sample")
+        raise DataError(
+            f"{ds.source}: the input arrays hold different numbers of samples ({listed})",
+            "every input array (and y) must hold one row per sample",
+        )
     if ds.y is not None and len(ds.y) != len(ds):
-        raise DataError(f"{ds.source}: {len(ds)} inputs but {len(ds.y)} labels", "x and y must have the same length")
+        raise DataError(
+            f"{ds.source}: {len(ds)} inputs but {len(ds.y)} labels",
+            "x and y must have the same length",
+        )
 
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npy file ({exc})", "write it with numpy.save") from exc
+        raise DataError(
+            f"{path} is not a readable .npy file ({exc})", "write it with numpy.save"
+        ) from exc
 
 
 def _check_numeric_finite(x: np.ndarray, source: str) -> None:
     if x.ndim == 0 or len(x) == 0:
         raise DataError(f"{source} holds no samples", "pass a file with at least one sample")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DataError(f"{source}: inputs have dtype {x.dtype}, not numbers", "store inputs as float32 or uint8")
+        raise DataError(
+            f"{source}: inputs have dtype {x.dtype}, not numbers",
+            "store inputs as float32 or uint8",
+        )
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         bad = int(np.count_nonzero(~np.isfinite(x)))
-        raise DataError(f"{source}: inputs contain {bad} NaN or Inf values", "clean or drop those samples")
+        raise DataError(
+            f"{source}: inputs contain {bad} NaN or Inf values", "clean or drop those samples"
+        )
 
 
 def _load_image_folder(path: Path, image_size: tuple[int, int] | None) -> Dataset:
     classes = sorted(p.name for p in path.iterdir() if p.is_dir())
     if not classes:
-        raise DataError(f"{path} has no class sub-folders", "put images in one sub-folder per class: DATA/cat/1.png")
+        raise DataError(
+            f"{path} has no class sub-folders",
+            "put images in one sub-folder per class: DATA/cat/1.png",
+        )
     xs, ys = [], []
     for label, name in enumerate(classes):
         for img in sorted((path / name).iterdir()):
@@ -252,12 +282,15 @@ def _load_image_folder(path: Path, image_size: tuple[int, int] | None) -> Datase
                 xs.append(_read_image(img, image_size))
                 ys.append(label)
     if not xs:
-        raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", "add images to the class folders")
+        raise DataError(
+            f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+            "add images to the class folders",
+        )
     return Dataset(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64), str(path))
 
 
 def _read_image(path: Path, image_size: tuple[int, int] | None) -> np.ndarray:
-    from ._tf import import_tf
+    from tfedge._tf import import_tf
 
     tf = import_tf()
     try:

@@ -2,17 +2,18 @@
 
 Each stage is a function returning a row, so later stages (optimize, bench, push) slot in.
 """
+
 from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from .convert import convert
-from .evaluate import evaluate
-from .reference import build_reference
+from tfedge.analyze.evaluate import evaluate
+from tfedge.convert.converter import convert
+from tfedge.zoo.reference import build_reference
 
 
 @dataclass
@@ -51,8 +52,9 @@ class DemoResult:
     notes: list[str] = field(default_factory=list)
 
 
-def run_demo(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
-             say: Callable[[str], None] = print) -> DemoResult:
+def run_demo(
+    models_dir: str | os.PathLike, out_dir: str | os.PathLike, say: Callable[[str], None] = print
+) -> DemoResult:
     """Run the demo and return its table; ``say`` reports each step as it starts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,19 +66,36 @@ def run_demo(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
     say("3. evaluate on the held-out split")
     keras_acc = evaluate(ref.model, ref.test).accuracy
     rows = [
-        DemoRow("keras float32", keras_acc, os.path.getsize(ref.model), _gzip_size(ref.model), float("nan"), "-"),
+        DemoRow(
+            "keras float32",
+            keras_acc,
+            os.path.getsize(ref.model),
+            _gzip_size(ref.model),
+            float("nan"),
+            "-",
+        ),
         _tflite_row("tflite float32", f32, ref.test, f32.size_bytes),
         _tflite_row("tflite int8", i8, ref.test, f32.size_bytes),
     ]
-    say("3b. Keras 3: the same network saved by Keras 3 converts through the verified tf_keras bridge")
+    say(
+        "3b. Keras 3: the same network saved by Keras 3 converts through the verified tf_keras bridge"
+    )
     rows.append(_keras3_row(ref, out, f32.size_bytes))
     say("4. compress: prune 75% -> 16 clusters -> PCQAT -> int8 (recipe prune-cluster-qat)")
     rows.append(_optimized_row(ref, out / "optimized", f32.size_bytes))
-    say("5. benchmark int8 against float32: local CPU, then emulated Raspberry Pi 4 (qemu, Cortex-A72)")
-    bench_rows = [_bench_row(i8.output, f32.output, target, profile) for target, profile in DEMO_TARGETS]
-    notes = [f"int8 accuracy drop: {100 * (keras_acc - rows[2].accuracy):.2f} points",
-             "emulated timings are qemu's: relative comparisons only, never a device's latency"]
-    say("6. ship: sign the compressed model into a TUF repository; a device agent pulls, smoke-tests and installs it")
+    say(
+        "5. benchmark int8 against float32: local CPU, then emulated Raspberry Pi 4 (qemu, Cortex-A72)"
+    )
+    bench_rows = [
+        _bench_row(i8.output, f32.output, target, profile) for target, profile in DEMO_TARGETS
+    ]
+    notes = [
+        f"int8 accuracy drop: {100 * (keras_acc - rows[2].accuracy):.2f} points",
+        "emulated timings are qemu's: relative comparisons only, never a device's latency",
+    ]
+    say(
+        "6. ship: sign the compressed model into a TUF repository; a device agent pulls, smoke-tests and installs it"
+    )
     shipped = ship_to_stand_in_device(str(out / "optimized" / "model.tflite"), out)
     return DemoResult(rows=rows, bench=bench_rows, ship=shipped, notes=notes)
 
@@ -86,8 +105,8 @@ def ship_to_stand_in_device(model: str, out: Path) -> ShipResult:
     import shutil
     import threading
 
-    from .ota.agent import AgentConfig, poll_once
-    from .ota.repository import init_repository, make_server, publish
+    from tfedge.ota.agent import AgentConfig, poll_once
+    from tfedge.ota.repository import init_repository, make_server, publish
 
     repo, device = out / "ota-repo", out / "device"
     for d in (repo, device):
@@ -109,17 +128,29 @@ DEMO_TARGETS = (("local", "local"), ("qemu", "rpi4"))
 
 
 def _bench_row(int8_path: str, float_path: str, target: str, profile: str) -> BenchRow:
-    from .bench import bench
+    from tfedge.targets.bench import bench
 
     r = bench(int8_path, target=target, profile=profile, compare=float_path, runs=50, min_secs=0.3)
-    return BenchRow(r.target, f"{r.runtime['name']} {r.runtime['version']}", r.compare.latency_us.p50,
-                    r.latency_us.p50, r.speedup, r.emulated)
+    return BenchRow(
+        r.target,
+        f"{r.runtime['name']} {r.runtime['version']}",
+        r.compare.latency_us.p50,
+        r.latency_us.p50,
+        r.speedup,
+        r.emulated,
+    )
 
 
 def _tflite_row(label: str, result, test_data: str, float_bytes: int) -> DemoRow:
     acc = evaluate(result.output, test_data).accuracy
-    return DemoRow(label, acc, result.size_bytes, _gzip_size(result.output), result.size_bytes / float_bytes,
-                   "yes" if result.full_integer else "no")
+    return DemoRow(
+        label,
+        acc,
+        result.size_bytes,
+        _gzip_size(result.output),
+        result.size_bytes / float_bytes,
+        "yes" if result.full_integer else "no",
+    )
 
 
 def _keras3_row(ref, out: Path, float_bytes: int) -> DemoRow:
@@ -131,9 +162,9 @@ def _keras3_row(ref, out: Path, float_bytes: int) -> DemoRow:
 
 def save_digits_as_keras3(tf_keras_model: str, path: Path) -> Path:
     """Rebuild the digits network with Keras 3, copy the weights of ``tf_keras_model``, save it."""
-    from ._tf import import_keras3
-    from .loading import detect_format, load_keras_model
-    from .reference import digits_model
+    from tfedge._tf import import_keras3
+    from tfedge.io.models import detect_format, load_keras_model
+    from tfedge.zoo.reference import digits_model
 
     model = digits_model(keras=import_keras3())
     model.set_weights(load_keras_model(detect_format(tf_keras_model)).get_weights())
@@ -142,14 +173,20 @@ def save_digits_as_keras3(tf_keras_model: str, path: Path) -> Path:
 
 
 def _optimized_row(ref, out_dir: Path, float_bytes: int) -> DemoRow:
-    from .inspect import inspect_tflite
-    from .pipeline import optimize
+    from tfedge.analyze.inspect import inspect_tflite
+    from tfedge.optimize.pipeline import optimize
 
     result = optimize(ref.model, "prune-cluster-qat", ref.train, ref.test, out_dir)
     final = result.final
     verdict = "yes" if inspect_tflite(result.model).full_integer else "no"
-    return DemoRow("prune-cluster-qat int8", final.accuracy, final.tflite_bytes, final.gzip_bytes,
-                   final.tflite_bytes / float_bytes, verdict)
+    return DemoRow(
+        "prune-cluster-qat int8",
+        final.accuracy,
+        final.tflite_bytes,
+        final.gzip_bytes,
+        final.tflite_bytes / float_bytes,
+        verdict,
+    )
 
 
 def _gzip_size(path) -> int:

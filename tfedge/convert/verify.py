@@ -4,11 +4,12 @@ Integer index and shape tensors (int32, int64) are fine; float32 is allowed only
 model converts its inputs and outputs (``QUANTIZE``/``DEQUANTIZE`` at the boundary) when the
 caller asked for ``--io float32``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tflite_model import FLOAT_TYPES, Op, TfliteModel
+from tfedge.convert.tflite_model import FLOAT_TYPES, Op, TfliteModel
 
 BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 

@@ -6,6 +6,7 @@ Example:
     >>> report.full_integer, report.size_bytes
     (True, 7480)
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .compat import compat_rows
-from .loading import detect_format, load_keras_model
-from .tflite_model import Op, Tensor, TfliteModel, read_tflite
-from .verify import FloatOp, find_float_ops
+from tfedge.convert.tflite_model import Op, Tensor, TfliteModel, read_tflite
+from tfedge.convert.verify import FloatOp, find_float_ops
+from tfedge.io.models import detect_format, load_keras_model
+from tfedge.passes.compat import compat_rows
 
 
 @dataclass
@@ -75,7 +76,9 @@ class KerasReport:
     trainable_params: int
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    compat: list = field(default_factory=list)  # tfedge.compat.LayerCompat: prune/cluster/qat per layer
+    compat: list = field(
+        default_factory=list
+    )  # tfedge.passes.compat.LayerCompat: prune/cluster/qat per layer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,22 +97,40 @@ def inspect_tflite(path: str | Path, io: str = "int8") -> TfliteReport:
     io = "float32" if any(t.dtype == "float32" for t in model.inputs + model.outputs) else io
     float_ops = find_float_ops(model, io)
     return TfliteReport(
-        path=str(path), format="tflite", size_bytes=model.size_bytes, ops=_op_rows(model.ops),
-        bytes_by_dtype=_bytes_by_dtype(model), inputs=[_tensor_info(t) for t in model.inputs],
-        outputs=[_tensor_info(t) for t in model.outputs], full_integer=not float_ops, float_ops=float_ops,
-        macs=sum(estimate_macs(op) for op in model.ops), min_runtime_version=model.min_runtime_version,
-        parameters=sum(t.data.size for t in model.tensors if t.data is not None and t.dtype != "int32"),
+        path=str(path),
+        format="tflite",
+        size_bytes=model.size_bytes,
+        ops=_op_rows(model.ops),
+        bytes_by_dtype=_bytes_by_dtype(model),
+        inputs=[_tensor_info(t) for t in model.inputs],
+        outputs=[_tensor_info(t) for t in model.outputs],
+        full_integer=not float_ops,
+        float_ops=float_ops,
+        macs=sum(estimate_macs(op) for op in model.ops),
+        min_runtime_version=model.min_runtime_version,
+        parameters=sum(
+            t.data.size for t in model.tensors if t.data is not None and t.dtype != "int32"
+        ),
     )
 
 
 def inspect_keras(fmt) -> KerasReport:
     model = load_keras_model(fmt)
-    layers = [LayerRow(l.name, type(l).__name__, _output_shape(l), int(l.count_params())) for l in model.layers]
+    layers = [
+        LayerRow(l.name, type(l).__name__, _output_shape(l), int(l.count_params()))
+        for l in model.layers
+    ]
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     return KerasReport(
-        path=fmt.path, format=fmt.kind, keras=fmt.keras or "2", keras_version=fmt.keras_version,
-        layers=layers, params=int(model.count_params()), trainable_params=trainable,
-        inputs=[str(tuple(i.shape)) for i in model.inputs], outputs=[str(tuple(o.shape)) for o in model.outputs],
+        path=fmt.path,
+        format=fmt.kind,
+        keras=fmt.keras or "2",
+        keras_version=fmt.keras_version,
+        layers=layers,
+        params=int(model.count_params()),
+        trainable_params=trainable,
+        inputs=[str(tuple(i.shape)) for i in model.inputs],
+        outputs=[str(tuple(o.shape)) for o in model.outputs],
         compat=compat_rows(fmt, model),
     )
 
@@ -139,7 +160,10 @@ def _op_rows(ops: list[Op]) -> list[OpRow]:
         counts[op.name] += 1
         dtypes[op.name][0].update(t.dtype for t in op.inputs)
         dtypes[op.name][1].update(t.dtype for t in op.outputs)
-    return [OpRow(name, n, sorted(dtypes[name][0]), sorted(dtypes[name][1])) for name, n in counts.most_common()]
+    return [
+        OpRow(name, n, sorted(dtypes[name][0]), sorted(dtypes[name][1]))
+        for name, n in counts.most_common()
+    ]
 
 
 def _bytes_by_dtype(model: TfliteModel) -> dict[str, int]:
@@ -150,8 +174,13 @@ def _bytes_by_dtype(model: TfliteModel) -> dict[str, int]:
 
 
 def _tensor_info(t: Tensor) -> TensorInfo:
-    return TensorInfo(t.name, list(t.shape), t.dtype, t.scale[0] if t.scale else None,
-                      t.zero_point[0] if t.zero_point else None)
+    return TensorInfo(
+        t.name,
+        list(t.shape),
+        t.dtype,
+        t.scale[0] if t.scale else None,
+        t.zero_point[0] if t.zero_point else None,
+    )
 
 
 def _output_shape(layer) -> str:

@@ -19,6 +19,7 @@ Example:
     >>> result.final.gzip_bytes < result.stage("float32").tflite_bytes / 11
     True
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,17 +30,17 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from ._atomic import write_bytes_atomic
-from .data import Dataset, arrange_inputs, as_float32, keras_input_specs, load_data
-from .errors import DataError, OutputError, TrainingError
-from .recipe import Recipe, load_recipe
-from .tflite_model import read_tflite
+from tfedge.convert.tflite_model import read_tflite
+from tfedge.errors import DataError, OutputError, TrainingError
+from tfedge.fsutil import write_bytes_atomic
+from tfedge.io.data import Dataset, arrange_inputs, as_float32, keras_input_specs, load_data
+from tfedge.optimize.recipe import Recipe, load_recipe
 
 WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D"}
 
@@ -89,8 +90,17 @@ class OptimizeResult:
         return asdict(self)
 
 
-def optimize(model, recipe, data, eval_data, output, *, profile=None, progress: bool = False,
-             log: Callable[[str], None] | None = None) -> OptimizeResult:
+def optimize(
+    model,
+    recipe,
+    data,
+    eval_data,
+    output,
+    *,
+    profile=None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> OptimizeResult:
     """Compress ``model`` with ``recipe`` and write ``output``/model.tflite with its report.
 
     Args:
@@ -123,14 +133,23 @@ def optimize(model, recipe, data, eval_data, output, *, profile=None, progress: 
         _write_outputs(work, recipe, runner.stages, last_model)
         seconds = round(time.perf_counter() - started, 2)
         _write_reports(work, recipe, runner.stages, seconds)
-    return OptimizeResult(str(out), str(out / "model.tflite"), str(out / "model.keras"), recipe.name,
-                          recipe.sha256, runner.stages, seconds)
+    return OptimizeResult(
+        str(out),
+        str(out / "model.tflite"),
+        str(out / "model.keras"),
+        recipe.name,
+        recipe.sha256,
+        runner.stages,
+        seconds,
+    )
 
 
 class _Runner:
     """Runs the stages of one recipe and keeps their measurements."""
 
-    def __init__(self, recipe: Recipe, ctx, train: Dataset, evals: Dataset, work: Path, profile) -> None:
+    def __init__(
+        self, recipe: Recipe, ctx, train: Dataset, evals: Dataset, work: Path, profile
+    ) -> None:
         self.recipe, self.ctx, self.train, self.evals = recipe, ctx, train, evals
         self.work, self.profile = work, profile
         self.stages: list[Stage] = []
@@ -141,16 +160,26 @@ class _Runner:
         self._step(1, total, "float32")
         self.stages.append(self._measure("float32", model, model, "none", time.perf_counter()))
         self._step(2, total, "int8 (post-training)")
-        self._add(self._measure("int8", model, model, self.recipe.convert.quant, time.perf_counter(),
-                                last=not self.recipe.passes))
+        self._add(
+            self._measure(
+                "int8",
+                model,
+                model,
+                self.recipe.convert.quant,
+                time.perf_counter(),
+                last=not self.recipe.passes,
+            )
+        )
         if any(p.pass_name == "qat" for p in self.recipe.passes):
-            from .passes.rebuild import fold_for_qat
+            from tfedge.passes.rebuild import fold_for_qat
 
             # Before prune and cluster, so that the kernels they shape are the ones QAT trains
             # and the converter writes (qat folds too, but then clustering would be undone).
             model, folded = fold_for_qat(model)
             if folded:
-                self.ctx.say(f"folded {len(folded)} BatchNormalization/ReLU layer(s) into the Dense before them")
+                self.ctx.say(
+                    f"folded {len(folded)} BatchNormalization/ReLU layer(s) into the Dense before them"
+                )
         plain = model
         for i, p in enumerate(self.recipe.passes):
             self._step(i + 3, total, p.pass_name)
@@ -159,9 +188,21 @@ class _Runner:
             result = p.apply(model, self.ctx)
             self.ctx.applied += (p.pass_name,)
             plain = plain if result.quantize_wrapped else result.model
-            source = _qat_savedmodel(result.model, self.work) if result.quantize_wrapped else result.model
-            stage = self._measure(p.pass_name, source, plain, self.recipe.convert.quant, started,
-                                  last=i == len(self.recipe.passes) - 1, metrics=result.metrics, keras=result.model)
+            source = (
+                _qat_savedmodel(result.model, self.work)
+                if result.quantize_wrapped
+                else result.model
+            )
+            stage = self._measure(
+                p.pass_name,
+                source,
+                plain,
+                self.recipe.convert.quant,
+                started,
+                last=i == len(self.recipe.passes) - 1,
+                metrics=result.metrics,
+                keras=result.model,
+            )
             self._add(stage)
             model = result.model
         return plain
@@ -173,16 +214,34 @@ class _Runner:
         self.stages.append(stage)
         _guard(self.recipe, self.stages[0], stage)
 
-    def _measure(self, name: str, model, plain, quant: str, started: float, last: bool = False,
-                 metrics: dict | None = None, keras=None) -> Stage:
-        from .convert import convert
+    def _measure(
+        self,
+        name: str,
+        model,
+        plain,
+        quant: str,
+        started: float,
+        last: bool = False,
+        metrics: dict | None = None,
+        keras=None,
+    ) -> Stage:
+        from tfedge.convert.converter import convert
 
         index = len(self.stages)
         path = self.work / "stages" / f"{index:02d}-{name}.tflite"
-        convert(model, path, calib=self.train.x, quant=quant, io=None if quant == "none" else self.recipe.convert.io,
-                calib_samples=self.recipe.convert.calib_samples, seed=self.recipe.seed,
-                profile=self.profile if last else None)
-        return _stage(name, path, keras or model, plain, self.ctx, self.evals, quant, started, metrics or {})
+        convert(
+            model,
+            path,
+            calib=self.train.x,
+            quant=quant,
+            io=None if quant == "none" else self.recipe.convert.io,
+            calib_samples=self.recipe.convert.calib_samples,
+            seed=self.recipe.seed,
+            profile=self.profile if last else None,
+        )
+        return _stage(
+            name, path, keras or model, plain, self.ctx, self.evals, quant, started, metrics or {}
+        )
 
 
 def _qat_savedmodel(model, work: Path) -> str:
@@ -196,20 +255,39 @@ def _qat_savedmodel(model, work: Path) -> str:
     return str(path)
 
 
-def _stage(name: str, path: Path, model, plain, ctx, evals: Dataset, quant: str, started: float,
-           metrics: dict) -> Stage:
-    from .evaluate import evaluate
+def _stage(
+    name: str,
+    path: Path,
+    model,
+    plain,
+    ctx,
+    evals: Dataset,
+    quant: str,
+    started: float,
+    metrics: dict,
+) -> Stage:
+    from tfedge.analyze.evaluate import evaluate
 
     raw = path.read_bytes()
     scored = evaluate(path, evals)
     stats = weight_stats(path)
     return Stage(
-        name=name, accuracy=scored.accuracy, keras_accuracy=ctx.accuracy(model), mse=scored.mse,
-        params=int(plain.count_params()), nonzero_params=stats["nonzero"], sparsity=stats["sparsity"],
-        unique_weights=stats["max_unique_per_channel"], tflite_bytes=len(raw),
-        gzip_bytes=len(gzip.compress(raw, 9)), xz_bytes=len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)),
-        seconds=round(time.perf_counter() - started, 2), tflite=f"stages/{path.name}", quant=quant,
-        layers=stats["layers"], metrics=_jsonable(metrics),
+        name=name,
+        accuracy=scored.accuracy,
+        keras_accuracy=ctx.accuracy(model),
+        mse=scored.mse,
+        params=int(plain.count_params()),
+        nonzero_params=stats["nonzero"],
+        sparsity=stats["sparsity"],
+        unique_weights=stats["max_unique_per_channel"],
+        tflite_bytes=len(raw),
+        gzip_bytes=len(gzip.compress(raw, 9)),
+        xz_bytes=len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)),
+        seconds=round(time.perf_counter() - started, 2),
+        tflite=f"stages/{path.name}",
+        quant=quant,
+        layers=stats["layers"],
+        metrics=_jsonable(metrics),
     )
 
 
@@ -228,21 +306,28 @@ def weight_stats(path) -> dict:
         kernel = op.inputs[1]
         values = np.asarray(kernel.data).reshape(kernel.shape)
         per_channel = _unique_per_channel(values, _channel_axis(op.name, kernel))
-        layers[_layer_name(op)] = {"sparsity": round(float(np.mean(values == 0)), 4),
-                                           "max_unique_per_channel": per_channel, "weights": int(values.size)}
+        layers[_layer_name(op)] = {
+            "sparsity": round(float(np.mean(values == 0)), 4),
+            "max_unique_per_channel": per_channel,
+            "weights": int(values.size),
+        }
         zeros, size = zeros + int(np.sum(values == 0)), size + values.size
         nonzero += int(np.count_nonzero(values)) + _bias_nonzero(op)
         unique = max(unique, per_channel)
-    return {"sparsity": round(zeros / size, 4) if size else 0.0, "nonzero": nonzero,
-            "max_unique_per_channel": unique, "layers": layers}
+    return {
+        "sparsity": round(zeros / size, 4) if size else 0.0,
+        "nonzero": nonzero,
+        "max_unique_per_channel": unique,
+        "layers": layers,
+    }
 
 
 def _layer_name(op) -> str:
     """The Keras layer of a weighted op, from its kernel's tensor name (QAT's ``quant_`` prefix dropped)."""
-    from .tflite_model import layer_from_tensor_name
+    from tfedge.convert.tflite_model import layer_from_tensor_name
 
     name = layer_from_tensor_name(op.inputs[1].name) if "/" in op.inputs[1].name else op.layer
-    return name[len("quant_"):] if name.startswith("quant_") else name
+    return name[len("quant_") :] if name.startswith("quant_") else name
 
 
 def _channel_axis(op_name: str, kernel) -> int:
@@ -271,10 +356,12 @@ def _guard(recipe: Recipe, baseline: Stage, stage: Stage) -> None:
         raise TrainingError(
             f"stage '{stage.name}' lost {drop:.2f} points of accuracy ({baseline.accuracy:.4f} -> "
             f"{stage.accuracy:.4f}); the recipe allows {limit:g}",
-            "add fine-tuning epochs, make the stage gentler (lower sparsity, more clusters), or raise max_accuracy_drop")
+            "add fine-tuning epochs, make the stage gentler (lower sparsity, more clusters), or raise max_accuracy_drop",
+        )
 
 
 # ---- inputs -------------------------------------------------------------------------------
+
 
 def _load_model(model, recipe: Recipe):
     """A tf_keras model for tfmot passes; a post-training-only recipe takes any Keras model as is.
@@ -282,7 +369,7 @@ def _load_model(model, recipe: Recipe):
     The second case is the direct Keras 3 -> TFLite path: a Keras 3 model the bridge cannot
     translate (e.g. one with a registered custom layer) still converts.
     """
-    from .loading import detect_format, load_keras_model, load_tf_keras_model
+    from tfedge.io.models import detect_format, load_keras_model, load_tf_keras_model
 
     if recipe.passes:
         return load_tf_keras_model(model)
@@ -292,17 +379,27 @@ def _load_model(model, recipe: Recipe):
 
 
 def _context(recipe: Recipe, model, train: Dataset, evals: Dataset, progress: bool, log):
-    from .passes.base import PassContext
+    from tfedge.passes.base import PassContext
 
     specs = keras_input_specs(model)
     arrange_inputs(train.x, specs, f"training data {train.source}")
     arrange_inputs(evals.x, specs, f"evaluation data {evals.source}")
     if recipe.passes and train.y is None:
-        raise DataError(f"{train.source} has no labels (y); the passes of recipe '{recipe.name}' train",
-                        "save training data with np.savez(path, x=x, y=y)")
+        raise DataError(
+            f"{train.source} has no labels (y); the passes of recipe '{recipe.name}' train",
+            "save training data with np.savez(path, x=x, y=y)",
+        )
     say = log or (_stderr_log if progress else None)
-    return PassContext(x=as_float32(train.x), y=train.y, train=recipe.train, seed=recipe.seed,
-                       progress=progress, log=say, eval_x=evals.x, eval_y=evals.y)
+    return PassContext(
+        x=as_float32(train.x),
+        y=train.y,
+        train=recipe.train,
+        seed=recipe.seed,
+        progress=progress,
+        log=say,
+        eval_x=evals.x,
+        eval_y=evals.y,
+    )
 
 
 def _stderr_log(message: str) -> None:
@@ -313,29 +410,40 @@ def _stderr_log(message: str) -> None:
 
 # ---- outputs ------------------------------------------------------------------------------
 
+
 def check_outdir(output) -> Path:
     """OUTDIR may be new, empty, or an earlier optimize output (it is then replaced on success)."""
     out = Path(output)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"the parent of {out} does not exist", f"create it first: mkdir -p {parent}")
+        raise OutputError(
+            f"the parent of {out} does not exist", f"create it first: mkdir -p {parent}"
+        )
     if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write to {parent}", "choose an output directory in a writable place")
+        raise OutputError(
+            f"cannot write to {parent}", "choose an output directory in a writable place"
+        )
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is a file", "give a directory for -o")
     if out.is_dir() and any(out.iterdir()) and not (out / "report.json").exists():
-        raise OutputError(f"{out} exists and holds other files", "give a new or empty directory, or an earlier "
-                          "`tfedge optimize` output to replace")
+        raise OutputError(
+            f"{out} exists and holds other files",
+            "give a new or empty directory, or an earlier `tfedge optimize` output to replace",
+        )
     return out
 
 
 @contextlib.contextmanager
 def staging_dir(out: Path):
     """A sibling directory marked INCOMPLETE; renamed onto ``out`` only if the block succeeds."""
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent or "."))
+    work = Path(
+        tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent or ".")
+    )
     try:
         os.chmod(work, 0o755)
-        (work / "INCOMPLETE").write_text("tfedge optimize has not finished here; nothing in this folder is final\n")
+        (work / "INCOMPLETE").write_text(
+            "tfedge optimize has not finished here; nothing in this folder is final\n"
+        )
         yield work
         (work / "INCOMPLETE").unlink()
         _replace_dir(work, out)
@@ -360,26 +468,43 @@ def _write_outputs(work: Path, recipe: Recipe, stages: list[Stage], model) -> No
 
 
 def _write_reports(work: Path, recipe: Recipe, stages: list[Stage], seconds: float) -> None:
-    report = {"recipe": {"name": recipe.name, "source": recipe.source, "sha256": recipe.sha256,
-                         "passes": recipe.pass_names},
-              "model": "model.tflite", "keras_model": "model.keras", "seconds": seconds,
-              "stages": [asdict(s) for s in stages]}
-    write_bytes_atomic(work / "report.json", json.dumps(report, indent=2, default=_json_default).encode())
+    report = {
+        "recipe": {
+            "name": recipe.name,
+            "source": recipe.source,
+            "sha256": recipe.sha256,
+            "passes": recipe.pass_names,
+        },
+        "model": "model.tflite",
+        "keras_model": "model.keras",
+        "seconds": seconds,
+        "stages": [asdict(s) for s in stages],
+    }
+    write_bytes_atomic(
+        work / "report.json", json.dumps(report, indent=2, default=_json_default).encode()
+    )
     write_bytes_atomic(work / "report.md", markdown_report(recipe, stages).encode())
 
 
 def markdown_report(recipe: Recipe, stages: list[Stage]) -> str:
     """The stage table in Markdown, sizes relative to the float32 stage."""
     base = stages[0].tflite_bytes
-    lines = [f"# tfedge optimize: recipe `{recipe.name}`", "",
-             f"Recipe sha256 `{recipe.sha256}` ({recipe.source}); passes: {' -> '.join(recipe.pass_names) or 'none'}.",
-             "", "| stage | accuracy | params | non-zero | sparsity | unique/ch | tflite B | gzip B | xz B | "
-                 "float32/gzip |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# tfedge optimize: recipe `{recipe.name}`",
+        "",
+        f"Recipe sha256 `{recipe.sha256}` ({recipe.source}); passes: {' -> '.join(recipe.pass_names) or 'none'}.",
+        "",
+        "| stage | accuracy | params | non-zero | sparsity | unique/ch | tflite B | gzip B | xz B | "
+        "float32/gzip |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in stages:
         acc = "-" if s.accuracy is None else f"{100 * s.accuracy:.2f}%"
-        lines.append(f"| {s.name} | {acc} | {s.params:,} | {s.nonzero_params:,} | {100 * s.sparsity:.1f}% | "
-                     f"{s.unique_weights} | {s.tflite_bytes:,} | {s.gzip_bytes:,} | {s.xz_bytes:,} | "
-                     f"{base / s.gzip_bytes:.1f}x |")
+        lines.append(
+            f"| {s.name} | {acc} | {s.params:,} | {s.nonzero_params:,} | {100 * s.sparsity:.1f}% | "
+            f"{s.unique_weights} | {s.tflite_bytes:,} | {s.gzip_bytes:,} | {s.xz_bytes:,} | "
+            f"{base / s.gzip_bytes:.1f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 

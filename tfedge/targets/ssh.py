@@ -14,6 +14,7 @@ Example:
     ('raspberrypi.local', 22, '/srv/bench', '~/venv/bin/python')
     >>> report, _ = run(Job(Path("model.tflite"), threads=4), target)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
-from ..errors import BenchError, TargetError, UsageError
-from .job import DEVICE_SCRIPT, Job, parse_report
+from tfedge.errors import BenchError, TargetError, UsageError
+from tfedge.targets.job import DEVICE_SCRIPT, Job, parse_report
 
 DEFAULT_WORKDIR = "tfedge-bench"
 SCRIPT_NAME = "tfedge_bench_device.py"
@@ -72,8 +73,12 @@ def parse_target(url: str, **overrides) -> SshTarget:
         port = parts.port or 22
     except ValueError as exc:
         raise UsageError(f"bad port in {url!r}", "write ssh://user@host:2222") from exc
-    target = SshTarget(host=parts.hostname, user=unquote(parts.username) if parts.username else None,
-                       port=port, workdir=unquote(parts.path) or DEFAULT_WORKDIR)
+    target = SshTarget(
+        host=parts.hostname,
+        user=unquote(parts.username) if parts.username else None,
+        port=port,
+        workdir=unquote(parts.path) or DEFAULT_WORKDIR,
+    )
     target = replace(target, **_query(parts.query, url))
     return replace(target, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -82,7 +87,9 @@ def _query(query: str, url: str) -> dict:
     values = {k: v[-1] for k, v in parse_qs(query).items()}
     unknown = sorted(set(values) - set(_QUERY_KEYS))
     if unknown:
-        raise UsageError(f"unknown option(s) {', '.join(unknown)} in {url!r}", f"known: {', '.join(_QUERY_KEYS)}")
+        raise UsageError(
+            f"unknown option(s) {', '.join(unknown)} in {url!r}", f"known: {', '.join(_QUERY_KEYS)}"
+        )
     if "connect_timeout" in values:
         values["connect_timeout"] = float(values["connect_timeout"])
     return values
@@ -99,7 +106,11 @@ async def run_async(job: Job, target: SshTarget) -> tuple[dict, np.ndarray | Non
         async with conn.start_sftp_client() as sftp:
             workdir = await _workdir(conn, sftp, target)
             remote = await _upload(conn, sftp, workdir, _files(job), target)
-            outputs = f"{workdir}/outputs-{uuid.uuid4().hex[:12]}.npy" if job.keep_outputs and job.data else None
+            outputs = (
+                f"{workdir}/outputs-{uuid.uuid4().hex[:12]}.npy"
+                if job.keep_outputs and job.data
+                else None
+            )
             report = await _run_script(conn, job, target, remote, outputs)
             values = await _fetch_outputs(sftp, outputs) if outputs else None
             report["emulated"] = False
@@ -126,38 +137,55 @@ class _connect:
 
 async def _open(asyncssh, target: SshTarget):
     known_hosts = _require_known_hosts(target)
-    options = {"port": target.port, "username": target.user, "known_hosts": str(known_hosts),
-               "connect_timeout": target.connect_timeout}
+    options = {
+        "port": target.port,
+        "username": target.user,
+        "known_hosts": str(known_hosts),
+        "connect_timeout": target.connect_timeout,
+    }
     if target.key:
         options["client_keys"] = [os.path.expanduser(target.key)]
     try:
         return await asyncssh.connect(target.host, **options)
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise TargetError(f"the host key of {target.label} is not trusted: it is not in, or does not match, "
-                          f"{known_hosts}", _keyscan_hint(target)) from exc
+        raise TargetError(
+            f"the host key of {target.label} is not trusted: it is not in, or does not match, "
+            f"{known_hosts}",
+            _keyscan_hint(target),
+        ) from exc
     except asyncssh.PermissionDenied as exc:
-        raise TargetError(f"authentication failed for {target.label}: {exc.reason}",
-                          "tfedge logs in with keys or the ssh-agent only: copy your key with `ssh-copy-id "
-                          f"-p {target.port} {target.user or '$USER'}@{target.host}` or pass ?key=PATH") from exc
+        raise TargetError(
+            f"authentication failed for {target.label}: {exc.reason}",
+            "tfedge logs in with keys or the ssh-agent only: copy your key with `ssh-copy-id "
+            f"-p {target.port} {target.user or '$USER'}@{target.host}` or pass ?key=PATH",
+        ) from exc
     except (asyncio.TimeoutError, TimeoutError) as exc:
-        raise TargetError(f"timed out after {target.connect_timeout:.0f} s connecting to {target.label}",
-                          "check the board is powered, on this network, and that sshd runs") from exc
+        raise TargetError(
+            f"timed out after {target.connect_timeout:.0f} s connecting to {target.label}",
+            "check the board is powered, on this network, and that sshd runs",
+        ) from exc
     except (OSError, asyncssh.Error) as exc:
-        raise TargetError(f"cannot reach {target.label}: {exc}",
-                          f"check the host name, that sshd listens on port {target.port}, and the network") from exc
+        raise TargetError(
+            f"cannot reach {target.label}: {exc}",
+            f"check the host name, that sshd listens on port {target.port}, and the network",
+        ) from exc
 
 
 def _require_known_hosts(target: SshTarget) -> Path:
     path = target.known_hosts_path()
     if not path.is_file():
-        raise TargetError(f"no known_hosts file at {path}, so the host key of {target.label} cannot be checked",
-                          _keyscan_hint(target))
+        raise TargetError(
+            f"no known_hosts file at {path}, so the host key of {target.label} cannot be checked",
+            _keyscan_hint(target),
+        )
     return path
 
 
 def _keyscan_hint(target: SshTarget) -> str:
-    return ("check the board's fingerprint (on the board: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), "
-            f"then trust it: ssh-keyscan -p {target.port} {target.host} >> {target.known_hosts or '~/.ssh/known_hosts'}")
+    return (
+        "check the board's fingerprint (on the board: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), "
+        f"then trust it: ssh-keyscan -p {target.port} {target.host} >> {target.known_hosts or '~/.ssh/known_hosts'}"
+    )
 
 
 # ---------------------------------------------------------------- files
@@ -186,12 +214,16 @@ async def _workdir(conn, sftp, target: SshTarget) -> str:
     try:
         await sftp.makedirs(workdir, exist_ok=True)
     except Exception as exc:
-        raise TargetError(f"cannot create {workdir} on {target.label}: {exc}",
-                          "pick a writable workdir: ssh://user@host/home/user/tfedge-bench") from exc
+        raise TargetError(
+            f"cannot create {workdir} on {target.label}: {exc}",
+            "pick a writable workdir: ssh://user@host/home/user/tfedge-bench",
+        ) from exc
     return workdir
 
 
-async def _upload(conn, sftp, workdir: str, files: dict[str, Path], target: SshTarget) -> dict[str, str]:
+async def _upload(
+    conn, sftp, workdir: str, files: dict[str, Path], target: SshTarget
+) -> dict[str, str]:
     """Copy what the board lacks, then prove every file arrived intact by hashing it there."""
     remote = {name: f"{workdir}/{name}" for name in files}
     expected = {remote[name]: sha256_file(path) for name, path in files.items()}
@@ -202,8 +234,10 @@ async def _upload(conn, sftp, workdir: str, files: dict[str, Path], target: SshT
     present = await _remote_sha256(conn, list(expected), target)
     bad = [p for p, digest in expected.items() if present.get(p) != digest]
     if bad:
-        raise TargetError(f"sha256 mismatch on {target.label} after upload: {', '.join(bad)}",
-                          "the copy was corrupted or the disk is full; check `df -h` on the board and retry")
+        raise TargetError(
+            f"sha256 mismatch on {target.label} after upload: {', '.join(bad)}",
+            "the copy was corrupted or the disk is full; check `df -h` on the board and retry",
+        )
     return {str(files[name]): remote[name] for name in files}
 
 
@@ -221,8 +255,10 @@ async def _remote_sha256(conn, paths: list[str], target: SshTarget) -> dict[str,
         digest, _, path = line.partition("  ")
         digests[path.strip()] = digest.strip()
     if result.exit_status not in (0, 1):
-        raise TargetError(f"cannot run sha256sum on {target.label} (exit {result.exit_status})",
-                          "install coreutils on the board")
+        raise TargetError(
+            f"cannot run sha256sum on {target.label} (exit {result.exit_status})",
+            "install coreutils on the board",
+        )
     return digests
 
 
@@ -236,23 +272,29 @@ async def _fetch_outputs(sftp, remote: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- running
-async def _run_script(conn, job: Job, target: SshTarget, remote: dict[str, str], outputs: str | None) -> dict:
+async def _run_script(
+    conn, job: Job, target: SshTarget, remote: dict[str, str], outputs: str | None
+) -> dict:
     data = remote.get(str(job.data)) if job.data else None
     args = job.script_args(remote[str(job.model)], data, outputs)
-    command = " ".join([_python(target.python), shlex.quote(remote[str(DEVICE_SCRIPT)]),
-                        *map(shlex.quote, args)])
+    command = " ".join(
+        [_python(target.python), shlex.quote(remote[str(DEVICE_SCRIPT)]), *map(shlex.quote, args)]
+    )
     try:
         result = await asyncio.wait_for(conn.run(command, check=False), timeout=job.timeout)
     except (asyncio.TimeoutError, TimeoutError) as exc:
-        raise BenchError(f"the benchmark on {target.label} timed out after {job.timeout:.0f} s",
-                         "lower --runs/--min-secs, or check the board is not overloaded") from exc
+        raise BenchError(
+            f"the benchmark on {target.label} timed out after {job.timeout:.0f} s",
+            "lower --runs/--min-secs, or check the board is not overloaded",
+        ) from exc
     return _interpret(result, job, target)
 
 
 def _interpret(result, job: Job, target: SshTarget) -> dict:
     stdout, stderr = result.stdout or "", result.stderr or ""
     if result.exit_status == 127:
-        from ..device.bench_device import INSTALL_HINT
+        from tfedge.device.bench_device import INSTALL_HINT
+
         raise TargetError(f"{target.python} is not found on {target.label}", INSTALL_HINT)
     code = -_signal_number(result.exit_signal) if result.exit_signal else result.exit_status
     return parse_report(stdout, stderr, code, job.model, target.label)

@@ -1,0 +1,13 @@
+"""Conversion to full-integer TFLite: the converter worker, the one verifier, the ``.tflite`` reader.
+
+Example:
+    >>> from tfedge.convert import convert
+    >>> convert("model.keras", "model.tflite", calib="train.npz").full_integer
+    True
+"""
+
+from __future__ import annotations
+
+from tfedge.convert.converter import ConvertResult, convert
+
+__all__ = ["ConvertResult", "convert"]

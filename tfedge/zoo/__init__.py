@@ -1,0 +1,1 @@
+"""Reference models and the demo. Nothing in the core imports this package."""
