@@ -38,7 +38,7 @@ import numpy as np
 
 from tfedge.convert.tflite_model import read_tflite
 from tfedge.errors import DataError, OutputError, TrainingError
-from tfedge.fsutil import write_bytes_atomic
+from tfedge.fsutil import replace_dir, write_bytes_atomic
 from tfedge.io.data import Dataset, arrange_inputs, as_float32, keras_input_specs, load_data
 from tfedge.optimize.recipe import Recipe, load_recipe
 
@@ -446,19 +446,9 @@ def staging_dir(out: Path):
         )
         yield work
         (work / "INCOMPLETE").unlink()
-        _replace_dir(work, out)
+        replace_dir(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(new, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.rename(out, old)
-    os.rename(new, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_outputs(work: Path, recipe: Recipe, stages: list[Stage], model) -> None:

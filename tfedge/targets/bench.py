@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ import numpy as np
 import yaml
 
 from tfedge.errors import ProfileError, TfedgeError, UsageError
+from tfedge.fsutil import sha256_file
 from tfedge.targets.job import Job, check_model_file
 from tfedge.targets.profiles import (
     ARMV7_HINT,
@@ -231,7 +231,7 @@ def _result(job: Job, report: dict, outputs, label: str, prof: DeviceProfile | N
     return BenchResult(
         model=str(job.model),
         model_bytes=job.model.stat().st_size,
-        model_sha256=_sha256(job.model),
+        model_sha256=sha256_file(job.model),
         target=label,
         emulated=bool(report.get("emulated")),
         arch=report.get("arch", ""),
@@ -248,10 +248,6 @@ def _result(job: Job, report: dict, outputs, label: str, prof: DeviceProfile | N
         note=report.get("emulation_note", ""),
         outputs=outputs,
     )
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------- budgets

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tfedge.errors import TargetError
+from tfedge.fsutil import replace_dir
 
 SUITE = "bookworm"
 PYTHON = "usr/bin/python3.11"
@@ -167,7 +168,7 @@ def _build(qemu: str, mirror: str, runtime: str, log) -> Emulator:
         _unpack_debs(root)
         log("downloading aarch64 wheels: " + NUMPY + " and a TFLite runtime")
         name, version = _install_runtime(qemu, root, site, runtime, log)
-        _replace_dir(work, final)
+        replace_dir(work, final)
         env = Emulator(
             root=final / "root",
             site=final / "site",
@@ -183,12 +184,6 @@ def _build(qemu: str, mirror: str, runtime: str, log) -> Emulator:
         return env
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(src, dst)
 
 
 def _write_marker(final: Path, env: Emulator) -> None:

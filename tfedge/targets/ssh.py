@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import os
 import shlex
@@ -30,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from tfedge.errors import BenchError, TargetError, UsageError
+from tfedge.fsutil import sha256_file
 from tfedge.targets.job import DEVICE_SCRIPT, Job, parse_report
 
 DEFAULT_WORKDIR = "tfedge-bench"
@@ -196,14 +196,6 @@ def _files(job: Job) -> dict[str, Path]:
         if path:
             files[f"{sha256_file(path)[:16]}-{path.name}"] = path
     return files
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 async def _workdir(conn, sftp, target: SshTarget) -> str:
