@@ -6,7 +6,8 @@ Runs every built-in recipe on every reference model (digits, kws, vww, anomaly) 
 the float32-.tflite-to-gzip ratio and local latency (median of single-thread invokes). A recipe
 that cannot apply to a model (distillation needs class labels; the autoencoder has none) or that
 fails is a row saying so, not a crash. vww has random weights by design (no download), so its
-accuracy is chance and the recipes' accuracy guard is off for it: its rows measure size and latency. Then two experiments on the digits model:
+accuracy is chance and the recipes' accuracy guard is off for it: its rows measure size and
+latency. Then two experiments on the digits model:
 
   * distill: the teacher (the digits reference model, trained on all 1,437 training images) and a
     half-width student. The student alone and the distilled student share architecture, initial
@@ -127,7 +128,10 @@ def skipped_row(model: str, recipe: str, reason: str) -> dict:
 def not_applicable(model: str, recipe: str) -> str | None:
     """Why ``recipe`` cannot run on reference model ``model`` (None when it can)."""
     if reference_paths(model, ROOT / "models").task != "classification" and "distill" in recipe:
-        return "not applicable: distillation needs class labels; the anomaly model is an autoencoder (MSE)"
+        return (
+            "not applicable: distillation needs class labels; "
+            "the anomaly model is an autoencoder (MSE)"
+        )
     return None
 
 
@@ -136,22 +140,25 @@ def check_goals(row: dict) -> list[str]:
     if goal is None:
         return []
     max_drop, min_ratio, max_seconds = goal
-    checks = [
-        f"drop {row['drop_points']} <= {max_drop}: {'PASS' if row['drop_points'] <= max_drop else 'FAIL'}"
-    ]
+    checks = [_check(f"drop {row['drop_points']} <= {max_drop}", row["drop_points"] <= max_drop)]
     if min_ratio:
-        checks.append(
-            f"ratio {row['ratio_gzip']} >= {min_ratio}: {'PASS' if row['ratio_gzip'] >= min_ratio else 'FAIL'}"
-        )
+        ok = row["ratio_gzip"] >= min_ratio
+        checks.append(_check(f"ratio {row['ratio_gzip']} >= {min_ratio}", ok))
     if max_seconds:
-        checks.append(
-            f"{row['seconds']} s <= {max_seconds}: {'PASS' if row['seconds'] <= max_seconds else 'FAIL'}"
-        )
+        ok = row["seconds"] <= max_seconds
+        checks.append(_check(f"{row['seconds']} s <= {max_seconds}", ok))
     return checks
 
 
+def _check(claim: str, ok: bool) -> str:
+    return f"{claim}: {'PASS' if ok else 'FAIL'}"
+
+
 def _digits_context(seed: int, per_class: int | None = None, validation_split: float = 0.1):
-    """The digits training data (all of it, or ``per_class`` labelled images per class drawn with ``seed``)."""
+    """The digits training data.
+
+    All of it, or ``per_class`` labelled images per class drawn with ``seed``.
+    """
     from tfedge.io.data import load_data
     from tfedge.passes import PassContext, TrainConfig
 
@@ -200,7 +207,10 @@ def distill_experiment(
     alpha: float,
     name: str = "main",
 ) -> dict:
-    """Teacher vs the same student trained alone and distilled (same everything but the loss), per seed."""
+    """Teacher vs the same student trained alone and distilled, per seed.
+
+    Both students share everything but the loss.
+    """
     from tfedge.passes import build_pass
 
     started = time.perf_counter()
@@ -295,8 +305,8 @@ def _pct(value: float) -> str:
 
 def markdown(rows: list[dict], distill: dict | None, low_rank: dict | None) -> str:
     lines = [
-        "| model | recipe | accuracy (float -> final) | tflite B | gzip B | xz B | float32/gzip | float32/xz "
-        "| latency µs (float32 -> final) | run s |",
+        "| model | recipe | accuracy (float -> final) | tflite B | gzip B | xz B "
+        "| float32/gzip | float32/xz | latency µs (float32 -> final) | run s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -312,18 +322,20 @@ def markdown(rows: list[dict], distill: dict | None, low_rank: dict | None) -> s
             else f"MSE {r['float_mse']:.4f} -> {r['mse']:.4f}"
         )
         lines.append(
-            f"| {r['model']} | {r['recipe']} | {acc} | {r['tflite_bytes']:,} | {r['gzip_bytes']:,} | "
-            f"{r['xz_bytes']:,} | {r['ratio_gzip']}x | {r['ratio_xz']}x | {r['float32_latency_us']} -> "
-            f"{r['latency_us']} | {r['seconds']} |"
+            f"| {r['model']} | {r['recipe']} | {acc} | {r['tflite_bytes']:,} | "
+            f"{r['gzip_bytes']:,} | {r['xz_bytes']:,} | {r['ratio_gzip']}x | {r['ratio_xz']}x | "
+            f"{r['float32_latency_us']} -> {r['latency_us']} | {r['seconds']} |"
         )
     if distill:
         lines += [
             "",
-            "Distillation (digits; teacher = the reference model; both arms: same student architecture, "
-            "initial weights, data order, epochs, optimizer and training images; only the loss differs):",
+            "Distillation (digits; teacher = the reference model; both arms: "
+            "same student architecture, initial weights, data order, epochs, optimizer and "
+            "training images; only the loss differs):",
             "",
-            "| experiment | student params | train images | epochs | T | alpha | teacher | alone (mean) "
-            "| distilled (mean) | gap pt | gap recovered | per seed: alone -> distilled | run s |",
+            "| experiment | student params | train images | epochs | T | alpha | teacher "
+            "| alone (mean) | distilled (mean) | gap pt | gap recovered "
+            "| per seed: alone -> distilled | run s |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for d in [distill["main"], *distill.get("contrasts", [])]:
@@ -335,15 +347,17 @@ def markdown(rows: list[dict], distill: dict | None, low_rank: dict | None) -> s
                 f"| {d['name']} | {d['student_params']:,} (teacher {d['teacher_params']:,}) | "
                 f"{d['train_images']:,} | {d['epochs']} | {d['temperature']:g} | {d['alpha']} | "
                 f"{_pct(d['teacher_accuracy'])} | {_pct(d['student_alone_accuracy'])} | "
-                f"{_pct(d['student_accuracy'])} | {d['gap_points']} | {100 * d['recovered_share']:.0f}% | "
-                f"{seeds} | {d['seconds']} |"
+                f"{_pct(d['student_accuracy'])} | {d['gap_points']} | "
+                f"{100 * d['recovered_share']:.0f}% | {seeds} | {d['seconds']} |"
             )
         lines += ["", f"Distillation goal (main experiment): {distill['main']['goal']}"]
     if low_rank:
         lines += [
             "",
-            f"Low-rank (param_ratio {low_rank['param_ratio']}, {low_rank['epochs']} fine-tuning epochs): "
-            f"Dense parameters {low_rank['dense_params_before']:,} -> {low_rank['dense_params_after']:,} "
+            f"Low-rank (param_ratio {low_rank['param_ratio']}, "
+            f"{low_rank['epochs']} fine-tuning epochs): "
+            f"Dense parameters {low_rank['dense_params_before']:,} -> "
+            f"{low_rank['dense_params_after']:,} "
             f"({100 * low_rank['fewer_dense_share']:.0f}% fewer), accuracy "
             f"{_pct(low_rank['accuracy_before'])} -> {_pct(low_rank['accuracy_after'])}. "
             f"{low_rank['goal']}",

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Conversion benchmark (issue: foundation). Prints a table and writes bench-results/convert.{json,md}.
+"""Conversion benchmark (issue: foundation).
+
+Prints a table and writes bench-results/convert.{json,md}.
 
 Measures, on the reference models:
   * int8 .tflite bytes against the structural floor (int8 weights, int32 biases, per-channel
@@ -134,7 +136,8 @@ def markdown(rows: list[dict], overhead: dict, help_s: float) -> str:
     lines.append("")
     if digits:
         lines.append(
-            f"- digits accuracy: float {digits['float_accuracy']:.4f}, int8 {digits['int8_accuracy']:.4f}, "
+            f"- digits accuracy: float {digits['float_accuracy']:.4f}, "
+            f"int8 {digits['int8_accuracy']:.4f}, "
             f"drop {digits['accuracy_drop_points']} points (goal <= 0.5)"
         )
     lines.append(

@@ -13,7 +13,7 @@ Random weights, calibrated on seeded random data; the models are cached under
 $XDG_CACHE_HOME/tfedge/bench-models.
 
 Usage:
-    .venv/bin/python scripts/bench_harness.py                # everything (about 5 minutes on 2 cores)
+    .venv/bin/python scripts/bench_harness.py     # everything (about 5 minutes on 2 cores)
     .venv/bin/python scripts/bench_harness.py --no-qemu --rounds 3
 """
 
@@ -139,7 +139,10 @@ def speedup(
     target: str = "local",
     profile: str | None = None,
 ) -> dict:
-    """int8 (checked against ``profile``) then float32 (``--compare``), alternating, ``rounds`` times."""
+    """int8 (checked against ``profile``) and float32 (``--compare``), alternating.
+
+    ``rounds`` times each.
+    """
     int8, fp32 = [], []
     for _ in range(rounds):
         r = bench(
@@ -185,7 +188,8 @@ def markdown(results: dict) -> str:
     for r in results["fidelity"]:
         lines.append(
             f"| {r['model']} | {r['threads']} | {r['harness_p50_us']:,.0f} | "
-            f"{r['litert_tool_median_us']:,.0f} | {r['ratio']:.3f} | {'yes' if r['within_10pct'] else 'NO'} |"
+            f"{r['litert_tool_median_us']:,.0f} | {r['ratio']:.3f} | "
+            f"{'yes' if r['within_10pct'] else 'NO'} |"
         )
     lines += [
         "",

@@ -13,7 +13,7 @@
 Writes bench-results/ota.json and bench-results/ota.md.
 
 Usage:
-    .venv/bin/python scripts/bench_ota.py                      # push + 50 agents (about 1.5 minutes on 2 cores)
+    .venv/bin/python scripts/bench_ota.py     # push + 50 agents (about 1.5 minutes on 2 cores)
     .venv/bin/python scripts/bench_ota.py --agents 10 --rounds 3
 """
 
@@ -245,7 +245,8 @@ def markdown(result: dict) -> str:
             "| fleet (agents as separate processes) | value |",
             "|---|---|",
             f"| agents | {f['agents']} (poll every {f['poll_interval_s']} s) |",
-            f"| new version published -> last device reports Success (health-checked) | **{f['time_to_last_s']:.1f} s** |",
+            "| new version published -> last device reports Success (health-checked) "
+            f"| **{f['time_to_last_s']:.1f} s** |",
             f"| corrupted installs | **{f['corrupted_installs']}** |",
             f"| devices reporting Success | {f['success_states']}/{f['agents']} |",
         ]

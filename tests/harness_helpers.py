@@ -32,7 +32,7 @@ def digits_data(n_test: int = 200):
 
 
 def build_digits_models(out: Path) -> dict[str, Path]:
-    """Train a tiny CNN on digits for a few epochs; write float32 and full-int8 .tflite + eval.npz."""
+    """Train a tiny CNN on digits for a few epochs; write float32, full-int8 .tflite, eval.npz."""
     import tensorflow as tf
     import tf_keras as k
 

@@ -1,4 +1,4 @@
-"""tfedge.fsutil: atomic writes honour the umask, never leave half-written output, and hash files."""
+"""tfedge.fsutil: atomic writes honour the umask and never leave half-written output; hashes."""
 
 from __future__ import annotations
 

@@ -217,7 +217,7 @@ def test_keras3_h5_and_two_inputs_bridge(keras3, tmp_path):
 
 
 def test_lstm_classifier_bridges_and_converts(keras3, tmp_path):
-    """Recurrent layers convert with a fixed batch size of 1 (a dynamic batch fails in the converter)."""
+    """Recurrent layers convert with a fixed batch size of 1 (a dynamic batch fails to convert)."""
     L = keras3.layers
     inp = keras3.Input((10,), batch_size=1, dtype="int32")
     model3 = keras3.Model(inp, L.Dense(3)(L.LSTM(8)(L.Embedding(30, 8)(inp))))
@@ -238,7 +238,10 @@ def test_exported_savedmodel_converts_but_cannot_take_tfmot_passes(keras3, tmp_p
 
 # ---- a short optimize on Keras 3 models --------------------------------------------------
 
-PRUNE_ONLY = "schema_version: 1\npasses:\n  - prune: {target_sparsity: 0.5, epochs: 1}\nconvert: {quant: int8}\n"
+PRUNE_ONLY = (
+    "schema_version: 1\npasses:\n  - prune: {target_sparsity: 0.5, epochs: 1}\n"
+    "convert: {quant: int8}\n"
+)
 
 
 def _classification_data(tmp_path, shape, classes=4, n=96, integer_vocab=None):
@@ -282,7 +285,7 @@ def test_keras3_residual_model_short_optimize(keras3, tmp_path, run_cli):
 
 
 def test_keras3_lstm_classifier_prune_only(keras3, tmp_path, run_cli):
-    """tfmot's QAT does not cover LSTM/Embedding: the compatibility report says so; prune applies."""
+    """tfmot's QAT does not cover LSTM/Embedding: the compatibility report says so; prune works."""
     L = keras3.layers
     inp = keras3.Input((10,), dtype="int32")
     model3 = keras3.Model(inp, L.Dense(4)(L.LSTM(8, unroll=True)(L.Embedding(30, 8)(inp))))

@@ -22,7 +22,8 @@ from .conftest import assert_one_error_line
 
 SPECS = [InputSpec("image", (None, 8, 8, 1)), InputSpec("meta", (None, 4))]
 PRUNE_QAT = (
-    "schema_version: 1\npasses:\n  - prune: {target_sparsity: 0.5, epochs: 1}\n  - qat: {epochs: 1}\n"
+    "schema_version: 1\npasses:\n"
+    "  - prune: {target_sparsity: 0.5, epochs: 1}\n  - qat: {epochs: 1}\n"
     "convert: {quant: int8}\ntrain: {batch_size: 32, validation_split: 0.1}\n"
 )
 

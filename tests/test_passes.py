@@ -172,7 +172,8 @@ def test_low_rank_svd_is_exact_on_low_rank_kernels_for_dense_and_1x1_conv(ctx):
 
 
 def test_distill_alpha_1_equals_the_student_trained_alone(teacher, ctx):
-    """Same architecture, seed, data order, epochs and optimizer: with only the label loss the two match."""
+    """Same architecture, seed, data order, epochs and optimizer: with only the label loss, they
+    match."""
     result = build_pass(
         "distill", {"width": 0.25, "epochs": 2, "alpha": 1.0, "compare_alone": True}
     ).apply(teacher, ctx)
@@ -194,9 +195,10 @@ def test_distill_with_soft_targets_and_feature_pairs(teacher, ctx):
 
 @pytest.mark.parametrize("head", ["activation", "layer"])
 def test_distill_a_softmax_model_uses_its_logits(teacher, ctx, head):
-    """Ending in softmax (as an activation or a Softmax layer) must distil exactly like ending in logits:
-    the soft targets come from the logits, not from log(probabilities) clipped at a floor (many of this
-    teacher's probabilities are below 1e-8), and the student's gradient does not vanish."""
+    """Ending in softmax (as an activation or a Softmax layer) must distil exactly like ending in
+    logits: the soft targets come from the logits, not from log(probabilities) clipped at a floor
+    (many of this teacher's probabilities are below 1e-8), and the student's gradient does not
+    vanish."""
     from tfedge._tf import import_keras
 
     k = import_keras()
@@ -234,7 +236,7 @@ def test_nan_loss_stops_with_the_stage_named(teacher, ctx):
 
 
 def _dense_bn_model(seed: int = 0):
-    """A tiny autoencoder where each Dense is followed by BatchNormalization and ReLU (like anomaly)."""
+    """A tiny autoencoder, each Dense followed by BatchNormalization and ReLU (like anomaly)."""
     from tfedge._tf import import_keras
 
     k = import_keras()

@@ -127,8 +127,9 @@ def test_cli_profiles_list_and_show(run_cli):
 
 def test_cli_modules_do_not_import_tensorflow():
     code = (
-        "import sys; from tfedge.cli import profiles, bench, emulator; import tfedge.targets.bench, tfedge.targets.emulator;"
-        " sys.exit('tensorflow' in sys.modules)"
+        "import sys; from tfedge.cli import profiles, bench, emulator; "
+        "import tfedge.targets.bench, tfedge.targets.emulator; "
+        "sys.exit('tensorflow' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 

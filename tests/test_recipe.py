@@ -1,4 +1,7 @@
-"""Recipes are validated whole before anything trains (TensorFlow only where a recipe meets a model)."""
+"""Recipes are validated whole before anything trains.
+
+TensorFlow is needed only where a recipe meets a model.
+"""
 
 from __future__ import annotations
 
@@ -126,7 +129,8 @@ def test_cli_recipes_list_show_check(run_cli, tmp_path):
 def test_optimize_rejects_a_bad_recipe_before_loading_or_training(run_cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "schema_version: 1\npasses:\n  - prune: {target_sparsity: 0.75}\n  - qat: {}\n  - cluster: {}\n"
+        "schema_version: 1\npasses:\n"
+        "  - prune: {target_sparsity: 0.75}\n  - qat: {}\n  - cluster: {}\n"
     )
     model = tmp_path / "model.keras"
     model.write_bytes(b"not read")

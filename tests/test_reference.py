@@ -14,6 +14,6 @@ def test_digits_reference_model_is_accurate(digits):
 
 @pytest.mark.slow
 def test_kws_reference_model_is_accurate_in_inference_mode(tmp_path):
-    """Its BatchNormalization statistics once lagged: right in training mode, chance in inference."""
+    """Its BatchNormalization statistics once lagged: right in training, chance in inference."""
     kws = build_reference("kws", tmp_path)
     assert evaluate(kws.model, kws.test).accuracy >= 0.8

@@ -1,4 +1,8 @@
-"""Reports on models: ``inspect`` (structure, full-integer check, compression table) and ``evaluate``."""
+"""Reports on models: ``inspect`` and ``evaluate``.
+
+``inspect`` shows the structure, the full-integer check and the compression table;
+``evaluate`` the accuracy or error on data, and ``compare`` two models on the same data.
+"""
 
 from __future__ import annotations
 

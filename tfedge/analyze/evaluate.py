@@ -125,7 +125,10 @@ def predict_tflite(
 
 
 def tflite_input_specs(interp) -> list[InputSpec]:
-    """The inputs of a TFLite interpreter in tensor order, named as in its signature (the Keras input names)."""
+    """The inputs of a TFLite interpreter in tensor order, named as in its signature.
+
+    The signature's names are the Keras model's input names.
+    """
     by_index = _signature_input_names(interp)
     return [
         InputSpec(
@@ -146,7 +149,7 @@ def _signature_input_names(interp) -> dict[int, str]:
 
 
 def _plain_tensor_name(name: str) -> str:
-    """``serving_default_image:0`` -> ``image``: the converter's tensor name for a signature input."""
+    """``serving_default_image:0`` -> ``image``: the converter's name for a signature input."""
     return name.split(":")[0].removeprefix("serving_default_")
 
 

@@ -101,7 +101,8 @@ def bench_cmd(
     Example:
         tfedge bench model_int8.tflite --compare model_float.tflite
         tfedge bench model_int8.tflite --target qemu --profile rpi4
-        tfedge bench model_int8.tflite --target ssh://pi@raspberrypi.local --profile rpi4 --data eval.npz
+        tfedge bench model_int8.tflite --target ssh://pi@raspberrypi.local --profile rpi4 \\
+            --data eval.npz
     """
     from tfedge.targets.bench import bench, enforce_budgets
 
@@ -199,19 +200,22 @@ def _budget_line(r) -> str:
 def format_rows(rows) -> str:
     """One row per device of an inventory run."""
     out = [
-        f"{'DEVICE':16} {'TARGET':32} {'RUNTIME':22} {'P50 MS':>8} {'P90 MS':>8} {'RSS MB':>7} {'ACC':>6}  STATUS"
+        f"{'DEVICE':16} {'TARGET':32} {'RUNTIME':22} "
+        f"{'P50 MS':>8} {'P90 MS':>8} {'RSS MB':>7} {'ACC':>6}  STATUS"
     ]
     for row in rows:
         r = row.result
         if r is None:
             out.append(
-                f"{row.name:16} {row.target:32} {'-':22} {'-':>8} {'-':>8} {'-':>7} {'-':>6}  error: {row.error}"
+                f"{row.name:16} {row.target:32} {'-':22} "
+                f"{'-':>8} {'-':>8} {'-':>7} {'-':>6}  error: {row.error}"
             )
             continue
         acc = f"{r.accuracy:.1%}" if r.accuracy is not None else "-"
         status = "over budget" if r.budget.violations else ("emulated" if r.emulated else "ok")
         out.append(
             f"{row.name:16} {row.target:32} {r.runtime['name'] + ' ' + r.runtime['version']:22} "
-            f"{r.latency_us.p50 / 1000:8.3f} {r.latency_us.p90 / 1000:8.3f} {r.peak_rss_mb:7.1f} {acc:>6}  {status}"
+            f"{r.latency_us.p50 / 1000:8.3f} {r.latency_us.p90 / 1000:8.3f} "
+            f"{r.peak_rss_mb:7.1f} {acc:>6}  {status}"
         )
     return "\n".join(out)

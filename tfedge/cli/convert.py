@@ -13,7 +13,10 @@ from tfedge.cli.options import echo_json, json_option, profile_option
 @click.option(
     "--calib",
     type=click.Path(exists=True),
-    help="Calibration data: .npz (x; or one array per input, named after it), .npy or an image folder.",
+    help=(
+        "Calibration data: .npz (x; or one array per input, named after it), .npy "
+        "or an image folder."
+    ),
 )
 @click.option(
     "--quant",
@@ -71,8 +74,8 @@ def convert_cmd(
         else f"NOT full-integer ({len(result.float_ops)} float ops)"
     )
     click.echo(
-        f"Wrote {result.output}: {result.size_bytes:,} bytes, {result.quant}, io {result.io}, {verdict}, "
-        f"{result.seconds:.1f} s"
+        f"Wrote {result.output}: {result.size_bytes:,} bytes, {result.quant}, "
+        f"io {result.io}, {verdict}, {result.seconds:.1f} s"
     )
     for op in result.float_ops:
         click.echo(f"  float op: {op.describe()}")

@@ -41,7 +41,8 @@ def setup_cmd(mirror: str | None, runtime: str, force: bool) -> None:
         log=lambda msg: click.echo(f"==> {msg}", err=True),
     )
     click.echo(
-        f"emulator ready: {env.root.parent} ({env.runtime} {env.runtime_version}, numpy {env.numpy_version})"
+        f"emulator ready: {env.root.parent} "
+        f"({env.runtime} {env.runtime_version}, numpy {env.numpy_version})"
     )
 
 

@@ -24,7 +24,8 @@ def evaluate_cmd(model, data, other, as_json):
 
     \b
     Example:
-        tfedge evaluate digits.tflite --data models/digits/test.npz --compare models/digits/model.keras
+        tfedge evaluate digits.tflite --data models/digits/test.npz \\
+            --compare models/digits/model.keras
     """
     from tfedge.analyze.evaluate import compare, evaluate
     from tfedge.progress import progress_wanted

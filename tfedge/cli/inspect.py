@@ -41,7 +41,8 @@ def _print_tflite(r) -> None:
     for kind, tensors in (("input", r.inputs), ("output", r.outputs)):
         for t in tensors:
             click.echo(
-                f"{kind}: {t.name} {tuple(t.shape)} {t.dtype} scale={t.scale} zero_point={t.zero_point}"
+                f"{kind}: {t.name} {tuple(t.shape)} {t.dtype} "
+                f"scale={t.scale} zero_point={t.zero_point}"
             )
     if r.full_integer:
         click.echo("full-integer: yes")

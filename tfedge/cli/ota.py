@@ -89,7 +89,8 @@ def push_cmd(
         return click.echo(f"{target}: already active ({result.sha256[:12]}); nothing to do")
     smoke = f", smoke test passed (max diff {result.smoke['max_abs_diff']})" if result.smoke else ""
     click.echo(
-        f"{target}: switched to {result.sha256[:12]} in {result.seconds.get('total', 0):.2f} s{smoke}; "
+        f"{target}: switched to {result.sha256[:12]} "
+        f"in {result.seconds.get('total', 0):.2f} s{smoke}; "
         f"previous {(result.previous or 'none')[:12]}"
     )
     for note in result.notes:
@@ -170,7 +171,8 @@ def _echo_repo(result, as_json: bool) -> None:
         line += f"; {result.target} = version {result.model_version} ({result.sha256[:12]})"
     click.echo(line)
     click.echo(
-        f"timestamp expires {result.expires.get('timestamp')}, snapshot {result.expires.get('snapshot')}"
+        f"timestamp expires {result.expires.get('timestamp')}, "
+        f"snapshot {result.expires.get('snapshot')}"
     )
 
 
@@ -178,7 +180,10 @@ def _echo_repo(result, as_json: bool) -> None:
 @click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def ota_init(repo, as_json):
-    """Create REPO with root, targets, snapshot and timestamp keys (kept in REPO/keys, never served)."""
+    """Create REPO with root, targets, snapshot and timestamp keys.
+
+    The keys are kept in REPO/keys and never served.
+    """
     from tfedge.ota.repository import init_repository
 
     result = init_repository(repo)
@@ -268,7 +273,10 @@ def ota_refresh(repo, timestamp_days, snapshot_days, as_json):
 )
 @click.option("--json", "as_json", is_flag=True)
 def ota_rotate(repo, role, as_json):
-    """Replace ROLE's key; the new root metadata is signed by the root key (old and new for root)."""
+    """Replace ROLE's key; the new root metadata is signed by the root key.
+
+    Rotating the root key itself signs with the old and the new root key.
+    """
     from tfedge.ota.repository import rotate_keys
 
     _echo_repo(rotate_keys(repo, role), as_json)
@@ -284,7 +292,10 @@ def ota_rotate(repo, role, as_json):
     help="Address to listen on (0.0.0.0 for a LAN).",
 )
 def ota_serve(repo, port, host):
-    """Serve REPO/public over HTTP for trials (production: any static server, object store or CDN)."""
+    """Serve REPO/public over HTTP for trials.
+
+    In production, any static server, object store or CDN serves it.
+    """
     from tfedge.ota.repository import make_server
 
     server = make_server(repo, port, host)

@@ -38,11 +38,13 @@ def list_cmd(as_json: bool) -> None:
 
 def _row(p) -> str:
     b = p.budgets
+    full_integer = "yes" if p.requires_full_integer else "no"
+    max_bytes = _fmt(b.max_model_bytes, ",") + (" B" if b.max_model_bytes else "")
+    max_ram = _fmt(b.max_ram_mb, "g") + (" MB" if b.max_ram_mb else "")
+    latency = _fmt(b.target_latency_ms, "g") + (" ms" if b.target_latency_ms else "")
     return (
         f"{p.name:16} {p.arch:8} {p.cpu:11} {_fmt(p.cores):>5} {_fmt(p.ram_mb):>7} "
-        f"{'yes' if p.requires_full_integer else 'no':5} {_fmt(b.max_model_bytes, ',') + (' B' if b.max_model_bytes else ''):>11} "
-        f"{_fmt(b.max_ram_mb, 'g') + (' MB' if b.max_ram_mb else ''):>8} "
-        f"{_fmt(b.target_latency_ms, 'g') + (' ms' if b.target_latency_ms else ''):>8}  {p.description}"
+        f"{full_integer:5} {max_bytes:>11} {max_ram:>8} {latency:>8}  {p.description}"
     )
 
 

@@ -55,5 +55,6 @@ def check_cmd(name):
 
     recipe = load_recipe(name)
     click.echo(
-        f"{recipe.source}: ok ({' -> '.join(recipe.pass_names) or 'no passes'}), sha256 {recipe.sha256[:12]}"
+        f"{recipe.source}: ok ({' -> '.join(recipe.pass_names) or 'no passes'}), "
+        f"sha256 {recipe.sha256[:12]}"
     )

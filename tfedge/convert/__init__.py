@@ -1,4 +1,6 @@
-"""Conversion to full-integer TFLite: the converter worker, the one verifier, the ``.tflite`` reader.
+"""Conversion to full-integer TFLite.
+
+The converter worker, the one verifier, the ``.tflite`` reader.
 
 Example:
     >>> from tfedge.convert import convert

@@ -22,7 +22,6 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -30,13 +29,16 @@ from tfedge.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
-Inputs = Union[np.ndarray, dict[str, np.ndarray]]
+Inputs = np.ndarray | dict[str, np.ndarray]
 """One array (a single-input model) or one array per input, keyed by the input's name."""
 
 
 @dataclass
 class Dataset:
-    """Inputs ``x`` (an array, or a dict of arrays for several inputs) and, when known, labels or targets ``y``."""
+    """Inputs ``x`` and, when known, labels or targets ``y``.
+
+    ``x`` is an array, or a dict of arrays for several inputs.
+    """
 
     x: Inputs
     y: np.ndarray | None
@@ -171,7 +173,8 @@ def _check_count(names: list[str], specs: Sequence[InputSpec], source: str) -> N
     if len(names) == len(specs):
         return
     arrays = f"{len(names)} input array{'s' if len(names) != 1 else ''} ({', '.join(names)})"
-    inputs = f"{len(specs)} input{'s' if len(specs) != 1 else ''}: {', '.join(s.describe() for s in specs)}"
+    described = ", ".join(s.describe() for s in specs)
+    inputs = f"{len(specs)} input{'s' if len(specs) != 1 else ''}: {described}"
     raise DataError(f"{source} holds {arrays}, the model has {inputs}", _layout_hint(specs))
 
 
@@ -183,7 +186,7 @@ def _layout_hint(specs: Sequence[InputSpec]) -> str:
 
 
 def _match_by_shape(x: dict, specs: Sequence[InputSpec], source: str) -> list[np.ndarray]:
-    """Arrays for ``specs`` when every input fits exactly one array of ``x`` and no two inputs the same."""
+    """Arrays for ``specs`` when each input fits exactly one array of ``x``, all different."""
     chosen = [[name for name, a in x.items() if _fits(a, spec.shape)] for spec in specs]
     if all(len(c) == 1 for c in chosen) and len({c[0] for c in chosen}) == len(specs):
         return [x[c[0]] for c in chosen]

@@ -108,7 +108,8 @@ def _check_translatable(model3) -> None:
     kind = type(model3).__name__
     if kind not in ("Sequential", "Functional"):
         raise ModelLoadError(
-            f"the model is a subclassed Keras model ({kind}); its architecture is Python code, not data",
+            f"the model is a subclassed Keras model ({kind}); "
+            "its architecture is Python code, not data",
             "rewrite it with the Functional API (keras.Model(inputs, outputs)) or Sequential",
         )
     unknown = [
@@ -192,7 +193,10 @@ def _value(key: str, value: Any, k2) -> Any:
 
 
 def _nodes(inbound_nodes: list) -> list:
-    """Keras 3 ``{"args": [tensors...], "kwargs": {}}`` nodes -> tf_keras ``[[name, node, index, kwargs]]``."""
+    """Keras 3 inbound nodes -> tf_keras inbound nodes.
+
+    ``{"args": [tensors...], "kwargs": {}}`` -> ``[[name, node, index, kwargs]]``.
+    """
     out = []
     for node in inbound_nodes:
         kwargs = {k: v for k, v in node.get("kwargs", {}).items() if not _is_tensor(v)}
@@ -255,7 +259,8 @@ def verify_same_outputs(model3, model2) -> None:
     layer = _first_diverging_layer(model3, model2, x)
     raise ModelLoadError(
         f"the tf_keras rebuild differs from the Keras 3 model (first at layer '{layer}')",
-        "convert the model directly with `tfedge convert` or a post-training recipe; report the layer to tfedge",
+        "convert the model directly with `tfedge convert` or a post-training recipe; "
+        "report the layer to tfedge",
     )
 
 

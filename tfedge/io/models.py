@@ -56,7 +56,10 @@ def detect_format(path: str | Path) -> ModelFormat:
 
 
 def load_keras_model(fmt: ModelFormat, compile: bool = False):
-    """Load a ``.keras``/``.h5``/SavedModel as a Keras model (tf_keras, or Keras 3 for Keras 3 files)."""
+    """Load a ``.keras``/``.h5``/SavedModel as a Keras model.
+
+    tf_keras, or Keras 3 for files saved by Keras 3.
+    """
     if fmt.kind == "tflite":
         raise ModelLoadError(
             f"{fmt.path} is already a TFLite model", "pass the Keras model instead"
@@ -102,7 +105,8 @@ def _load_with(loader, fmt: ModelFormat, compile: bool):
             return _load_in_tfmot_scope(loader, fmt, compile)
         raise ModelLoadError(
             f"cannot load {fmt.path}: {_first_line(exc)}",
-            "check that the file is complete and was saved by Keras; custom layers must be registered",
+            "check that the file is complete and was saved by Keras; "
+            "custom layers must be registered",
         ) from exc
 
 

@@ -78,13 +78,15 @@ def run_demo(
         _tflite_row("tflite int8", i8, ref.test, f32.size_bytes),
     ]
     say(
-        "3b. Keras 3: the same network saved by Keras 3 converts through the verified tf_keras bridge"
+        "3b. Keras 3: the same network saved by Keras 3 converts through "
+        "the verified tf_keras bridge"
     )
     rows.append(_keras3_row(ref, out, f32.size_bytes))
     say("4. compress: prune 75% -> 16 clusters -> PCQAT -> int8 (recipe prune-cluster-qat)")
     rows.append(_optimized_row(ref, out / "optimized", f32.size_bytes))
     say(
-        "5. benchmark int8 against float32: local CPU, then emulated Raspberry Pi 4 (qemu, Cortex-A72)"
+        "5. benchmark int8 against float32: local CPU, "
+        "then emulated Raspberry Pi 4 (qemu, Cortex-A72)"
     )
     bench_rows = [
         _bench_row(i8.output, f32.output, target, profile) for target, profile in DEMO_TARGETS
@@ -94,14 +96,15 @@ def run_demo(
         "emulated timings are qemu's: relative comparisons only, never a device's latency",
     ]
     say(
-        "6. ship: sign the compressed model into a TUF repository; a device agent pulls, smoke-tests and installs it"
+        "6. ship: sign the compressed model into a TUF repository; "
+        "a device agent pulls, smoke-tests and installs it"
     )
     shipped = ship_to_stand_in_device(str(out / "optimized" / "model.tflite"), out)
     return DemoResult(rows=rows, bench=bench_rows, ship=shipped, notes=notes)
 
 
 def ship_to_stand_in_device(model: str, out: Path) -> ShipResult:
-    """Publish ``model`` to a fresh signed repository served on loopback; one agent poll installs it."""
+    """Publish ``model`` to a fresh signed repository on loopback; one agent poll installs it."""
     import shutil
     import threading
 
