@@ -74,7 +74,7 @@ def test_prune_cluster_qat_cli_end_to_end(digits, run_cli, tmp_path):
     final = report["stages"][-1]
     assert final["metrics"]["scheme"] == "pcqat"
     model = read_tflite(out / "model.tflite")
-    assert not find_float_ops(model, "int8")  # still full-integer after PCQAT
+    assert not find_float_ops(model)  # still full-integer after PCQAT
     for layer in ("conv1", "conv2", "fc1", "logits"):  # measured in the final int8 file
         stats = final["layers"][layer]
         assert abs(stats["sparsity"] - 0.75) <= 0.02, (layer, stats)
@@ -102,7 +102,7 @@ def test_builtin_recipes_run_end_to_end(builtin, digits, tmp_path):
         digits.model, _quick(tmp_path, builtin), digits.train, digits.test, tmp_path / "out"
     )
     assert [s.name for s in result.stages][2:] == [p for p in load_recipe(builtin).pass_names]
-    assert not find_float_ops(read_tflite(result.model), "int8")
+    assert not find_float_ops(read_tflite(result.model))
     low_rank = result.stage("low_rank")
     layers = low_rank.metrics["layers"]
     assert layers and low_rank.metrics["params_after"] == low_rank.metrics["params_before"] - sum(

@@ -92,10 +92,9 @@ def inspect(path: str | Path) -> TfliteReport | KerasReport:
     return inspect_keras(fmt)
 
 
-def inspect_tflite(path: str | Path, io: str = "int8") -> TfliteReport:
+def inspect_tflite(path: str | Path) -> TfliteReport:
     model = read_tflite(path)
-    io = "float32" if any(t.dtype == "float32" for t in model.inputs + model.outputs) else io
-    float_ops = find_float_ops(model, io)
+    float_ops = find_float_ops(model)
     return TfliteReport(
         path=str(path),
         format="tflite",

@@ -27,7 +27,7 @@ import numpy as np
 
 from tfedge import errors
 from tfedge.convert.tflite_model import read_tflite
-from tfedge.convert.verify import FloatOp, find_float_ops
+from tfedge.convert.verify import FloatOp, find_float_ops, float_io
 from tfedge.errors import ConversionError, UsageError, VerificationError
 from tfedge.fsutil import atomic_path, check_writable
 from tfedge.io.data import Dataset, Inputs, draw_samples, load_data, num_samples
@@ -112,10 +112,7 @@ def convert(
         job = _job(source, tmp_out, quant, io, samples, Path(work), progress)
         _run_worker(job, Path(work))
         report = read_tflite(tmp_out)
-        float_ops = find_float_ops(report, io)
-        _check_full_integer(quant, float_ops, allow_float_ops)
-        if device_profile is not None:
-            _check_profile(device_profile, report, float_ops)
+        float_ops = verify_converted(report, quant, io, allow_float_ops, device_profile)
     return ConvertResult(
         output=str(output),
         size_bytes=report.size_bytes,
@@ -261,6 +258,35 @@ def _check_full_integer(quant: str, float_ops: list[FloatOp], allow_float_ops: b
         "replace those layers with ones that have integer kernels, or pass --allow-float-ops to keep them",
         float_ops=float_ops,
     )
+
+
+def verify_converted(
+    report, quant: str, io: str, allow_float_ops: bool = False, profile=None
+) -> list[FloatOp]:
+    """What ``convert`` (and so ``optimize``) checks on a converted model before keeping it.
+
+    Returns the float ops (empty for a full-integer model).
+
+    Raises:
+        VerificationError: a full-integer mode left float compute or float I/O.
+        ProfileError: the model breaks ``profile``'s size, full-integer or op limits.
+    """
+    float_ops = find_float_ops(report)
+    _check_full_integer(quant, float_ops, allow_float_ops)
+    _check_io(quant, io, report)
+    if profile is not None:
+        _check_profile(profile, report, float_ops)
+    return float_ops
+
+
+def _check_io(quant: str, io: str, report) -> None:
+    floats = float_io(report) if quant in FULL_INTEGER_MODES and io != "float32" else []
+    if floats:
+        names = ", ".join(t.name for t in floats[:4])
+        raise VerificationError(
+            f"--io {io} was asked, but {len(floats)} model input/output(s) are float: {names}",
+            "re-run the conversion; if it persists, convert with --io float32",
+        )
 
 
 def _check_profile(profile, report, float_ops: list[FloatOp]) -> None:

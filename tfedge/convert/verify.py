@@ -1,15 +1,27 @@
-"""Prove a TFLite model is full-integer: every op computes in integer.
+"""The one full-integer verifier: does every op of a TFLite model compute in integer?
 
-Integer index and shape tensors (int32, int64) are fine; float32 is allowed only where the
-model converts its inputs and outputs (``QUANTIZE``/``DEQUANTIZE`` at the boundary) when the
-caller asked for ``--io float32``.
+Used by ``convert``, ``optimize`` (through ``convert``), ``inspect``, ``bench --profile`` and
+``ota publish``, so they always agree. The decision comes from the graph alone:
+
+* integer index and shape tensors (int32, int64) are fine;
+* a ``QUANTIZE`` that reads a float *model input*, or a ``DEQUANTIZE`` that writes a float
+  *model output*, is the model's float I/O (``--io float32``), not float compute;
+* every other op that reads or writes a float tensor computes in float. That includes a
+  ``DEQUANTIZE``/``QUANTIZE`` pair inside the graph, which the converter leaves where two
+  quantization ranges disagree: the values between them are float.
+
+Example:
+    >>> [op.describe() for op in find_float_ops(read_tflite("model_int8.tflite"))]
+    []
+    >>> [op.describe() for op in find_float_ops(read_tflite("island.tflite"))]
+    ["DEQUANTIZE (layer 'dense')", "QUANTIZE (layer 'dense')"]
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tfedge.convert.tflite_model import FLOAT_TYPES, Op, TfliteModel
+from tfedge.convert.tflite_model import FLOAT_TYPES, Op, Tensor, TfliteModel
 
 BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
@@ -26,28 +38,46 @@ class FloatOp:
         return f"{self.op} (layer '{self.layer}')" if self.layer else self.op
 
 
-def find_float_ops(model: TfliteModel, io: str = "int8") -> list[FloatOp]:
+def find_float_ops(model: TfliteModel) -> list[FloatOp]:
     """Ops of ``model`` that compute in float; empty for a full-integer model."""
-    found = []
-    for op in model.ops:
-        dtypes = _op_dtypes(op)
-        if not FLOAT_TYPES & set(dtypes):
-            continue
-        if op.name in BOUNDARY_OPS and _is_allowed_boundary(op, model, io):
-            continue
-        found.append(FloatOp(op.name, op.layer, dtypes))
+    found = [
+        FloatOp(op.name, op.layer, _op_dtypes(op))
+        for op in model.ops
+        if _touches_float(op) and not _is_float_io(op, model)
+    ]
     return _drop_island_edges(found)
+
+
+def float_io(model: TfliteModel) -> list[Tensor]:
+    """The model's inputs and outputs that are float (empty for ``--io int8``)."""
+    return [t for t in model.inputs + model.outputs if t.dtype in FLOAT_TYPES]
 
 
 def _op_dtypes(op: Op) -> list[str]:
     return [t.dtype for t in op.inputs + op.outputs]
 
 
-def _is_allowed_boundary(op: Op, model: TfliteModel, io: str) -> bool:
-    if io != "float32":
-        return False
-    graph_io = {t.index for t in model.inputs + model.outputs}
-    return any(t.index in graph_io for t in op.inputs + op.outputs)
+def _touches_float(op: Op) -> bool:
+    return bool(FLOAT_TYPES & set(_op_dtypes(op)))
+
+
+def _is_float_io(op: Op, model: TfliteModel) -> bool:
+    """A QUANTIZE of a float model input, or a DEQUANTIZE into a float model output."""
+    if op.name == "QUANTIZE":
+        return _only_float_in(op.inputs, model.inputs) and not _any_float(op.outputs)
+    if op.name == "DEQUANTIZE":
+        return _only_float_in(op.outputs, model.outputs) and not _any_float(op.inputs)
+    return False
+
+
+def _only_float_in(tensors: list[Tensor], graph_io: list[Tensor]) -> bool:
+    # Identity, not index: control-flow subgraphs number their tensors from 0 too.
+    io_ids = {id(t) for t in graph_io}
+    return all(id(t) in io_ids for t in tensors if t.dtype in FLOAT_TYPES)
+
+
+def _any_float(tensors: list[Tensor]) -> bool:
+    return any(t.dtype in FLOAT_TYPES for t in tensors)
 
 
 def _drop_island_edges(found: list[FloatOp]) -> list[FloatOp]:

@@ -111,7 +111,7 @@ def _convert_qat_ranges(tf, converter, job: dict) -> bytes | None:
         flatbuffer = converter.convert()
     except Exception:  # noqa: BLE001  (the calibrated conversion below reports the converter's error)
         return None
-    if find_float_ops(parse_tflite(flatbuffer), job["io"]):
+    if find_float_ops(parse_tflite(flatbuffer)):
         return None
     return flatbuffer
 

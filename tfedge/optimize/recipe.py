@@ -30,11 +30,11 @@ from tfedge.errors import RecipeError
 from tfedge.passes.base import (
     TrainConfig,
     build_config,
-    build_pass,
     check_choice,
     check_number,
     did_you_mean,
 )
+from tfedge.passes.registry import build_pass
 
 SCHEMA_VERSION = 1
 RECIPE_DIR = Path(__file__).parent / "recipes"

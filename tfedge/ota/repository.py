@@ -280,10 +280,12 @@ def model_metadata(
     from tfedge.convert.tflite_model import read_tflite
     from tfedge.ota.golden import golden_npz
     from tfedge.ota.signature import signature_from_tflite
-    from tfedge.targets.profiles import load_profile
+    from tfedge.targets.profiles import check_tflite_against_profile, load_profile
 
     parsed = read_tflite(model)
     loaded = [load_profile(p) for p in profiles]
+    for profile in loaded:  # size, full-integer (the one verifier) and runtime ops
+        check_tflite_against_profile(profile, model)
     blob = golden_npz(model, golden)
     return {
         "model_version": int(version),

@@ -10,16 +10,8 @@ Example:
 
 from __future__ import annotations
 
-from tfedge.passes.base import (
-    PASSES,
-    PassContext,
-    PassResult,
-    TrainConfig,
-    build_config,
-    build_pass,
-    pass_names,
-    register_pass,
-)
+from tfedge.passes.base import PassContext, PassResult, TrainConfig, build_config
+from tfedge.passes.registry import PASSES, build_pass, pass_names
 
 __all__ = [
     "PASSES",
@@ -29,5 +21,4 @@ __all__ = [
     "build_config",
     "build_pass",
     "pass_names",
-    "register_pass",
 ]

@@ -27,33 +27,7 @@ import numpy as np
 from tfedge.errors import RecipeError, TrainingError
 from tfedge.io.data import Inputs, arrange_inputs, as_float32, keras_input_specs, num_samples
 
-PASSES: dict[str, type] = {}
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
-
-
-def register_pass(name: str) -> Callable[[type], type]:
-    """Class decorator: make a pass available to recipes under ``name``."""
-
-    def register(cls: type) -> type:
-        cls.pass_name = name
-        PASSES[name] = cls
-        return cls
-
-    return register
-
-
-def pass_names() -> list[str]:
-    _load_builtin_passes()
-    return sorted(PASSES)
-
-
-def build_pass(name: str, options: dict | None, where: str = ""):
-    """The pass called ``name`` built from ``options``; RecipeError for unknown names, keys or bad values."""
-    _load_builtin_passes()
-    where = where or f"pass '{name}'"
-    if name not in PASSES:
-        raise RecipeError(f"{where}: unknown pass '{name}'", did_you_mean(name, PASSES, "passes"))
-    return build_config(PASSES[name], options, where)
 
 
 def build_config(cls: type, options: dict | None, where: str):
@@ -84,10 +58,6 @@ def did_you_mean(word: str, choices, kind: str) -> str:
 
 def _plain(value):
     return tuple(value) if isinstance(value, list) else value
-
-
-def _load_builtin_passes() -> None:
-    from tfedge.passes import cluster, distill, low_rank, prune, qat  # noqa: F401  (they register themselves)
 
 
 # ---- validation helpers (used in __post_init__) -------------------------------------------

@@ -11,6 +11,7 @@ Example (recipe):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -24,7 +25,6 @@ from tfedge.passes.base import (
     clone_with_weights,
     import_tfmot,
     kernel_of,
-    register_pass,
     select_layers,
 )
 
@@ -36,7 +36,6 @@ INITS = {
 }
 
 
-@register_pass("cluster")
 @dataclass(frozen=True)
 class Cluster:
     """Share ``clusters`` centroids among the weights of each selected kernel.
@@ -51,6 +50,8 @@ class Cluster:
         layers: layer-name patterns to cluster; all clusterable layers when empty.
         layer_types: layer class names to cluster.
     """
+
+    pass_name: ClassVar[str] = "cluster"
 
     clusters: int = 16
     init: str = "kmeans++"

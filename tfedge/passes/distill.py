@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect as pyinspect
 from dataclasses import dataclass
+from typing import ClassVar
 
 from tfedge.errors import RecipeError
 from tfedge.passes.base import (
@@ -24,13 +25,11 @@ from tfedge.passes.base import (
     check_bool,
     check_choice,
     check_number,
-    register_pass,
     where_of,
 )
 from tfedge.passes.rebuild import from_config, model_config
 
 
-@register_pass("distill")
 @dataclass(frozen=True)
 class Distill:
     """Knowledge distillation into a student model.
@@ -48,6 +47,8 @@ class Distill:
         learning_rate: defaults to ``train.learning_rate``.
         compare_alone: also train the same student alone (same seed, epochs, optimizer) and report it.
     """
+
+    pass_name: ClassVar[str] = "distill"
 
     student: str | None = None
     builder: str | None = None

@@ -13,6 +13,7 @@ Example (recipe):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -23,7 +24,6 @@ from tfedge.passes.base import (
     check_names,
     check_number,
     check_selection,
-    register_pass,
     select_layers,
     where_of,
 )
@@ -49,7 +49,6 @@ class Factorisation:
         }
 
 
-@register_pass("low_rank")
 @dataclass(frozen=True)
 class LowRank:
     """Factorise the selected layers.
@@ -63,6 +62,8 @@ class LowRank:
         learning_rate: defaults to ``train.learning_rate``.
         layers: layer-name patterns; layer_types: layer class names (``Dense``, ``Conv2D``).
     """
+
+    pass_name: ClassVar[str] = "low_rank"
 
     energy: float | None = None
     param_ratio: float | None = None

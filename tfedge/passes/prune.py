@@ -14,6 +14,7 @@ Example (recipe):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -27,7 +28,6 @@ from tfedge.passes.base import (
     clone_with_weights,
     import_tfmot,
     kernel_of,
-    register_pass,
     select_layers,
     where_of,
 )
@@ -36,7 +36,6 @@ SCHEDULES = ("polynomial", "constant")
 STRUCTURES = ("unstructured", "2:4")
 
 
-@register_pass("prune")
 @dataclass(frozen=True)
 class Prune:
     """Magnitude-prune the selected layers' kernels to ``target_sparsity`` while fine-tuning.
@@ -54,6 +53,8 @@ class Prune:
         min_weights: prune only kernels with at least this many weights; small kernels (a
             first convolution, a classifier head) cost accuracy and save almost nothing.
     """
+
+    pass_name: ClassVar[str] = "prune"
 
     target_sparsity: float = 0.5
     schedule: str = "polynomial"

@@ -14,6 +14,7 @@ Example (recipe):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from tfedge.errors import RecipeError
 from tfedge.passes.base import (
@@ -22,7 +23,6 @@ from tfedge.passes.base import (
     check_number,
     clone_with_weights,
     import_tfmot,
-    register_pass,
     where_of,
 )
 from tfedge.passes.compat import qat_unsupported
@@ -31,7 +31,6 @@ SCHEMES = ("auto", "default", "pqat", "cqat", "pcqat")
 POLICIES = ("stop", "skip")
 
 
-@register_pass("qat")
 @dataclass(frozen=True)
 class Qat:
     """Fine-tune with simulated 8-bit quantization.
@@ -44,6 +43,8 @@ class Qat:
             and lists them; ``skip`` leaves those layers to post-training quantization.
         learning_rate: defaults to a tenth of ``train.learning_rate``.
     """
+
+    pass_name: ClassVar[str] = "qat"
 
     epochs: int = 1
     scheme: str = "auto"

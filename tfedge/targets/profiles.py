@@ -326,21 +326,6 @@ def _unsupported(profile: DeviceProfile, op: str) -> bool:
     return op.startswith("Flex")
 
 
-_BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
-
-
-def float_ops_of(model) -> list[str]:
-    """Ops of a parsed TfliteModel that compute in float (QUANTIZE/DEQUANTIZE excepted)."""
-    from tfedge.convert.tflite_model import FLOAT_TYPES
-
-    return [
-        f"{op.name}#{op.index}"
-        for op in model.ops
-        if op.name not in _BOUNDARY_OPS
-        and any(t.dtype in FLOAT_TYPES for t in op.inputs + op.outputs)
-    ]
-
-
 def check_tflite_against_profile(profile: DeviceProfile | str, path: str | os.PathLike) -> None:
     """Read ``path`` (pure Python, no interpreter) and run :func:`check_model_against_profile`.
 
@@ -348,10 +333,11 @@ def check_tflite_against_profile(profile: DeviceProfile | str, path: str | os.Pa
         >>> check_tflite_against_profile("rpi3b", "model_int8.tflite")
     """
     from tfedge.convert.tflite_model import read_tflite
+    from tfedge.convert.verify import find_float_ops
 
     profile = load_profile(profile)
     model = read_tflite(path)
-    float_ops = float_ops_of(model)
+    float_ops = [op.describe() for op in find_float_ops(model)]
     check_model_against_profile(
         profile, model.size_bytes, not float_ops, float_ops, {op.name for op in model.ops}
     )
