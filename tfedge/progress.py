@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
-from typing import IO, TypeVar
+from typing import TextIO, TypeVar
 
 T = TypeVar("T")
 
@@ -15,7 +15,7 @@ def progress_wanted(json_output: bool = False) -> bool:
 
 
 def progress_iter(
-    items: Iterable[T], label: str, enabled: bool, file: IO | None = None
+    items: Iterable[T], label: str, enabled: bool, file: TextIO | None = None
 ) -> Iterator[T]:
     """Iterate ``items``, drawing a bar on ``file`` (stderr by default) when ``enabled``."""
     if not enabled:

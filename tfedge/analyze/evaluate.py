@@ -79,15 +79,17 @@ def compare(
     ds = data if isinstance(data, Dataset) else load_data(data)
     a = evaluate(model_a, ds, progress=progress)
     b = evaluate(model_b, ds, progress=progress)
-    if a.outputs.shape != b.outputs.shape:
+    out_a, out_b = a.outputs, b.outputs
+    assert out_a is not None and out_b is not None  # evaluate() keeps the outputs
+    if out_a.shape != out_b.shape:
         raise DataError(
-            f"the models' outputs differ in shape: {a.outputs.shape[1:]} vs {b.outputs.shape[1:]}",
+            f"the models' outputs differ in shape: {out_a.shape[1:]} vs {out_b.shape[1:]}",
             "compare two versions of the same model",
         )
     agreement = None
-    if a.outputs.ndim == 2 and a.outputs.shape[1] > 1:
-        agreement = float(np.mean(a.outputs.argmax(1) == b.outputs.argmax(1)))
-    return CompareResult(a, b, agreement, float(np.max(np.abs(a.outputs - b.outputs))))
+    if out_a.ndim == 2 and out_a.shape[1] > 1:
+        agreement = float(np.mean(out_a.argmax(1) == out_b.argmax(1)))
+    return CompareResult(a, b, agreement, float(np.max(np.abs(out_a - out_b))))
 
 
 def predict(model, x: Inputs, *, progress: bool = False, threads: int | None = None) -> np.ndarray:
@@ -109,7 +111,7 @@ def predict_tflite(
     """Run a ``.tflite`` model sample by sample, quantizing inputs and dequantizing outputs."""
     from tfedge.analyze.runtime import load_interpreter
     from tfedge.convert.tflite_model import read_tflite
-    from tfedge.device import bench_device as device
+    from tfedge_device import interpreter as device
 
     read_tflite(path)  # a damaged file fails here, cleanly, before the interpreter sees it
     interp, _ = load_interpreter(str(path), threads=threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -106,7 +107,7 @@ def bench_cmd(
     """
     from tfedge.targets.bench import bench, enforce_budgets
 
-    options = dict(
+    options: dict[str, Any] = dict(
         profile=profile,
         threads=threads,
         runs=runs,

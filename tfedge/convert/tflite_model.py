@@ -219,7 +219,7 @@ def _constant(t, buffers, raw: bytes, dtype: str, shape: tuple[int, ...]) -> np.
     np_type = _NUMPY_TYPES.get(dtype)
     if np_type is None:
         return data
-    values = data.view(np_type)
+    values: np.ndarray = data.view(np_type)
     return values.reshape(shape) if int(np.prod(shape)) == values.size else values
 
 

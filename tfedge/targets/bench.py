@@ -1,7 +1,8 @@
 """Benchmark a .tflite model on the local CPU, on emulated ARM, or on a board over SSH.
 
-Every target runs the same standalone device script (``tfedge/device/bench_device.py``),
-so numbers are measured the same way everywhere; only the way there differs.
+Every target runs the same standalone device script (``tfedge_device/bench.py`` of the
+device package, with ``interpreter.py`` beside it), so numbers are measured the same way
+everywhere; only the way there differs.
 
 Example:
     >>> r = bench("model_int8.tflite", target="qemu", profile="rpi4", compare="model_float.tflite")
@@ -135,7 +136,7 @@ def bench(
     kind = target_kind(target)
     prof = _resolve_profile(profile, kind)
     model = check_model_file(Path(model))
-    if profile is not None:
+    if profile is not None and prof is not None:
         check_tflite_against_profile(prof, model)
     _check_arch(prof, kind)
     job = Job(

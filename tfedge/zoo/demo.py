@@ -64,7 +64,7 @@ def run_demo(
     f32 = convert(ref.model, out / "digits_float32.tflite", quant="none")
     i8 = convert(ref.model, out / "digits_int8.tflite", calib=ref.train)
     say("3. evaluate on the held-out split")
-    keras_acc = evaluate(ref.model, ref.test).accuracy
+    keras_acc = _accuracy(ref.model, ref.test)
     rows = [
         DemoRow(
             "keras float32",
@@ -114,7 +114,9 @@ def ship_to_stand_in_device(model: str, out: Path) -> ShipResult:
     repo, device = out / "ota-repo", out / "device"
     for d in (repo, device):
         shutil.rmtree(d, ignore_errors=True)
-    root = Path(init_repository(repo).root_json)
+    root_json = init_repository(repo).root_json
+    assert root_json is not None  # a new repository always has its root metadata
+    root = Path(root_json)
     publish(repo, model, "digits", 1)
     server = make_server(repo, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -134,6 +136,7 @@ def _bench_row(int8_path: str, float_path: str, target: str, profile: str) -> Be
     from tfedge.targets.bench import bench
 
     r = bench(int8_path, target=target, profile=profile, compare=float_path, runs=50, min_secs=0.3)
+    assert r.compare is not None and r.speedup is not None  # both set by compare=
     return BenchRow(
         r.target,
         f"{r.runtime['name']} {r.runtime['version']}",
@@ -145,15 +148,20 @@ def _bench_row(int8_path: str, float_path: str, target: str, profile: str) -> Be
 
 
 def _tflite_row(label: str, result, test_data: str, float_bytes: int) -> DemoRow:
-    acc = evaluate(result.output, test_data).accuracy
     return DemoRow(
         label,
-        acc,
+        _accuracy(result.output, test_data),
         result.size_bytes,
         _gzip_size(result.output),
         result.size_bytes / float_bytes,
         "yes" if result.full_integer else "no",
     )
+
+
+def _accuracy(model, test_data) -> float:
+    accuracy = evaluate(model, test_data).accuracy
+    assert accuracy is not None  # the demo's models are digits classifiers
+    return accuracy
 
 
 def _keras3_row(ref, out: Path, float_bytes: int) -> DemoRow:
@@ -182,6 +190,7 @@ def _optimized_row(ref, out_dir: Path, float_bytes: int) -> DemoRow:
     result = optimize(ref.model, "prune-cluster-qat", ref.train, ref.test, out_dir)
     final = result.final
     verdict = "yes" if inspect_tflite(result.model).full_integer else "no"
+    assert final.accuracy is not None  # digits is a classifier
     return DemoRow(
         "prune-cluster-qat int8",
         final.accuracy,
