@@ -1,4 +1,12 @@
-"""Shared fixtures: reference models built once per session, tiny models, the CLI runner."""
+"""Shared fixtures: reference models built once per session, tiny models, the CLI runner.
+
+Tiers: tests marked ``tf`` need TensorFlow (they build, train or convert a model); the others
+run in seconds with ``pytest -m "not tf"``, and fail if they import TensorFlow. A test is
+marked ``tf`` by hand, or here when it uses one of ``TF_FIXTURES``.
+
+Random tests draw from the ``seed`` fixture: fixed by default, printed in the header,
+overridden with ``--seed N`` or ``TFEDGE_TEST_SEED=N``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -14,6 +23,76 @@ import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from tfedge.cli.main import cli  # noqa: E402
+
+# The harness fixtures (models for bench, the emulator, a real sshd) live in their own module.
+pytest_plugins = ["tests.conftest_harness"]
+
+DEFAULT_SEED = 20261130
+TF_MODULES = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization")
+# Fixtures that build models with TensorFlow: a test using one is in the ``tf`` tier.
+TF_FIXTURES = frozenset(
+    {"digits", "digits_int8", "float_op_model", "ota_models", "harness_models", "malformed_models"}
+)
+_TF_BEFORE = pytest.StashKey[bool]()
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of the random tests (default: $TFEDGE_TEST_SEED or {DEFAULT_SEED})",
+    )
+
+
+def _seed(config) -> int:
+    chosen = config.getoption("--seed")
+    return chosen if chosen is not None else int(os.environ.get("TFEDGE_TEST_SEED", DEFAULT_SEED))
+
+
+def pytest_report_header(config) -> str:
+    seed = _seed(config)
+    return f"random tests: seed {seed} (rerun with --seed {seed} or TFEDGE_TEST_SEED={seed})"
+
+
+@pytest.fixture(scope="session")
+def seed(pytestconfig) -> int:
+    """The seed of the random tests: see the module docstring."""
+    return _seed(pytestconfig)
+
+
+@pytest.fixture
+def rng(seed) -> np.random.Generator:
+    """A fresh generator seeded with ``seed`` for each test."""
+    return np.random.default_rng(seed)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if TF_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.tf)
+
+
+def _tf_loaded() -> bool:
+    return any(name in sys.modules for name in TF_MODULES)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    item.stash[_TF_BEFORE] = _tf_loaded()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield
+    newly_loaded = not item.stash.get(_TF_BEFORE, True) and _tf_loaded()
+    if newly_loaded and item.get_closest_marker("tf") is None:
+        pytest.fail(
+            "this test imported TensorFlow but is not marked tf: mark it "
+            "@pytest.mark.tf (or use a fixture in TF_FIXTURES), or keep TensorFlow out of it",
+            pytrace=False,
+        )
+    return result
 
 
 class Cli:

@@ -1,6 +1,6 @@
 """Fixtures for the runtime-harness tests (profiles, bench on local / qemu / ssh).
 
-Loaded by the harness test modules with ``from tests.conftest_harness import *``.
+A pytest plugin, loaded for the whole suite by ``pytest_plugins`` in ``tests/conftest.py``.
 """
 
 from __future__ import annotations

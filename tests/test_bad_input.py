@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -21,9 +20,9 @@ def _no_tflite_left(directory):
     assert leftovers == [], leftovers
 
 
-def test_random_bytes_as_model(run_cli, digits, tmp_path):
+def test_random_bytes_as_model(run_cli, digits, tmp_path, rng):
     bad = tmp_path / "random.keras"
-    bad.write_bytes(os.urandom(4096))
+    bad.write_bytes(rng.bytes(4096))
     result = _convert(run_cli, bad, digits.train, tmp_path / "o.tflite")
     assert_one_error_line(result, "not a model file")
     _no_tflite_left(tmp_path)
@@ -137,9 +136,9 @@ def test_bad_option_combination_is_a_usage_error(run_cli, digits, tmp_path):
     assert_one_error_line(result, "--io int8 does not fit --quant int16x8")
 
 
-def test_random_bytes_to_inspect_and_evaluate(run_cli, digits, tmp_path):
+def test_random_bytes_to_inspect_and_evaluate(run_cli, digits, tmp_path, rng):
     bad = tmp_path / "bad.tflite"
-    bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + os.urandom(200))
+    bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + rng.bytes(200))
     assert_one_error_line(run_cli("inspect", bad, expect=1), "damaged TFLite model")
     assert_one_error_line(
         run_cli("evaluate", bad, "--data", digits.test, expect=1), "damaged TFLite model"

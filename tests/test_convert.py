@@ -13,7 +13,7 @@ from tfedge.errors import UsageError, VerificationError
 
 from .conftest import assert_one_error_line
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.tf]
 
 
 def test_int8_default_is_full_integer(run_cli, digits, tmp_path):

@@ -38,6 +38,7 @@ def test_unknown_suffix(tmp_path):
         load_data(tmp_path / "d.csv")
 
 
+@pytest.mark.tf
 def test_image_folder(tmp_path):
     from tfedge._tf import import_tf
 

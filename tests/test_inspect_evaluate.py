@@ -9,7 +9,7 @@ import pytest
 
 import tfedge
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.tf]
 
 
 def test_inspect_tflite_json(run_cli, digits_int8):

@@ -12,7 +12,7 @@ from tfedge.errors import ModelLoadError
 from tfedge.io.keras3_bridge import bridge_keras3_model, verify_same_outputs
 from tfedge.io.models import detect_format, load_tf_keras_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.tf]
 
 
 @pytest.fixture(scope="module")

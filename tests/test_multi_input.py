@@ -133,6 +133,7 @@ def _input_name(tensor) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.tf
 def test_two_input_keras3_model_converts_to_full_int8_and_evaluates(two_inputs, run_cli, tmp_path):
     out = tmp_path / "two.tflite"
     result = json.loads(
@@ -173,6 +174,7 @@ def test_two_input_keras3_model_converts_to_full_int8_and_evaluates(two_inputs, 
 
 
 @pytest.mark.slow
+@pytest.mark.tf
 def test_two_input_short_optimize_prune_qat_is_full_integer(two_inputs, run_cli, tmp_path):
     (tmp_path / "prune-qat.yaml").write_text(PRUNE_QAT)
     report = json.loads(
@@ -208,6 +210,7 @@ def _save(path, **arrays):
 
 
 @pytest.mark.slow
+@pytest.mark.tf
 def test_single_array_for_two_inputs_is_one_error_line(two_inputs, run_cli, tmp_path):
     data = _samples(8, 0)
     calib = _save(tmp_path / "x.npz", x=data["image"])
@@ -226,6 +229,7 @@ def test_single_array_for_two_inputs_is_one_error_line(two_inputs, run_cli, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.tf
 def test_wrong_shape_of_one_input_is_one_error_line(two_inputs, run_cli, tmp_path):
     data = _samples(8, 0)
     calib = _save(tmp_path / "bad.npz", image=data["image"][..., 0], meta=data["meta"], y=data["y"])
@@ -251,6 +255,7 @@ def test_wrong_shape_of_one_input_is_one_error_line(two_inputs, run_cli, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.tf
 def test_evaluate_tflite_with_too_many_arrays_is_one_error_line(two_inputs, run_cli, tmp_path):
     data = _samples(8, 0)
     tflite = tmp_path / "two.tflite"

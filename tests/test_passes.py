@@ -256,6 +256,7 @@ def _dense_bn_model(seed: int = 0):
     return model, x
 
 
+@pytest.mark.tf
 def test_dense_batchnorm_prune_cluster_qat_converts_full_integer(tmp_path):
     import tfedge
     from tfedge.optimize.pipeline import weight_stats
@@ -320,6 +321,7 @@ def test_cluster_count_fits_tfmot_kmeans_plus_plus():
     assert k == 0 and "1 non-zero" in why
 
 
+@pytest.mark.tf
 def test_cluster_a_layer_with_fewer_values_than_clusters_does_not_crash():
     from tfedge._tf import import_keras
 

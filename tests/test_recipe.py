@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -86,6 +85,7 @@ def test_bad_recipes_are_rejected_with_a_clear_error(text, fragment, tmp_path):
     assert fragment.lower() in str(info.value).lower()
 
 
+@pytest.mark.tf
 def test_max_compress_prunes_the_big_conv_and_dense_kernels_of_any_model():
     """Selection by type and size, not by name, so the recipe applies to every reference model."""
     from tfedge.zoo.reference import digits_model, kws_model
@@ -136,7 +136,6 @@ def test_optimize_rejects_a_bad_recipe_before_loading_or_training(run_cli, tmp_p
     model.write_bytes(b"not read")
     data = tmp_path / "d.npz"
     data.write_bytes(b"not read")
-    started = time.perf_counter()
     result = run_cli(
         "optimize",
         model,
@@ -150,6 +149,6 @@ def test_optimize_rejects_a_bad_recipe_before_loading_or_training(run_cli, tmp_p
         tmp_path / "out",
         expect=1,
     )
+    # The model and data files are not loadable: any error but the recipe's means they were read.
     assert_one_error_line(result, "qat must be the last pass")
-    assert time.perf_counter() - started < 5
     assert not (tmp_path / "out").exists()

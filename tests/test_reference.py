@@ -13,6 +13,7 @@ def test_digits_reference_model_is_accurate(digits):
 
 
 @pytest.mark.slow
+@pytest.mark.tf
 def test_kws_reference_model_is_accurate_in_inference_mode(tmp_path):
     """Its BatchNormalization statistics once lagged: right in training, chance in inference."""
     kws = build_reference("kws", tmp_path)
