@@ -8,6 +8,7 @@ Each check runs its tool in a subprocess from the repository root with the confi
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(*args: str, timeout: float = 300) -> None:
-    """Run a tool from the repository root; fail with its output unless it exits 0."""
+    """Run a tool from the repository root; fail with its output unless it exits 0.
+
+    ``device`` goes first on the path: the device package is checked from this checkout even
+    where it is not installed.
+    """
+    path = os.pathsep.join(filter(None, [str(ROOT / "device"), os.environ.get("PYTHONPATH")]))
     try:
         done = subprocess.run(
             [sys.executable, *args],
             cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": path},
             capture_output=True,
             text=True,
             timeout=timeout,  # only guards against a hang
