@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest_harness import *  # noqa: F401,F403  (harness fixtures)
 from tfedge.device import bench_device
 from tfedge.errors import BenchError, ModelLoadError, ProfileError, UsageError
 from tfedge.targets.bench import bench, bench_inventory

@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from tests import harness_helpers as hh
-from tests.conftest_harness import *  # noqa: F401,F403  (harness fixtures)
 from tfedge.errors import BenchError, TargetError
 from tfedge.targets.bench import bench, bench_inventory
 from tfedge.targets.ssh import parse_target
