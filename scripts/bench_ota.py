@@ -39,10 +39,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from tests import harness_helpers as hh  # noqa: E402
 from tests import ota_helpers as oh  # noqa: E402
-from tfedge.fsutil import write_bytes_atomic  # noqa: E402
+from tfedge.fsutil import sha256_file, write_bytes_atomic  # noqa: E402
 from tfedge.ota import repository as repo_api  # noqa: E402
 from tfedge.ota.push import push  # noqa: E402
-from tfedge.ota.versions import sha256_file  # noqa: E402
 
 PUSH_GOAL_S = 3.0
 

@@ -2,13 +2,16 @@
 # One entry point for a fresh Debian/Ubuntu machine with Python 3.11:
 #   scripts/dev.sh demo   -> installs everything, then runs the end-to-end demo
 #   scripts/dev.sh test   -> installs everything, then runs the whole test suite
-# Installs Debian packages (when missing), a virtual environment in .venv, and the
-# project with its test extras. Re-running skips what is already installed.
+# Installs Debian packages (when missing), a virtual environment in .venv with the project
+# and its test extras, and .venv-device: Debian's python3 with only the device package
+# (./device: numpy, ai-edge-litert, tuf), a board's view for the tests. Re-running skips
+# what is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-venv qemu-user-static debootstrap openssh-server binutils xz-utils)
 VENV=${TFEDGE_VENV:-.venv}
+DEVICE_VENV=${TFEDGE_DEVICE_VENV:-.venv-device}
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -50,6 +53,20 @@ install_python_packages() {
   fi
 }
 
+install_device_venv() {
+  # Rebuilt when the device package's sources change (the tests check it is current).
+  local stamp="$DEVICE_VENV/.tfedge-device-stamp" want
+  want=$(find device -type f \( -name '*.py' -o -name '*.toml' -o -name '*.service' \) \
+    -not -path '*/build/*' | sort | xargs cat | sha256sum | cut -c1-16)
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+  log "device-only environment in $DEVICE_VENV (Debian's python3 + ./device)"
+  [ -x "$DEVICE_VENV/bin/python" ] || /usr/bin/python3 -m venv "$DEVICE_VENV"
+  "$DEVICE_VENV/bin/python" -m pip install -q ./device
+  "$DEVICE_VENV/bin/python" -m pip install -q --no-deps --force-reinstall ./device
+  chmod -R a+rX "$DEVICE_VENV"
+  echo "$want" > "$stamp"
+}
+
 setup_emulator() {
   # The emulated aarch64 Raspberry Pi for `tfedge bench --target qemu` (cached, idempotent).
   log "emulated aarch64 root (tfedge emulator setup; built once, then cached)"
@@ -65,6 +82,7 @@ setup_emulator() {
 setup() {
   install_debian_packages
   install_python_packages
+  install_device_venv
   setup_emulator
 }
 

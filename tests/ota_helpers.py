@@ -4,6 +4,7 @@ repository, agent subprocesses, and checks that a model directory holds a whole 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -19,6 +20,41 @@ import numpy as np
 from tests import harness_helpers as hh
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEVICE_SRC = REPO_ROOT / "device"  # the device package's source (tfedge_device)
+# Debian's python3 with only ./device installed (numpy, ai-edge-litert, tuf): a board's view.
+# Built by `scripts/dev.sh setup`, never by a test.
+DEVICE_VENV = Path(os.environ.get("TFEDGE_DEVICE_VENV", REPO_ROOT / ".venv-device"))
+
+
+@functools.cache
+def device_python() -> str:
+    """The device-only venv's python, after checking it holds the current device package."""
+    python = DEVICE_VENV / "bin" / "python"
+    if not python.exists():
+        raise AssertionError(f"{DEVICE_VENV} is missing: run scripts/dev.sh setup")
+    out = subprocess.run(
+        [str(python), "-c", "import tfedge_device; print(tfedge_device.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    installed = Path(out.stdout.strip()).parent
+    stale = [
+        src.name
+        for src in (DEVICE_SRC / "tfedge_device").iterdir()
+        if src.suffix in (".py", ".service")
+        and (
+            not (installed / src.name).exists()
+            or (installed / src.name).read_bytes() != src.read_bytes()
+        )
+    ]
+    if stale:
+        raise AssertionError(
+            f"{DEVICE_VENV} has an old tfedge_device ({', '.join(stale)}): run scripts/dev.sh setup"
+        )
+    return str(python)
 
 
 # ---------------------------------------------------------------- models
@@ -55,7 +91,8 @@ def build_models(out: Path) -> dict[str, Path]:
 
 
 def big_model(out: Path, min_bytes: int = 10_500_000) -> Path:
-    """A full-int8 model of at least ``min_bytes`` (a wide dense layer) whose smoke test runs inference."""
+    """A full-int8 model of at least ``min_bytes`` (a wide dense layer) whose smoke test runs
+    inference."""
     import tensorflow as tf
     import tf_keras as k
 
@@ -106,14 +143,14 @@ def serve(repo: Path) -> RepoServer:
 # ---------------------------------------------------------------- a device with version 1
 def agent_config(url: str, device: Path, repo: Path, **kw):
     """The agent's configuration for model ``kws``, trusting the repository's first root."""
-    from tfedge.ota.agent import AgentConfig
+    from tfedge_device.agent import AgentConfig
 
     return AgentConfig(url, device, "kws", repo / "public" / "metadata" / "1.root.json", **kw)
 
 
 def poll(url: str, device: Path, repo: Path, **kw):
     """One in-process agent poll (the real ``poll_once``), quietly."""
-    from tfedge.ota.agent import poll_once
+    from tfedge_device.agent import poll_once
 
     return poll_once(agent_config(url, device, repo, **kw), log=lambda m: None)
 
@@ -136,7 +173,10 @@ def installed_v1(base: Path, models: dict[str, Path]) -> Path:
 # ---------------------------------------------------------------- agent processes
 def agent_env(**extra: str) -> dict:
     env = dict(
-        os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1"
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(DEVICE_SRC), str(REPO_ROOT)]),
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONUNBUFFERED="1",
     )
     env.update(extra)
     return env
@@ -148,7 +188,7 @@ def agent_argv(
     return [
         sys.executable,
         "-m",
-        "tfedge.ota.agent",
+        "tfedge_device.agent",
         "--repo-url",
         url,
         "--model-dir",
@@ -228,14 +268,14 @@ def tmpfs(mount: Path, size: str):
 
 # ---------------------------------------------------------------- invariants
 def active_sha(model_dir: Path) -> str | None:
-    from tfedge.ota.versions import ModelDir
+    from tfedge_device.modeldir import ModelDir
 
     return ModelDir(model_dir).current_sha()
 
 
 def assert_whole_model(model_dir: Path, allowed: dict[str, Path]) -> str:
     """``current`` names one of ``allowed`` (sha -> file) and its bytes hash to that name."""
-    from tfedge.ota.versions import sha256_file
+    from tfedge.fsutil import sha256_file
 
     link = model_dir / "current"
     sha = active_sha(model_dir)

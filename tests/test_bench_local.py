@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,15 @@ import numpy as np
 import pytest
 import yaml
 
-from tfedge.device import bench_device
 from tfedge.errors import BenchError, ModelLoadError, ProfileError, UsageError
 from tfedge.targets.bench import bench, bench_inventory
+from tfedge.targets.job import DEVICE_FILES, DEVICE_SCRIPT
 from tfedge.targets.profiles import PROFILES_DIR
 from tfedge.targets.stats import LatencyStats
+from tfedge_device import bench as bench_device
+from tfedge_device import interpreter
 
-SCRIPT = Path(bench_device.__file__)
+SCRIPT = DEVICE_SCRIPT
 FAST = dict(runs=20, warmup=1, min_secs=0.05)
 JSON_KEYS = {
     "target",
@@ -33,9 +36,9 @@ JSON_KEYS = {
 }
 
 
-def run_script(*args, env=None, python=sys.executable) -> tuple[dict, int]:
+def run_script(*args, env=None, python=sys.executable, script=SCRIPT, cwd=None):
     out = subprocess.run(
-        [python, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env
+        [python, str(script), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd
     )
     return json.loads(out.stdout.strip().splitlines()[-1]), out.returncode
 
@@ -61,16 +64,19 @@ def test_device_stats_match_host_stats():
     )  # population std, like benchmark_model
 
 
-def test_device_script_is_standalone():
-    source = SCRIPT.read_text()
-    assert (
-        "import tfedge" not in source
-        and "from tfedge" not in source
-        and "tensorflow" not in source.replace("TensorFlow Lite", "")
-    )
-    assert (
-        Path(__file__).parent.parent / "scripts" / "tfedge_bench_device.py"
-    ).resolve() == SCRIPT.resolve()
+def test_device_script_is_standalone(tmp_path):
+    """bench.py needs only interpreter.py beside it: copied alone to a folder, it runs."""
+    assert SCRIPT.resolve() == Path(bench_device.__file__).resolve()
+    assert set(DEVICE_FILES) == {"bench.py", "interpreter.py"}
+    for path in DEVICE_FILES.values():
+        source = path.read_text()
+        assert "import tfedge\n" not in source and "from tfedge." not in source
+        assert "from tfedge_device." not in source.replace("from tfedge_device.interpreter", "")
+        assert "tensorflow" not in source.replace("TensorFlow Lite", "")
+        shutil.copy(path, tmp_path / path.name)
+    report, code = run_script("--probe", script=tmp_path / "bench.py", cwd=tmp_path)
+    assert code == 0 and report["runtime"]["name"] in ("ai-edge-litert", "tflite-runtime")
+    assert not (Path(__file__).parent.parent / "scripts" / "tfedge_bench_device.py").exists()
 
 
 def test_probe_reports_the_working_runtime():
@@ -87,7 +93,7 @@ def test_missing_runtime_gives_the_install_command(tmp_path):
         [sys.executable, "-S", str(SCRIPT), "--probe"], capture_output=True, text=True, env=env
     )
     report, code = json.loads(out.stdout), out.returncode
-    assert code == bench_device.EXIT_RUNTIME and report["kind"] == "runtime_missing"
+    assert code == interpreter.EXIT_RUNTIME and report["kind"] == "runtime_missing"
     assert "pip install numpy ai-edge-litert" in report["hint"]
 
 

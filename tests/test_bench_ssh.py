@@ -59,9 +59,11 @@ def test_bench_over_ssh_copies_checks_and_runs(sshd, harness_models, tmp_path, s
     assert r.target == f"ssh://{sshd.user}@127.0.0.1:{sshd.port}" and r.emulated is False
     assert r.accuracy > 0.8 and r.outputs.shape == (200, 10) and r.latency_us.count >= 5
     copied = sorted(p.name for p in workdir.iterdir())
-    assert "tfedge_bench_device.py" in copied and any(
-        n.endswith("-digits_int8.tflite") for n in copied
-    )
+    assert "tfedge-device" in copied and any(n.endswith("-digits_int8.tflite") for n in copied)
+    assert {p.name for p in (workdir / "tfedge-device").glob("*.py")} == {
+        "bench.py",
+        "interpreter.py",
+    }
     assert not any(n.endswith(".part") or n.endswith(".npy") for n in copied)
     stamp = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
     bench(

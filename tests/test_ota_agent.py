@@ -2,8 +2,9 @@
 moments, two agents on one directory, a full disk, and a device without TensorFlow.
 
 The repository is real python-tuf metadata served over loopback HTTP; the agent runs as
-``python -m tfedge.ota.agent``. After every kill the active model must be exactly the old
-or the new one, and a restarted agent must finish (or roll back) the install.
+``python -m tfedge_device.agent`` (the device package; ``tfedge.ota.agent`` is a shim).
+After every kill the active model must be exactly the old or the new one, and a restarted
+agent must finish (or roll back) the install.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from collections import Counter
 import pytest
 
 from tests import ota_helpers as oh
+from tfedge.fsutil import sha256_file
 from tfedge.ota import repository as repo_api
-from tfedge.ota.journal import ROLLING_BACK, STEPS, Journal
-from tfedge.ota.versions import sha256_file
+from tfedge_device.journal import ROLLING_BACK, STEPS, Journal
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,14 @@ def test_agent_cli_installs_and_reports_success(setup):
     assert result.returncode == 0, result.stderr
     assert "Success: installed version 2" in result.stderr
     oh.assert_whole_model(setup.device, {sha256_file(setup.models["v2"]): setup.models["v2"]})
+
+
+def test_old_module_path_still_runs_the_agent(setup):
+    """``python -m tfedge.ota.agent`` (documented before the device package) is a shim."""
+    argv = oh.agent_argv(setup.server.url, setup.device, setup.root)
+    argv[argv.index("tfedge_device.agent")] = "tfedge.ota.agent"
+    result = subprocess.run(argv, env=oh.agent_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Success: installed version 2" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -220,21 +229,22 @@ def test_disk_full_during_download_aborts_cleanly(setup, small_disk, update_read
 
 
 def test_agent_runs_without_tensorflow(setup, tmp_path):
-    """TensorFlow, tf_keras and keras are made unimportable (here and in the smoke-test children)."""
+    """TensorFlow, tf_keras and keras are made unimportable (here and in the smoke-test
+    children); the device modules import none of them, nor tfedge or yaml."""
     blocker = tmp_path / "blocker"
     for name in ("tensorflow", "tf_keras", "keras"):
         (blocker / name).mkdir(parents=True)
         (blocker / name / "__init__.py").write_text(
             f"raise ImportError('{name} is not installed on this device')\n"
         )
-    env = {"PYTHONPATH": f"{blocker}{os.pathsep}{oh.REPO_ROOT}"}
+    env = {"PYTHONPATH": os.pathsep.join(map(str, (blocker, oh.DEVICE_SRC, oh.REPO_ROOT)))}
     probe = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys, tfedge.ota.agent, tfedge.ota.smoke; "
+            "import sys, tfedge_device.agent, tfedge_device.smoke, tfedge_device.bench; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('tensorflow', 'tf_keras', 'keras')))",
+            "('tensorflow', 'tf_keras', 'keras', 'tfedge', 'yaml')))",
         ],
         env=oh.agent_env(**env),
         capture_output=True,
@@ -284,16 +294,17 @@ def test_systemd_unit_is_shipped_and_its_command_line_parses():
     import shlex
     from pathlib import Path
 
-    import tfedge.ota
-    from tfedge.ota.agent import parse_args
+    import tfedge_device
+    from tfedge_device.config import parse_args
 
-    unit = Path(tfedge.ota.__file__).parent / "tfedge-agent.service"
-    assert "ota/*.service" in (oh.REPO_ROOT / "setup.cfg").read_text()
+    unit = Path(tfedge_device.__file__).parent / "tfedge-agent.service"
+    assert "tfedge_device = *.service" in (oh.REPO_ROOT / "setup.cfg").read_text()
+    assert '"*.service"' in (oh.DEVICE_SRC / "pyproject.toml").read_text()
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.read_string(unit.read_text())
     command = parser["Service"]["ExecStart"].replace("\\\n", " ").replace("%i", "kws")
     argv = shlex.split(command.replace("${TFEDGE_REPO_URL}", "https://models.example.com"))
-    assert argv[1:3] == ["-m", "tfedge.ota.agent"]
-    cfg, once = parse_args(argv[3:])
+    assert argv[0].endswith("/bin/tfedge-agent")
+    cfg, once = parse_args(argv[1:])
     assert cfg.name == "kws" and str(cfg.model_dir) == "/var/lib/tfedge/kws" and not once
     assert parser["Service"]["Restart"] == "on-failure"

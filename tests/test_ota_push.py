@@ -1,7 +1,8 @@
 """tfedge push / rollback / status against a real OpenSSH server on loopback.
 
-The "device" is this machine through Debian's sshd (fixture from the harness tests), with
-this interpreter (numpy + LiteRT) as the device Python. Nothing about SSH is mocked.
+The "device" is this machine through Debian's sshd (fixture from the harness tests), with the
+device-only venv (Debian's python3 + ``./device``: numpy, LiteRT, tuf; no TensorFlow, no tfedge)
+as the device Python. Nothing about SSH is mocked.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,13 +21,13 @@ from tests import ota_helpers as oh
 from tests.conftest import assert_one_error_line
 from tests.conftest_harness import *  # noqa: F401,F403  (sshd, ssh_home)
 from tfedge.errors import OtaError, TargetError, UsageError
+from tfedge.fsutil import sha256_file
 from tfedge.ota.push import push
-from tfedge.ota.versions import sha256_file
 
 
 def opts(server, **extra) -> dict:
     return {
-        "python": sys.executable,
+        "python": oh.device_python(),
         "key": str(server.user_key),
         "known_hosts": str(server.known_hosts),
         **extra,
@@ -41,7 +41,7 @@ def cli_opts(server) -> list[str]:
         "--known-hosts",
         server.known_hosts,
         "--remote-python",
-        sys.executable,
+        oh.device_python(),
     ]
 
 
@@ -138,7 +138,7 @@ def test_smoke_test_failure_on_device_switches_nothing(sshd, ota_models, tmp_pat
     url = sshd.url(str(device))
     v1 = push(ota_models["v1"], url, name="kws", **opts(sshd)).sha256
     strict = tmp_path / "strict-python"
-    strict.write_text(f'#!/bin/sh\nexec {sys.executable} "$@" --atol -1\n')
+    strict.write_text(f'#!/bin/sh\nexec {oh.device_python()} "$@" --atol -1\n')
     strict.chmod(0o755)
     with pytest.raises(OtaError, match="smoke test failed.*nothing was switched"):
         push(ota_models["v2"], url, name="kws", **opts(sshd, python=str(strict)))

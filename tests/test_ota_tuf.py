@@ -14,9 +14,9 @@ import pytest
 
 from tests import ota_helpers as oh
 from tfedge.errors import OtaError, UsageError
+from tfedge.fsutil import sha256_file
 from tfedge.ota import repository as repo_api
 from tfedge.ota.signature import runtime_satisfies, tf_equivalent
-from tfedge.ota.versions import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ class Fleet:
         return oh.poll(self.server.url, self.device, self.repo, **kw)
 
     def served(self, name: str, model: str, group: str | None = None):
-        """The served file of target ``name`` holding ``model`` (consistent snapshots keep old ones)."""
+        """The served file of target ``name`` holding ``model`` (consistent snapshots keep old
+        ones)."""
         from tfedge.ota import target_path
 
         folder, _, base = target_path(name, group).rpartition("/")

@@ -171,4 +171,5 @@ def test_plain_pip_install_ships_profiles_and_device_script(tmp_path):
     assert out.returncode == 0, out.stderr
     names = zipfile.ZipFile(next((tmp_path / "dist").glob("tfedge-*.whl"))).namelist()
     assert {f"tfedge/targets/device_profiles/{n}.yaml" for n in profile_names()} <= set(names)
-    assert "tfedge/device/bench_device.py" in names
+    assert {"tfedge_device/bench.py", "tfedge_device/interpreter.py"} <= set(names)
+    assert "tfedge_device/agent.py" in names and "tfedge_device/tfedge-agent.service" in names

@@ -363,14 +363,16 @@ def agent_cmd(
 ):
     """Poll a signed repository and install newer models safely (the device daemon).
 
-    Also runs without TensorFlow or click as `python -m tfedge.ota.agent` with the same options.
+    On a device, install the device package (`pip install ./device`) and run `tfedge-agent`
+    with the same options: no TensorFlow, no click.
 
     \b
     Example:
         tfedge agent --repo-url http://models.lan:8000 --model-dir /var/lib/tfedge/kws --name kws \\
             --root /etc/tfedge/root.json --interval 300
     """
-    from tfedge.ota.agent import AgentConfig, run
+    from tfedge.errors import OtaError, UsageError
+    from tfedge_device.agent import AgentConfig, AgentError, ConfigError, run
 
     cfg = AgentConfig(
         repo_url,
@@ -385,6 +387,11 @@ def agent_cmd(
         keep,
         profile,
     )
-    code = run(cfg, once)
+    try:
+        code = run(cfg, once)
+    except AgentError as err:
+        raise (UsageError if isinstance(err, ConfigError) else OtaError)(
+            err.message, err.hint
+        ) from err
     if code:
         raise SystemExit(code)

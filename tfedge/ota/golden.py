@@ -1,8 +1,9 @@
 """Golden inputs and expected outputs for a model, made on the host before it ships.
 
-The device smoke test (``bench_device.smoke``) runs ``x`` and compares the raw outputs with
-``y`` within one quantization step. Inputs are seeded random values in each input's dtype
-and range (as TFLite's benchmark_model does), or the first samples of a given ``.npz``.
+The device smoke test (``tfedge_device.interpreter.smoke``) runs ``x`` and compares the raw
+outputs with ``y`` within one quantization step. Inputs are seeded random values in each
+input's dtype and range (as TFLite's benchmark_model does), or the first samples of a given
+``.npz``.
 
 Example:
     >>> blob = golden_npz("kws_int8.tflite", samples=4)
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.device import bench_device
 from tfedge.errors import DataError
+from tfedge_device import interpreter as device
 
 DEFAULT_SAMPLES = 4
 
@@ -31,7 +32,7 @@ def golden_npz(
 
     interp, _ = load_interpreter(str(model), threads=1)
     x = _inputs(interp, data, samples, seed)
-    raw, _ = bench_device.predict_all(interp, x)
+    raw, _ = device.predict_all(interp, x)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=x, y=raw)
     return buffer.getvalue()
@@ -39,9 +40,9 @@ def golden_npz(
 
 def _inputs(interp, data, samples: int, seed: int) -> np.ndarray:
     if data is None:
-        return np.stack([bench_device.random_inputs(interp, seed + i)[0] for i in range(samples)])
+        return np.stack([device.random_inputs(interp, seed + i)[0] for i in range(samples)])
     try:
-        x, _ = bench_device.load_data(str(data))
-    except bench_device.DeviceError as exc:
+        x, _ = device.load_data(str(data))
+    except device.DeviceError as exc:
         raise DataError(exc.message, exc.hint) from exc
     return np.asarray(x)[:samples]

@@ -70,7 +70,7 @@ class Emulator:
         return [self.qemu, "-cpu", cpu, "-L", str(self.root), str(self.root / PYTHON), *args]
 
     def env(self) -> dict[str, str]:
-        """Environment for :meth:`command`: the aarch64 wheels on PYTHONPATH, nothing from the host."""
+        """Environment for :meth:`command`: the aarch64 wheels on PYTHONPATH, none of the host's."""
         return {
             "PATH": "/usr/bin:/bin",
             "PYTHONPATH": str(self.site),
@@ -350,7 +350,8 @@ def _merge(src: Path, dst: Path) -> None:
 
 
 def _probe(qemu: str, root: Path, paths: list[Path], prefer: str) -> dict:
-    script = Path(__file__).resolve().parent.parent / "device" / "bench_device.py"
+    from tfedge.targets.job import DEVICE_SCRIPT as script
+
     argv = [
         qemu,
         "-cpu",

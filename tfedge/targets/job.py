@@ -12,9 +12,14 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import tfedge_device
 from tfedge.errors import BenchError, DataError, TargetError
 
-DEVICE_SCRIPT = Path(__file__).resolve().parent.parent / "device" / "bench_device.py"
+# The benchmark script of the device package, and the files that must sit next to each
+# other on a target for it to run there as a plain file (no package installed).
+DEVICE_DIR = Path(tfedge_device.__file__).resolve().parent
+DEVICE_SCRIPT = DEVICE_DIR / tfedge_device.SCRIPT
+DEVICE_FILES = {name: DEVICE_DIR / name for name in tfedge_device.SCRIPT_FILES}
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,12 @@ def parse_report(stdout: str, stderr: str, returncode: int, model: Path, where: 
     """
     if returncode is not None and returncode < 0:
         raise _crash(returncode, stderr, model, where)
-    report = _last_json(stdout)
+    report = last_json(stdout)
     if report is None:
         tail = " | ".join(stderr.strip().splitlines()[-3:]) or f"exit status {returncode}"
         raise BenchError(
             f"the device script gave no report on {where}: {tail}",
-            "run it by hand there: python3 tfedge_bench_device.py MODEL.tflite",
+            "run it by hand there: python3 bench.py MODEL.tflite (or tfedge-bench-device)",
         )
     if "error" in report:
         raise _reported_error(report, model, where)
@@ -88,8 +93,10 @@ def _crash(returncode: int, stderr: str, model: Path, where: str) -> BenchError:
     except ValueError:
         name = f"signal {-returncode}"
     return BenchError(
-        f"the TFLite runtime crashed ({name}) running {model.name} on {where}; tfedge itself is unaffected",
-        "the model is malformed or hostile, or hits a runtime bug: check it with `tfedge inspect`, re-convert it",
+        f"the TFLite runtime crashed ({name}) running {model.name} on {where}; "
+        "tfedge itself is unaffected",
+        "the model is malformed or hostile, or hits a runtime bug: "
+        "check it with `tfedge inspect`, re-convert it",
     )
 
 
@@ -106,7 +113,8 @@ def _reported_error(report: dict, model: Path, where: str) -> Exception:
     )
 
 
-def _last_json(stdout: str) -> dict | None:
+def last_json(stdout: str) -> dict | None:
+    """The last line of ``stdout`` that is a JSON object, or None (what the device tools print)."""
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
         if line.startswith("{"):

@@ -1,6 +1,7 @@
 """Run the device script on a real board over SSH (a Raspberry Pi or any Linux machine).
 
-Model, script and data are copied by SFTP (skipped when the device already has them),
+Model, data and the device script (``bench.py`` with ``interpreter.py`` beside it, in
+``WORKDIR/tfedge-device/``) are copied by SFTP (skipped when the device already has them),
 their sha256 is checked *on the device*, the script runs there with the device's own
 Python, and its JSON comes back. Host keys are checked against known_hosts, never accepted
 silently; authentication is by key or ssh-agent only.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import posixpath
 import shlex
 import uuid
 from dataclasses import dataclass, replace
@@ -30,10 +32,10 @@ import numpy as np
 
 from tfedge.errors import BenchError, TargetError, UsageError
 from tfedge.fsutil import sha256_file
-from tfedge.targets.job import DEVICE_SCRIPT, Job, parse_report
+from tfedge.targets.job import DEVICE_FILES, DEVICE_SCRIPT, Job, parse_report
 
 DEFAULT_WORKDIR = "tfedge-bench"
-SCRIPT_NAME = "tfedge_bench_device.py"
+SCRIPT_DIR = "tfedge-device"  # the device script's folder inside the workdir
 _QUERY_KEYS = ("python", "key", "known_hosts", "connect_timeout")
 
 
@@ -102,9 +104,9 @@ def run(job: Job, target: SshTarget) -> tuple[dict, np.ndarray | None]:
 
 async def run_async(job: Job, target: SshTarget) -> tuple[dict, np.ndarray | None]:
     """The coroutine behind :func:`run`, for benchmarking several boards concurrently."""
-    async with _connect(target) as conn:
+    async with connect(target) as conn:
         async with conn.start_sftp_client() as sftp:
-            workdir = await _workdir(conn, sftp, target)
+            workdir = await resolve_workdir(conn, sftp, target)
             remote = await _upload(conn, sftp, workdir, _files(job), target)
             outputs = (
                 f"{workdir}/outputs-{uuid.uuid4().hex[:12]}.npy"
@@ -118,8 +120,9 @@ async def run_async(job: Job, target: SshTarget) -> tuple[dict, np.ndarray | Non
 
 
 # ---------------------------------------------------------------- connecting
-class _connect:
-    """``async with _connect(target) as conn``, with every failure turned into a TargetError."""
+class connect:
+    """``async with connect(target) as conn``: an asyncssh connection with the host key checked
+    against known_hosts; every failure to connect becomes a TargetError."""
 
     def __init__(self, target: SshTarget) -> None:
         self.target, self.conn = target, None
@@ -183,22 +186,26 @@ def _require_known_hosts(target: SshTarget) -> Path:
 
 def _keyscan_hint(target: SshTarget) -> str:
     return (
-        "check the board's fingerprint (on the board: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), "
-        f"then trust it: ssh-keyscan -p {target.port} {target.host} >> {target.known_hosts or '~/.ssh/known_hosts'}"
+        "check the board's fingerprint "
+        "(on the board: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), "
+        f"then trust it: ssh-keyscan -p {target.port} {target.host} "
+        f">> {target.known_hosts or '~/.ssh/known_hosts'}"
     )
 
 
 # ---------------------------------------------------------------- files
 def _files(job: Job) -> dict[str, Path]:
     """Remote name -> local path; names carry the content hash so boards cache them."""
-    files = {SCRIPT_NAME: DEVICE_SCRIPT}
+    files = {f"{SCRIPT_DIR}/{name}": path for name, path in DEVICE_FILES.items()}
     for path in (job.model, job.data):
         if path:
             files[f"{sha256_file(path)[:16]}-{path.name}"] = path
     return files
 
 
-async def _workdir(conn, sftp, target: SshTarget) -> str:
+async def resolve_workdir(conn, sftp, target: SshTarget) -> str:
+    """The absolute path of the target's workdir (``~/`` and relative paths are under the
+    login's home), created if missing."""
     workdir = target.workdir
     if workdir.startswith("/~/") or not workdir.startswith("/"):  # relative to the login's home
         home = (await sftp.realpath(".")).rstrip("/")
@@ -219,11 +226,12 @@ async def _upload(
     """Copy what the board lacks, then prove every file arrived intact by hashing it there."""
     remote = {name: f"{workdir}/{name}" for name in files}
     expected = {remote[name]: sha256_file(path) for name, path in files.items()}
-    present = await _remote_sha256(conn, list(expected), target)
+    present = await remote_sha256(conn, list(expected), target)
     for name, path in files.items():
         if present.get(remote[name]) != expected[remote[name]]:
+            await sftp.makedirs(posixpath.dirname(remote[name]), exist_ok=True)
             await _put(sftp, path, remote[name])
-    present = await _remote_sha256(conn, list(expected), target)
+    present = await remote_sha256(conn, list(expected), target)
     bad = [p for p, digest in expected.items() if present.get(p) != digest]
     if bad:
         raise TargetError(
@@ -239,7 +247,8 @@ async def _put(sftp, local: Path, remote: str) -> None:
     await sftp.posix_rename(partial, remote)
 
 
-async def _remote_sha256(conn, paths: list[str], target: SshTarget) -> dict[str, str]:
+async def remote_sha256(conn, paths: list[str], target: SshTarget) -> dict[str, str]:
+    """``{path: sha256}`` computed on the device (``sha256sum``); missing files are absent."""
     quoted = " ".join(shlex.quote(p) for p in paths)
     result = await conn.run(f"sha256sum {quoted} 2>/dev/null", check=False)
     digests = {}
@@ -270,7 +279,11 @@ async def _run_script(
     data = remote.get(str(job.data)) if job.data else None
     args = job.script_args(remote[str(job.model)], data, outputs)
     command = " ".join(
-        [_python(target.python), shlex.quote(remote[str(DEVICE_SCRIPT)]), *map(shlex.quote, args)]
+        [
+            quote_python(target.python),
+            shlex.quote(remote[str(DEVICE_SCRIPT)]),
+            *map(shlex.quote, args),
+        ]
     )
     try:
         result = await asyncio.wait_for(conn.run(command, check=False), timeout=job.timeout)
@@ -285,7 +298,7 @@ async def _run_script(
 def _interpret(result, job: Job, target: SshTarget) -> dict:
     stdout, stderr = result.stdout or "", result.stderr or ""
     if result.exit_status == 127:
-        from tfedge.device.bench_device import INSTALL_HINT
+        from tfedge_device.interpreter import INSTALL_HINT
 
         raise TargetError(f"{target.python} is not found on {target.label}", INSTALL_HINT)
     code = -_signal_number(result.exit_signal) if result.exit_signal else result.exit_status
@@ -302,7 +315,7 @@ def _signal_number(exit_signal) -> int:
         return 6
 
 
-def _python(python: str) -> str:
+def quote_python(python: str) -> str:
     """Quote a remote interpreter path, keeping a leading ``~/`` expandable."""
     if python.startswith("~/"):
         return '"$HOME"/' + shlex.quote(python[2:])

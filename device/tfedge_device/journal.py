@@ -10,7 +10,7 @@ starts over. From ``switching`` on, the ``current`` symlink may name the new mod
 restart finishes the switch and re-runs the health check, which commits or rolls back.
 A rollback in progress is journalled as ``rolling_back`` and is redone on restart.
 
-Device-safe: standard library only.
+Standard library only.
 
 Example:
     >>> j = Journal("/var/lib/tfedge/kws/journal.json")
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tfedge.ota.versions import now_iso, read_json, write_json_atomic
+from tfedge_device.modeldir import now_iso, read_json, unlink, write_json_atomic
 
 STEPS = (
     "download_start",
@@ -60,7 +60,4 @@ class Journal:
         return entry
 
     def clear(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        unlink(self.path)

@@ -3,11 +3,13 @@ run the golden input, compare outputs within one quantization step.
 
 The agent runs this as a child process (a model that crashes the runtime kills the child,
 not the agent), before the switch and, by default, as the health check after it. It
-reuses the harness's device script (``tfedge.device.bench_device``) for loading and the
-golden comparison. Prints one JSON object; exit 0 when the model passes, 1 when it fails.
+uses :mod:`tfedge_device.interpreter` for loading and the golden comparison, like the
+benchmark script's ``--smoke``. Prints one JSON object; exit 0 when the model passes, 1
+when it fails.
 
 Usage:
-    python -m tfedge.ota.smoke MODEL.tflite GOLDEN.npz [--signature SIG.json] [--threads N]
+    tfedge-smoke MODEL.tflite GOLDEN.npz [--signature SIG.json] [--threads N]
+    python -m tfedge_device.smoke MODEL.tflite GOLDEN.npz
 
 Example:
     >>> check("versions/3f1c.tflite", "versions/3f1c.golden.npz", expected_signature=sig)["ok"]
@@ -20,8 +22,8 @@ import argparse
 import json
 import sys
 
-from tfedge.device import bench_device
-from tfedge.ota.signature import quantization_notes, signature_diff, signature_from_interpreter
+from tfedge_device import interpreter
+from tfedge_device.signature import quantization_notes, signature_diff, signature_from_interpreter
 
 
 def check(
@@ -29,7 +31,7 @@ def check(
 ) -> dict:
     """The smoke-test verdict for ``model`` as a dict with ``ok`` and the reason when not ok."""
     try:
-        interp, runtime = bench_device.load_interpreter(model, threads)
+        interp, runtime = interpreter.load_interpreter(model, threads)
         actual = signature_from_interpreter(interp)
         mismatch = signature_diff(expected_signature, actual) + quantization_notes(
             expected_signature, actual
@@ -41,8 +43,8 @@ def check(
                 "error": "the model's signature is not the signed one: " + "; ".join(mismatch),
                 "signature": actual,
             }
-        report = bench_device.smoke(model, golden, threads=threads)
-    except bench_device.DeviceError as err:
+        report = interpreter.smoke(model, golden, threads=threads)
+    except interpreter.DeviceError as err:
         return {"ok": False, "reason": err.kind, "error": err.message}
     report["signature"] = actual
     if not report["ok"]:
@@ -61,9 +63,12 @@ def main(argv=None) -> int:
     parser.add_argument("--signature", help="JSON file with the expected input/output signature")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    expected = json.loads(open(args.signature).read()) if args.signature else None
+    expected = None
+    if args.signature:
+        with open(args.signature) as handle:
+            expected = json.load(handle)
     report = check(args.model, args.golden, expected, args.threads)
-    sys.stdout.write(json.dumps(report, default=bench_device._json_default) + "\n")
+    sys.stdout.write(json.dumps(report, default=interpreter.json_default) + "\n")
     return 0 if report["ok"] else 1
 
 

@@ -1,0 +1,45 @@
+"""What runs on a board: numpy, a TFLite runtime and tuf, never TensorFlow or the host package.
+
+Modules, in the order a model meets them on a device:
+
+* :mod:`tfedge_device.interpreter`: find the TFLite runtime that works here, load a model,
+  feed it, read its outputs, compare them with a golden file.
+* :mod:`tfedge_device.bench`: the benchmark script (``tfedge-bench-device``). With
+  ``interpreter.py`` next to it, it also runs as a plain file copied to a board
+  (``SCRIPT_FILES``): that is how ``tfedge bench`` and ``tfedge push`` use it.
+* :mod:`tfedge_device.modeldir`: the model-directory protocol (``versions/``, ``current``,
+  ``manifest.json``) over a small file-operations backend; the local one is here, the host
+  brings an SFTP one for ``tfedge push``.
+* :mod:`tfedge_device.signature`: a model's input/output signature and runtime versions.
+* :mod:`tfedge_device.smoke`, :mod:`tfedge_device.journal`, :mod:`tfedge_device.config`,
+  :mod:`tfedge_device.agent`: the update agent (``tfedge-agent``).
+
+This ``__init__`` imports nothing: the benchmark script must start fast on a bare board.
+
+Example:
+    >>> target_path("kws"), target_path("kws", group="canary")
+    ('models/kws.tflite', 'groups/canary/models/kws.tflite')
+"""
+
+from __future__ import annotations
+
+import re
+
+__version__ = "0.1.0"
+
+# The files a board needs to run the benchmark script without installing this package.
+SCRIPT_FILES = ("bench.py", "interpreter.py")
+SCRIPT = SCRIPT_FILES[0]
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def target_path(name: str, group: str | None = None) -> str:
+    """The TUF target path of model ``name``, for everyone or for one device group."""
+    base = f"models/{name}.tflite"
+    return f"groups/{group}/{base}" if group else base
+
+
+def valid_name(text: str) -> bool:
+    """Whether ``text`` is a usable model or group name (letters, digits, '.', '_', '-')."""
+    return bool(NAME_PATTERN.match(text or ""))

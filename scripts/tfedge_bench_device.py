@@ -1,1 +1,0 @@
-../tfedge/device/bench_device.py
