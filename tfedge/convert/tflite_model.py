@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -91,7 +92,7 @@ class TfliteModel:
         return raw.rstrip(b"\0").decode("ascii", "replace") if raw else None
 
 
-def read_tflite(path: str | Path) -> TfliteModel:
+def read_tflite(path: str | os.PathLike[str]) -> TfliteModel:
     """Parse ``path`` into a TfliteModel; raise ModelLoadError for anything that is not one."""
     path = Path(path)
     raw = _read_bytes(path)

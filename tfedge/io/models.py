@@ -35,7 +35,7 @@ class ModelFormat:
         return self.keras == "3"
 
 
-def detect_format(path: str | Path) -> ModelFormat:
+def detect_format(path: str | os.PathLike[str]) -> ModelFormat:
     """Tell what ``path`` holds from its headers; raise ModelLoadError if it is no model."""
     path = Path(path)
     if not path.exists():
