@@ -199,9 +199,9 @@ class LocalFiles:
         return stats.f_bavail * stats.f_frsize
 
 
-def write_durable(files: FileOps, rel: str, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, fsync it, rename it over ``rel``, fsync the folder."""
-    folder = posixpath.dirname(rel)
+def write_durable(files: FileOps, rel: str, data: bytes, sync_dir: bool = True) -> None:
+    """Write ``data`` to a temporary sibling, fsync it, rename it over ``rel``, fsync the folder
+    (unless ``sync_dir`` is False: the caller fsyncs that folder next)."""
     tmp = _partial_name(rel)
     try:
         files.write_bytes(tmp, data)
@@ -209,7 +209,8 @@ def write_durable(files: FileOps, rel: str, data: bytes) -> None:
     except BaseException:
         files.remove(tmp)
         raise
-    files.fsync_dir(folder)
+    if sync_dir:
+        files.fsync_dir(posixpath.dirname(rel))
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:
@@ -346,14 +347,17 @@ class ModelDir:
         return [n for n in self.files.listdir(VERSIONS) if _is_partial(n)]
 
     # ---- writing
-    def write_durable(self, rel: str, data: bytes) -> None:
-        write_durable(self.files, rel, data)
+    def write_durable(self, rel: str, data: bytes, sync_dir: bool = True) -> None:
+        write_durable(self.files, rel, data, sync_dir)
 
-    def save_manifest(self, manifest: dict) -> None:
+    def save_manifest(self, manifest: dict, sync_dir: bool = True) -> None:
+        """Write the manifest durably (``sync_dir`` False: a switch fsyncs the folder next)."""
         text = json.dumps(trim_history(manifest), indent=1, sort_keys=True)
-        self.write_durable(MANIFEST, text.encode())
+        self.write_durable(MANIFEST, text.encode(), sync_dir)
 
-    def put_verified(self, local: str | os.PathLike, rel: str, sha: str) -> bool:
+    def put_verified(
+        self, local: str | os.PathLike, rel: str, sha: str, sync_dir: bool = True
+    ) -> bool:
         """Copy ``local`` to ``rel`` through a fsynced ``.part`` sibling whose hash is checked
         where it is stored; False (nothing copied) when ``rel`` already has these bytes."""
         if self.files.sha256(rel) == sha:
@@ -368,12 +372,13 @@ class ModelDir:
                 "the copy was corrupted or the disk is full; check `df -h` on the device and retry",
             )
         self.files.rename(tmp, rel)
-        self.files.fsync_dir(posixpath.dirname(rel))
+        if sync_dir:
+            self.files.fsync_dir(posixpath.dirname(rel))
         return True
 
-    def add_version(self, local: str | os.PathLike, sha: str) -> bool:
+    def add_version(self, local: str | os.PathLike, sha: str, sync_dir: bool = True) -> bool:
         """Upload a model file as ``versions/<sha>.tflite``; False when it is already there."""
-        return self.put_verified(local, self.model_file(sha), sha)
+        return self.put_verified(local, self.model_file(sha), sha, sync_dir)
 
     def install_staged(self, staged: str, sha: str) -> None:
         """Move a verified, fsynced file from ``staged`` (same file system) into ``versions/``."""

@@ -207,9 +207,10 @@ def _push(device: _Device, job: _PushJob, clock: _Clock) -> PushResult:
     result.cleaned = device.dir.clean_partials()
     _check_space(device, job)
     clock.lap("checks")
-    result.uploaded = device.dir.add_version(job.model, sha)
-    if job.golden is not None:
-        device.dir.write_durable(ModelDir.golden_file(sha), job.golden)
+    golden = job.golden
+    result.uploaded = device.dir.add_version(job.model, sha, sync_dir=golden is None)
+    if golden is not None:  # versions/ is fsynced once, after both renames
+        device.dir.write_durable(ModelDir.golden_file(sha), golden)
     clock.lap("upload")
     if job.golden is not None:
         result.smoke = _smoke_test(device, sha)
@@ -218,7 +219,7 @@ def _push(device: _Device, job: _PushJob, clock: _Clock) -> PushResult:
         sha, f"push {job.model.name}", bytes=job.model.stat().st_size, signature=job.signature
     )
     manifest = add_record(dict(manifest, name=job.name), record)
-    device.dir.save_manifest(manifest)
+    device.dir.save_manifest(manifest, sync_dir=False)  # switch_to fsyncs the same folder
     device.dir.switch_to(sha)
     result.switched = True
     clock.lap("switch")
@@ -301,9 +302,13 @@ def _smoke_test(device: _Device, sha: str) -> dict:
 
 def _device_script(device: _Device) -> str:
     """Put the device script's files in ``.tools/`` (unless there already); its remote path."""
-    device.files.makedirs(TOOLS)
-    for name, local in DEVICE_FILES.items():
-        device.dir.put_verified(local, f"{TOOLS}/{name}", sha256_file(local))
+    wanted = {f"{TOOLS}/{name}": local for name, local in DEVICE_FILES.items()}
+    present = device.files.sha256_many(list(wanted))  # one command for all of them
+    for rel, local in wanted.items():
+        sha = sha256_file(local)
+        if present.get(rel) != sha:
+            device.files.makedirs(TOOLS)
+            device.dir.put_verified(local, rel, sha)
     return device.files.abs(f"{TOOLS}/{DEVICE_SCRIPT.name}")
 
 
@@ -325,7 +330,7 @@ def _rollback(device: _Device, name: str | None) -> PushResult:
         **make_record(previous, f"rollback from {current}", event="rollback"),
     )
     manifest = add_record(manifest, record)
-    device.dir.save_manifest(manifest)
+    device.dir.save_manifest(manifest, sync_dir=False)  # switch_to fsyncs the same folder
     device.dir.switch_to(previous)
     return PushResult(device.label, device.files.root, previous, current, switched=True)
 

@@ -46,7 +46,8 @@ class SftpFiles:
         return f"{self.target.label}{self.abs(rel)}"
 
     def makedirs(self, rel: str) -> None:
-        self._call(self.sftp.makedirs(self.abs(rel), exist_ok=True))
+        if not self._call(self.sftp.isdir(self.abs(rel))):  # one round trip when it exists
+            self._call(self.sftp.makedirs(self.abs(rel), exist_ok=True))
 
     def listdir(self, rel: str) -> list[str]:
         try:
@@ -104,8 +105,12 @@ class SftpFiles:
             _reraise_if_disconnected(exc)
 
     def sha256(self, rel: str) -> str | None:
-        path = self.abs(rel)
-        return self._call(ssh.remote_sha256(self.conn, [path], self.target)).get(path)
+        return self.sha256_many([rel]).get(rel)
+
+    def sha256_many(self, rels: list[str]) -> dict[str, str]:
+        """``{rel: sha256}`` of several files with one command on the device (missing: absent)."""
+        found = self._call(ssh.remote_sha256(self.conn, [self.abs(r) for r in rels], self.target))
+        return {rel: found[self.abs(rel)] for rel in rels if self.abs(rel) in found}
 
     def fsync_dir(self, *rels: str) -> None:
         """``sync DIR`` on the device opens and fsyncs each directory."""
