@@ -26,6 +26,7 @@ import shlex
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
@@ -86,7 +87,7 @@ def parse_target(url: str, **overrides) -> SshTarget:
 
 
 def _query(query: str, url: str) -> dict:
-    values = {k: v[-1] for k, v in parse_qs(query).items()}
+    values: dict[str, str | float] = {k: v[-1] for k, v in parse_qs(query).items()}
     unknown = sorted(set(values) - set(_QUERY_KEYS))
     if unknown:
         raise UsageError(
@@ -125,7 +126,8 @@ class connect:
     against known_hosts; every failure to connect becomes a TargetError."""
 
     def __init__(self, target: SshTarget) -> None:
-        self.target, self.conn = target, None
+        self.target = target
+        self.conn: Any = None
 
     async def __aenter__(self):
         import asyncssh
@@ -134,13 +136,14 @@ class connect:
         return self.conn
 
     async def __aexit__(self, *exc) -> None:
-        self.conn.close()
-        await self.conn.wait_closed()
+        if self.conn is not None:
+            self.conn.close()
+            await self.conn.wait_closed()
 
 
 async def _open(asyncssh, target: SshTarget):
     known_hosts = _require_known_hosts(target)
-    options = {
+    options: dict[str, Any] = {
         "port": target.port,
         "username": target.user,
         "known_hosts": str(known_hosts),
