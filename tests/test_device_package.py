@@ -161,3 +161,38 @@ def test_host_wheel_lists_every_package():
     }
     assert listed == found | {"tfedge_device"}
     assert "tfedge_device = device/tfedge_device" in cfg["options"]["package_dir"]
+
+
+def test_model_directory_protocol_over_local_files(tmp_path):
+    """The protocol push and the agent share, over the local backend: hash-checked copies,
+    an atomic switch, pruning, leftovers, a damaged manifest, and umask-honouring modes."""
+    from tfedge_device.modeldir import ModelDir, ModelDirError, add_record, make_record
+
+    models = {}
+    for i in range(3):
+        models[i] = tmp_path / f"m{i}.tflite"
+        models[i].write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes([i]) * 64)
+    d = ModelDir(tmp_path / "kws").ensure()
+    manifest = d.manifest("kws")
+    for i, path in models.items():
+        sha = sha256_file(path)
+        assert d.add_version(path, sha) and not d.add_version(path, sha)  # second: already there
+        manifest = add_record(manifest, make_record(sha, f"test {i}"))
+        d.save_manifest(manifest)
+        d.switch_to(sha)
+        assert d.current_sha() == sha
+    assert (tmp_path / "kws" / "current").resolve().read_bytes() == models[2].read_bytes()
+    assert d.prune(manifest, keep=2) == [f"{sha256_file(models[0])}.tflite"]
+    with pytest.raises(ModelDirError, match="sha256 mismatch"):
+        d.put_verified(models[0], "versions/x.tflite", "0" * 64)
+    (tmp_path / "kws" / "versions" / ".left.part").write_bytes(b"")
+    assert d.leftovers() == [".left.part"] and d.clean_partials() == [".left.part"]
+    with pytest.raises(FileNotFoundError):
+        d.switch_to("f" * 64)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "kws" / "manifest.json").stat().st_mode) == 0o666 & ~umask
+    (tmp_path / "kws" / "manifest.json").write_text("{not json")
+    assert d.manifest("kws")["history"] == []  # the agent carries on with a new history
+    with pytest.raises(ModelDirError, match="not valid JSON"):
+        d.manifest("kws", strict=True)  # push refuses to overwrite it

@@ -14,7 +14,7 @@ Modules, in the order a model meets them on a device:
 * :mod:`tfedge_device.smoke`, :mod:`tfedge_device.journal`, :mod:`tfedge_device.config`,
   :mod:`tfedge_device.agent`: the update agent (``tfedge-agent``).
 
-This ``__init__`` imports nothing: the benchmark script must start fast on a bare board.
+This ``__init__`` imports only ``re``: the host imports it to find the script's files.
 
 Example:
     >>> target_path("kws"), target_path("kws", group="canary")

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -207,7 +208,8 @@ def write_durable(files: FileOps, rel: str, data: bytes, sync_dir: bool = True) 
         files.write_bytes(tmp, data)
         files.rename(tmp, rel)
     except BaseException:
-        files.remove(tmp)
+        with contextlib.suppress(Exception):  # best effort: a later clean_partials removes it
+            files.remove(tmp)
         raise
     if sync_dir:
         files.fsync_dir(posixpath.dirname(rel))
