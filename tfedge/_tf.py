@@ -28,6 +28,25 @@ def prepare_environment(legacy_keras: bool = True) -> None:
         os.environ.setdefault("GLOG_minloglevel", "3")
 
 
+@contextlib.contextmanager
+def keep_keras_selection():
+    """Keras 3 work in the caller's own process: leave its choice of Keras as it was.
+
+    ``tf.keras`` picks Keras 2 or 3 from ``TF_USE_LEGACY_KERAS`` when first touched, so code
+    running in a user's process (``optimize`` loading a Keras 3 model there) must not set it.
+    Inside the block an unset variable reads ``0`` (``import_tf`` then leaves it alone);
+    afterwards it is unset again.
+    """
+    saved = os.environ.get("TF_USE_LEGACY_KERAS")
+    if saved is None:
+        os.environ["TF_USE_LEGACY_KERAS"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+
+
 def import_tf():
     """Return the ``tensorflow`` module, imported with Keras 2 selected and logs quieted."""
     prepare_environment()

@@ -76,6 +76,7 @@ def convert(
     allow_float_ops: bool = False,
     profile=None,
     progress: bool = False,
+    in_process: bool = False,
 ) -> ConvertResult:
     """Convert ``model`` to TFLite at ``output`` and verify it.
 
@@ -92,6 +93,9 @@ def convert(
         allow_float_ops: keep a model that still computes some ops in float.
         profile: a device profile name, path or DeviceProfile to check the result against.
         progress: show a calibration progress bar on stderr.
+        in_process: run the converter in this process instead of a child. Only for a process
+            that is itself a disposable child (the optimize worker): in-memory models then
+            convert directly, without a SavedModel export.
 
     Returns:
         ConvertResult.
@@ -108,9 +112,12 @@ def convert(
         tempfile.TemporaryDirectory(prefix="tfedge-convert-") as work,
         atomic_path(output) as tmp_out,
     ):
-        source, keras = _model_source(model, Path(work))
-        job = _job(source, tmp_out, quant, io, samples, Path(work), progress)
-        _run_worker(job, Path(work))
+        if in_process:
+            keras = _convert_here(model, tmp_out, quant, io, samples)
+        else:
+            source, keras = _model_source(model, Path(work))
+            job = _job(source, tmp_out, quant, io, samples, Path(work), progress)
+            _run_worker(job, Path(work))
         report = read_tflite(tmp_out)
         float_ops = verify_converted(report, quant, io, allow_float_ops, device_profile)
     return ConvertResult(
@@ -188,6 +195,31 @@ def _model_source(model, work: Path) -> tuple[str, str]:
     return str(path), "2"
 
 
+def _convert_here(model, out: Path, quant: str, io: str, samples) -> str:
+    """Convert here (see ``convert(in_process=True)``); returns the model's Keras major version."""
+    from tfedge.convert.worker import convert_model, converter_error
+
+    keras = ""
+    if isinstance(model, (str, os.PathLike)):
+        fmt = detect_format(model)
+        if fmt.kind != "savedmodel":
+            from tfedge.io.models import load_keras_model
+
+            model = load_keras_model(fmt)
+        keras = fmt.keras
+    else:
+        keras = "3" if type(model).__module__.split(".")[0] == "keras" else "2"
+    try:
+        flatbuffer, _ = convert_model(model, quant, io, samples)
+    except errors.TfedgeError:
+        raise
+    except Exception as exc:  # the converter's own errors: keep the useful line
+        err = converter_error(exc)
+        raise ConversionError(err["message"], err["hint"]) from None
+    out.write_bytes(flatbuffer)
+    return keras
+
+
 def _job(source: str, out: Path, quant: str, io: str, samples, work: Path, progress: bool) -> dict:
     calib_path = None
     if samples is not None:
@@ -237,7 +269,8 @@ def _raise_worker_error(returncode: int, result_path: Path, log_path: Path) -> N
         name = signal.Signals(-returncode).name
         raise ConversionError(
             f"the TFLite converter crashed ({name})",
-            "this model's layers are not supported by the converter; try --quant none, or run with --debug for its log",
+            "this model's layers are not supported by the converter; try --quant none, "
+            "or run with --debug for its log",
         )
     tail = (
         log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
@@ -255,7 +288,8 @@ def _check_full_integer(quant: str, float_ops: list[FloatOp], allow_float_ops: b
     more = f" and {len(float_ops) - 8} more" if len(float_ops) > 8 else ""
     raise VerificationError(
         f"the converted model still computes {len(float_ops)} op(s) in float: {listed}{more}",
-        "replace those layers with ones that have integer kernels, or pass --allow-float-ops to keep them",
+        "replace those layers with ones that have integer kernels, "
+        "or pass --allow-float-ops to keep them",
         float_ops=float_ops,
     )
 

@@ -12,6 +12,7 @@ differ from the Keras model's.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -45,7 +46,7 @@ def main(job_path: str) -> int:
         return 1
     except Exception as exc:  # the converter's own errors: keep the useful line
         traceback.print_exc()
-        _write_result(job, {"error": _converter_error(exc)})
+        _write_result(job, {"error": converter_error(exc)})
         return 1
     _write_result(job, {"ok": True, **data})
     return 0
@@ -56,39 +57,45 @@ def run(job: dict) -> dict:
 
     fmt = detect_format(job["model"])
     prepare_environment(legacy_keras=not fmt.is_keras3)
-    from tfedge._tf import import_tf
-
-    tf = import_tf()
-    if fmt.kind == "savedmodel":
-        make = lambda: tf.lite.TFLiteConverter.from_saved_model(fmt.path)  # noqa: E731
-        loaded = tf.saved_model.load(fmt.path)
-        inputs = _saved_model_inputs(loaded, fmt.path)
-        qat = _has_fake_quant(loaded)
-    else:
-        model = load_keras_model(fmt)
-        make = lambda: tf.lite.TFLiteConverter.from_keras_model(model)  # noqa: E731
-        inputs = keras_input_specs(model)
-        qat = any(type(layer).__name__ in QAT_LAYERS for layer in model.layers)
-    calib = _calibration(job["calib"], inputs) if job["calib"] else None
-    flatbuffer = _convert_qat_ranges(tf, make(), job) if qat and job["quant"] == "int8" else None
-    qat_ranges = flatbuffer is not None
-    if flatbuffer is None:
-        converter = make()
-        _configure(
-            tf,
-            converter,
-            job["quant"],
-            job["io"],
-            calib,
-            job.get("progress"),
-            job.get("progress_fd"),
-        )
-        flatbuffer = converter.convert()
+    model = fmt.path if fmt.kind == "savedmodel" else load_keras_model(fmt)
+    calib = _load_samples(job["calib"]) if job["calib"] else None
+    flatbuffer, qat_ranges = convert_model(
+        model, job["quant"], job["io"], calib, job.get("progress"), job.get("progress_fd")
+    )
     Path(job["output"]).write_bytes(flatbuffer)
     return {"keras": fmt.keras, "bytes": len(flatbuffer), "qat_ranges": qat_ranges}
 
 
-def _convert_qat_ranges(tf, converter, job: dict) -> bytes | None:
+def convert_model(
+    model, quant: str, io: str, samples=None, progress: bool = False, progress_fd=None
+) -> tuple[bytes, bool]:
+    """Convert in this process: a loaded Keras model, or a SavedModel directory given by path.
+
+    ``samples`` are the calibration inputs (an array, or a dict keyed by input name). Returns
+    the flatbuffer and whether a QAT model converted from its learned ranges. The caller is a
+    disposable child (this worker, or the optimize worker): a converter crash ends only it.
+    """
+    from tfedge._tf import import_tf
+
+    tf = import_tf()
+    if isinstance(model, (str, os.PathLike)):
+        path = str(model)
+        make = lambda: tf.lite.TFLiteConverter.from_saved_model(path)  # noqa: E731
+        inputs, qat = _inspect_saved_model(path)
+    else:
+        make = lambda: tf.lite.TFLiteConverter.from_keras_model(model)  # noqa: E731
+        inputs = keras_input_specs(model)
+        qat = any(type(layer).__name__ in QAT_LAYERS for layer in model.layers)
+    calib = _calibration(samples, inputs) if samples is not None else None
+    flatbuffer = _convert_qat_ranges(tf, make(), io) if qat and quant == "int8" else None
+    if flatbuffer is not None:
+        return flatbuffer, True
+    converter = make()
+    _configure(tf, converter, quant, io, calib, progress, progress_fd)
+    return converter.convert(), False
+
+
+def _convert_qat_ranges(tf, converter, io: str) -> bytes | None:
     """Convert a quantization-aware model with the ranges it learned, without calibration.
 
     With a representative dataset the converter also calibrates a QAT model (post-training
@@ -104,9 +111,9 @@ def _convert_qat_ranges(tf, converter, job: dict) -> bytes | None:
     # tfmot's recipe: no representative dataset, no TFLITE_BUILTINS_INT8 target (the converter
     # asks for calibration data when that target is set); the fake-quant ops give every range.
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if job["io"] != "float32":
-        converter.inference_input_type = getattr(tf, TF_TYPES[job["io"]])
-        converter.inference_output_type = getattr(tf, TF_TYPES[job["io"]])
+    if io != "float32":
+        converter.inference_input_type = getattr(tf, TF_TYPES[io])
+        converter.inference_output_type = getattr(tf, TF_TYPES[io])
     try:
         flatbuffer = converter.convert()
     except Exception:  # noqa: BLE001  (the calibrated conversion below reports the converter's error)
@@ -116,11 +123,15 @@ def _convert_qat_ranges(tf, converter, job: dict) -> bytes | None:
     return flatbuffer
 
 
-def _calibration(path: str, inputs: list[InputSpec]) -> dict[str, np.ndarray]:
-    """The calibration samples per input name, checked against the inputs and cast to their dtypes."""
+def _load_samples(path: str):
+    """The calibration samples the parent saved: one array (x) or one array per input name."""
     with np.load(path, allow_pickle=False) as f:
         loaded = {name: f[name] for name in f.files}
-    x = loaded["x"] if list(loaded) == ["x"] else loaded  # one array (x) or one per input name
+    return loaded["x"] if list(loaded) == ["x"] else loaded
+
+
+def _calibration(x, inputs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """The calibration samples per input name, checked against the inputs, cast to their dtypes."""
     arrays = arrange_inputs(x, inputs, "calibration data")
     return {spec.name: array.astype(spec.dtype) for spec, array in zip(inputs, arrays)}
 
@@ -150,7 +161,7 @@ def _configure(tf, converter, quant: str, io: str, calib, progress: bool, progre
 
 
 def _representative(samples: dict[str, np.ndarray], progress: bool, progress_fd):
-    """One sample at a time: a list for a single input, a dict by signature input name for several."""
+    """One sample at a time: a list for one input, a dict by signature input name for several."""
     count = len(next(iter(samples.values())))
 
     def generate():
@@ -168,29 +179,39 @@ def _maybe_progress(samples, progress: bool, progress_fd):
     yield from progress_iter(samples, "Calibrating", stream is not None, file=stream)
 
 
-def _has_fake_quant(loaded) -> bool:
-    """The SavedModel's serving graph holds training-time quantization (QAT) ops."""
-    sig = loaded.signatures.get("serving_default")
-    if sig is None:
-        return False
-    graph = sig.graph.as_graph_def()
-    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-    return any(n.op in FAKE_QUANT_OPS for n in nodes)
+def _inspect_saved_model(path: str) -> tuple[list[InputSpec], bool]:
+    """The serving inputs of a SavedModel, and whether it holds training-time quantization (QAT).
 
+    Read from ``saved_model.pb`` alone: loading the SavedModel would restore its variables and
+    rebuild its functions only to look at them.
+    """
+    from tensorflow.python.saved_model import loader_impl
 
-def _saved_model_inputs(loaded, path: str) -> list[InputSpec]:
-    sig = loaded.signatures.get("serving_default")
+    meta = loader_impl.parse_saved_model(path).meta_graphs[0]
+    sig = meta.signature_def.get("serving_default")
     if sig is None:
         raise ConversionError(
             f"{path} has no serving_default signature", "export the model with a serving signature"
         )
-    return [
-        InputSpec(name, tuple(spec.shape), spec.dtype.name)
-        for name, spec in sig.structured_input_signature[1].items()
-    ]
+    graph = meta.graph_def
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    return [_input_spec(name, info) for name, info in sorted(sig.inputs.items())], bool(
+        ops & FAKE_QUANT_OPS
+    )
 
 
-def _converter_error(exc: Exception) -> dict:
+def _input_spec(name: str, info) -> InputSpec:
+    from tfedge._tf import import_tf
+
+    shape = (
+        ()
+        if info.tensor_shape.unknown_rank
+        else tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+    )
+    return InputSpec(name, shape, import_tf().dtypes.as_dtype(info.dtype).name)
+
+
+def converter_error(exc: Exception) -> dict:
     """The converter's useful line (it prints whole MLIR dumps), as a ConversionError payload."""
     text = str(exc)
     lines = [ln.split("error: ", 1)[1].strip() for ln in text.splitlines() if "error: " in ln]
@@ -200,8 +221,8 @@ def _converter_error(exc: Exception) -> dict:
     hint = "run with --debug to see the converter's log"
     if "TensorList" in text:
         hint = (
-            "recurrent layers (LSTM/GRU) convert only with a fixed batch size or unroll=True: rebuild the "
-            "model with Input(batch_size=1) or the layer with unroll=True"
+            "recurrent layers (LSTM/GRU) convert only with a fixed batch size or unroll=True: "
+            "rebuild the model with Input(batch_size=1) or the layer with unroll=True"
         )
     return {
         "type": "ConversionError",

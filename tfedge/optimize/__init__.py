@@ -1,4 +1,4 @@
-"""``optimize``: a recipe (YAML, validated on load) of passes run in order, then a verified conversion.
+"""``optimize``: a YAML recipe of passes run in order, then a verified conversion.
 
 Example:
     >>> from tfedge.optimize import optimize

@@ -14,8 +14,8 @@ renamed into place at the end, so a NaN loss, a failed accuracy guard or Ctrl-C 
 OUTDIR as it was.
 
 Example:
-    >>> result = optimize("models/digits/model.keras", "prune-cluster-qat", "models/digits/train.npz",
-    ...                   "models/digits/test.npz", "out/digits")
+    >>> result = optimize("models/digits/model.keras", "prune-cluster-qat",
+    ...                   "models/digits/train.npz", "models/digits/test.npz", "out/digits")
     >>> result.final.gzip_bytes < result.stage("float32").tflite_bytes / 11
     True
 """
@@ -23,48 +23,23 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
-import lzma
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
-from tfedge.convert.tflite_model import read_tflite
 from tfedge.errors import DataError, OutputError, TrainingError
 from tfedge.fsutil import replace_dir, write_bytes_atomic
-from tfedge.io.data import Dataset, arrange_inputs, as_float32, keras_input_specs, load_data
+from tfedge.io.data import Dataset, load_data
 from tfedge.optimize.recipe import Recipe, load_recipe
+from tfedge.optimize.stages import Stage, json_default, weight_stats
+from tfedge.optimize.worker import OptimizeWorker, check_inputs
 
-WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D"}
-
-
-@dataclass
-class Stage:
-    """One row of the report: the model after a stage, as converted and as Keras saw it."""
-
-    name: str
-    accuracy: float | None
-    keras_accuracy: float | None
-    mse: float | None
-    params: int
-    nonzero_params: int
-    sparsity: float
-    unique_weights: int
-    tflite_bytes: int
-    gzip_bytes: int
-    xz_bytes: int
-    seconds: float
-    tflite: str
-    quant: str
-    layers: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+__all__ = ["OptimizeResult", "Stage", "markdown_report", "optimize", "weight_stats"]
 
 
 @dataclass
@@ -104,9 +79,11 @@ def optimize(
     """Compress ``model`` with ``recipe`` and write ``output``/model.tflite with its report.
 
     Args:
-        model: a Keras model file or an in-memory tf_keras model.
+        model: a Keras model file, or an in-memory tf_keras or Keras 3 model (saved to a
+            private folder for the worker; custom layers need a post-training-only recipe).
         recipe: a built-in recipe name, a recipe file, or a ``Recipe``.
-        data: training/calibration data (.npz with x, y; or one array per input, named after it, and y).
+        data: training/calibration data (.npz with x, y; or one array per input, named after
+            it, and y).
         eval_data: evaluation data (same layout).
         output: the output directory (created; replaced only when the run succeeds).
         profile: a device profile to check the final model against.
@@ -123,14 +100,13 @@ def optimize(
     recipe = load_recipe(recipe)
     out = check_outdir(output)
     train, evals = load_data(data), load_data(eval_data)
-    keras_model = _load_model(model, recipe)
-    ctx = _context(recipe, keras_model, train, evals, progress, log)
-    for p in recipe.passes:  # everything that can be checked is checked before training
-        p.check(keras_model, ctx)
-    with staging_dir(out) as work:
-        runner = _Runner(recipe, ctx, train, evals, work, profile)
-        last_model = runner.run(keras_model)
-        _write_outputs(work, recipe, runner.stages, last_model)
+    _check_labels(recipe, train)
+    say = log or (_stderr_log if progress else None)
+    with staging_dir(out) as work, OptimizeWorker(say, progress) as worker:
+        runner = _Runner(recipe, worker, work, say)
+        runner.load(model, train, evals, profile)
+        runner.run()
+        runner.finish()
         seconds = round(time.perf_counter() - started, 2)
         _write_reports(work, recipe, runner.stages, seconds)
     return OptimizeResult(
@@ -145,206 +121,109 @@ def optimize(
 
 
 class _Runner:
-    """Runs the stages of one recipe and keeps their measurements."""
+    """Drives the worker through the stages of one recipe and keeps their measurements.
 
-    def __init__(
-        self, recipe: Recipe, ctx, train: Dataset, evals: Dataset, work: Path, profile
-    ) -> None:
-        self.recipe, self.ctx, self.train, self.evals = recipe, ctx, train, evals
-        self.work, self.profile = work, profile
+    The worker does the TensorFlow work (see ``tfedge.optimize.worker``); this side names the
+    steps, applies the accuracy guard and keeps the rows.
+    """
+
+    def __init__(self, recipe: Recipe, worker: OptimizeWorker, work: Path, say) -> None:
+        self.recipe, self.worker, self.work = recipe, worker, work
+        self.say = say or (lambda message: None)
         self.stages: list[Stage] = []
-        (work / "stages").mkdir()
+        self.direct = None  # a Keras 3 model measured in this process (see _direct_input)
 
-    def run(self, model):
-        total = len(self.recipe.passes) + 2
-        self._step(1, total, "float32")
-        self.stages.append(self._measure("float32", model, model, "none", time.perf_counter()))
-        self._step(2, total, "int8 (post-training)")
-        self._add(
-            self._measure(
-                "int8",
-                model,
-                model,
-                self.recipe.convert.quant,
-                time.perf_counter(),
-                last=not self.recipe.passes,
-            )
+    def load(self, model, train: Dataset, evals: Dataset, profile) -> None:
+        source, facts = self._input(model, train, evals)
+        self.worker.call(
+            "load",
+            model=source,
+            recipe=self.recipe,
+            train=train,
+            evals=evals,
+            work=str(self.work),
+            profile=profile,
+            facts=facts,
         )
-        if any(p.pass_name == "qat" for p in self.recipe.passes):
-            from tfedge.passes.rebuild import fold_for_qat
 
-            # Before prune and cluster, so that the kernels they shape are the ones QAT trains
-            # and the converter writes (qat folds too, but then clustering would be undone).
-            model, folded = fold_for_qat(model)
-            if folded:
-                self.ctx.say(
-                    f"folded {len(folded)} BatchNormalization/ReLU layer(s) into the Dense before them"
-                )
-        plain = model
-        for i, p in enumerate(self.recipe.passes):
+    def run(self) -> None:
+        passes = self.recipe.passes
+        total = len(passes) + 2
+        self._step(1, total, "float32")
+        self.stages.append(self._call("measure_input", name="float32", quant="none", last=False))
+        self._step(2, total, "int8 (post-training)")
+        quant = self.recipe.convert.quant
+        self._add(self._call("measure_input", name="int8", quant=quant, last=not passes))
+        if any(p.pass_name == "qat" for p in passes):
+            self._call("fold")
+        for i, p in enumerate(passes):
             self._step(i + 3, total, p.pass_name)
-            started = time.perf_counter()
-            self.ctx.seed_all()
-            result = p.apply(model, self.ctx)
-            self.ctx.applied += (p.pass_name,)
-            plain = plain if result.quantize_wrapped else result.model
-            source = (
-                _qat_savedmodel(result.model, self.work)
-                if result.quantize_wrapped
-                else result.model
-            )
-            stage = self._measure(
-                p.pass_name,
-                source,
-                plain,
-                self.recipe.convert.quant,
-                started,
-                last=i == len(self.recipe.passes) - 1,
-                metrics=result.metrics,
-                keras=result.model,
-            )
-            self._add(stage)
-            model = result.model
-        return plain
+            self._add(self._call("apply", index=i, last=i == len(passes) - 1))
+
+    def finish(self) -> None:
+        self._call("finish", final_tflite=self.stages[-1].tflite, save_keras=self.direct is None)
+        if self.direct is not None:
+            self.direct.save(self.work / "model.keras")
+        (self.work / "recipe.yaml").write_text(self.recipe.text)
+
+    def _call(self, job: str, **args):
+        return self.worker.call(job, **args)
 
     def _step(self, i: int, total: int, name: str) -> None:
-        self.ctx.say(f"[{i}/{total}] {name}")
+        self.say(f"[{i}/{total}] {name}")
 
     def _add(self, stage: Stage) -> None:
         self.stages.append(stage)
         _guard(self.recipe, self.stages[0], stage)
 
-    def _measure(
-        self,
-        name: str,
-        model,
-        plain,
-        quant: str,
-        started: float,
-        last: bool = False,
-        metrics: dict | None = None,
-        keras=None,
-    ) -> Stage:
-        from tfedge.convert.converter import convert
+    def _input(self, model, train: Dataset, evals: Dataset) -> tuple[str, dict | None]:
+        """What the worker loads: a path, and for the direct Keras 3 path what was measured here.
 
-        index = len(self.stages)
-        path = self.work / "stages" / f"{index:02d}-{name}.tflite"
-        convert(
-            model,
-            path,
-            calib=self.train.x,
-            quant=quant,
-            io=None if quant == "none" else self.recipe.convert.io,
-            calib_samples=self.recipe.convert.calib_samples,
-            seed=self.recipe.seed,
-            profile=self.profile if last else None,
+        A model file goes as its path. An in-memory model is saved to a private folder first
+        (Keras 3 models by Keras 3, tf_keras ones by tf_keras). A post-training-only recipe on a
+        Keras 3 model is the direct Keras 3 -> TFLite path: the model is loaded and measured
+        here, where any custom layers it uses are registered, and exported as a SavedModel
+        for the worker to convert.
+        """
+        if not self.recipe.passes and _is_keras3(model):
+            return self._direct_input(model, train, evals)
+        if isinstance(model, (str, os.PathLike)):
+            return str(model), None
+        path = self.worker.input_dir / "model.keras"
+        model.save(path)
+        return str(path), None
+
+    def _direct_input(self, model, train: Dataset, evals: Dataset) -> tuple[str, dict]:
+        from tfedge._tf import keep_keras_selection
+        from tfedge.io.models import detect_format, load_keras_model
+        from tfedge.passes.base import PassContext
+
+        with keep_keras_selection():
+            if isinstance(model, (str, os.PathLike)):
+                model = load_keras_model(detect_format(model))
+            check_inputs(model, train, evals)
+            path = self.worker.input_dir / "savedmodel"
+            model.export(str(path), verbose=False)
+            ctx = PassContext(x=evals.x, y=evals.y, eval_x=evals.x, eval_y=evals.y)
+            facts = {"accuracy": ctx.accuracy(model), "params": int(model.count_params())}
+        self.direct = model
+        return str(path), facts
+
+
+def _is_keras3(model) -> bool:
+    if isinstance(model, (str, os.PathLike)):
+        from tfedge.io.models import detect_format
+
+        return detect_format(model).is_keras3
+    return type(model).__module__.split(".")[0] == "keras"
+
+
+def _check_labels(recipe: Recipe, train: Dataset) -> None:
+    if recipe.passes and train.y is None:
+        raise DataError(
+            f"{train.source} has no labels (y); the passes of recipe '{recipe.name}' train",
+            "save training data with np.savez(path, x=x, y=y)",
         )
-        return _stage(
-            name, path, keras or model, plain, self.ctx, self.evals, quant, started, metrics or {}
-        )
-
-
-def _qat_savedmodel(model, work: Path) -> str:
-    """Keep a quantize-wrapped model as OUTDIR/qat_savedmodel and convert from that path.
-
-    tf_keras cannot reload QAT models from .keras or .h5, so this SavedModel is the one
-    reloadable copy of the QAT graph; converting from it avoids saving the model twice.
-    """
-    path = work / "qat_savedmodel"
-    model.save(path, save_format="tf")
-    return str(path)
-
-
-def _stage(
-    name: str,
-    path: Path,
-    model,
-    plain,
-    ctx,
-    evals: Dataset,
-    quant: str,
-    started: float,
-    metrics: dict,
-) -> Stage:
-    from tfedge.analyze.evaluate import evaluate
-
-    raw = path.read_bytes()
-    scored = evaluate(path, evals)
-    stats = weight_stats(path)
-    return Stage(
-        name=name,
-        accuracy=scored.accuracy,
-        keras_accuracy=ctx.accuracy(model),
-        mse=scored.mse,
-        params=int(plain.count_params()),
-        nonzero_params=stats["nonzero"],
-        sparsity=stats["sparsity"],
-        unique_weights=stats["max_unique_per_channel"],
-        tflite_bytes=len(raw),
-        gzip_bytes=len(gzip.compress(raw, 9)),
-        xz_bytes=len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)),
-        seconds=round(time.perf_counter() - started, 2),
-        tflite=f"stages/{path.name}",
-        quant=quant,
-        layers=stats["layers"],
-        metrics=_jsonable(metrics),
-    )
-
-
-def weight_stats(path) -> dict:
-    """Zeros and distinct values in the weight kernels of a ``.tflite`` file, as users would check them.
-
-    ``sparsity`` is the share of zeros in all conv/fully-connected kernels; ``max_unique_per_channel``
-    the most distinct values any output channel of those kernels holds. ``nonzero`` counts
-    non-zero weights and biases. ``layers`` gives both per layer.
-    """
-    model = read_tflite(path)
-    layers, zeros, size, nonzero, unique = {}, 0, 0, 0, 0
-    for op in model.ops:
-        if op.name not in WEIGHT_OPS or len(op.inputs) < 2 or op.inputs[1].data is None:
-            continue
-        kernel = op.inputs[1]
-        values = np.asarray(kernel.data).reshape(kernel.shape)
-        per_channel = _unique_per_channel(values, _channel_axis(op.name, kernel))
-        layers[_layer_name(op)] = {
-            "sparsity": round(float(np.mean(values == 0)), 4),
-            "max_unique_per_channel": per_channel,
-            "weights": int(values.size),
-        }
-        zeros, size = zeros + int(np.sum(values == 0)), size + values.size
-        nonzero += int(np.count_nonzero(values)) + _bias_nonzero(op)
-        unique = max(unique, per_channel)
-    return {
-        "sparsity": round(zeros / size, 4) if size else 0.0,
-        "nonzero": nonzero,
-        "max_unique_per_channel": unique,
-        "layers": layers,
-    }
-
-
-def _layer_name(op) -> str:
-    """The Keras layer of a weighted op, from its kernel's tensor name (QAT's ``quant_`` prefix dropped)."""
-    from tfedge.convert.tflite_model import layer_from_tensor_name
-
-    name = layer_from_tensor_name(op.inputs[1].name) if "/" in op.inputs[1].name else op.layer
-    return name[len("quant_") :] if name.startswith("quant_") else name
-
-
-def _channel_axis(op_name: str, kernel) -> int:
-    if kernel.scale and len(kernel.scale) > 1:
-        return kernel.quantized_dimension
-    return 3 if op_name == "DEPTHWISE_CONV_2D" else 0
-
-
-def _unique_per_channel(values: np.ndarray, axis: int) -> int:
-    moved = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
-    return max(int(np.unique(row).size) for row in moved)
-
-
-def _bias_nonzero(op) -> int:
-    if len(op.inputs) > 2 and op.inputs[2].data is not None:
-        return int(np.count_nonzero(op.inputs[2].data))
-    return 0
 
 
 def _guard(recipe: Recipe, baseline: Stage, stage: Stage) -> None:
@@ -356,50 +235,12 @@ def _guard(recipe: Recipe, baseline: Stage, stage: Stage) -> None:
         raise TrainingError(
             f"stage '{stage.name}' lost {drop:.2f} points of accuracy ({baseline.accuracy:.4f} -> "
             f"{stage.accuracy:.4f}); the recipe allows {limit:g}",
-            "add fine-tuning epochs, make the stage gentler (lower sparsity, more clusters), or raise max_accuracy_drop",
+            "add fine-tuning epochs, make the stage gentler (lower sparsity, more clusters), "
+            "or raise max_accuracy_drop",
         )
 
 
 # ---- inputs -------------------------------------------------------------------------------
-
-
-def _load_model(model, recipe: Recipe):
-    """A tf_keras model for tfmot passes; a post-training-only recipe takes any Keras model as is.
-
-    The second case is the direct Keras 3 -> TFLite path: a Keras 3 model the bridge cannot
-    translate (e.g. one with a registered custom layer) still converts.
-    """
-    from tfedge.io.models import detect_format, load_keras_model, load_tf_keras_model
-
-    if recipe.passes:
-        return load_tf_keras_model(model)
-    if isinstance(model, (str, os.PathLike)):
-        return load_keras_model(detect_format(model))
-    return model
-
-
-def _context(recipe: Recipe, model, train: Dataset, evals: Dataset, progress: bool, log):
-    from tfedge.passes.base import PassContext
-
-    specs = keras_input_specs(model)
-    arrange_inputs(train.x, specs, f"training data {train.source}")
-    arrange_inputs(evals.x, specs, f"evaluation data {evals.source}")
-    if recipe.passes and train.y is None:
-        raise DataError(
-            f"{train.source} has no labels (y); the passes of recipe '{recipe.name}' train",
-            "save training data with np.savez(path, x=x, y=y)",
-        )
-    say = log or (_stderr_log if progress else None)
-    return PassContext(
-        x=as_float32(train.x),
-        y=train.y,
-        train=recipe.train,
-        seed=recipe.seed,
-        progress=progress,
-        log=say,
-        eval_x=evals.x,
-        eval_y=evals.y,
-    )
 
 
 def _stderr_log(message: str) -> None:
@@ -451,12 +292,6 @@ def staging_dir(out: Path):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _write_outputs(work: Path, recipe: Recipe, stages: list[Stage], model) -> None:
-    shutil.copyfile(work / stages[-1].tflite, work / "model.tflite")
-    model.save(work / "model.keras")
-    (work / "recipe.yaml").write_text(recipe.text)
-
-
 def _write_reports(work: Path, recipe: Recipe, stages: list[Stage], seconds: float) -> None:
     report = {
         "recipe": {
@@ -471,7 +306,7 @@ def _write_reports(work: Path, recipe: Recipe, stages: list[Stage], seconds: flo
         "stages": [asdict(s) for s in stages],
     }
     write_bytes_atomic(
-        work / "report.json", json.dumps(report, indent=2, default=_json_default).encode()
+        work / "report.json", json.dumps(report, indent=2, default=json_default).encode()
     )
     write_bytes_atomic(work / "report.md", markdown_report(recipe, stages).encode())
 
@@ -482,10 +317,11 @@ def markdown_report(recipe: Recipe, stages: list[Stage]) -> str:
     lines = [
         f"# tfedge optimize: recipe `{recipe.name}`",
         "",
-        f"Recipe sha256 `{recipe.sha256}` ({recipe.source}); passes: {' -> '.join(recipe.pass_names) or 'none'}.",
+        f"Recipe sha256 `{recipe.sha256}` ({recipe.source}); "
+        f"passes: {' -> '.join(recipe.pass_names) or 'none'}.",
         "",
-        "| stage | accuracy | params | non-zero | sparsity | unique/ch | tflite B | gzip B | xz B | "
-        "float32/gzip |",
+        "| stage | accuracy | params | non-zero | sparsity | unique/ch | tflite B | gzip B | "
+        "xz B | float32/gzip |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in stages:
@@ -496,15 +332,3 @@ def markdown_report(recipe: Recipe, stages: list[Stage]) -> str:
             f"{base / s.gzip_bytes:.1f}x |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=_json_default))
-
-
-def _json_default(obj):
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)

@@ -1,0 +1,361 @@
+"""The optimize worker: one long-lived child process per ``optimize`` run for its TensorFlow work.
+
+The caller's process validates the recipe, the data and the output directory, then starts
+this worker once and feeds it one job per stage (load, measure the input, apply a pass,
+finish). The worker imports TensorFlow with Keras 2 (``TF_USE_LEGACY_KERAS=1``, tf_keras,
+tfmot) once, keeps the current model in memory between jobs, converts each stage in its
+own process (no SavedModel export, no converter child), evaluates the ``.tflite`` files it
+just wrote, and answers with ``Stage`` rows. So the caller never imports tf_keras: a session
+that uses Keras 3 keeps ``tf.keras`` on Keras 3.
+
+Messages are length-prefixed pickles on two pipes (the worker's stdout and stderr go to a
+log file, so TensorFlow's chatter never mixes with them). A ``TfedgeError`` in the worker is
+raised again in the caller with its type, message and hint; if the worker dies (a converter
+crash, the OOM killer), the caller raises one error naming the signal and the job. The
+worker exits when the run ends, fails or is interrupted.
+
+Example (what ``tfedge.optimize.pipeline`` does):
+    >>> with OptimizeWorker(say=print) as worker:
+    ...     worker.call("load", model="model.keras", recipe=recipe, ...)
+    ...     stage = worker.call("measure_input", name="float32", quant="none", last=False)
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from tfedge import errors
+from tfedge.errors import TfedgeError
+
+HEADER = struct.Struct("!Q")
+
+
+# ---- the caller's side ---------------------------------------------------------------------
+
+
+class OptimizeWorker:
+    """The caller's handle on the worker process: ``call(job, **args)`` returns its answer."""
+
+    def __init__(self, say: Callable[[str], None] | None = None, progress: bool = False) -> None:
+        self.say = say or (lambda message: None)
+        self.tmp = Path(tempfile.mkdtemp(prefix="tfedge-optimize-"))
+        self.job = "start"
+        self.proc, self._send, self._recv = _spawn(self.tmp / "worker.log", progress)
+
+    def __enter__(self) -> OptimizeWorker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(kill=exc_type is not None)
+
+    def call(self, job: str, **args):
+        """Run ``job`` in the worker; its log lines go to ``say``; its errors are raised here."""
+        self.job = job
+        try:
+            _write(self._send, (job, args))
+        except (BrokenPipeError, OSError):
+            self._raise_died()
+        while True:
+            message = _read(self._recv)
+            if message is None:
+                self._raise_died()
+            kind, value = message
+            if kind == "log":
+                self.say(value)
+            elif kind == "ok":
+                return value
+            else:
+                raise _rebuild(kind, value)
+
+    @property
+    def input_dir(self) -> Path:
+        """A private folder for inputs the caller hands over by path (deleted at the end)."""
+        path = self.tmp / "input"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def close(self, kill: bool = False) -> None:
+        """End the worker: ask it to exit, or kill it (after an error or an interrupt)."""
+        try:
+            if not kill and self.proc.poll() is None:
+                _write(self._send, ("exit", {}))
+                self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._send.close()
+            self._recv.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _raise_died(self):
+        code = self.proc.wait()
+        why = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
+        tail = _last_line(self.tmp / "worker.log")
+        raise errors.ConversionError(
+            f"the optimize worker {why} during job '{self.job}'" + (f": {tail}" if tail else ""),
+            "a converter or TensorFlow crash; run with --debug to see the worker's log",
+        )
+
+
+def _spawn(log_path: Path, progress: bool):
+    to_worker, from_caller = os.pipe()
+    to_caller, from_worker = os.pipe()
+    progress_fd = os.dup(2) if progress else -1
+    debug = os.environ.get("TFEDGE_DEBUG") == "1"
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}  # the worker's environment, not ours
+    fds = (to_worker, from_worker) + ((progress_fd,) if progress_fd >= 0 else ())
+    args = [str(to_worker), str(from_worker), str(progress_fd)]
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tfedge.optimize.worker", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=None if debug else log,
+                stderr=None if debug else log,
+                pass_fds=fds,
+                env=env,
+            )
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return proc, os.fdopen(from_caller, "wb"), os.fdopen(to_caller, "rb")
+
+
+def _rebuild(kind: str, value: dict) -> Exception:
+    if kind == "error":  # a TfedgeError: same type, message, hint and fields
+        cls = getattr(errors, value["type"], TfedgeError)
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, value["message"])
+        exc.__dict__.update(value["fields"])
+        return exc
+    return RuntimeError(f"the optimize worker failed:\n{value}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def _write(stream, message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read(stream):
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    data = stream.read(HEADER.unpack(header)[0])
+    return pickle.loads(data)
+
+
+# ---- the worker's side ---------------------------------------------------------------------
+
+
+class Session:
+    """The worker's state for one run: the recipe, the data, the current model, the stages."""
+
+    def __init__(self, say: Callable[[str], None], progress: bool) -> None:
+        self.say, self.progress = say, progress
+        self.count = 0
+
+    def load(self, model, recipe, train, evals, work, profile, facts=None) -> None:
+        """Load the model, check every pass against it: all before any training."""
+        self.recipe, self.train, self.evals = recipe, train, evals
+        self.work, self.profile, self.facts = Path(work), profile, facts or {}
+        self.model = _load_model(model, recipe)
+        self.plain = self.model
+        self.ctx = _context(recipe, self.model, train, evals, self.progress, self.say)
+        for p in recipe.passes:
+            p.check(self.model, self.ctx)
+        (self.work / "stages").mkdir()
+
+    def measure_input(self, name: str, quant: str, last: bool):
+        """The input model converted with ``quant``: the float32 and int8 stages."""
+        started = time.perf_counter()
+        return self._measure(name, self.model, self.model, quant, started, last, {}, None)
+
+    def fold(self) -> None:
+        """Fold BatchNormalization/ReLU into the Dense before them, before any training pass."""
+        from tfedge.passes.rebuild import fold_for_qat
+
+        # Before prune and cluster, so that the kernels they shape are the ones QAT trains
+        # and the converter writes (qat folds too, but then clustering would be undone).
+        self.model, folded = fold_for_qat(self.model)
+        self.plain = self.model
+        if folded:
+            self.ctx.say(
+                f"folded {len(folded)} BatchNormalization/ReLU layer(s) into the Dense before them"
+            )
+
+    def apply(self, index: int, last: bool):
+        """Run pass ``index`` on the current model and measure the result."""
+        p = self.recipe.passes[index]
+        started = time.perf_counter()
+        self.ctx.seed_all()
+        result = p.apply(self.model, self.ctx)
+        self.ctx.applied += (p.pass_name,)
+        self.plain = self.plain if result.quantize_wrapped else result.model
+        source = _qat_savedmodel(result.model, self.work) if result.quantize_wrapped else None
+        stage = self._measure(
+            p.pass_name,
+            source or result.model,
+            self.plain,
+            self.recipe.convert.quant,
+            started,
+            last,
+            result.metrics,
+            result.model,
+        )
+        self.model = result.model
+        return stage
+
+    def finish(self, final_tflite: str, save_keras: bool) -> None:
+        """Write model.tflite (the last stage) and model.keras (the last plain Keras model)."""
+        shutil.copyfile(self.work / final_tflite, self.work / "model.tflite")
+        if save_keras:
+            self.plain.save(self.work / "model.keras")
+
+    def _measure(self, name, model, plain, quant, started, last, metrics, keras):
+        from tfedge.convert.converter import convert
+        from tfedge.optimize.stages import stage_row
+
+        path = self.work / "stages" / f"{self.count:02d}-{name}.tflite"
+        self.count += 1
+        convert(
+            model,
+            path,
+            calib=self.train.x,
+            quant=quant,
+            io=None if quant == "none" else self.recipe.convert.io,
+            calib_samples=self.recipe.convert.calib_samples,
+            seed=self.recipe.seed,
+            profile=self.profile if last else None,
+            in_process=True,
+        )
+        return stage_row(
+            name,
+            path,
+            keras if keras is not None else model,
+            plain,
+            self.ctx,
+            self.evals,
+            quant,
+            started,
+            metrics,
+            keras_accuracy=self.facts.get("accuracy") if keras is None else None,
+            params=self.facts.get("params"),
+        )
+
+
+def _qat_savedmodel(model, work: Path) -> str:
+    """Keep a quantize-wrapped model as OUTDIR/qat_savedmodel and convert from that path.
+
+    tf_keras cannot reload QAT models from .keras or .h5, so this SavedModel is the one
+    reloadable copy of the QAT graph; converting from it avoids saving the model twice.
+    It holds the model's config, weights and the serving signature the converter reads, but
+    not a trace of every layer (``save_traces=False``: a third of the time; tfedge's loader
+    reloads it in tfmot's scope).
+    """
+    path = work / "qat_savedmodel"
+    try:
+        from tf_keras.src.saving.legacy.saving_utils import trace_model_call
+    except ImportError:  # another tf_keras layout: the full save is slower, nothing else
+        model.save(path, save_format="tf")
+        return str(path)
+    serving = {"serving_default": trace_model_call(model)}
+    model.save(path, save_format="tf", save_traces=False, signatures=serving)
+    return str(path)
+
+
+def _load_model(model, recipe):
+    """A tf_keras model for tfmot passes; a post-training-only recipe loads any Keras file.
+
+    A SavedModel directory the caller exported (the direct Keras 3 path) stays a path: it is
+    converted as it is, and the caller measured the Keras model itself.
+    """
+    from tfedge.io.models import detect_format, load_keras_model, load_tf_keras_model
+
+    if recipe.passes:
+        return load_tf_keras_model(model)
+    fmt = detect_format(model)
+    return fmt.path if fmt.kind == "savedmodel" else load_keras_model(fmt)
+
+
+def check_inputs(model, train, evals) -> None:
+    """DataError unless the training and evaluation data fit the Keras model's inputs."""
+    from tfedge.io.data import arrange_inputs, keras_input_specs
+
+    specs = keras_input_specs(model)
+    arrange_inputs(train.x, specs, f"training data {train.source}")
+    arrange_inputs(evals.x, specs, f"evaluation data {evals.source}")
+
+
+def _context(recipe, model, train, evals, progress: bool, say):
+    from tfedge.io.data import as_float32
+    from tfedge.passes.base import PassContext
+
+    if not isinstance(model, str):  # a SavedModel path: the caller checked (direct Keras 3 path)
+        check_inputs(model, train, evals)
+    return PassContext(
+        x=as_float32(train.x),
+        y=train.y,
+        train=recipe.train,
+        seed=recipe.seed,
+        progress=progress,
+        log=say,
+        eval_x=evals.x,
+        eval_y=evals.y,
+    )
+
+
+def serve(reader, writer, progress: bool) -> int:
+    """Answer jobs until the caller says ``exit`` or goes away."""
+    from tfedge._tf import import_tf
+
+    import_tf()  # once, while the caller validates and sends the first job
+    session = Session(lambda message: _write(writer, ("log", message)), progress)
+    while True:
+        message = _read(reader)
+        if message is None or message[0] == "exit":
+            return 0
+        job, args = message
+        try:
+            value = getattr(session, job)(**args)
+        except TfedgeError as exc:
+            error = {"type": type(exc).__name__, "message": exc.message, "fields": vars(exc)}
+            _write(writer, ("error", error))
+        except Exception:  # a bug or an unexpected library error: the traceback goes back
+            _write(writer, ("bug", traceback.format_exc()))
+        else:
+            _write(writer, ("ok", value))
+
+
+def main(argv: list[str]) -> int:
+    read_fd, write_fd, progress_fd = (int(a) for a in argv[:3])
+    if progress_fd >= 0:  # epoch bars go to the caller's terminal; everything else to the log
+        sys.stderr = open(progress_fd, "w", buffering=1)  # noqa: SIM115
+    with os.fdopen(read_fd, "rb") as reader, os.fdopen(write_fd, "wb") as writer:
+        return serve(reader, writer, progress_fd >= 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
