@@ -196,3 +196,22 @@ def test_model_directory_protocol_over_local_files(tmp_path):
     assert d.manifest("kws")["history"] == []  # the agent carries on with a new history
     with pytest.raises(ModelDirError, match="not valid JSON"):
         d.manifest("kws", strict=True)  # push refuses to overwrite it
+
+
+def test_golden_files_are_made_in_a_child_process(ota_models, tmp_path):
+    """The host runs a user's model only in a child with a timeout: a model the runtime
+    refuses, bad data, or a timeout each become one typed error."""
+    import io
+
+    from tfedge.errors import BenchError, DataError
+
+    golden = np.load(io.BytesIO(golden_npz(ota_models["v1"], samples=3)))
+    assert golden["x"].shape == (3, 1, 8, 8, 1) and golden["y"].dtype == np.int8
+    with pytest.raises(BenchError, match="cannot be loaded"):
+        golden_npz(ota_models["broken"])
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not an npz")
+    with pytest.raises(DataError, match="cannot read data"):
+        golden_npz(ota_models["v1"], data=bad)
+    with pytest.raises(BenchError, match="took longer than"):
+        golden_npz(ota_models["v1"], timeout=0.001)

@@ -14,7 +14,8 @@ Modules, in the order a model meets them on a device:
 * :mod:`tfedge_device.smoke`, :mod:`tfedge_device.journal`, :mod:`tfedge_device.config`,
   :mod:`tfedge_device.agent`: the update agent (``tfedge-agent``).
 
-This ``__init__`` imports only ``re``: the host imports it to find the script's files.
+This ``__init__`` imports only the standard library: the host imports it to find the
+script's files.
 
 Example:
     >>> target_path("kws"), target_path("kws", group="canary")
@@ -23,7 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -43,3 +47,21 @@ def target_path(name: str, group: str | None = None) -> str:
 def valid_name(text: str) -> bool:
     """Whether ``text`` is a usable model or group name (letters, digits, '.', '_', '-')."""
     return bool(NAME_PATTERN.match(text or ""))
+
+
+def child_env() -> dict[str, str]:
+    """The environment for ``python -m tfedge_device.<module>`` in a child process: this one,
+    plus where this package is when it is not on the default path (e.g. a source checkout), so
+    the child imports the same code."""
+    package_parent = str(Path(__file__).resolve().parents[1])
+    if package_parent in map(_resolved, sys.path):
+        return dict(os.environ)
+    path = os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, PYTHONPATH=package_parent + (os.pathsep + path if path else ""))
+
+
+def _resolved(entry: str) -> str:
+    try:
+        return str(Path(entry or ".").resolve())
+    except OSError:
+        return entry

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from tfedge_device import target_path
+from tfedge_device import child_env, target_path
 from tfedge_device.config import AgentConfig, AgentError, ConfigError, parse_args, validate
 from tfedge_device.journal import PRE_SWITCH, ROLLING_BACK, Journal
 from tfedge_device.modeldir import (
@@ -599,7 +599,7 @@ def run_smoke(
         argv += ["--signature", str(sig_file)]
     try:
         proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=_child_env()
+            argv, capture_output=True, text=True, timeout=timeout, env=child_env()
         )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"the smoke test took longer than {timeout:.0f} s"}
@@ -621,23 +621,6 @@ def _verdict(proc: subprocess.CompletedProcess) -> dict:
         }
     report["ok"] = bool(report.get("ok")) and proc.returncode == 0
     return report
-
-
-def _child_env() -> dict:
-    """This environment; plus where this package is when it is not on the default path (a
-    source checkout), so the child imports the same code."""
-    package_parent = str(Path(__file__).resolve().parents[1])
-    if package_parent in map(_resolved, sys.path):
-        return dict(os.environ)
-    path = os.environ.get("PYTHONPATH", "")
-    return dict(os.environ, PYTHONPATH=package_parent + (os.pathsep + path if path else ""))
-
-
-def _resolved(entry: str) -> str:
-    try:
-        return str(Path(entry or ".").resolve())
-    except OSError:
-        return entry
 
 
 def _run_command(command: str, env: dict, timeout: float, what: str) -> str | None:
