@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from tfedge.errors import OtaError, UsageError
 from tfedge.fsutil import write_bytes_atomic
@@ -174,7 +175,8 @@ def promote(repo: str | Path, name: str, group: str) -> RepoResult:
         if staged is None:
             raise OtaError(
                 f"{name} was never published to group {group!r}",
-                f"publish first: tfedge ota publish REPO MODEL --name {name} --group {group} --version N",
+                f"publish first: tfedge ota publish REPO MODEL --name {name} --group {group} "
+                "--version N",
             )
         path = target_path(name)
         _check_version_increases(state, path, staged.custom["model_version"], False)
@@ -397,10 +399,10 @@ def _locked(repo: str | Path):
 @dataclass
 class _State:
     layout: RepoLayout
-    root: object
-    targets: object
-    snapshot: object
-    timestamp: object
+    root: Any  # tuf Metadata[Root]; each role's object is what its file holds
+    targets: Any
+    snapshot: Any
+    timestamp: Any
     signers: dict
     initial: bool = False  # version-1 metadata of a new repository: sign without bumping
 
@@ -408,7 +410,9 @@ class _State:
     def load(cls, layout: RepoLayout, with_signers: bool = False) -> "_State":
         from tuf.api.metadata import Metadata
 
-        read = lambda name: Metadata.from_file(str(layout.metadata / name))  # noqa: E731
+        def read(name: str) -> Any:
+            return Metadata.from_file(str(layout.metadata / name))
+
         try:
             root = read(f"{_latest_root(layout)}.root.json")
             timestamp = read("timestamp.json")
