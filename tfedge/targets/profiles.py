@@ -8,7 +8,9 @@ Example:
     >>> p = load_profile("rpi4")
     >>> p.cpu, p.default_threads, p.budgets.max_model_bytes
     ('cortex-a72', 4, 50000000)
-    >>> check_model_against_profile(p, 600_000, full_integer=True, float_ops=[], op_names={"CONV_2D"})
+    >>> check_model_against_profile(
+    ...     p, 600_000, full_integer=True, float_ops=[], op_names={"CONV_2D"}
+    ... )
 """
 
 from __future__ import annotations
@@ -282,7 +284,7 @@ def check_model_against_profile(
     Example:
         >>> check_model_against_profile(load_profile("rpi-zero-2w"), 9_000_000, True, [], set())
         Traceback (most recent call last):
-        tfedge.errors.ProfileError: model is 9,000,000 bytes, over rpi-zero-2w's budget of 8,000,000 bytes ...
+        tfedge.errors.ProfileError: model is 9,000,000 bytes, over rpi-zero-2w's budget of ...
     """
     _check_size(profile, size_bytes)
     _check_full_integer(profile, full_integer, float_ops)
@@ -304,8 +306,10 @@ def _check_full_integer(profile: DeviceProfile, full_integer: bool, float_ops: l
         shown = ", ".join(str(op) for op in list(float_ops)[:5])
         more = f" (first: {shown})" if shown else ""
         raise ProfileError(
-            f"{profile.name} requires a full-integer model, but {len(float_ops)} op(s) compute in float{more}",
-            "convert with full-integer quantization and a representative dataset (tfedge convert --calib ...)",
+            f"{profile.name} requires a full-integer model, but {len(float_ops)} op(s) compute "
+            f"in float{more}",
+            "convert with full-integer quantization and a representative dataset "
+            "(tfedge convert --calib ...)",
         )
 
 
@@ -313,8 +317,10 @@ def _check_ops(profile: DeviceProfile, op_names: set[str]) -> None:
     bad = sorted(op for op in op_names if _unsupported(profile, op))
     if bad:
         raise ProfileError(
-            f"{len(bad)} op(s) are not supported by {profile.name}'s runtime {profile.runtime}: {', '.join(bad)}",
-            "avoid SELECT_TF_OPS (Flex) and custom ops when converting; use TFLite builtin ops only",
+            f"{len(bad)} op(s) are not supported by {profile.name}'s runtime {profile.runtime}: "
+            f"{', '.join(bad)}",
+            "avoid SELECT_TF_OPS (Flex) and custom ops when converting; "
+            "use TFLite builtin ops only",
         )
 
 
