@@ -167,10 +167,10 @@ def _build(raw: Any, source: str) -> DeviceProfile:
     _check_keys(raw, source)
     _check_schema_version(raw["schema_version"], source)
     return DeviceProfile(
-        name=_string(raw, "name", source),
-        description=_string(raw, "description", source),
+        name=_required_string(raw, "name", source),
+        description=_required_string(raw, "description", source),
         arch=_choice(raw, "arch", ARCHES, source),
-        cpu=_string(raw, "cpu", source),
+        cpu=_required_string(raw, "cpu", source),
         cores=_positive(raw, "cores", source, optional=True),
         ram_mb=_positive(raw, "ram_mb", source, optional=True),
         storage=_string(raw, "storage", source, optional=True),
@@ -212,6 +212,12 @@ def _string(raw: dict, key: str, source: str, optional: bool = False) -> str | N
         return None
     if not isinstance(value, str) or not value.strip():
         raise ProfileError(f"profile {source}: {key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _required_string(raw: dict, key: str, source: str) -> str:
+    value = _string(raw, key, source)
+    assert value is not None  # _string raises for a missing required key
     return value
 
 
