@@ -60,7 +60,7 @@ def run(job: dict) -> dict:
     model = fmt.path if fmt.kind == "savedmodel" else load_keras_model(fmt)
     calib = _load_samples(job["calib"]) if job["calib"] else None
     flatbuffer, qat_ranges = convert_model(
-        model, job["quant"], job["io"], calib, job.get("progress"), job.get("progress_fd")
+        model, job["quant"], job["io"], calib, bool(job.get("progress")), job.get("progress_fd")
     )
     Path(job["output"]).write_bytes(flatbuffer)
     return {"keras": fmt.keras, "bytes": len(flatbuffer), "qat_ranges": qat_ranges}

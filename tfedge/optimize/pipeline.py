@@ -32,7 +32,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tfedge.errors import DataError, OutputError, TrainingError
+import numpy as np
+
+from tfedge.errors import DataError, ModelLoadError, OutputError, TrainingError
 from tfedge.fsutil import replace_dir, write_bytes_atomic
 from tfedge.io.data import Dataset, load_data
 from tfedge.optimize.recipe import Recipe, load_recipe
@@ -135,16 +137,21 @@ class _Runner:
 
     def load(self, model, train: Dataset, evals: Dataset, profile) -> None:
         source, facts = self._input(model, train, evals)
-        self.worker.call(
-            "load",
-            model=source,
-            recipe=self.recipe,
-            train=train,
-            evals=evals,
-            work=str(self.work),
-            profile=profile,
-            facts=facts,
-        )
+        try:
+            self.worker.call(
+                "load",
+                model=source,
+                recipe=self.recipe,
+                train=train,
+                evals=evals,
+                work=str(self.work),
+                profile=profile,
+                facts=facts,
+            )
+        except ModelLoadError:
+            if self.recipe.passes and _is_keras3(model):
+                _explain_keras3(model)
+            raise
 
     def run(self) -> None:
         passes = self.recipe.passes
@@ -196,6 +203,7 @@ class _Runner:
     def _direct_input(self, model, train: Dataset, evals: Dataset) -> tuple[str, dict]:
         from tfedge._tf import keep_keras_selection
         from tfedge.io.models import detect_format, load_keras_model
+        from tfedge.optimize.stages import keras_accuracy_of
         from tfedge.passes.base import PassContext
 
         with keep_keras_selection():
@@ -204,10 +212,31 @@ class _Runner:
             check_inputs(model, train, evals)
             path = self.worker.input_dir / "savedmodel"
             model.export(str(path), verbose=False)
-            ctx = PassContext(x=evals.x, y=evals.y, eval_x=evals.x, eval_y=evals.y)
-            facts = {"accuracy": ctx.accuracy(model), "params": int(model.count_params())}
+            labelled = train.y if train.y is not None else np.zeros(0)
+            ctx = PassContext(x=train.x, y=labelled, eval_x=evals.x, eval_y=evals.y)
+            facts = {"accuracy": keras_accuracy_of(model, ctx), "params": model.count_params()}
         self.direct = model
         return str(path), facts
+
+
+def _explain_keras3(model) -> None:
+    """The worker could not load a Keras 3 model: say which layers the bridge cannot translate.
+
+    Custom layers registered in the caller's process are unknown to the worker. Loaded here
+    (Keras 3, the caller's choice of Keras untouched), they get the bridge's own error, which
+    names them; a model that loads nowhere keeps the worker's error.
+    """
+    from tfedge._tf import keep_keras_selection
+    from tfedge.io.keras3_bridge import _check_translatable
+    from tfedge.io.models import detect_format, load_keras_model
+
+    with keep_keras_selection():
+        if isinstance(model, (str, os.PathLike)):
+            try:
+                model = load_keras_model(detect_format(model))
+            except ModelLoadError:
+                return
+        _check_translatable(model)
 
 
 def _is_keras3(model) -> bool:

@@ -51,7 +51,11 @@ class OptimizeWorker:
         self.say = say or (lambda message: None)
         self.tmp = Path(tempfile.mkdtemp(prefix="tfedge-optimize-"))
         self.job = "start"
-        self.proc, self._send, self._recv = _spawn(self.tmp / "worker.log", progress)
+        try:
+            self.proc, self._send, self._recv = _spawn(self.tmp / "worker.log", progress)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
 
     def __enter__(self) -> OptimizeWorker:
         return self

@@ -44,7 +44,8 @@ class Prune:
         target_sparsity: share of zeros to reach in each pruned kernel (ignored for 2:4: 0.5).
         schedule: ``polynomial`` (ramp up, then hold) or ``constant`` (prune at once).
         initial_sparsity: where the polynomial ramp starts.
-        ramp: share of the training steps the ramp takes; the rest fine-tunes with the final mask.
+        ramp: share of the training steps the ramp takes; the rest fine-tunes with the final mask
+            (1.0: the ramp spans every step, as in the tfmot guides).
         epochs: fine-tuning epochs.
         structure: ``unstructured`` or ``2:4`` (two zeros in every four input channels).
         block_size: ``[h, w]`` blocks pruned together (Dense kernels only).
@@ -114,11 +115,12 @@ class Prune:
         check_selection(self, model, sorted(chosen), "pruned")
         params = self._wrapper_params(tfmot, ctx.steps_per_epoch * self.epochs)
         base = clone_with_weights(model)
-        wrap = lambda layer: (
-            tfmot.sparsity.keras.prune_low_magnitude(layer, **params)
-            if layer.name in chosen
-            else layer
-        )  # noqa: E731
+
+        def wrap(layer):
+            if layer.name in chosen:
+                return tfmot.sparsity.keras.prune_low_magnitude(layer, **params)
+            return layer
+
         wrapped = _clone_wrapping(base, wrap)
         ctx.compile(wrapped)
         ctx.fit(wrapped, self.epochs, "prune", callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
@@ -136,7 +138,15 @@ class Prune:
         return 0.5 if self.structure == "2:4" else self.target_sparsity
 
     def schedule_steps(self, total_steps: int) -> tuple[int, int]:
-        """(end_step, frequency): the last mask update lands on end_step, inside the run."""
+        """(end_step, frequency): the last mask update lands on end_step, inside the run.
+
+        ``ramp: 1.0`` is the tfmot guides' schedule instead: ``end_step`` is the number of
+        training steps, the last update the last multiple of ``frequency`` before it (the
+        sparsity there is within a fraction of a percent of the target), no fine-tuning after.
+        """
+        if self.ramp >= 1:
+            end = max(1, total_steps)
+            return end, max(1, min(100, end // 8))
         end = max(1, int(total_steps * self.ramp) - 1)
         frequency = max(1, min(100, end // 8))
         return max(frequency, end - end % frequency), frequency
