@@ -65,10 +65,17 @@ class CompareResult:
         }
 
 
-def evaluate(model: str | Path, data, *, progress: bool = False) -> EvalResult:
-    """Run ``model`` on ``data`` (path or Dataset) and score it against the labels."""
+def evaluate(
+    model: str | Path, data, *, progress: bool = False, isolate: bool = True
+) -> EvalResult:
+    """Run ``model`` on ``data`` (path or Dataset) and score it against the labels.
+
+    A ``.tflite`` runs in a fresh child with a timeout (``tfedge.analyze.isolated``), so a
+    model that crashes or hangs the runtime is one error; ``isolate=False`` runs it here
+    (only for models tfedge has just written itself, e.g. in the optimize worker).
+    """
     ds = data if isinstance(data, Dataset) else load_data(data)
-    outputs = predict(model, ds.x, progress=progress)
+    outputs = predict(model, ds.x, progress=progress, isolate=isolate)
     return _score(str(model), ds, outputs)
 
 
@@ -92,7 +99,14 @@ def compare(
     return CompareResult(a, b, agreement, float(np.max(np.abs(out_a - out_b))))
 
 
-def predict(model, x: Inputs, *, progress: bool = False, threads: int | None = None) -> np.ndarray:
+def predict(
+    model,
+    x: Inputs,
+    *,
+    progress: bool = False,
+    threads: int | None = None,
+    isolate: bool = True,
+) -> np.ndarray:
     """Float outputs of ``model`` (a path or an in-memory Keras model) for inputs ``x``."""
     if not isinstance(model, (str, Path)):
         arrays = arrange_inputs(as_float32(x), keras_input_specs(model), "data")
@@ -101,14 +115,21 @@ def predict(model, x: Inputs, *, progress: bool = False, threads: int | None = N
         )
     fmt = detect_format(model)
     if fmt.kind == "tflite":
-        return predict_tflite(model, x, progress=progress, threads=threads)
+        from tfedge.analyze.isolated import predict_tflite_isolated
+
+        run = predict_tflite_isolated if isolate else predict_tflite
+        return run(model, x, progress=progress, threads=threads)
     return predict(load_keras_model(fmt), x, progress=progress)
 
 
 def predict_tflite(
     path, x: Inputs, *, progress: bool = False, threads: int | None = None
 ) -> np.ndarray:
-    """Run a ``.tflite`` model sample by sample, quantizing inputs and dequantizing outputs."""
+    """Run a ``.tflite`` model here, sample by sample, quantizing inputs and dequantizing outputs.
+
+    In this process: for tfedge's own models and for the isolated child; a user's file goes
+    through :func:`tfedge.analyze.isolated.predict_tflite_isolated`.
+    """
     from tfedge.analyze.runtime import load_interpreter
     from tfedge.convert.tflite_model import read_tflite
     from tfedge_device import interpreter as device

@@ -64,7 +64,7 @@ def stage_row(
     from tfedge.analyze.evaluate import evaluate
 
     raw = path.read_bytes()
-    scored = evaluate(path, evals)  # a model tfedge just wrote: run here, in the worker
+    scored = evaluate(path, evals, isolate=False)  # tfedge just wrote it: run it here
     stats = weight_stats(path)
     return Stage(
         name=name,
