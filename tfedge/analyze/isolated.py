@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,9 @@ def predict_tflite_isolated(
 
 def save_inputs(path: Path, x: Inputs) -> None:
     """Write ``x`` (one array, or one array per input name) to an ``.npz`` the child reads."""
-    arrays = {f"{_PREFIX}{k}": v for k, v in x.items()} if isinstance(x, dict) else {"x": x}
+    arrays: dict[str, Any] = (
+        {f"{_PREFIX}{k}": v for k, v in x.items()} if isinstance(x, dict) else {"x": x}
+    )
     np.savez(path, **arrays)
 
 
