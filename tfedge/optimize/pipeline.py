@@ -154,18 +154,20 @@ class _Runner:
             raise
 
     def run(self) -> None:
+        """Every stage, in order; each job answers with the rows measured so far (see worker)."""
         passes = self.recipe.passes
         total = len(passes) + 2
         self._step(1, total, "float32")
-        self.stages.append(self._call("measure_input", name="float32", quant="none", last=False))
+        self._take(self._call("measure_input", name="float32", quant="none", last=False))
         self._step(2, total, "int8 (post-training)")
         quant = self.recipe.convert.quant
-        self._add(self._call("measure_input", name="int8", quant=quant, last=not passes))
+        self._take(self._call("measure_input", name="int8", quant=quant, last=not passes))
         if any(p.pass_name == "qat" for p in passes):
-            self._call("fold")
+            self._take(self._call("fold"))
         for i, p in enumerate(passes):
             self._step(i + 3, total, p.pass_name)
-            self._add(self._call("apply", index=i, last=i == len(passes) - 1))
+            self._take(self._call("apply", index=i, last=i == len(passes) - 1))
+        self._take(self._call("collect"))
 
     def finish(self) -> None:
         self._call("finish", final_tflite=self.stages[-1].tflite, save_keras=self.direct is None)
@@ -179,9 +181,10 @@ class _Runner:
     def _step(self, i: int, total: int, name: str) -> None:
         self.say(f"[{i}/{total}] {name}")
 
-    def _add(self, stage: Stage) -> None:
-        self.stages.append(stage)
-        _guard(self.recipe, self.stages[0], stage)
+    def _take(self, rows: list[Stage]) -> None:
+        for stage in rows:
+            self.stages.append(stage)
+            _guard(self.recipe, self.stages[0], stage)
 
     def _input(self, model, train: Dataset, evals: Dataset) -> tuple[str, dict | None]:
         """What the worker loads: a path, and for the direct Keras 3 path what was measured here.

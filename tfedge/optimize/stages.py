@@ -46,39 +46,38 @@ class Stage:
 def stage_row(
     name: str,
     path: Path,
-    model,
-    plain,
-    ctx,
     evals: Dataset,
     quant: str,
-    started: float,
+    seconds: float,
     metrics: dict,
-    keras_accuracy: float | None = None,
-    params: int | None = None,
+    keras_accuracy: float | None,
+    params: int,
 ) -> Stage:
     """Measure the converted stage at ``path``: accuracy, sizes, weight statistics.
 
-    ``keras_accuracy`` and ``params`` are given when the Keras model lives in the caller's
-    process (the direct Keras 3 path), else measured on ``model`` and ``plain``.
+    ``keras_accuracy`` and ``params`` were measured on the Keras model (by the worker's main
+    thread, or for the direct Keras 3 path by the caller); ``seconds`` is the time the stage
+    took before this measurement, which adds its own.
     """
     from tfedge.analyze.evaluate import evaluate
 
+    started = time.perf_counter()
     raw = path.read_bytes()
     scored = evaluate(path, evals, isolate=False)  # tfedge just wrote it: run it here
     stats = weight_stats(path)
     return Stage(
         name=name,
         accuracy=scored.accuracy,
-        keras_accuracy=keras_accuracy_of(model, ctx) if keras_accuracy is None else keras_accuracy,
+        keras_accuracy=keras_accuracy,
         mse=scored.mse,
-        params=int(plain.count_params()) if params is None else params,
+        params=int(params),
         nonzero_params=stats["nonzero"],
         sparsity=stats["sparsity"],
         unique_weights=stats["max_unique_per_channel"],
         tflite_bytes=len(raw),
         gzip_bytes=len(gzip.compress(raw, 9)),
         xz_bytes=len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)),
-        seconds=round(time.perf_counter() - started, 2),
+        seconds=round(seconds + time.perf_counter() - started, 2),
         tflite=f"stages/{path.name}",
         quant=quant,
         layers=stats["layers"],

@@ -33,10 +33,12 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from tfedge import errors
 from tfedge.errors import TfedgeError
+from tfedge.optimize.stages import keras_accuracy_of
 
 HEADER = struct.Struct("!Q")
 
@@ -175,13 +177,23 @@ def _read(stream):
 
 
 class Session:
-    """The worker's state for one run: the recipe, the data, the current model, the stages."""
+    """The worker's state for one run: the recipe, the data, the current model, the stages.
+
+    A stage is measured in two halves. The main thread, which owns the Keras models, scores
+    the Keras model and saves it as a SavedModel (config, weights and serving signature: no
+    per-layer traces); a background thread converts that SavedModel, evaluates the ``.tflite``
+    and measures the file while the main thread trains the next pass. Jobs answer with the
+    rows measured so far, in stage order; ``collect`` waits for the rest.
+    """
 
     def __init__(self, say: Callable[[str], None], progress: bool) -> None:
         self.say, self.progress = say, progress
         self.count = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfedge-measure")
+        self.pending: list[Future] = []
+        self.input_source: str | None = None
 
-    def load(self, model, recipe, train, evals, work, profile, facts=None) -> None:
+    def load(self, model, recipe, train, evals, work, profile, facts=None) -> list:
         """Load the model, check every pass against it: all before any training."""
         self.recipe, self.train, self.evals = recipe, train, evals
         self.work, self.profile, self.facts = Path(work), profile, facts or {}
@@ -191,13 +203,24 @@ class Session:
         for p in recipe.passes:
             p.check(self.model, self.ctx)
         (self.work / "stages").mkdir()
+        return []
 
-    def measure_input(self, name: str, quant: str, last: bool):
+    def measure_input(self, name: str, quant: str, last: bool) -> list:
         """The input model converted with ``quant``: the float32 and int8 stages."""
         started = time.perf_counter()
-        return self._measure(name, self.model, self.model, quant, started, last, {}, None)
+        if isinstance(self.model, str):  # the caller's SavedModel export (direct Keras 3 path)
+            accuracy, params = self.facts.get("accuracy"), self.facts["params"]
+            self._submit(name, self.model, quant, started, last, {}, accuracy, params)
+            return self._done()
+        if self.input_source is None:
+            self.input_source = self._savedmodel(self.model, "input") or ""
+        accuracy = keras_accuracy_of(self.model, self.ctx)
+        source = self.input_source or self.model
+        params = self.model.count_params()
+        self._submit(name, source, quant, started, last, {}, accuracy, params)
+        return self._done()
 
-    def fold(self) -> None:
+    def fold(self) -> list:
         """Fold BatchNormalization/ReLU into the Dense before them, before any training pass."""
         from tfedge.passes.rebuild import fold_for_qat
 
@@ -209,43 +232,70 @@ class Session:
             self.ctx.say(
                 f"folded {len(folded)} BatchNormalization/ReLU layer(s) into the Dense before them"
             )
+        return self._done()
 
-    def apply(self, index: int, last: bool):
-        """Run pass ``index`` on the current model and measure the result."""
+    def apply(self, index: int, last: bool) -> list:
+        """Run pass ``index`` on the current model; its row comes back from a later job."""
         p = self.recipe.passes[index]
         started = time.perf_counter()
         self.ctx.seed_all()
         result = p.apply(self.model, self.ctx)
         self.ctx.applied += (p.pass_name,)
         self.plain = self.plain if result.quantize_wrapped else result.model
-        source = _qat_savedmodel(result.model, self.work) if result.quantize_wrapped else None
-        stage = self._measure(
-            p.pass_name,
-            source or result.model,
-            self.plain,
-            self.recipe.convert.quant,
-            started,
-            last,
-            result.metrics,
-            result.model,
-        )
+        accuracy = keras_accuracy_of(result.model, self.ctx)
+        if result.quantize_wrapped:
+            saved: str | None = _qat_savedmodel(result.model, self.work)
+        else:
+            saved = self._savedmodel(result.model, f"{index:02d}-{p.pass_name}")
+        quant, params = self.recipe.convert.quant, self.plain.count_params()
+        source = saved or result.model
+        self._submit(p.pass_name, source, quant, started, last, result.metrics, accuracy, params)
         self.model = result.model
-        return stage
+        return self._done()
+
+    def collect(self) -> list:
+        """Every row not yet answered, once measured."""
+        rows = [future.result() for future in self.pending]
+        self.pending = []
+        return rows
 
     def finish(self, final_tflite: str, save_keras: bool) -> None:
         """Write model.tflite (the last stage) and model.keras (the last plain Keras model)."""
+        self.collect()
+        shutil.rmtree(self.work / ".savedmodels", ignore_errors=True)
         shutil.copyfile(self.work / final_tflite, self.work / "model.tflite")
         if save_keras:
             self.plain.save(self.work / "model.keras")
 
-    def _measure(self, name, model, plain, quant, started, last, metrics, keras):
+    def _savedmodel(self, model, name: str) -> str | None:
+        """``model`` as a SavedModel the background thread converts, or None to convert it here."""
+        path = self.work / ".savedmodels" / name
+        try:
+            save_for_conversion(model, path)
+        except Exception:  # noqa: BLE001  (a layer without get_config: convert the model object)
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        return str(path)
+
+    def _submit(self, name, source, quant, started, last, metrics, accuracy, params) -> None:
+        path = self.work / "stages" / f"{self.count:02d}-{name}.tflite"
+        self.count += 1
+        job = (name, source, path, quant, last, metrics, accuracy, params)
+        seconds = time.perf_counter() - started
+        if isinstance(source, str):  # a SavedModel path: convert it beside the next training
+            self.pending.append(self.pool.submit(self._measure, *job, seconds))
+        else:  # an in-memory model is converted here, by the thread that owns it
+            done: Future = Future()
+            done.set_result(self._measure(*job, seconds))
+            self.pending.append(done)
+
+    def _measure(self, name, source, path, quant, last, metrics, accuracy, params, seconds):
         from tfedge.convert.converter import convert
         from tfedge.optimize.stages import stage_row
 
-        path = self.work / "stages" / f"{self.count:02d}-{name}.tflite"
-        self.count += 1
+        started = time.perf_counter()
         convert(
-            model,
+            source,
             path,
             calib=self.train.x,
             quant=quant,
@@ -255,19 +305,27 @@ class Session:
             profile=self.profile if last else None,
             in_process=True,
         )
-        return stage_row(
-            name,
-            path,
-            keras if keras is not None else model,
-            plain,
-            self.ctx,
-            self.evals,
-            quant,
-            started,
-            metrics,
-            keras_accuracy=self.facts.get("accuracy") if keras is None else None,
-            params=self.facts.get("params"),
-        )
+        seconds += time.perf_counter() - started
+        return stage_row(name, path, self.evals, quant, seconds, metrics, accuracy, params)
+
+    def _done(self) -> list:
+        """The rows measured so far, in stage order (a failed measurement raises here)."""
+        rows = []
+        while self.pending and self.pending[0].done():
+            rows.append(self.pending.pop(0).result())
+        return rows
+
+
+def save_for_conversion(model, path: Path) -> None:
+    """A SavedModel with the model's config, weights and serving signature, for the converter.
+
+    No per-layer traces (``save_traces=False``): about a third of the time of a full save.
+    Every layer must implement ``get_config`` (tfmot's wrappers and Keras' layers do).
+    """
+    from tf_keras.src.saving.legacy.saving_utils import trace_model_call
+
+    serving = {"serving_default": trace_model_call(model)}
+    model.save(path, save_format="tf", save_traces=False, signatures=serving)
 
 
 def _qat_savedmodel(model, work: Path) -> str:
@@ -275,18 +333,15 @@ def _qat_savedmodel(model, work: Path) -> str:
 
     tf_keras cannot reload QAT models from .keras or .h5, so this SavedModel is the one
     reloadable copy of the QAT graph; converting from it avoids saving the model twice.
-    It holds the model's config, weights and the serving signature the converter reads, but
-    not a trace of every layer (``save_traces=False``: a third of the time; tfedge's loader
-    reloads it in tfmot's scope).
+    It holds the config, the weights and the serving signature the converter reads (see
+    ``save_for_conversion``); tfedge's loader reloads it in tfmot's scope.
     """
     path = work / "qat_savedmodel"
     try:
-        from tf_keras.src.saving.legacy.saving_utils import trace_model_call
-    except ImportError:  # another tf_keras layout: the full save is slower, nothing else
+        save_for_conversion(model, path)
+    except Exception:  # noqa: BLE001  (a layer without get_config: the full save traces it)
+        shutil.rmtree(path, ignore_errors=True)
         model.save(path, save_format="tf")
-        return str(path)
-    serving = {"serving_default": trace_model_call(model)}
-    model.save(path, save_format="tf", save_traces=False, signatures=serving)
     return str(path)
 
 
