@@ -217,7 +217,7 @@ def markdown(s: dict, peer: list[dict], tfedge: list[dict]) -> str:
         f"| `tfedge optimize` (every stage reported) | {s['tfedge_s']:.1f} s | "
         f"{s['tfedge_gzip_bytes']:,} B | {100 * s['tfedge_accuracy']:.2f}% |",
         f"| **tfedge / peer** | **{s['time_ratio']:.2f}x** (goal <= 1.3) | "
-        f"**{s['gzip_ratio']:.3f}** (goal <= 1) | float model {100 * s['float_accuracy']:.2f}% |",
+        f"**{s['gzip_ratio']:.4f}** (goal <= 1) | float model {100 * s['float_accuracy']:.2f}% |",
         "",
         "| seed | peer s | tfedge s | peer gzip B | tfedge gzip B | peer acc | tfedge acc |",
         "|---:|---:|---:|---:|---:|---:|---:|",

@@ -3,10 +3,11 @@
 The caller's process validates the recipe, the data and the output directory, then starts
 this worker once and feeds it one job per stage (load, measure the input, apply a pass,
 finish). The worker imports TensorFlow with Keras 2 (``TF_USE_LEGACY_KERAS=1``, tf_keras,
-tfmot) once, keeps the current model in memory between jobs, converts each stage in its
-own process (no SavedModel export, no converter child), evaluates the ``.tflite`` files it
-just wrote, and answers with ``Stage`` rows. So the caller never imports tf_keras: a session
-that uses Keras 3 keeps ``tf.keras`` on Keras 3.
+tfmot) once, keeps the current model in memory between jobs, converts each stage in its own
+process (no converter child) on a background thread while the next pass trains (see
+``Session``), evaluates the ``.tflite`` files it just wrote, and answers with ``Stage`` rows.
+So the caller never imports tf_keras: a session that uses Keras 3 keeps ``tf.keras`` on
+Keras 3.
 
 Messages are length-prefixed pickles on two pipes (the worker's stdout and stderr go to a
 log file, so TensorFlow's chatter never mixes with them). A ``TfedgeError`` in the worker is
