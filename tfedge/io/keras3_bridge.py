@@ -97,14 +97,14 @@ def bridge_keras3_file(path: str):
 
 def bridge_keras3_model(model3):
     """Rebuild the in-memory Keras 3 ``model3`` in tf_keras, copy its weights and verify it."""
-    _check_translatable(model3)
+    check_translatable(model3)
     model2 = _build_tf_keras(model3)
     _copy_weights(model3, model2)
     verify_same_outputs(model3, model2)
     return model2
 
 
-def _check_translatable(model3) -> None:
+def check_translatable(model3) -> None:
     kind = type(model3).__name__
     if kind not in ("Sequential", "Functional"):
         raise ModelLoadError(

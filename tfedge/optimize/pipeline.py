@@ -230,7 +230,7 @@ def _explain_keras3(model) -> None:
     names them; a model that loads nowhere keeps the worker's error.
     """
     from tfedge._tf import keep_keras_selection
-    from tfedge.io.keras3_bridge import _check_translatable
+    from tfedge.io.keras3_bridge import check_translatable
     from tfedge.io.models import detect_format, load_keras_model
 
     with keep_keras_selection():
@@ -239,7 +239,7 @@ def _explain_keras3(model) -> None:
                 model = load_keras_model(detect_format(model))
             except ModelLoadError:
                 return
-        _check_translatable(model)
+        check_translatable(model)
 
 
 def _is_keras3(model) -> bool:
