@@ -238,7 +238,10 @@ class PassContext:
         guard.raise_if_nan()
 
     def accuracy(self, model) -> float | None:
-        """Accuracy of a Keras ``model`` on the evaluation data (None without labels or for regression)."""
+        """Accuracy of a Keras ``model`` on the evaluation data.
+
+        None without labels, or for regression.
+        """
         if self.eval_x is None or self.eval_y is None or not self.classification:
             return None
         out = np.asarray(
@@ -252,7 +255,7 @@ class PassContext:
 
     @staticmethod
     def inputs_for(model, x: Inputs):
-        """``x`` as ``model`` takes it: the array itself, or one array per input in the model's order.
+        """``x`` as ``model`` takes it: the array, or one array per input in the model's order.
 
         A model without symbolic inputs (a subclassed training wrapper such as distill's) gets
         the dict itself: the Functional models inside it take inputs by name.
@@ -280,7 +283,9 @@ class NanGuard:
     def make(stage: str):
         from tfedge._tf import import_keras
 
-        class _Guard(import_keras().callbacks.Callback):
+        callback: Any = import_keras().callbacks.Callback  # a base class only known at run time
+
+        class _Guard(callback):
             def __init__(self):
                 super().__init__()
                 self.bad_epoch = None
@@ -313,7 +318,9 @@ class EpochBar:
 
         from tfedge._tf import import_keras
 
-        class _Bar(import_keras().callbacks.Callback):
+        callback: Any = import_keras().callbacks.Callback  # a base class only known at run time
+
+        class _Bar(callback):
             def on_epoch_begin(self, epoch, logs=None):
                 self.bar = click.progressbar(
                     length=steps, label=f"  {stage} epoch {epoch + 1}", file=sys.stderr
@@ -344,7 +351,10 @@ def clone_with_weights(model):
 def select_layers(
     model, patterns: tuple[str, ...], types: tuple[str, ...], eligible: Callable
 ) -> list[str]:
-    """Names of the layers matching ``patterns``/``types`` (all when both are empty) that ``eligible`` accepts."""
+    """Names of the layers matching ``patterns``/``types`` that ``eligible`` accepts.
+
+    All layers match when both are empty.
+    """
     chosen = []
     for layer in model.layers:
         by_name = not patterns or any(fnmatch.fnmatchcase(layer.name, p) for p in patterns)

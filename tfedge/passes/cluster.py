@@ -99,13 +99,13 @@ class Cluster:
             else:
                 skipped[name] = why
         base = clone_with_weights(model)
-        wrap = lambda layer: (
-            tfmot.clustering.keras.cluster_weights(  # noqa: E731
-                layer, **{**params, "number_of_clusters": counts[layer.name]}
-            )
-            if layer.name in counts
-            else layer
-        )
+
+        def wrap(layer):
+            if layer.name not in counts:
+                return layer
+            options = {**params, "number_of_clusters": counts[layer.name]}
+            return tfmot.clustering.keras.cluster_weights(layer, **options)
+
         wrapped = import_keras_clone(base, wrap)
         ctx.compile(wrapped, learning_rate=self.learning_rate or ctx.train.learning_rate / 10)
         ctx.fit(wrapped, self.epochs, "cluster")
@@ -149,7 +149,7 @@ def clusterable(layer, clusters: int = 2) -> bool:
 def cluster_count(
     kernel: np.ndarray, clusters: int, keep_zeros: bool, per_channel: bool = False
 ) -> tuple[int, str]:
-    """How many centroids tfmot can initialise for ``kernel``: ``(k, "")``, or ``(0, why)`` to skip it.
+    """Centroids tfmot can initialise for ``kernel``: ``(k, "")``, or ``(0, why)`` to skip it.
 
     tfmot's k-means++ needs at least as many points as centroids. Keeping zeros, it fixes one
     centroid at zero and splits the other ``k - 1`` between the negative and the positive weights

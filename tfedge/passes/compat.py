@@ -69,7 +69,8 @@ def _prune_status(layer, reasons: list[str]) -> str:
         reasons.append("prune: tfmot keeps its weights dense (nothing prunable)")
     else:
         reasons.append(
-            f"prune: tfmot has no pruning rule for {type(layer).__name__}; exclude it with `layers:`"
+            f"prune: tfmot has no pruning rule for {type(layer).__name__}; "
+            "exclude it with `layers:`"
         )
     return "no"
 
@@ -95,7 +96,7 @@ def _cluster_status(layer, reasons: list[str]) -> str:
 
 
 def _qat_status(layer, previous, reasons: list[str]) -> str:
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (  # noqa: E501 (a module path)
         Default8BitQuantizeRegistry,
     )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect as pyinspect
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tfedge.errors import RecipeError
 from tfedge.passes.base import (
@@ -36,7 +36,8 @@ class Distill:
 
     Args:
         student: a student model file (.keras/.h5), trained or not.
-        builder: a reference-model builder (``digits``, ``kws``, ``vww``, ``anomaly``) for the student.
+        builder: a reference-model builder for the student (``digits``, ``kws``, ``vww``,
+            ``anomaly``).
         width: shrink the teacher (or the builder's model) by this multiplier; default 0.5.
         teacher: a teacher model file instead of the incoming model.
         alpha: weight of the label loss; ``1 - alpha`` goes to the soft-target loss.
@@ -45,7 +46,8 @@ class Distill:
         feature_weight: weight of the feature loss.
         epochs: training epochs for the student.
         learning_rate: defaults to ``train.learning_rate``.
-        compare_alone: also train the same student alone (same seed, epochs, optimizer) and report it.
+        compare_alone: also train the same student alone (same seed, epochs, optimizer) and
+            report it.
     """
 
     pass_name: ClassVar[str] = "distill"
@@ -86,7 +88,8 @@ class Distill:
             for p in pairs
         ):
             raise RecipeError(
-                f"{where_of(self)}: features must be a list of [teacher_layer, student_layer] pairs",
+                f"{where_of(self)}: features must be a list of "
+                "[teacher_layer, student_layer] pairs",
                 "e.g. features: [[fc1, fc1]]",
             )
         object.__setattr__(self, "features", tuple(tuple(p) for p in pairs))
@@ -192,8 +195,9 @@ def shrink(teacher, width: float):
 
 
 def _output_width_layers(model) -> set[str]:
-    """Names of the layers that fix the output width: the output layers and, through layers without
-    units/filters after them (a final Softmax, Activation, Reshape...), the layers that set the class count."""
+    """Names of the layers that fix the output width: the output layers and, through layers
+    without units/filters after them (a final Softmax, Activation, Reshape...), the layers that
+    set the class count."""
     keep, todo = set(), [model.get_layer(name) for name in model.output_names]
     while todo:
         layer = todo.pop()
@@ -240,10 +244,12 @@ def _student_builders() -> dict:
 
 @contextlib.contextmanager
 def _softmax_off(model, k):
-    """While active, a final layer with ``activation=softmax`` (Dense, Conv, Activation) outputs its logits.
+    """While active, a final layer with ``activation=softmax`` (Dense, Conv, Activation) outputs
+    its logits.
 
     Soft targets and the student's loss need the logits themselves: ``log`` of the softmax output
-    underflows for confident classes (and clipping it distorts the soft targets and kills their gradient).
+    underflows for confident classes (and clipping it distorts the soft targets and kills their
+    gradient).
     A final ``Softmax`` layer is handled in ``outputs_of`` (its input is taken instead).
     """
     last = model.layers[-1]
@@ -276,7 +282,9 @@ def _make_trainer(teacher, student, config: Distill):
         )
         return k.Model(model.inputs, [head] + [model.get_layer(n).output for n in names])
 
-    class Distiller(k.Model):
+    model_base: Any = k.Model  # a base class only known at run time
+
+    class Distiller(model_base):
         def __init__(self):
             super().__init__()
             self.t_net = outputs_of(teacher, [t for t, _ in pairs])

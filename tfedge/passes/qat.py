@@ -112,10 +112,10 @@ def _annotate(tfmot, model, skip: set[str]):
 
 
 def _scheme(name: str):
-    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (  # noqa: E501 (a module path)
         default_8bit_cluster_preserve_quantize_scheme as cluster_preserve,
     )
-    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (  # noqa: E501 (a module path)
         default_8bit_prune_preserve_quantize_scheme as prune_preserve,
     )
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (

@@ -38,7 +38,7 @@ def layer_entry(config: dict, name: str) -> dict:
 
 
 def split_layer(config: dict, name: str, first: dict, second: dict) -> None:
-    """Replace layer ``name`` by ``first`` (named ``name_lr``) feeding ``second`` (keeps ``name``)."""
+    """Replace layer ``name`` by ``first`` (named ``name_lr``) feeding ``second`` (``name``)."""
     entry = layer_entry(config, name)
     index = config["layers"].index(entry)
     head = copy.deepcopy(entry)
@@ -100,12 +100,13 @@ def fold_dense_batchnorm(model):
 
 
 def fold_dense_relu(model):
-    """``model`` with every plain ReLU layer that follows a linear Dense made that Dense's activation.
+    """``model`` with each plain ReLU layer after a linear Dense made that Dense's activation.
 
     tfmot's 8-bit QAT fuses a Dense with a separate ReLU layer through a transform that gives the
     Dense its default quantize config, so PCQAT/CQAT/PQAT no longer preserve its zeros and clusters
-    (measured: 75% zeros and 16 values became 43-50% and 19-24 in the int8 file); ``Dense(activation=
-    "relu")`` keeps them. Same function, same weights. Returns ``(model, {relu_name: dense_name})``.
+    (measured: 75% zeros and 16 values became 43-50% and 19-24 in the int8 file);
+    ``Dense(activation="relu")`` keeps them. Same function, same weights. Returns
+    ``(model, {relu_name: dense_name})``.
     """
     pairs = _dense_pairs(model, _is_plain_relu)
     if not pairs:
