@@ -13,8 +13,6 @@ import pytest
 
 from tests import harness_helpers as hh
 
-__all__ = ["harness_models", "malformed_models", "emulator_env", "sshd", "ssh_home"]
-
 
 @pytest.fixture(scope="session")
 def harness_models(tmp_path_factory) -> dict[str, Path]:

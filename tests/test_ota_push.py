@@ -19,7 +19,6 @@ import pytest
 from tests import harness_helpers as hh
 from tests import ota_helpers as oh
 from tests.conftest import assert_one_error_line
-from tests.conftest_harness import *  # noqa: F401,F403  (sshd, ssh_home)
 from tfedge.errors import OtaError, TargetError, UsageError
 from tfedge.fsutil import sha256_file
 from tfedge.ota.push import push
