@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tfedge.fsutil import write_bytes_atomic  # noqa: E402
+from tfedge.targets.job import last_json  # noqa: E402
 from tfedge.zoo.reference import build_reference  # noqa: E402
 
 # The peer's recipe for tfedge: the same passes, epochs, learning rates, batches and data.
@@ -141,10 +142,6 @@ print(json.dumps({"accuracy": hits / len(x_test)}))
 
 def gzip_bytes(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), 9))
-
-
-def last_json(text: str) -> dict:
-    return json.loads(next(ln for ln in reversed(text.splitlines()) if ln.startswith("{")))
 
 
 def run_timed(cmd: list[str]) -> tuple[float, str]:

@@ -29,6 +29,7 @@ import numpy as np
 from tfedge import errors
 from tfedge.errors import BenchError, TfedgeError
 from tfedge.io.data import Inputs, num_samples
+from tfedge.targets.job import last_json
 
 BASE_TIMEOUT_S = 120.0  # start-up and interpreter creation, generous for a loaded machine
 PER_SAMPLE_TIMEOUT_S = 0.5  # far above any model that fits a Raspberry-Pi-class budget
@@ -106,7 +107,7 @@ def _raise_for_failure(proc: subprocess.CompletedProcess, model: Path) -> None:
             "the model is malformed or hostile, or hits a runtime bug: re-convert it",
         )
     if proc.returncode != 0:
-        raise _error_from(_last_json_line(proc.stdout), proc.stderr or "", proc.returncode)
+        raise _error_from(last_json(proc.stdout) or {}, proc.stderr or "", proc.returncode)
 
 
 def _signal_name(number: int) -> str:
@@ -114,17 +115,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
-
-
-def _last_json_line(stdout: str) -> dict:
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            report = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(report, dict):
-            return report
-    return {}
 
 
 def _error_from(report: dict, stderr: str, code: int) -> TfedgeError:
