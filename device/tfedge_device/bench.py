@@ -31,43 +31,9 @@ import sys
 import time
 
 if __package__:  # imported, or run as `python -m tfedge_device.bench`
-    from tfedge_device.interpreter import (
-        EXIT_INTERNAL,
-        RUNTIMES,
-        DeviceError,
-        accuracy,
-        create_interpreter,
-        find_runtime,
-        first_line,
-        import_numpy,
-        json_default,
-        load_data,
-        peak_rss_mb,
-        predict_all,
-        prepare_input,
-        random_inputs,
-        run_once,
-        smoke,
-    )
+    from tfedge_device import interpreter as rt
 else:  # run as a plain file: its sibling interpreter.py, never another installed copy
-    from interpreter import (  # type: ignore[no-redef]
-        EXIT_INTERNAL,
-        RUNTIMES,
-        DeviceError,
-        accuracy,
-        create_interpreter,
-        find_runtime,
-        first_line,
-        import_numpy,
-        json_default,
-        load_data,
-        peak_rss_mb,
-        predict_all,
-        prepare_input,
-        random_inputs,
-        run_once,
-        smoke,
-    )
+    import interpreter as rt  # type: ignore[no-redef]
 
 SCRIPT_VERSION = 1
 
@@ -94,7 +60,7 @@ def timed_loop(interp, inputs: list, min_runs: int, min_secs: float, max_secs: f
 
 def latency_stats(samples: list) -> dict:
     """count, min, max, mean, population std, p50, p90, p99 of ``samples`` (µs)."""
-    np = import_numpy()
+    np = rt.import_numpy()
     a = np.asarray(samples, dtype=np.float64)
     if a.size == 0:
         return {"count": 0}
@@ -182,7 +148,7 @@ def pin_cpus(spec: str | None) -> None:
             cpus.update(range(int(lo), int(hi or lo) + 1))
         os.sched_setaffinity(0, cpus)
     except (AttributeError, OSError, ValueError) as exc:
-        raise DeviceError(
+        raise rt.DeviceError(
             "bad_option", f"cannot pin to CPUs {spec!r}: {exc}", "list CPUs that exist, e.g. 0-3"
         ) from exc
 
@@ -202,12 +168,12 @@ def benchmark(
     prefer: str | None = None,
 ) -> dict:
     """Benchmark ``model`` and return the report as a dict (what the script prints)."""
-    module, runtime = find_runtime(prefer)
+    module, runtime = rt.find_runtime(prefer)
     runtime = dict(runtime, xnnpack=xnnpack)
     threads = threads or os.cpu_count() or 1
     rss_start = current_rss_mb()
     t0 = time.perf_counter()
-    interp = create_interpreter(module, runtime, model, threads, xnnpack)
+    interp = rt.create_interpreter(module, runtime, model, threads, xnnpack)
     init_ms = (time.perf_counter() - t0) * 1000.0
     rss_init = current_rss_mb()
     report = {
@@ -220,7 +186,7 @@ def benchmark(
     inputs = _timing_inputs(interp, data, report, save_outputs)
     report.update(_run_timings(interp, inputs, runs, warmup, min_secs, warmup_min_secs, max_secs))
     report.update(
-        peak_rss_mb=peak_rss_mb(),
+        peak_rss_mb=rt.peak_rss_mb(),
         rss_init_delta_mb=_delta(rss_init, rss_start),
         arch=platform.machine(),
         device=device_info(),
@@ -230,21 +196,21 @@ def benchmark(
 
 def _timing_inputs(interp, data, report: dict, save_outputs) -> list:
     if not data:
-        return [random_inputs(interp)]
-    x, y = load_data(data)
-    raw, floats = predict_all(interp, x)
+        return [rt.random_inputs(interp)]
+    x, y = rt.load_data(data)
+    raw, floats = rt.predict_all(interp, x)
     report["samples"] = int(len(x))
     if y is not None:
-        report["accuracy"] = accuracy(floats, y)
+        report["accuracy"] = rt.accuracy(floats, y)
     if save_outputs:
-        import_numpy().save(save_outputs, raw)
+        rt.import_numpy().save(save_outputs, raw)
     detail = interp.get_input_details()[0]
-    return [[prepare_input(detail, s)] for s in x[: min(len(x), 64)]]
+    return [[rt.prepare_input(detail, s)] for s in x[: min(len(x), 64)]]
 
 
 def _run_timings(interp, inputs, runs, warmup, min_secs, warmup_min_secs, max_secs) -> dict:
     t0 = time.perf_counter_ns()
-    run_once(interp, inputs[0])
+    rt.run_once(interp, inputs[0])
     first_us = (time.perf_counter_ns() - t0) / 1000.0
     warm = (
         timed_loop(interp, inputs, warmup, warmup_min_secs if warmup else 0.0, max_secs)
@@ -289,7 +255,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--no-xnnpack", action="store_true", help="use the builtin kernels without XNNPACK"
     )
     p.add_argument("--cpus", help="pin to these CPUs, like taskset -c (e.g. 2,3 or 0-3)")
-    p.add_argument("--runtime", choices=[c[0] for c in RUNTIMES], help="prefer this runtime")
+    p.add_argument("--runtime", choices=[c[0] for c in rt.RUNTIMES], help="prefer this runtime")
     p.add_argument(
         "--smoke", metavar="GOLDEN.npz", help="compare outputs on golden x with y; exit 0 or 1"
     )
@@ -302,19 +268,19 @@ def run(args: argparse.Namespace) -> tuple[dict, int]:
     """Do what ``args`` ask; return ``(report, exit_code)``."""
     pin_cpus(args.cpus)
     if args.probe:
-        _, runtime = find_runtime(args.runtime)
+        _, runtime = rt.find_runtime(args.runtime)
         return {
             "runtime": runtime,
             "arch": platform.machine(),
             "python": platform.python_version(),
-            "numpy": import_numpy().__version__,
+            "numpy": rt.import_numpy().__version__,
         }, 0
     if not args.model:
-        raise DeviceError(
+        raise rt.DeviceError(
             "model_invalid", "no model given", "usage: tfedge-bench-device MODEL.tflite [options]"
         )
     if args.smoke:
-        report = smoke(args.model, args.smoke, args.atol, args.threads)
+        report = rt.smoke(args.model, args.smoke, args.atol, args.threads)
         return report, 0 if report["ok"] else 1
     return benchmark(
         args.model,
@@ -335,14 +301,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         report, code = run(args)
-    except DeviceError as err:
+    except rt.DeviceError as err:
         report, code = err.to_dict(), err.exit_code
     except Exception as exc:  # anything unexpected still answers in JSON
         report, code = (
-            {"error": f"{type(exc).__name__}: {first_line(exc)}", "kind": "internal", "hint": ""},
-            EXIT_INTERNAL,
+            {
+                "error": f"{type(exc).__name__}: {rt.first_line(exc)}",
+                "kind": "internal",
+                "hint": "",
+            },
+            rt.EXIT_INTERNAL,
         )
-    sys.stdout.write(json.dumps(report, default=json_default) + "\n")
+    sys.stdout.write(json.dumps(report, default=rt.json_default) + "\n")
     sys.stdout.flush()
     return code
 

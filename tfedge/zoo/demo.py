@@ -108,8 +108,8 @@ def ship_to_stand_in_device(model: str, out: Path) -> ShipResult:
     import shutil
     import threading
 
-    from tfedge.ota.agent import AgentConfig, poll_once
     from tfedge.ota.repository import init_repository, make_server, publish
+    from tfedge_device.agent import AgentConfig, poll_once
 
     repo, device = out / "ota-repo", out / "device"
     for d in (repo, device):
