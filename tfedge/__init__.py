@@ -24,10 +24,10 @@ from tfedge.analyze import (
     compare,
     evaluate,
     inspect,
-)  # noqa: E402
-from tfedge.convert import ConvertResult, convert  # noqa: E402
-from tfedge.optimize import OptimizeResult, optimize  # noqa: E402
-from tfedge.targets import BenchResult, bench  # noqa: E402
+)
+from tfedge.convert import ConvertResult, convert
+from tfedge.optimize import OptimizeResult, optimize
+from tfedge.targets import BenchResult, bench
 
 __all__ = [
     "convert",
