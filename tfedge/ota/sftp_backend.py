@@ -50,10 +50,11 @@ class SftpFiles:
             self._call(self.sftp.makedirs(self.abs(rel), exist_ok=True))
 
     def listdir(self, rel: str) -> list[str]:
+        import asyncssh
+
         try:
             names = self._call(self.sftp.listdir(self.abs(rel)))
-        except Exception as exc:
-            _reraise_if_disconnected(exc)
+        except asyncssh.SFTPNoSuchFile:
             return []
         return [n for n in names if n not in (".", "..")]
 
@@ -92,17 +93,18 @@ class SftpFiles:
         self._call(self.sftp.symlink(target, self.abs(rel)))
 
     def readlink(self, rel: str) -> str | None:
+        import asyncssh
+
         try:
             return self._call(self.sftp.readlink(self.abs(rel)))
-        except Exception as exc:  # no such file, or not a link
-            _reraise_if_disconnected(exc)
+        except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPFailure):  # missing, or not a link
             return None
 
     def remove(self, rel: str) -> None:
-        try:
+        import asyncssh
+
+        with contextlib.suppress(asyncssh.SFTPNoSuchFile):  # already gone
             self._call(self.sftp.remove(self.abs(rel)))
-        except Exception as exc:
-            _reraise_if_disconnected(exc)
 
     def sha256(self, rel: str) -> str | None:
         return self.sha256_many([rel]).get(rel)
@@ -188,11 +190,3 @@ def _close_loop(loop) -> None:
     finally:
         asyncio.set_event_loop(None)
         loop.close()
-
-
-def _reraise_if_disconnected(exc: Exception) -> None:
-    """Let a lost connection through; a missing file is an answer, not an error."""
-    import asyncssh
-
-    if isinstance(exc, asyncssh.SFTPConnectionLost) or not isinstance(exc, asyncssh.SFTPError):
-        raise exc
