@@ -18,6 +18,8 @@ from tfedge.fsutil import sha256_file
 from tfedge.ota import repository as repo_api
 from tfedge.ota.signature import runtime_satisfies, tf_equivalent
 
+from .conftest import assert_one_error_line
+
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, ota_models):
@@ -200,8 +202,53 @@ def test_wrong_arch_and_profile_are_refused(fleet):
     fleet.assert_serving("v1")
 
 
+def _public_files(repo) -> dict:
+    return {
+        p.relative_to(repo).as_posix(): p.read_bytes()
+        for p in sorted((repo / "public").rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_publish_refuses_a_changed_signature_before_signing_anything(fleet):
+    before = _public_files(fleet.repo)
+    with pytest.raises(OtaError) as info:
+        repo_api.publish(fleet.repo, fleet.models["wide"], "kws", 2)
+    message = str(info.value)
+    assert "input 0 shape [1, 8, 8, 1] -> [1, 12, 12, 1]" in message
+    assert "models/kws.tflite version 1" in message and "--allow-signature-change" in message
+    assert _public_files(fleet.repo) == before  # nothing written or signed
+    result = repo_api.publish(fleet.repo, fleet.models["v2"], "kws", 2)  # version 2 still free
+    assert result.model_version == 2 and result.versions["targets"] == 3
+    assert fleet.poll().model_version == 2
+    fleet.assert_serving("v2")
+
+
+def test_publish_to_a_group_compares_with_what_its_devices_run(fleet):
+    with pytest.raises(OtaError, match="models/kws.tflite version 1"):
+        repo_api.publish(fleet.repo, fleet.models["wide"], "kws", 2, group="canary")
+    repo_api.publish(fleet.repo, fleet.models["wide"], "other", 1)  # another name: no baseline
+    repo_api.publish(fleet.repo, fleet.models["v2"], "kws", 2, group="canary")
+    with pytest.raises(OtaError, match="groups/canary/models/kws.tflite version 2"):
+        repo_api.publish(fleet.repo, fleet.models["wide"], "kws", 3, group="canary")
+
+
+def test_cli_publish_refuses_a_changed_signature_in_one_line(fleet, run_cli):
+    args = ("ota", "publish", fleet.repo, fleet.models["wide"], "--name", "kws", "--version", "2")
+    result = run_cli(*args, expect=1)
+    assert_one_error_line(
+        result, "input 0 shape [1, 8, 8, 1] -> [1, 12, 12, 1]", "--allow-signature-change"
+    )
+    assert "version 2" in run_cli(*args, "--allow-signature-change").stdout
+
+
 def test_changed_input_signature_is_refused_unless_signed_as_allowed(fleet):
-    repo_api.publish(fleet.repo, fleet.models["wide"], "kws", 2)
+    # what a device does with such a target (signed without publish's check, e.g. by an
+    # older tfedge)
+    custom = repo_api.model_metadata(fleet.models["wide"], 2)
+    with repo_api._locked(fleet.repo) as state:
+        repo_api._add_target(state, "models/kws.tflite", fleet.models["wide"], custom)
+        state.write_targets_chain()
     result = fleet.poll()
     assert result.reason == "signature" and "shape [1, 8, 8, 1] -> [1, 12, 12, 1]" in result.message
     fleet.assert_serving("v1")

@@ -217,13 +217,17 @@ def ota_init(repo, as_json):
 @click.option(
     "--allow-signature-change",
     is_flag=True,
-    help="Let devices accept a new input/output signature.",
+    help="Publish a new input/output signature (refused by default) and let devices accept it.",
 )
 @click.option("--json", "as_json", is_flag=True)
 def ota_publish(
     repo, model, name, version, profiles, group, golden, allow_signature_change, as_json
 ):
     """Add MODEL to REPO as a signed target with its model metadata.
+
+    A MODEL whose input/output signature (shape, dtype, input quantization) differs from the
+    published version of NAME is refused before anything is signed, unless
+    --allow-signature-change.
 
     \b
     Example:

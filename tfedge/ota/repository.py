@@ -151,7 +151,9 @@ def publish(
 
     Raises:
         UsageError: a bad name, group or version.  ModelLoadError: not a TFLite model.
-        OtaError: the version does not increase.
+        OtaError: the version does not increase; the input/output signature differs from the
+            published one of ``name`` and ``allow_signature_change`` is not set. Both are
+            checked before anything is written or signed, so the version stays free.
     """
     _check_publish_args(name, version, group)
     model = Path(model)
@@ -159,6 +161,8 @@ def publish(
     with _locked(repo) as state:
         path = target_path(name, group)
         _check_version_increases(state, path, version, allow_lower)
+        if not allow_signature_change:
+            _check_signature_unchanged(state, name, group, custom["signature"])
         target = _add_target(state, path, model, custom)
         state.write_targets_chain()
         return state.result(
@@ -325,6 +329,35 @@ def _check_version_increases(state: "_State", path: str, version: int, allow_low
         raise OtaError(
             f"{path} is already at version {last}; version {version} would not be installed",
             f"publish version {last + 1} or higher: devices refuse lower versions",
+        )
+
+
+def _check_signature_unchanged(
+    state: "_State", name: str, group: str | None, signature: dict
+) -> None:
+    """Refuse a signature the devices of ``group`` (or every device) would refuse.
+
+    The comparison is the devices' own (:func:`tfedge_device.signature.signature_diff`, as the
+    agent and ``push`` use it) against the published target they would replace: for a group,
+    the higher version of the group's and everyone's (what its devices install).
+    """
+    from tfedge.ota.signature import signature_diff
+
+    targets = state.targets.signed.targets
+    paths = [target_path(name, group)] + ([target_path(name)] if group else [])
+    published_targets = [targets[p] for p in paths if p in targets]
+    if not published_targets:
+        return
+    current = max(published_targets, key=lambda t: t.custom.get("model_version", 0))
+    published = current.custom.get("signature")
+    changes = signature_diff(published, signature)
+    if changes:
+        version = current.custom.get("model_version")
+        raise OtaError(
+            f"the input/output signature differs from {current.path} version {version}: "
+            + "; ".join(changes),
+            "devices would refuse it, since their application would break; pass "
+            "--allow-signature-change if the application handles the new signature",
         )
 
 
