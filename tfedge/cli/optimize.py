@@ -10,6 +10,7 @@ from tfedge.cli.options import echo_json, echo_table, json_option, profile_optio
 @click.command("optimize")
 @click.argument("model", type=click.Path(exists=True), metavar="MODEL")
 @click.option(
+    "-r",
     "--recipe",
     required=True,
     metavar="NAME|FILE",
@@ -31,27 +32,47 @@ from tfedge.cli.options import echo_json, echo_table, json_option, profile_optio
 @click.option(
     "-o",
     "--output",
-    required=True,
     type=click.Path(),
-    help="Output directory (replaced only on success).",
+    help="Output directory (replaced on success, or by the partial report of a failed pass).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, file_okay=False),
+    metavar="OUTDIR",
+    help="Continue the run that failed in OUTDIR from its failed stage, with the edited recipe.",
 )
 @profile_option
 @json_option
-def optimize_cmd(model, recipe, data, eval_data, output, profile, as_json):
+def optimize_cmd(model, recipe, data, eval_data, output, resume, profile, as_json):
     """Compress a Keras model with a recipe, convert it to int8 TFLite and measure every stage.
 
-    Writes OUTDIR/model.tflite, model.keras, report.json, report.md and recipe.yaml.
+    Writes OUTDIR/model.tflite, model.keras, report.json, report.md and recipe.yaml. When a
+    pass fails (accuracy guard, NaN, conversion) after an earlier pass completed, OUTDIR gets
+    the report of the stages before it (marked FAILED) and a checkpoint, no model.tflite;
+    fix the recipe and continue with --resume OUTDIR.
 
     \b
     Example:
         tfedge optimize models/digits/model.keras --recipe prune-cluster-qat \\
             --data models/digits/train.npz --eval models/digits/test.npz -o out/digits
+        tfedge optimize models/digits/model.keras --resume out/digits -r edited.yaml \\
+            --data models/digits/train.npz --eval models/digits/test.npz
     """
+    from tfedge.errors import UsageError
     from tfedge.optimize.pipeline import optimize
     from tfedge.progress import progress_wanted
 
+    if output is None and resume is None:
+        raise UsageError("give the output directory with -o OUTDIR", "or --resume OUTDIR")
     result = optimize(
-        model, recipe, data, eval_data, output, profile=profile, progress=progress_wanted(as_json)
+        model,
+        recipe,
+        data,
+        eval_data,
+        output,
+        profile=profile,
+        progress=progress_wanted(as_json),
+        resume=resume,
     )
     if as_json:
         echo_json(result.to_dict())
@@ -82,6 +103,11 @@ def optimize_cmd(model, recipe, data, eval_data, output, profile, as_json):
             for s in result.stages
         ],
     )
+    for note in result.notes:
+        click.echo(f"Note: {note}", err=True)
+    if result.resumed:
+        reused = ", ".join(result.resumed["reused"])
+        click.echo(f"Resumed from stage '{result.resumed['from_stage']}' (reused {reused})")
     click.echo(
         f"Wrote {result.model} (recipe {result.recipe}, sha256 {result.recipe_sha256[:12]}) "
         f"in {result.seconds:.1f} s"

@@ -10,8 +10,25 @@ OUTDIR holds model.tflite (the last stage), model.keras (the last plain Keras mo
 recipe ending in ``qat``, the model that entered QAT; the QAT graph itself is kept as the
 SavedModel ``qat_savedmodel/``), stages/*.tflite, report.json, report.md and recipe.yaml
 (whose sha256 is in the reports). It is built in a sibling directory marked INCOMPLETE and
-renamed into place at the end, so a NaN loss, a failed accuracy guard or Ctrl-C leaves
-OUTDIR as it was.
+renamed into place at the end. For a Keras 3 input, model.keras is a Keras 3 file (converted
+back from tf_keras and checked on seeded inputs; if that fails, model_tf_keras.keras with a
+note in the reports instead).
+
+A failed stage keeps its work: when a pass stage fails (the accuracy guard, a NaN loss, a
+failed conversion) after at least one pass completed, OUTDIR receives the stages before it
+(stages/*.tflite, report.json and report.md marked FAILED at that stage, recipe.yaml), the
+model after the last completed pass (``checkpoints/NN-<pass>/``, a tf_keras SavedModel) and
+``resume.json``; no model.tflite, so a failed run cannot be shipped by mistake.
+``optimize(..., resume=OUTDIR)`` (``tfedge optimize --resume OUTDIR``) checks that the model,
+the data and the completed passes are the same, reuses their rows and checkpoint, and goes on
+from the failed stage. A failure in the first pass (nothing trained to keep), an error before
+the passes, a crash of the worker or Ctrl-C leaves OUTDIR as it was.
+
+``resume.json`` (schema 1): ``failed`` (stage index and name, pass index, error type, message,
+hint), ``completed`` (passes done), ``checkpoint`` (relative path or null), ``folded`` (the
+model was prepared for qat before the first pass), ``model``/``data``/``eval`` (source and
+sha256; data hashed over its arrays), ``recipe`` (sha256, each pass's name and normalised
+options, train, convert, seed) and ``stages`` (the kept rows).
 
 Example:
     >>> result = optimize("models/digits/model.keras", "prune-cluster-qat",
@@ -23,23 +40,39 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from tfedge.errors import DataError, ModelLoadError, OutputError, TrainingError
-from tfedge.fsutil import replace_dir, write_bytes_atomic
+from tfedge.errors import (
+    DataError,
+    ModelLoadError,
+    OutputError,
+    RecipeError,
+    TfedgeError,
+    TrainingError,
+)
+from tfedge.fsutil import replace_dir, sha256_file, write_bytes_atomic
 from tfedge.io.data import Dataset, load_data
 from tfedge.optimize.recipe import Recipe, load_recipe
 from tfedge.optimize.stages import Stage, json_default, weight_stats
-from tfedge.optimize.worker import OptimizeWorker, check_inputs
+from tfedge.optimize.worker import OptimizeWorker, check_inputs, rebuild_error
+from tfedge.passes.base import guard_hint_of
+
+STATE_FILE = "resume.json"
+STATE_SCHEMA = 1
+FIRST_PASS_STAGE = 2  # stages: float32, int8, then one per pass
 
 __all__ = ["OptimizeResult", "Stage", "markdown_report", "optimize", "weight_stats"]
 
@@ -55,6 +88,8 @@ class OptimizeResult:
     recipe_sha256: str
     stages: list[Stage]
     seconds: float
+    notes: list[str] = field(default_factory=list)
+    resumed: dict | None = None
 
     @property
     def final(self) -> Stage:
@@ -72,11 +107,12 @@ def optimize(
     recipe,
     data,
     eval_data,
-    output,
+    output=None,
     *,
     profile=None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    resume=None,
 ) -> OptimizeResult:
     """Compress ``model`` with ``recipe`` and write ``output``/model.tflite with its report.
 
@@ -87,10 +123,13 @@ def optimize(
         data: training/calibration data (.npz with x, y; or one array per input, named after
             it, and y).
         eval_data: evaluation data (same layout).
-        output: the output directory (created; replaced only when the run succeeds).
+        output: the output directory (created; replaced when the run succeeds, or by the
+            partial report when a pass fails after another one completed).
         profile: a device profile to check the final model against.
         progress: draw stage lines and per-epoch bars on stderr.
         log: where stage lines go (default: stderr when ``progress``).
+        resume: the OUTDIR of a run that failed at a stage: continue it from that stage with
+            the (edited) recipe; ``output`` may be left out (it is this folder).
 
     Returns:
         OptimizeResult.
@@ -100,42 +139,79 @@ def optimize(
     """
     started = time.perf_counter()
     recipe = load_recipe(recipe)
-    out = check_outdir(output)
+    out = check_outdir(_output_of(output, resume))
     train, evals = load_data(data), load_data(eval_data)
     _check_labels(recipe, train)
+    previous = None if resume is None else read_state(out, model, recipe, train, evals)
     say = log or (_stderr_log if progress else None)
     with staging_dir(out) as work, OptimizeWorker(say, progress) as worker:
-        runner = _Runner(recipe, worker, work, say)
-        runner.load(model, train, evals, profile)
-        runner.run()
-        runner.finish()
+        runner = _Runner(recipe, worker, work, say, out, previous)
+        try:
+            runner.load(model, train, evals, profile)
+            runner.run()
+        except TfedgeError as exc:
+            failure = runner.keep_partial(exc, model, train, evals, started)
+            if failure is exc:
+                raise
+            raise failure from None
+        keras = runner.finish()
         seconds = round(time.perf_counter() - started, 2)
-        _write_reports(work, recipe, runner.stages, seconds)
+        notes = [keras["note"]] if keras["note"] else []
+        resumed = previous.summary() if previous else None
+        _write_reports(work, recipe, runner.stages, seconds, keras["keras_model"], notes, resumed)
     return OptimizeResult(
         str(out),
         str(out / "model.tflite"),
-        str(out / "model.keras"),
+        str(out / keras["keras_model"]),
         recipe.name,
         recipe.sha256,
         runner.stages,
         seconds,
+        notes,
+        resumed,
     )
+
+
+def _output_of(output, resume) -> Path:
+    if resume is None:
+        if output is None:
+            raise OutputError("no output directory given", "pass -o OUTDIR")
+        return Path(output)
+    if output is not None and Path(output).resolve() != Path(resume).resolve():
+        raise OutputError(
+            f"--resume {resume} continues in that folder, but -o is {output}",
+            "leave -o out when resuming, or give the same folder",
+        )
+    return Path(resume)
 
 
 class _Runner:
     """Drives the worker through the stages of one recipe and keeps their measurements.
 
     The worker does the TensorFlow work (see ``tfedge.optimize.worker``); this side names the
-    steps, applies the accuracy guard and keeps the rows.
+    steps, applies the accuracy guard and keeps the rows. A resumed run (``previous``) starts
+    with the earlier run's rows and checkpoint and goes on from the stage that failed.
     """
 
-    def __init__(self, recipe: Recipe, worker: OptimizeWorker, work: Path, say) -> None:
-        self.recipe, self.worker, self.work = recipe, worker, work
+    def __init__(
+        self,
+        recipe: Recipe,
+        worker: OptimizeWorker,
+        work: Path,
+        say,
+        out: Path,
+        previous: _Previous | None = None,
+    ) -> None:
+        self.recipe, self.worker, self.work, self.out = recipe, worker, work, out
         self.say = say or (lambda message: None)
+        self.previous = previous
         self.stages: list[Stage] = []
         self.direct = None  # a Keras 3 model measured in this process (see _direct_input)
 
     def load(self, model, train: Dataset, evals: Dataset, profile) -> None:
+        if self.previous is not None:
+            self._load_resumed(model, train, evals, profile)
+            return
         source, facts = self._input(model, train, evals)
         try:
             self.worker.call(
@@ -153,27 +229,150 @@ class _Runner:
                 _explain_keras3(model)
             raise
 
+    def _load_resumed(self, model, train: Dataset, evals: Dataset, profile) -> None:
+        previous = self.previous
+        assert previous is not None
+        source, _ = self._input(model, train, evals)
+        self.worker.call(
+            "load",
+            model=source,
+            recipe=self.recipe,
+            train=train,
+            evals=evals,
+            work=str(self.work),
+            profile=profile,
+            resume={
+                "checkpoint": str(previous.checkpoint),
+                "completed": previous.completed,
+                "count": len(previous.stages),
+            },
+        )
+        for row in previous.stages:  # the worker made stages/
+            shutil.copyfile(self.out / row.tflite, self.work / row.tflite)
+
     def run(self) -> None:
         """Every stage, in order; each job answers with the rows measured so far (see worker)."""
         passes = self.recipe.passes
         total = len(passes) + 2
-        self._step(1, total, "float32")
-        self._take(self._call("measure_input", name="float32", quant="none", last=False))
-        self._step(2, total, "int8 (post-training)")
-        quant = self.recipe.convert.quant
-        self._take(self._call("measure_input", name="int8", quant=quant, last=not passes))
-        if any(p.pass_name == "qat" for p in passes):
-            self._take(self._call("fold"))
-        for i, p in enumerate(passes):
-            self._step(i + 3, total, p.pass_name)
+        first = 0
+        if self.previous is not None:
+            first = self.previous.completed
+            for i, row in enumerate(self.previous.stages):
+                self._step(i + 1, total, f"{row.name} (reused from the earlier run)")
+                self.stages.append(row)
+        else:
+            self._step(1, total, "float32")
+            self._take(self._call("measure_input", name="float32", quant="none", last=False))
+            self._step(2, total, "int8 (post-training)")
+            quant = self.recipe.convert.quant
+            self._take(self._call("measure_input", name="int8", quant=quant, last=not passes))
+            if any(p.pass_name == "qat" for p in passes):
+                self._take(self._call("fold"))
+        for i in range(first, len(passes)):
+            self._step(i + 3, total, passes[i].pass_name)
             self._take(self._call("apply", index=i, last=i == len(passes) - 1))
         self._take(self._call("collect"))
 
-    def finish(self) -> None:
-        self._call("finish", final_tflite=self.stages[-1].tflite, save_keras=self.direct is None)
+    def finish(self) -> dict:
+        """model.tflite, model.keras (or model_tf_keras.keras, see the worker), recipe.yaml."""
+        keras = self._call(
+            "finish", final_tflite=self.stages[-1].tflite, save_keras=self.direct is None
+        )
         if self.direct is not None:
             self.direct.save(self.work / "model.keras")
         (self.work / "recipe.yaml").write_text(self.recipe.text)
+        return keras
+
+    def keep_partial(self, exc: TfedgeError, model, train, evals, started: float) -> TfedgeError:
+        """A pass stage failed: put the stages before it, and a checkpoint, in OUTDIR.
+
+        Returns the error to raise: ``exc`` with a hint naming OUTDIR and ``--resume``, or an
+        earlier stage's error if one failed too (its rows arrive late: conversions overlap the
+        training). Nothing is kept (OUTDIR untouched) unless at least one pass completed.
+        """
+        stage = getattr(exc, "stage", None)
+        if stage is None or stage <= FIRST_PASS_STAGE:
+            return exc
+        try:
+            drained = self._call("drain", before=stage)
+        except TfedgeError:
+            return exc
+        failure = exc
+        if drained["failure"] is not None:
+            stage, error = drained["failure"]
+            if error is None:  # a bug, not a user's error: nothing to trust
+                return exc
+            failure = rebuild_error(error)
+            failure.stage = stage  # type: ignore[attr-defined]
+        for row in drained["rows"]:
+            if len(self.stages) >= stage:
+                break
+            try:
+                self._take([row])
+            except TrainingError as guard:
+                failure, stage = guard, guard.stage  # type: ignore[attr-defined]
+        del self.stages[stage:]
+        if len(self.stages) != stage or stage <= FIRST_PASS_STAGE:
+            return failure
+        completed = stage - FIRST_PASS_STAGE
+        checkpoint = self._checkpoint(completed)
+        self._clean_partial()
+        failed = {
+            "index": stage,
+            "stage": self.recipe.passes[completed].pass_name,
+            "pass_index": completed,
+            "error": type(failure).__name__,
+            "message": failure.message,
+            "hint": failure.hint,
+        }
+        state = {
+            "schema": STATE_SCHEMA,
+            "failed": failed,
+            "completed": completed,
+            "checkpoint": checkpoint,
+            "folded": "qat" in self.recipe.pass_names,
+            "model": {"source": _describe(model), "sha256": model_fingerprint(model)},
+            "data": {"source": train.source, "sha256": data_fingerprint(train)},
+            "eval": {"source": evals.source, "sha256": data_fingerprint(evals)},
+            "recipe": {"sha256": self.recipe.sha256, **recipe_settings(self.recipe)},
+            "stages": [asdict(s) for s in self.stages],
+        }
+        write_bytes_atomic(
+            self.work / STATE_FILE, json.dumps(state, indent=2, default=json_default).encode()
+        )
+        (self.work / "recipe.yaml").write_text(self.recipe.text)
+        seconds = round(time.perf_counter() - started, 2)
+        resumed = self.previous.summary() if self.previous else None
+        _write_reports(
+            self.work, self.recipe, self.stages, seconds, None, [], resumed, failed, checkpoint
+        )
+        publish(self.work, self.out)
+        failure.hint = _resume_hint(failure.hint, failed["stage"], self.out, checkpoint)
+        return failure
+
+    def _checkpoint(self, completed: int) -> str | None:
+        """checkpoints/NN-<pass>: the model after the last completed pass, or None."""
+        name = f"{completed - 1:02d}-{self.recipe.passes[completed - 1].pass_name}"
+        saved = self.work / ".savedmodels" / name
+        target = self.work / "checkpoints" / name
+        previous = self.previous
+        if saved.is_dir():
+            target.parent.mkdir(exist_ok=True)
+            os.replace(saved, target)
+        elif previous is not None and previous.completed == completed and previous.checkpoint:
+            shutil.copytree(previous.checkpoint, target)
+        else:  # the model could not be saved without traces (see the worker): no resume
+            return None
+        return f"checkpoints/{name}"
+
+    def _clean_partial(self) -> None:
+        """Only what the kept stages need: no stage files after them, no QAT graph."""
+        shutil.rmtree(self.work / ".savedmodels", ignore_errors=True)
+        shutil.rmtree(self.work / "qat_savedmodel", ignore_errors=True)
+        kept = {row.tflite for row in self.stages}
+        for path in (self.work / "stages").glob("*"):
+            if f"stages/{path.name}" not in kept:
+                path.unlink()
 
     def _call(self, job: str, **args):
         return self.worker.call(job, **args)
@@ -184,7 +383,16 @@ class _Runner:
     def _take(self, rows: list[Stage]) -> None:
         for stage in rows:
             self.stages.append(stage)
-            _guard(self.recipe, self.stages[0], stage)
+            index = len(self.stages) - 1
+            try:
+                _guard(self.recipe, self.stages[0], stage, self._pass_of(index))
+            except TrainingError as exc:
+                exc.stage = index  # type: ignore[attr-defined]
+                raise
+
+    def _pass_of(self, index: int):
+        i = index - FIRST_PASS_STAGE
+        return self.recipe.passes[i] if 0 <= i < len(self.recipe.passes) else None
 
     def _input(self, model, train: Dataset, evals: Dataset) -> tuple[str, dict | None]:
         """What the worker loads: a path, and for the direct Keras 3 path what was measured here.
@@ -258,18 +466,235 @@ def _check_labels(recipe: Recipe, train: Dataset) -> None:
         )
 
 
-def _guard(recipe: Recipe, baseline: Stage, stage: Stage) -> None:
+def _guard(recipe: Recipe, baseline: Stage, stage: Stage, p=None) -> None:
+    """TrainingError if ``stage`` lost more accuracy than the recipe allows; the hint is the
+    pass's own (``guard_hint`` on each pass class), then ``max_accuracy_drop``."""
     limit = recipe.max_accuracy_drop
     if limit is None or stage is baseline or baseline.accuracy is None or stage.accuracy is None:
         return
     drop = 100 * (baseline.accuracy - stage.accuracy)
     if drop > limit:
+        what = f"in the recipe's {stage.name} pass: {guard_hint_of(p)}" if p else "in the recipe"
         raise TrainingError(
             f"stage '{stage.name}' lost {drop:.2f} points of accuracy ({baseline.accuracy:.4f} -> "
             f"{stage.accuracy:.4f}); the recipe allows {limit:g}",
-            "add fine-tuning epochs, make the stage gentler (lower sparsity, more clusters), "
-            "or raise max_accuracy_drop",
+            f"{what}; or raise max_accuracy_drop (now {limit:g})",
         )
+
+
+def _resume_hint(hint: str, failed: str, out: Path, checkpoint: str | None) -> str:
+    kept = f"the stages before '{failed}' are kept in {out} (report.md"
+    if checkpoint is None:
+        tail = f"{kept}; no checkpoint could be saved, so run again without --resume)"
+    else:
+        tail = (
+            f"{kept}, {checkpoint}): edit the recipe and continue from '{failed}' with "
+            f"`tfedge optimize MODEL --resume {out} --recipe RECIPE --data DATA --eval EVAL`"
+        )
+    return f"{hint}; {tail}" if hint else tail
+
+
+# ---- resuming -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Previous:
+    """What a resumed run reuses from the failed run in OUTDIR (read and checked)."""
+
+    state: dict
+    stages: list[Stage]
+    completed: int
+    checkpoint: Path
+
+    def summary(self) -> dict:
+        return {
+            "from_stage": self.state["failed"]["stage"],
+            "reused": [s.name for s in self.stages],
+            "earlier_failure": self.state["failed"]["message"],
+        }
+
+
+def read_state(out: Path, model, recipe: Recipe, train: Dataset, evals: Dataset) -> _Previous:
+    """The failed run in ``out``, checked against this run's model, data and recipe.
+
+    Raises:
+        OutputError (no failed run there), ModelLoadError / DataError (another model or
+        data), RecipeError (a completed pass or the train/convert settings changed),
+        TrainingError (a reused stage fails the recipe's guard now).
+    """
+    again = "run without --resume to start over (OUTDIR is replaced when that run ends)"
+    state = _load_state(out, again)
+    if state["model"]["sha256"] != model_fingerprint(model):
+        raise ModelLoadError(
+            f"{_describe(model)} is not the model the run in {out} started from "
+            f"({state['model']['source']}; its sha256 differs)",
+            f"resume with that model, or {again}",
+        )
+    for key, data in (("data", train), ("eval", evals)):
+        if state[key]["sha256"] != data_fingerprint(data):
+            raise DataError(
+                f"{data.source} is not the {key} data of the run in {out} "
+                f"({state[key]['source']}; the arrays' sha256 differs)",
+                f"resume with the same data, or {again}",
+            )
+    completed = int(state["completed"])
+    _check_same_passes(recipe, state, completed, again)
+    checkpoint = out / str(state.get("checkpoint") or "")
+    if not state.get("checkpoint") or not checkpoint.is_dir():
+        raise OutputError(
+            f"the failed run in {out} kept no checkpoint to resume from", again.capitalize()
+        )
+    stages = [_stage(row) for row in state["stages"]]
+    missing = [row.tflite for row in stages if not (out / row.tflite).is_file()]
+    if missing:
+        raise OutputError(f"{out} lacks {', '.join(missing)} of the failed run", again)
+    for row in stages[1:]:
+        try:
+            _guard(recipe, stages[0], row)
+        except TrainingError as exc:
+            raise TrainingError(
+                f"{exc.message} (a stage --resume would reuse)",
+                f"raise max_accuracy_drop, or {again}",
+            ) from None
+    for row in stages:
+        row.reused = True
+    return _Previous(state, stages, completed, checkpoint)
+
+
+def _load_state(out: Path, again: str) -> dict:
+    path = out / STATE_FILE
+    if not path.is_file():
+        finished = (out / "model.tflite").exists()
+        raise OutputError(
+            f"{out} holds "
+            + ("a finished run: nothing to resume" if finished else "no failed optimize run")
+            + f" (no {STATE_FILE})",
+            "give the OUTDIR of a run that stopped at a stage; or " + again,
+        )
+    try:
+        state = json.loads(path.read_text())
+        assert state["schema"] == STATE_SCHEMA
+        for key in ("failed", "completed", "model", "data", "eval", "recipe", "stages"):
+            assert key in state
+    except (OSError, ValueError, KeyError, AssertionError, TypeError):
+        raise OutputError(f"{path} is damaged or from another tfedge version", again) from None
+    return state
+
+
+def _check_same_passes(recipe: Recipe, state: dict, completed: int, again: str) -> None:
+    """RecipeError unless the passes the failed run completed (and its settings) are unchanged."""
+    old, new = state["recipe"], recipe_settings(recipe)
+    failed = state["failed"]["stage"]
+    keep = f"edit only passes[{completed}] ({failed}) and later, or max_accuracy_drop; or {again}"
+    if len(new["passes"]) < completed:
+        raise RecipeError(
+            f"the recipe has {len(new['passes'])} pass(es); the run being resumed completed "
+            f"{completed} ({', '.join(p['name'] for p in old['passes'][:completed])})",
+            keep,
+        )
+    for i in range(completed):
+        before, now = old["passes"][i], new["passes"][i]
+        if before["name"] != now["name"]:
+            raise RecipeError(
+                f"passes[{i}] is {now['name']}; the run being resumed ran {before['name']}",
+                keep,
+            )
+        changed = _changed(before["options"], now["options"])
+        if changed:
+            raise RecipeError(
+                f"passes[{i}] {now['name']} changed since the run being resumed ({changed}); "
+                f"--resume reuses the stages before '{failed}' and needs them unchanged",
+                keep,
+            )
+    for key in ("train", "convert", "seed"):
+        changed = _changed({key: old[key]}, {key: new[key]})
+        if changed:
+            raise RecipeError(
+                f"the recipe's {changed} changed since the run being resumed; the reused stages "
+                "were trained and converted with the old settings",
+                keep,
+            )
+    if ("qat" in recipe.pass_names) != bool(state["folded"]):
+        raise RecipeError(
+            "adding or removing qat changes how the model is prepared before the first pass "
+            "(BatchNormalization folding), so the reused stages do not fit",
+            again.capitalize(),
+        )
+
+
+def _changed(before: dict, now: dict) -> str:
+    """``key: old -> new`` for every key that differs (flattened one level)."""
+    diffs = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _changed(a, b)
+            if inner:
+                diffs.append(f"{key}.{inner}" if ": " in inner and "," not in inner else inner)
+        elif a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    return ", ".join(diffs)
+
+
+def recipe_settings(recipe: Recipe) -> dict:
+    """What the completed stages depend on: each pass's normalised options, train, convert, seed."""
+    return _plain_json(
+        {
+            "passes": [{"name": p.pass_name, "options": asdict(p)} for p in recipe.passes],
+            "train": asdict(recipe.train),
+            "convert": asdict(recipe.convert),
+            "seed": recipe.seed,
+        }
+    )
+
+
+def _plain_json(value):
+    return json.loads(json.dumps(value, default=json_default))
+
+
+def _stage(row: dict) -> Stage:
+    known = {f.name for f in dataclasses.fields(Stage)}
+    return Stage(**{k: v for k, v in row.items() if k in known})
+
+
+def _describe(model) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    return f"an in-memory {type(model).__name__} model"
+
+
+def model_fingerprint(model) -> str:
+    """sha256 of a model: of a file; of a .keras zip's members but its save-time metadata; of
+    a SavedModel directory's files; of an in-memory model's config and weights."""
+    digest = hashlib.sha256()
+    if not isinstance(model, (str, os.PathLike)):
+        digest.update(json.dumps(model.get_config(), default=str, sort_keys=True).encode())
+        for weights in model.get_weights():
+            digest.update(np.ascontiguousarray(weights).tobytes())
+        return digest.hexdigest()
+    path = Path(model)
+    if path.is_dir():
+        for item in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(item.relative_to(path)).encode() + sha256_file(item).encode())
+        return digest.hexdigest()
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for name in sorted(n for n in zf.namelist() if n != "metadata.json"):
+                digest.update(name.encode() + hashlib.sha256(zf.read(name)).digest())
+        return digest.hexdigest()
+    return sha256_file(path)
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """sha256 over a data set's arrays (names, dtypes, shapes, bytes): not its file format."""
+    digest = hashlib.sha256()
+    arrays = sorted(data.x.items()) if isinstance(data.x, dict) else [("x", data.x)]
+    if data.y is not None:
+        arrays.append(("y", data.y))
+    for name, array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode() + array.tobytes())
+    return digest.hexdigest()
 
 
 # ---- inputs -------------------------------------------------------------------------------
@@ -306,9 +731,16 @@ def check_outdir(output) -> Path:
     return out
 
 
+def publish(work: Path, out: Path) -> None:
+    """Put the staging folder ``work`` in place of ``out`` (its INCOMPLETE marker removed)."""
+    (work / "INCOMPLETE").unlink()
+    replace_dir(work, out)
+
+
 @contextlib.contextmanager
 def staging_dir(out: Path):
-    """A sibling directory marked INCOMPLETE; renamed onto ``out`` only if the block succeeds."""
+    """A sibling directory marked INCOMPLETE; renamed onto ``out`` if the block succeeds (or
+    by ``publish`` in the block: the partial report of a failed run)."""
     work = Path(
         tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent or ".")
     )
@@ -318,37 +750,80 @@ def staging_dir(out: Path):
             "tfedge optimize has not finished here; nothing in this folder is final\n"
         )
         yield work
-        (work / "INCOMPLETE").unlink()
-        replace_dir(work, out)
+        publish(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _write_reports(work: Path, recipe: Recipe, stages: list[Stage], seconds: float) -> None:
-    report = {
+def _write_reports(
+    work: Path,
+    recipe: Recipe,
+    stages: list[Stage],
+    seconds: float,
+    keras_model: str | None = "model.keras",
+    notes: list[str] | None = None,
+    resumed: dict | None = None,
+    failed: dict | None = None,
+    checkpoint: str | None = None,
+) -> None:
+    report: dict[str, Any] = {
+        "status": "failed" if failed else "ok",
         "recipe": {
             "name": recipe.name,
             "source": recipe.source,
             "sha256": recipe.sha256,
             "passes": recipe.pass_names,
         },
-        "model": "model.tflite",
-        "keras_model": "model.keras",
+        "model": None if failed else "model.tflite",
+        "keras_model": keras_model,
         "seconds": seconds,
         "stages": [asdict(s) for s in stages],
     }
+    if failed:
+        report.update(failed=failed, checkpoint=checkpoint, resume_state=STATE_FILE)
+    if notes:
+        report["notes"] = notes
+    if resumed:
+        report["resumed"] = resumed
     write_bytes_atomic(
         work / "report.json", json.dumps(report, indent=2, default=json_default).encode()
     )
-    write_bytes_atomic(work / "report.md", markdown_report(recipe, stages).encode())
+    text = markdown_report(recipe, stages, failed=failed, checkpoint=checkpoint, notes=notes)
+    write_bytes_atomic(work / "report.md", text.encode())
 
 
-def markdown_report(recipe: Recipe, stages: list[Stage]) -> str:
-    """The stage table in Markdown, sizes relative to the float32 stage."""
+def markdown_report(
+    recipe: Recipe,
+    stages: list[Stage],
+    *,
+    failed: dict | None = None,
+    checkpoint: str | None = None,
+    notes: list[str] | None = None,
+) -> str:
+    """The stage table in Markdown, sizes relative to the float32 stage.
+
+    A failed run's report starts with FAILED, the stage, the reason and how to resume; rows
+    reused by ``--resume`` say so.
+    """
     base = stages[0].tflite_bytes
-    lines = [
-        f"# tfedge optimize: recipe `{recipe.name}`",
-        "",
+    lines = [f"# tfedge optimize: recipe `{recipe.name}`", ""]
+    if failed:
+        lines += [
+            f"**FAILED at stage `{failed['stage']}`** (passes[{failed['pass_index']}]): "
+            f"{failed['error']}: {failed['message']}",
+            "",
+            f"Hint: {failed['hint']}" if failed["hint"] else "",
+            "",
+            "No model.tflite was written. The table below holds the stages before the failure.",
+            (
+                f"The model after them is `{checkpoint}`; edit the recipe and continue with "
+                "`tfedge optimize MODEL --resume OUTDIR --recipe RECIPE --data DATA --eval EVAL`."
+                if checkpoint
+                else "No checkpoint could be saved: run again without --resume."
+            ),
+            "",
+        ]
+    lines += [
         f"Recipe sha256 `{recipe.sha256}` ({recipe.source}); "
         f"passes: {' -> '.join(recipe.pass_names) or 'none'}.",
         "",
@@ -358,9 +833,13 @@ def markdown_report(recipe: Recipe, stages: list[Stage]) -> str:
     ]
     for s in stages:
         acc = "-" if s.accuracy is None else f"{100 * s.accuracy:.2f}%"
+        name = f"{s.name} (reused)" if s.reused else s.name
         lines.append(
-            f"| {s.name} | {acc} | {s.params:,} | {s.nonzero_params:,} | {100 * s.sparsity:.1f}% | "
+            f"| {name} | {acc} | {s.params:,} | {s.nonzero_params:,} | {100 * s.sparsity:.1f}% | "
             f"{s.unique_weights} | {s.tflite_bytes:,} | {s.gzip_bytes:,} | {s.xz_bytes:,} | "
             f"{base / s.gzip_bytes:.1f}x |"
         )
+    if any(s.reused for s in stages):
+        lines += ["", "(reused): measured by the earlier run this one resumed (--resume)."]
+    lines += [f"\nNote: {note}" for note in notes or []]
     return "\n".join(lines) + "\n"

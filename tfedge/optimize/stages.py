@@ -41,6 +41,7 @@ class Stage:
     quant: str
     layers: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    reused: bool = False  # measured by the failed run that ``--resume`` continued
 
 
 def stage_row(

@@ -142,6 +142,13 @@ def _spawn(log_path: Path, progress: bool):
     return proc, os.fdopen(from_caller, "wb"), os.fdopen(to_caller, "rb")
 
 
+def rebuild_error(value: dict) -> TfedgeError:
+    """A ``TfedgeError`` from the worker, as the caller raises it (same type and fields)."""
+    exc = _rebuild("error", value)
+    assert isinstance(exc, TfedgeError)
+    return exc
+
+
 def _rebuild(kind: str, value: dict) -> Exception:
     if kind == "error":  # a TfedgeError: same type, message, hint and fields
         cls = getattr(errors, value["type"], TfedgeError)
@@ -191,19 +198,34 @@ class Session:
         self.say, self.progress = say, progress
         self.count = 0
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfedge-measure")
-        self.pending: list[Future] = []
+        self.pending: list[tuple[int, Future]] = []  # (stage index, its measurement)
         self.input_source: str | None = None
+        self.keras3 = False
 
-    def load(self, model, recipe, train, evals, work, profile, facts=None) -> list:
-        """Load the model, check every pass against it: all before any training."""
+    def load(self, model, recipe, train, evals, work, profile, facts=None, resume=None) -> list:
+        """Load the model, check every pass against it: all before any training.
+
+        ``resume``: continue a failed run (see ``tfedge.optimize.pipeline``): ``checkpoint``
+        (a SavedModel of the model after the last completed pass), ``completed`` (how many
+        passes it went through) and ``count`` (how many stages are reused).
+        """
+        from tfedge.io.models import detect_format, load_tf_keras_model
+
         self.recipe, self.train, self.evals = recipe, train, evals
         self.work, self.profile, self.facts = Path(work), profile, facts or {}
-        self.model = _load_model(model, recipe)
+        self.keras3 = bool(recipe.passes) and detect_format(model).is_keras3
+        done = resume["completed"] if resume else 0
+        if resume and resume["checkpoint"]:
+            self.model = load_tf_keras_model(resume["checkpoint"])
+        else:
+            self.model = _load_model(model, recipe)
         self.plain = self.model
         self.ctx = _context(recipe, self.model, train, evals, self.progress, self.say)
-        for p in recipe.passes:
+        self.ctx.applied = tuple(recipe.pass_names[:done])
+        for p in recipe.passes[done:]:
             p.check(self.model, self.ctx)
         (self.work / "stages").mkdir()
+        self.count = resume["count"] if resume else 0
         return []
 
     def measure_input(self, name: str, quant: str, last: bool) -> list:
@@ -240,7 +262,11 @@ class Session:
         p = self.recipe.passes[index]
         started = time.perf_counter()
         self.ctx.seed_all()
-        result = p.apply(self.model, self.ctx)
+        try:
+            result = p.apply(self.model, self.ctx)
+        except TfedgeError as exc:
+            _tag(exc, index + 2)  # stages: float32, int8, then one per pass
+            raise
         self.ctx.applied += (p.pass_name,)
         self.plain = self.plain if result.quantize_wrapped else result.model
         accuracy = keras_accuracy_of(result.model, self.ctx)
@@ -256,17 +282,56 @@ class Session:
 
     def collect(self) -> list:
         """Every row not yet answered, once measured."""
-        rows = [future.result() for future in self.pending]
-        self.pending = []
+        rows = []
+        while self.pending:
+            rows.append(_result(*self.pending.pop(0)))
         return rows
 
-    def finish(self, final_tflite: str, save_keras: bool) -> None:
-        """Write model.tflite (the last stage) and model.keras (the last plain Keras model)."""
+    def drain(self, before: int) -> dict:
+        """After a failure: wait for every measurement still running (so nothing writes into
+        the output any more); the rows of the stages before ``before``, and the first of them
+        that failed (its stage and error) if one did."""
+        rows: list = []
+        failure = None
+        for stage, future in self.pending:
+            try:
+                row = future.result()
+            except Exception as exc:  # noqa: BLE001  (reported below, or after the failure)
+                if stage < before and failure is None:
+                    failure = (stage, _error(exc) if isinstance(exc, TfedgeError) else None)
+                continue
+            if stage < before and failure is None:
+                rows.append(row)
+        self.pending = []
+        return {"rows": rows, "failure": failure}
+
+    def finish(self, final_tflite: str, save_keras: bool) -> dict:
+        """Write model.tflite (the last stage) and model.keras (the last plain Keras model).
+
+        For a Keras 3 input, model.keras is a Keras 3 file (``tfedge.io.keras3_export``,
+        verified on seeded inputs); if that fails, the tf_keras model is written as
+        model_tf_keras.keras instead (never a model.keras the user's Keras cannot load) and
+        the answer says why.
+        """
         self.collect()
         shutil.rmtree(self.work / ".savedmodels", ignore_errors=True)
         shutil.copyfile(self.work / final_tflite, self.work / "model.tflite")
-        if save_keras:
-            self.plain.save(self.work / "model.keras")
+        if not save_keras:
+            return {"keras_model": "model.keras", "note": ""}
+        if self.keras3:
+            from tfedge.io.keras3_export import KerasExportError, save_as_keras3
+
+            try:
+                save_as_keras3(self.plain, self.work / "model.keras")
+                return {"keras_model": "model.keras", "note": ""}
+            except KerasExportError as exc:
+                (self.work / "model.keras").unlink(missing_ok=True)
+                self.plain.save(self.work / "model_tf_keras.keras")
+                note = f"{exc.message}; model_tf_keras.keras is the tf_keras model"
+                self.say(note)
+                return {"keras_model": "model_tf_keras.keras", "note": note}
+        self.plain.save(self.work / "model.keras")
+        return {"keras_model": "model.keras", "note": ""}
 
     def _savedmodel(self, model, name: str) -> str | None:
         """``model`` as a SavedModel the background thread converts, or None to convert it here."""
@@ -279,16 +344,20 @@ class Session:
         return str(path)
 
     def _submit(self, name, source, quant, started, last, metrics, accuracy, params) -> None:
-        path = self.work / "stages" / f"{self.count:02d}-{name}.tflite"
+        stage = self.count
+        path = self.work / "stages" / f"{stage:02d}-{name}.tflite"
         self.count += 1
         job = (name, source, path, quant, last, metrics, accuracy, params)
         seconds = time.perf_counter() - started
         if isinstance(source, str):  # a SavedModel path: convert it beside the next training
-            self.pending.append(self.pool.submit(self._measure, *job, seconds))
+            self.pending.append((stage, self.pool.submit(self._measure, *job, seconds)))
         else:  # an in-memory model is converted here, by the thread that owns it
             done: Future = Future()
-            done.set_result(self._measure(*job, seconds))
-            self.pending.append(done)
+            try:
+                done.set_result(self._measure(*job, seconds))
+            except Exception as exc:  # noqa: BLE001  (raised in stage order, by _done)
+                done.set_exception(exc)
+            self.pending.append((stage, done))
 
     def _measure(self, name, source, path, quant, last, metrics, accuracy, params, seconds):
         from tfedge.convert.converter import convert
@@ -312,9 +381,28 @@ class Session:
     def _done(self) -> list:
         """The rows measured so far, in stage order (a failed measurement raises here)."""
         rows = []
-        while self.pending and self.pending[0].done():
-            rows.append(self.pending.pop(0).result())
+        while self.pending and self.pending[0][1].done():
+            rows.append(_result(*self.pending.pop(0)))
         return rows
+
+
+def _result(stage: int, future: Future):
+    """A measured row; a failed measurement raises here, tagged with its stage."""
+    try:
+        return future.result()
+    except TfedgeError as exc:
+        _tag(exc, stage)
+        raise
+
+
+def _tag(exc: TfedgeError, stage: int) -> None:
+    """Say which stage ``exc`` stopped (index into the report's rows); travels with the error."""
+    if getattr(exc, "stage", None) is None:
+        exc.stage = stage  # type: ignore[attr-defined]
+
+
+def _error(exc: TfedgeError) -> dict:
+    return {"type": type(exc).__name__, "message": exc.message, "fields": vars(exc)}
 
 
 def save_for_conversion(model, path: Path) -> None:
@@ -401,8 +489,7 @@ def serve(reader, writer, progress: bool) -> int:
         try:
             value = getattr(session, job)(**args)
         except TfedgeError as exc:
-            error = {"type": type(exc).__name__, "message": exc.message, "fields": vars(exc)}
-            _write(writer, ("error", error))
+            _write(writer, ("error", _error(exc)))
         except Exception:  # a bug or an unexpected library error: the traceback goes back
             _write(writer, ("bug", traceback.format_exc()))
         else:

@@ -138,6 +138,21 @@ def check_names(config, name: str) -> None:
         )
 
 
+# ---- the accuracy guard -------------------------------------------------------------------
+
+DEFAULT_GUARD_HINT = "add fine-tuning epochs or make the pass gentler"
+
+
+def guard_hint_of(p) -> str:
+    """What to change in pass ``p`` when its stage loses more accuracy than the recipe allows.
+
+    Each pass class says it in its ``guard_hint`` class variable (prune: lower
+    target_sparsity; cluster: more clusters; ...); the pipeline adds ``max_accuracy_drop``
+    and how to resume.
+    """
+    return str(getattr(p, "guard_hint", DEFAULT_GUARD_HINT))
+
+
 # ---- training -----------------------------------------------------------------------------
 
 

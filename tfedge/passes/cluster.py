@@ -52,6 +52,7 @@ class Cluster:
     """
 
     pass_name: ClassVar[str] = "cluster"
+    guard_hint: ClassVar[str] = "use more clusters, add epochs, or cluster fewer layers (layers:)"
 
     clusters: int = 16
     init: str = "kmeans++"

@@ -51,6 +51,7 @@ class Distill:
     """
 
     pass_name: ClassVar[str] = "distill"
+    guard_hint: ClassVar[str] = "add epochs, tune temperature and alpha, or use a wider student"
 
     student: str | None = None
     builder: str | None = None

@@ -64,6 +64,7 @@ class LowRank:
     """
 
     pass_name: ClassVar[str] = "low_rank"
+    guard_hint: ClassVar[str] = "raise energy or param_ratio, add epochs, or factorise fewer layers"
 
     energy: float | None = None
     param_ratio: float | None = None

@@ -56,6 +56,7 @@ class Prune:
     """
 
     pass_name: ClassVar[str] = "prune"
+    guard_hint: ClassVar[str] = "lower target_sparsity, add epochs, or prune fewer layers (layers:)"
 
     target_sparsity: float = 0.5
     schedule: str = "polynomial"
