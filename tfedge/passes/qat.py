@@ -45,6 +45,7 @@ class Qat:
     """
 
     pass_name: ClassVar[str] = "qat"
+    guard_hint: ClassVar[str] = "add epochs or lower its learning_rate"
 
     epochs: int = 1
     scheme: str = "auto"
