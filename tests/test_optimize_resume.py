@@ -208,3 +208,18 @@ def test_guard_hint_is_the_failed_pass_own(task, tmp_path):
         _guard(recipe, base, bad, recipe.passes[0])
     assert "temperature" in caught.value.hint and "max_accuracy_drop" in caught.value.hint
     assert "sparsity" not in caught.value.hint and "cluster" not in caught.value.hint
+
+
+def test_keras3_export_refuses_a_model_keras3_computes_differently():
+    """tf_keras's hard_sigmoid (0.2x + 0.5) is not Keras 3's: the check on seeded inputs says so
+    (optimize then writes model_tf_keras.keras, never a model.keras that computes otherwise)."""
+    from tfedge._tf import import_keras
+    from tfedge.io.keras3_export import KerasExportError, to_keras3
+
+    k = import_keras()
+    inp = k.Input((FEATURES,), name="features")
+    same = k.Model(inp, k.layers.Dense(3, activation="tfedge>hard_silu", name="fc")(inp))
+    assert to_keras3(same).get_layer("fc").get_config()["activation"] == "hard_silu"
+    other = k.Model(inp, k.layers.Dense(3, activation="hard_sigmoid", name="fc")(inp))
+    with pytest.raises(KerasExportError, match="differs"):
+        to_keras3(other)
