@@ -17,7 +17,7 @@ import yaml
 
 import tfedge
 from tests.conftest import assert_one_error_line
-from tfedge.errors import RecipeError, TrainingError
+from tfedge.errors import DataError, OutputError, RecipeError, TrainingError
 from tfedge.io.models import detect_format
 
 pytestmark = pytest.mark.tf
@@ -139,6 +139,15 @@ def test_resume_refuses_a_changed_earlier_pass(failed_run, task, run_cli):
         run_cli, task, changed, "--resume", failed_run["out"], expect=1
     )  # the CLI: one line, with what to do
     assert_one_error_line(result, "passes[0] low_rank changed", "without --resume")
+    np.savez(failed_run["dir"] / "other.npz", x=np.load(task["train"])["x"][:-1], y=np.zeros(255))
+    with pytest.raises(DataError, match="is not the training data of the run"):
+        tfedge.optimize(
+            task["model"],
+            failed_run["recipe"],
+            failed_run["dir"] / "other.npz",
+            task["test"],
+            resume=failed_run["out"],
+        )
     assert sorted(p.name for p in failed_run["out"].iterdir()) == before
 
 
@@ -167,6 +176,8 @@ def test_resume_continues_from_the_failed_stage(failed_run, task, run_cli, tmp_p
     assert not (out / "resume.json").exists() and not (out / "checkpoints").exists()
     assert sorted(p.name for p in (out / "stages").iterdir())[-1] == "03-prune.tflite"
     _assert_keras3_model_matches_tflite(out, task)
+    with pytest.raises(OutputError, match="a finished run: nothing to resume"):
+        tfedge.optimize(task["model"], edited, task["train"], task["test"], resume=out)
 
 
 def _assert_keras3_model_matches_tflite(out: Path, task: dict) -> None:

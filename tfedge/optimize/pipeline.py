@@ -530,10 +530,10 @@ def read_state(out: Path, model, recipe: Recipe, train: Dataset, evals: Dataset)
             f"({state['model']['source']}; its sha256 differs)",
             f"resume with that model, or {again}",
         )
-    for key, data in (("data", train), ("eval", evals)):
+    for key, what, data in (("data", "training", train), ("eval", "evaluation", evals)):
         if state[key]["sha256"] != data_fingerprint(data):
             raise DataError(
-                f"{data.source} is not the {key} data of the run in {out} "
+                f"{data.source} is not the {what} data of the run in {out} "
                 f"({state[key]['source']}; the arrays' sha256 differs)",
                 f"resume with the same data, or {again}",
             )
