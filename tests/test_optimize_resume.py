@@ -66,8 +66,9 @@ def task(tmp_path_factory) -> dict:
     return {"model": d / "model.keras", "train": d / "train.npz", "test": d / "test.npz"}
 
 
-def _recipe(path: Path, passes: list) -> Path:
-    path.write_text(yaml.safe_dump({"schema_version": 1, "passes": passes, **SETTINGS}))
+def _recipe(path: Path, passes: list, **override) -> Path:
+    recipe = {"schema_version": 1, "passes": passes, **SETTINGS, **override}
+    path.write_text(yaml.safe_dump(recipe))
     return path
 
 
@@ -155,10 +156,13 @@ def test_resume_continues_from_the_failed_stage(failed_run, task, run_cli, tmp_p
     out = tmp_path / "out"
     shutil.copytree(failed_run["out"], out)  # the other tests keep the original
     earlier = json.loads((out / "report.json").read_text())["stages"]
-    edited = _recipe(tmp_path / "edited.yaml", [FIRST, GENTLE_PRUNE])
+    train = {"learning_rate": 1e-4, "batch_size": 64}  # train may change: it shapes what is to come
+    edited = _recipe(tmp_path / "edited.yaml", [FIRST, GENTLE_PRUNE], train=train)
     result = _optimize_cli(run_cli, task, edited, "--resume", out, "--json")
     summary = json.loads(result.stdout)
     assert summary["resumed"]["from_stage"] == "prune"
+    trained_with = summary["resumed"]["reused_stages_trained_with"]
+    assert trained_with == "train.learning_rate: 1e-05 -> 0.0001"
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "ok" and [s["name"] for s in report["stages"]] == [
         "float32",

@@ -150,7 +150,10 @@ def optimize(
             runner.load(model, train, evals, profile)
             runner.run()
         except TfedgeError as exc:
-            failure = runner.keep_partial(exc, model, train, evals, started)
+            try:
+                failure = runner.keep_partial(exc, model, train, evals, started)
+            except Exception:  # noqa: BLE001  (keeping the partial report failed: the error stands)
+                failure = exc
             if failure is exc:
                 raise
             raise failure from None
@@ -505,13 +508,17 @@ class _Previous:
     stages: list[Stage]
     completed: int
     checkpoint: Path
+    changed: str = ""  # train/seed settings the reused passes trained with, if changed since
 
     def summary(self) -> dict:
-        return {
+        out = {
             "from_stage": self.state["failed"]["stage"],
             "reused": [s.name for s in self.stages],
             "earlier_failure": self.state["failed"]["message"],
         }
+        if self.changed:
+            out["reused_stages_trained_with"] = self.changed
+        return out
 
 
 def read_state(out: Path, model, recipe: Recipe, train: Dataset, evals: Dataset) -> _Previous:
@@ -558,7 +565,11 @@ def read_state(out: Path, model, recipe: Recipe, train: Dataset, evals: Dataset)
             ) from None
     for row in stages:
         row.reused = True
-    return _Previous(state, stages, completed, checkpoint)
+    old, new = state["recipe"], recipe_settings(recipe)
+    changed = ", ".join(
+        filter(None, (_changed({key: old[key]}, {key: new[key]}) for key in ("train", "seed")))
+    )
+    return _Previous(state, stages, completed, checkpoint, changed)
 
 
 def _load_state(out: Path, again: str) -> dict:
@@ -582,7 +593,7 @@ def _load_state(out: Path, again: str) -> dict:
 
 
 def _check_same_passes(recipe: Recipe, state: dict, completed: int, again: str) -> None:
-    """RecipeError unless the passes the failed run completed (and its settings) are unchanged."""
+    """RecipeError unless the passes the failed run completed and ``convert`` are unchanged."""
     old, new = state["recipe"], recipe_settings(recipe)
     failed = state["failed"]["stage"]
     keep = f"edit only passes[{completed}] ({failed}) and later, or max_accuracy_drop; or {again}"
@@ -606,14 +617,13 @@ def _check_same_passes(recipe: Recipe, state: dict, completed: int, again: str) 
                 f"--resume reuses the stages before '{failed}' and needs them unchanged",
                 keep,
             )
-    for key in ("train", "convert", "seed"):
-        changed = _changed({key: old[key]}, {key: new[key]})
-        if changed:
-            raise RecipeError(
-                f"the recipe's {changed} changed since the run being resumed; the reused stages "
-                "were trained and converted with the old settings",
-                keep,
-            )
+    changed = _changed({"convert": old["convert"]}, {"convert": new["convert"]})
+    if changed:  # train and seed may change: they shape the passes still to run (reported)
+        raise RecipeError(
+            f"the recipe's {changed} changed since the run being resumed; the reused stages "
+            "were converted with the old settings",
+            keep,
+        )
     if ("qat" in recipe.pass_names) != bool(state["folded"]):
         raise RecipeError(
             "adding or removing qat changes how the model is prepared before the first pass "
@@ -622,17 +632,16 @@ def _check_same_passes(recipe: Recipe, state: dict, completed: int, again: str) 
         )
 
 
-def _changed(before: dict, now: dict) -> str:
-    """``key: old -> new`` for every key that differs (flattened one level)."""
+def _changed(before: dict, now: dict, prefix: str = "") -> str:
+    """``key: old -> new`` for every key that differs (nested keys as ``train.learning_rate``)."""
     diffs = []
     for key in sorted(set(before) | set(now)):
         a, b = before.get(key), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            inner = _changed(a, b)
-            if inner:
-                diffs.append(f"{key}.{inner}" if ": " in inner and "," not in inner else inner)
+            inner = _changed(a, b, f"{prefix}{key}.")
+            diffs += [inner] if inner else []
         elif a != b:
-            diffs.append(f"{key}: {a!r} -> {b!r}")
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return ", ".join(diffs)
 
 

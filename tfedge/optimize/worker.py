@@ -15,6 +15,12 @@ raised again in the caller with its type, message and hint; if the worker dies (
 crash, the OOM killer), the caller raises one error naming the signal and the job. The
 worker exits when the run ends, fails or is interrupted.
 
+Errors of a stage carry its index (``exc.stage``: 0 float32, 1 int8, 2 + i pass i), so the
+caller can keep the stages before it: ``drain`` waits for the measurements still running and
+returns the rows before the failed stage. ``load(resume=...)`` starts from a checkpoint of
+an earlier, failed run. For a Keras 3 input, ``finish`` writes model.keras with Keras 3
+(``tfedge.io.keras3_export``).
+
 Example (what ``tfedge.optimize.pipeline`` does):
     >>> with OptimizeWorker(say=print) as worker:
     ...     worker.call("load", model="model.keras", recipe=recipe, ...)
