@@ -153,9 +153,13 @@ def test_nan_loss_stops_and_leaves_outdir_as_it_was(digits, run_cli, tmp_path):
         out,
         expect=1,
     )
-    assert_one_error_line(result, "stage 'low_rank'", "NaN")
-    assert [p.name for p in out.iterdir()] == ["report.json"]
-    assert (out / "report.json").read_text() == '{"previous": true}'
+    assert_one_error_line(result, "stage 'low_rank'", "NaN", "--resume")
+    # The first pass failed: OUTDIR now holds the float32 and int8 stages, marked FAILED.
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and report["model"] is None
+    assert [s["name"] for s in report["stages"]] == ["float32", "int8"]
+    assert not (out / "model.tflite").exists() and (out / "resume.json").is_file()
+    assert "FAILED at stage `low_rank`" in (out / "report.md").read_text()
     assert _leftovers(tmp_path) == []
 
 
@@ -165,9 +169,20 @@ def test_accuracy_guard_names_the_stage(digits, tmp_path):
         [{"prune": {"target_sparsity": 0.99, "schedule": "constant", "epochs": 1}}],
         max_accuracy_drop=0.5,
     )
-    with pytest.raises(TrainingError, match="stage 'prune' lost .* points"):
-        tfedge.optimize(digits.model, recipe, digits.train, digits.test, tmp_path / "out")
-    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match="stage 'prune' lost .* points") as failed:
+        tfedge.optimize(digits.model, recipe, digits.train, digits.test, out)
+    assert "target_sparsity" in failed.value.hint and "--resume" in failed.value.hint
+    assert not (out / "model.tflite").exists() and _leftovers(tmp_path) == []
+    # The first pass failed: --resume with an edited pass reuses float32 and int8, trains prune.
+    recipe = _recipe(tmp_path, [{"prune": {"target_sparsity": 0.3, "epochs": 1}}])
+    result = tfedge.optimize(digits.model, recipe, digits.train, digits.test, resume=out)
+    assert [(s.name, s.reused) for s in result.stages] == [
+        ("float32", True),
+        ("int8", True),
+        ("prune", False),
+    ]
+    assert Path(result.model).is_file() and not (out / "resume.json").exists()
 
 
 def test_interrupt_leaves_nothing_behind(digits, tmp_path):

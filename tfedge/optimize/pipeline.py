@@ -15,14 +15,15 @@ back from tf_keras and checked on seeded inputs; if that fails, model_tf_keras.k
 note in the reports instead).
 
 A failed stage keeps its work: when a pass stage fails (the accuracy guard, a NaN loss, a
-failed conversion) after at least one pass completed, OUTDIR receives the stages before it
-(stages/*.tflite, report.json and report.md marked FAILED at that stage, recipe.yaml), the
-model after the last completed pass (``checkpoints/NN-<pass>/``, a tf_keras SavedModel) and
-``resume.json``; no model.tflite, so a failed run cannot be shipped by mistake.
+failed conversion), OUTDIR receives the stages before it (stages/*.tflite, report.json and
+report.md marked FAILED at that stage, recipe.yaml), the model after the last completed pass
+(``checkpoints/NN-<pass>/``, a tf_keras SavedModel; none when the first pass failed: resuming
+starts from the input model) and ``resume.json``; no model.tflite, so a failed run cannot be
+shipped by mistake.
 ``optimize(..., resume=OUTDIR)`` (``tfedge optimize --resume OUTDIR``) checks that the model,
 the data and the completed passes are the same, reuses their rows and checkpoint, and goes on
-from the failed stage. A failure in the first pass (nothing trained to keep), an error before
-the passes, a crash of the worker or Ctrl-C leaves OUTDIR as it was.
+from the failed stage. An error before the passes (loading, checks, the float32 and int8
+stages), a crash of the worker or Ctrl-C leaves OUTDIR as it was.
 
 ``resume.json`` (schema 1): ``failed`` (stage index and name, pass index, error type, message,
 hint), ``completed`` (passes done), ``checkpoint`` (relative path or null), ``folded`` (the
@@ -245,7 +246,7 @@ class _Runner:
             work=str(self.work),
             profile=profile,
             resume={
-                "checkpoint": str(previous.checkpoint),
+                "checkpoint": str(previous.checkpoint or ""),
                 "completed": previous.completed,
                 "count": len(previous.stages),
             },
@@ -263,6 +264,8 @@ class _Runner:
             for i, row in enumerate(self.previous.stages):
                 self._step(i + 1, total, f"{row.name} (reused from the earlier run)")
                 self.stages.append(row)
+            if first == 0 and "qat" in self.recipe.pass_names:  # no checkpoint: fold again
+                self._take(self._call("fold"))
         else:
             self._step(1, total, "float32")
             self._take(self._call("measure_input", name="float32", quant="none", last=False))
@@ -291,10 +294,10 @@ class _Runner:
 
         Returns the error to raise: ``exc`` with a hint naming OUTDIR and ``--resume``, or an
         earlier stage's error if one failed too (its rows arrive late: conversions overlap the
-        training). Nothing is kept (OUTDIR untouched) unless at least one pass completed.
+        training). Nothing is kept (OUTDIR untouched) when no pass stage failed.
         """
         stage = getattr(exc, "stage", None)
-        if stage is None or stage <= FIRST_PASS_STAGE:
+        if stage is None or stage < FIRST_PASS_STAGE:
             return exc
         try:
             drained = self._call("drain", before=stage)
@@ -315,10 +318,10 @@ class _Runner:
             except TrainingError as guard:
                 failure, stage = guard, guard.stage  # type: ignore[attr-defined]
         del self.stages[stage:]
-        if len(self.stages) != stage or stage <= FIRST_PASS_STAGE:
+        if len(self.stages) != stage or stage < FIRST_PASS_STAGE:
             return failure
         completed = stage - FIRST_PASS_STAGE
-        checkpoint = self._checkpoint(completed)
+        checkpoint = self._checkpoint(completed) if completed else None
         self._clean_partial()
         failed = {
             "index": stage,
@@ -350,7 +353,13 @@ class _Runner:
             self.work, self.recipe, self.stages, seconds, None, [], resumed, failed, checkpoint
         )
         publish(self.work, self.out)
-        failure.hint = _resume_hint(failure.hint, failed["stage"], self.out, checkpoint)
+        failure.hint = _resume_hint(
+            failure.hint,
+            failed["stage"],
+            self.out,
+            checkpoint,
+            resumable=bool(checkpoint) or not completed,
+        )
         return failure
 
     def _checkpoint(self, completed: int) -> str | None:
@@ -485,13 +494,14 @@ def _guard(recipe: Recipe, baseline: Stage, stage: Stage, p=None) -> None:
         )
 
 
-def _resume_hint(hint: str, failed: str, out: Path, checkpoint: str | None) -> str:
+def _resume_hint(hint: str, failed: str, out: Path, checkpoint: str | None, resumable: bool) -> str:
     kept = f"the stages before '{failed}' are kept in {out} (report.md"
-    if checkpoint is None:
+    if not resumable:
         tail = f"{kept}; no checkpoint could be saved, so run again without --resume)"
     else:
         tail = (
-            f"{kept}, {checkpoint}): edit the recipe and continue from '{failed}' with "
+            f"{kept}{', ' + checkpoint if checkpoint else ''}): edit the recipe and "
+            f"continue from '{failed}' with "
             f"`tfedge optimize MODEL --resume {out} --recipe RECIPE --data DATA --eval EVAL`"
         )
     return f"{hint}; {tail}" if hint else tail
@@ -507,7 +517,7 @@ class _Previous:
     state: dict
     stages: list[Stage]
     completed: int
-    checkpoint: Path
+    checkpoint: Path | None  # None: the first pass failed, start from the input model
     changed: str = ""  # train/seed settings the reused passes trained with, if changed since
 
     def summary(self) -> dict:
@@ -546,8 +556,8 @@ def read_state(out: Path, model, recipe: Recipe, train: Dataset, evals: Dataset)
             )
     completed = int(state["completed"])
     _check_same_passes(recipe, state, completed, again)
-    checkpoint = out / str(state.get("checkpoint") or "")
-    if not state.get("checkpoint") or not checkpoint.is_dir():
+    checkpoint = out / str(state.get("checkpoint") or "") if completed else None
+    if checkpoint is not None and (not state.get("checkpoint") or not checkpoint.is_dir()):
         raise OutputError(
             f"the failed run in {out} kept no checkpoint to resume from", again.capitalize()
         )
@@ -828,6 +838,10 @@ def markdown_report(
                 f"The model after them is `{checkpoint}`; edit the recipe and continue with "
                 "`tfedge optimize MODEL --resume OUTDIR --recipe RECIPE --data DATA --eval EVAL`."
                 if checkpoint
+                else "The first pass failed, so nothing trained is kept; continue with "
+                "`tfedge optimize MODEL --resume OUTDIR --recipe RECIPE --data DATA --eval EVAL` "
+                "(the float32 and int8 stages are reused)."
+                if failed["pass_index"] == 0
                 else "No checkpoint could be saved: run again without --resume."
             ),
             "",
