@@ -96,21 +96,20 @@ def _cluster_status(layer, reasons: list[str]) -> str:
 
 
 def _qat_status(layer, previous, reasons: list[str]) -> str:
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (  # noqa: E501 (a module path)
-        Default8BitQuantizeRegistry,
-    )
+    from tfedge.passes.qat_configs import NO, qat_rule
 
     kind = type(layer).__name__
     if kind == "InputLayer":
         return NO_WEIGHTS
-    if Default8BitQuantizeRegistry().supports(layer):
-        return "yes"
     if kind == "BatchNormalization" and type(previous).__name__ in FOLDED_INTO:
         reasons.append(f"qat: folded into '{previous.name}'")
         return "yes"
+    how, reason = qat_rule(layer)
+    if how != NO:
+        return "yes"
     reasons.append(
-        f"qat: tfmot's 8-bit scheme has no rule for {kind}; "
-        "use `unsupported: skip` in the qat pass to leave it to post-training quantization"
+        f"qat: {reason}; use `unsupported: skip` in the qat pass to leave it to post-training "
+        "quantization"
     )
     return "no"
 

@@ -26,6 +26,15 @@ from tfedge.passes.base import (
     where_of,
 )
 from tfedge.passes.compat import qat_unsupported
+from tfedge.passes.qat_configs import (
+    annotate_scope,
+    first_normalization,
+    hard_swish_inner,
+    noop_config,
+    ops_as_layers,
+    qat_rule,
+    quantize_config_for,
+)
 
 SCHEMES = ("auto", "default", "pqat", "cqat", "pcqat")
 POLICIES = ("stop", "skip")
@@ -62,8 +71,11 @@ class Qat:
         """Stop before any training if tfmot cannot quantize some layers and the recipe says so."""
         bad = qat_unsupported(model)
         if bad and self.unsupported == "stop":
+            why = "; ".join(
+                f"{name}: {qat_rule(model.get_layer(name.split(' (')[0]))[1]}" for name in bad
+            )
             raise RecipeError(
-                f"{where_of(self)}: tfmot cannot quantize {len(bad)} layer(s): {', '.join(bad)}",
+                f"{where_of(self)}: tfmot cannot quantize {len(bad)} layer(s): {why}",
                 "set `unsupported: skip` in the qat pass to leave them to post-training "
                 "quantization, or replace those layers",
             )
@@ -87,12 +99,15 @@ class Qat:
 
         model, folded = fold_for_qat(model)  # tfmot folds BN into Conv2D only; see rebuild
         self.check(model, ctx)
+        model, _ = ops_as_layers(model)  # TFOpLambda -> TfedgeScalarOp (same names, results)
         tfmot = import_tfmot()
         scheme_name = self.chosen_scheme(ctx.applied)
         skipped = qat_unsupported(model)
         annotated = _annotate(tfmot, clone_with_weights(model), {s.split(" (")[0] for s in skipped})
-        with tfmot.quantization.keras.quantize_scope():
-            wrapped = tfmot.quantization.keras.quantize_apply(annotated, _scheme(scheme_name))
+        with tfmot.quantization.keras.quantize_scope(annotate_scope()):
+            wrapped = tfmot.quantization.keras.quantize_apply(
+                annotated, _KeepSkipped(_scheme(scheme_name))
+            )
         ctx.compile(wrapped, learning_rate=self.learning_rate or ctx.train.learning_rate / 10)
         ctx.fit(wrapped, self.epochs, "qat")
         return PassResult(
@@ -103,13 +118,55 @@ class Qat:
 
 
 def _annotate(tfmot, model, skip: set[str]):
-    quant = tfmot.quantization.keras
-    if not skip:
-        return quant.quantize_annotate_model(model)
+    """Annotate every layer but ``skip``: tfedge's config where tfmot has none (``qat_configs``),
+    no quantization inside a hard-swish written as layers (so it converts to ``HARD_SWISH``)."""
     from tfedge._tf import import_keras
 
-    annotate = lambda layer: layer if layer.name in skip else quant.quantize_annotate_layer(layer)  # noqa: E731
+    quant = tfmot.quantization.keras
+    inner = hard_swish_inner(model)
+    calibrated = set(first_normalization(model))
+
+    def annotate(layer):
+        if layer.name in skip or layer.name in calibrated:
+            return layer
+        config = noop_config() if layer.name in inner else quantize_config_for(layer)
+        return quant.quantize_annotate_layer(layer, quantize_config=config)
+
     return import_keras().models.clone_model(model, clone_function=annotate)
+
+
+class _KeepSkipped:
+    """A tfmot scheme whose registry leaves alone what the default 8-bit registry cannot quantize.
+
+    tfmot quantizes the output of an unannotated layer that feeds an annotated one when the
+    scheme's registry ``supports`` it; the collaborative registries (PQAT, CQAT, PCQAT) say yes
+    to every layer without trainable weights, then fail in ``get_quantize_config``. Skipped layers
+    stay unquantized in every scheme, as in the default one."""
+
+    def __init__(self, scheme):
+        self.scheme = scheme
+
+    def get_layout_transformer(self):
+        return self.scheme.get_layout_transformer()
+
+    def get_quantize_registry(self):
+        return _SupportedOnly(self.scheme.get_quantize_registry())
+
+
+class _SupportedOnly:
+    def __init__(self, registry):
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (  # noqa: E501 (a module path)
+            Default8BitQuantizeRegistry,
+        )
+
+        self.registry = registry
+        self.default = Default8BitQuantizeRegistry()
+
+    def supports(self, layer) -> bool:
+        return bool(self.registry.supports(layer) and self.default.supports(layer))
+
+    def get_quantize_config(self, layer):
+        return self.registry.get_quantize_config(layer)
 
 
 def _scheme(name: str):

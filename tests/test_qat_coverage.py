@@ -1,0 +1,157 @@
+"""QAT (and PQAT / CQAT / PCQAT) on the layers of today's architectures, to verified full-int8.
+
+Preprocessing first (``Rescaling``), hard-swish and squeeze-and-excite written as tf_keras's
+MobileNetV3 writes them (``TFOpLambda`` + ``ReLU(6.)`` + ``Multiply``), ``Activation`` layers
+with modern activations, and ``unsupported: skip`` with a layer no scheme can quantize.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+
+import numpy as np
+import pytest
+
+from tfedge.errors import RecipeError
+from tfedge.passes import PassContext, TrainConfig, build_pass
+
+pytestmark = pytest.mark.tf
+
+
+def _data(shape, n: int = 256, classes: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, *shape)).astype(np.float32)
+    y = (x.reshape(n, -1).mean(axis=1) > 127.5).astype(np.int64) % classes
+    return x, y
+
+
+def _ctx(x, y) -> PassContext:
+    return PassContext(x=x, y=y, train=TrainConfig(batch_size=64), seed=0)
+
+
+def _int8_ops(model, x, tmp_path, name: str = "m") -> collections.Counter:
+    """Convert ``model`` to full-int8 (tfedge verifies it) and count the ops of the file."""
+    import tfedge
+    from tfedge.convert.tflite_model import read_tflite
+
+    out = tmp_path / f"{name}.tflite"
+    result = tfedge.convert(model, out, calib=x, calib_samples=16, in_process=True)
+    assert result.full_integer, result.float_ops
+    return collections.Counter(op.name for op in read_tflite(out).ops)
+
+
+@functools.cache
+def _halve_class():
+    from tfedge._tf import import_keras
+
+    k = import_keras()
+
+    @k.utils.register_keras_serializable(package="tests")
+    class Halve(k.layers.Layer):
+        """A custom layer: tfmot has no rule for it."""
+
+        def call(self, inputs):
+            return inputs * 0.5
+
+    return Halve
+
+
+def _rescaling_cnn():
+    """A tutorial CNN: ``Rescaling(1/255)`` first, and a custom layer no scheme can quantize."""
+    from tfedge._tf import import_keras
+
+    k = import_keras()
+    inp = k.Input((16, 16, 1), name="image")
+    h = k.layers.Rescaling(1 / 255, name="rescale")(inp)
+    h = k.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(h)
+    h = _halve_class()(name="halve")(h)
+    h = k.layers.MaxPooling2D(name="pool")(h)
+    h = k.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(h)
+    h = k.layers.GlobalAveragePooling2D(name="gap")(h)
+    return k.Model(inp, k.layers.Dense(4, name="out")(h))
+
+
+def test_qat_check_passes_preprocessing_and_names_the_reason_for_the_rest():
+    from tfedge.passes.compat import layer_compat
+
+    model = _rescaling_cnn()
+    x, y = _data((16, 16, 1), n=16)
+    with pytest.raises(
+        RecipeError, match=r"1 layer\(s\): halve \(Halve\): tfmot's 8-bit scheme has no rule"
+    ):
+        build_pass("qat", {}).check(model, _ctx(x, y))
+    rows = {r.layer: r for r in layer_compat(model)}
+    assert rows["rescale"].qat == "yes" and rows["halve"].qat == "no"
+    assert "no rule for Halve" in rows["halve"].notes
+
+
+_OPTIONS = {"prune": {"target_sparsity": 0.5, "epochs": 1}, "cluster": {"clusters": 8, "epochs": 1}}
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    """The Rescaling CNN after ``prune``, shared by the PQAT and PCQAT tests."""
+    x, y = _data((16, 16, 1), n=128)
+    ctx = _ctx(x, y)
+    model = build_pass("prune", _OPTIONS["prune"]).apply(_rescaling_cnn(), ctx).model
+    return model, x, y
+
+
+@pytest.mark.parametrize("scheme", ["pqat", "cqat", "pcqat"])
+def test_rescaling_cnn_with_skip_through_every_collaborative_scheme(scheme, pruned, tmp_path):
+    model, x, y = pruned
+    ctx = _ctx(x, y)
+    ctx.applied += ("prune",)
+    if scheme == "cqat":
+        model, ctx.applied = _rescaling_cnn(), ()
+    if scheme != "pqat":
+        model = build_pass("cluster", _OPTIONS["cluster"]).apply(model, ctx).model
+        ctx.applied += ("cluster",)
+    result = build_pass("qat", {"epochs": 1, "unsupported": "skip"}).apply(model, ctx)
+    assert result.metrics["scheme"] == scheme
+    assert result.metrics["skipped_layers"] == ["halve (Halve)"]
+    wrapped = {layer.name for layer in result.model.layers}
+    assert "quant_rescale" in wrapped and "halve" in wrapped  # Rescaling quantized, Halve not
+    _int8_ops(result.model, x, tmp_path)
+
+
+def _modern_model():
+    """MobileNetV3's stem and an inverted-residual block with squeeze-and-excite, built by
+    tf_keras's own MobileNetV3 functions (hard-swish and hard-sigmoid as ``TFOpLambda`` ops,
+    ``ReLU(6.)`` and ``Multiply``), after the preprocessing of EfficientNet (``Normalization``)
+    and ``Resizing``, then ``Activation`` layers with today's activations."""
+    from tf_keras.src.applications import mobilenet_v3 as v3
+
+    from tfedge._tf import import_keras
+    from tfedge.passes.qat_configs import custom_activations
+
+    k = import_keras()
+    names = ["swish", "gelu", "hard_sigmoid", "leaky_relu"]
+    names += [n for n in custom_activations() if n.split(">")[-1] in {"hard_silu", "hard_sigmoid"}]
+    inp = k.Input((12, 12, 3))
+    h = k.layers.Normalization(mean=127.5, variance=75.0**2, name="norm")(inp)
+    h = k.layers.Resizing(8, 8, name="resize")(h)
+    h = k.layers.Conv2D(16, 3, padding="same", use_bias=False, name="Conv")(h)
+    h = k.layers.BatchNormalization(name="Conv/BatchNorm")(h)
+    h = v3.hard_swish(h)
+    h = v3._inverted_res_block(h, 3, 16, 3, 1, 0.25, v3.hard_swish, 1)
+    for i, name in enumerate(names):
+        h = k.layers.Conv2D(8, 1, name=f"conv{i}")(h)
+        h = k.layers.Activation(custom_activations().get(name, name), name=f"act{i}")(h)
+    h = k.layers.GlobalAveragePooling2D()(h)
+    return k.Model(inp, k.layers.Dense(4)(h)), names
+
+
+def test_hard_swish_squeeze_excite_activations_and_preprocessing_qat_to_full_int8(tmp_path):
+    from tfedge.passes.compat import qat_unsupported
+    from tfedge.passes.qat_configs import hard_swish_inner
+
+    model, names = _modern_model()
+    assert qat_unsupported(model) == []
+    assert len(set(hard_swish_inner(model).values())) == 3  # stem, expand, depthwise
+    x, y = _data((12, 12, 3), n=128)
+    result = build_pass("qat", {"epochs": 1}).apply(model, _ctx(x, y))
+    ops = _int8_ops(result.model, x, tmp_path)
+    assert ops["HARD_SWISH"] >= 3, ops  # one int8 op each, not ADD, RELU6, MUL, MUL
+    assert ops["LOGISTIC"] >= 1 and ops["RESIZE_BILINEAR"] == 1, (names, ops)

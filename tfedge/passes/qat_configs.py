@@ -1,0 +1,375 @@
+"""Which layers ``qat`` can quantize, and how: tfmot's own 8-bit rules plus tfedge's.
+
+tfmot's 8-bit scheme has no rule for the layers today's architectures use: preprocessing
+(``Rescaling``, ``Normalization``, ``Resizing``, ``CenterCrop``), ``Multiply`` (squeeze-and-excite),
+hard-swish / hard-sigmoid activations and the ``TFOpLambda`` layers tf_keras's MobileNetV3 builds
+them from (``x + 3``, ``x * (1/6)``). tfedge gives those an output-only ``QuantizeConfig`` (the
+layer's output gets a fake-quant; TFLite runs it as an int8 op). Inside a hard-swish written
+out as ops (``x * relu6(x + 3) * (1/6)``) the three inner layers get a no-op config, so that the
+converter sees the whole pattern and fuses it into one int8 ``HARD_SWISH``.
+
+The table is here once: ``qat_rule`` (read by ``tfedge inspect`` through ``compat``) and
+``quantize_config_for`` (read by the ``qat`` pass).
+
+Example:
+    >>> qat_rule(keras.layers.Rescaling(1 / 255))
+    ('output', '')
+    >>> qat_rule(keras.layers.Lambda(lambda x: x))[0]
+    'no'
+"""
+
+from __future__ import annotations
+
+import functools
+
+# Activations tfmot's Default8BitActivationQuantizeConfig handles itself.
+TFMOT_ACTIVATIONS = frozenset(
+    {"relu", "swish", "gelu", "relu6", "linear", "softmax", "sigmoid", "tanh"}
+)
+# Activations tfedge quantizes at the output (each becomes int8 TFLite ops; hard-swish one
+# HARD_SWISH). ``silu`` is ``swish`` in tf_keras; tfedge's own ``tfedge>...`` functions
+# (``tfedge.io.activations``) are matched by name too.
+OUTPUT_ACTIVATIONS = frozenset({"hard_sigmoid", "hard_silu", "hard_swish", "silu", "leaky_relu"})
+# Activations whose TFLite op stays in float in a full-int8 model, whatever QAT does.
+FLOAT_ONLY_ACTIVATIONS = {
+    "elu": "TFLite keeps ELU in float32 in a full-int8 model",
+    "selu": "TFLite keeps SELU's ELU in float32 in a full-int8 model",
+    "softplus": "TFLite has no int8 softplus (log(exp(x) + 1))",
+    "mish": "TFLite has no int8 softplus, which mish uses",
+}
+# Layers with no weights whose output tfedge quantizes.
+OUTPUT_LAYERS = frozenset(
+    {
+        "Rescaling",
+        "Normalization",
+        "Resizing",
+        "CenterCrop",
+        "Multiply",
+        "Subtract",
+        "Maximum",
+        "Minimum",
+        "TfedgeScalarOp",
+    }
+)
+# TFOpLambda symbols (``tf.<symbol>``) tfedge quantizes when every argument but the first is a
+# Python number: elementwise ops with a scalar constant, and unary activations.
+SCALAR_OPS = frozenset(
+    {
+        "__operators__.add",
+        "math.add",
+        "math.subtract",
+        "math.multiply",
+        "math.truediv",
+        "math.divide",
+        "nn.relu",
+        "nn.relu6",
+        "math.sigmoid",
+        "nn.sigmoid",
+        "math.tanh",
+        "nn.silu",
+        "nn.swish",
+        "math.maximum",
+        "math.minimum",
+    }
+)
+
+TFMOT = "tfmot"  # tfmot's own registry quantizes it
+OUTPUT = "output"  # tfedge's output-only config
+NO = "no"
+
+
+def custom_activations() -> dict:
+    """tfedge's registered activation functions by name (``tfedge.io.activations``), if any."""
+    try:
+        from tfedge.io import activations
+    except ImportError:
+        return {}
+    found = getattr(activations, "CUSTOM_ACTIVATIONS", {})
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def activation_name(fn) -> str:
+    """The name of an activation function: tfedge's registered name, else ``__name__``."""
+    for name, custom in custom_activations().items():
+        if fn is custom:
+            return str(name)
+    return str(getattr(fn, "__name__", type(fn).__name__))
+
+
+def _bare(name: str) -> str:
+    return name.split(">")[-1]  # "tfedge>hard_silu" -> "hard_silu"
+
+
+def _op_arguments(layer) -> list:
+    """Every argument but the input tensor, over all the calls of a TFOpLambda layer."""
+    extra: list = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        extra.extend(list(getattr(node, "call_args", ()))[1:])
+        kwargs = dict(getattr(node, "call_kwargs", {}) or {})
+        kwargs.pop("name", None)
+        extra.extend(kwargs.values())
+    return extra
+
+
+def _is_number(value) -> bool:
+    import numpy as np
+
+    return isinstance(value, (int, float)) or (isinstance(value, np.ndarray) and value.ndim == 0)
+
+
+def qat_rule(layer) -> tuple[str, str]:
+    """``(how, reason)``: ``how`` is ``tfmot``, ``output`` (tfedge's output-only config) or
+    ``no``; ``reason`` says why not (``no``) or what tfedge does differently."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (  # noqa: E501 (a module path)
+        Default8BitQuantizeRegistry,
+    )
+
+    kind = type(layer).__name__
+    if kind == "Activation":
+        name = activation_name(layer.activation)
+        if name in TFMOT_ACTIVATIONS:
+            return TFMOT, ""
+        if _bare(name) in OUTPUT_ACTIVATIONS:
+            return OUTPUT, ""
+        if _bare(name) in FLOAT_ONLY_ACTIVATIONS:
+            return NO, f"activation '{name}': {FLOAT_ONLY_ACTIVATIONS[_bare(name)]}"
+        return NO, (
+            f"activation '{name}' has no 8-bit rule (tfedge quantizes "
+            f"{', '.join(sorted(TFMOT_ACTIVATIONS | OUTPUT_ACTIVATIONS))})"
+        )
+    if kind == "TFOpLambda":
+        symbol = str(getattr(layer, "symbol", ""))
+        if symbol not in SCALAR_OPS:
+            return NO, f"tf.{symbol} has no 8-bit rule (tfedge quantizes scalar elementwise ops)"
+        tensors = [a for a in _op_arguments(layer) if not _is_number(a)]
+        if tensors:
+            return NO, (
+                f"tf.{symbol} takes a tensor, not a number, as its other argument; "
+                "use an Add / Multiply layer"
+            )
+        return OUTPUT, ""
+    if kind in OUTPUT_LAYERS:
+        return OUTPUT, ""
+    if Default8BitQuantizeRegistry().supports(layer):
+        return TFMOT, ""
+    if kind == "Lambda":
+        return NO, "a Lambda layer runs Python code tfmot cannot see into; use built-in layers"
+    return NO, f"tfmot's 8-bit scheme has no rule for {kind}"
+
+
+def quantize_config_for(layer):
+    """The ``QuantizeConfig`` tfedge gives ``layer``, or None (tfmot's own rule, or none at all:
+    ``qat_rule`` says which and why)."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs import (  # noqa: E501 (a module path)
+        Default8BitOutputQuantizeConfig,
+    )
+
+    return Default8BitOutputQuantizeConfig() if qat_rule(layer)[0] == OUTPUT else None
+
+
+def noop_config():
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs import (  # noqa: E501 (a module path)
+        NoOpQuantizeConfig,
+    )
+
+    return NoOpQuantizeConfig()
+
+
+def _inbound(layer) -> list:
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1:
+        return []
+    found = nodes[0].inbound_layers
+    return list(found) if isinstance(found, (list, tuple)) else [found]
+
+
+def _op(layer) -> tuple[str | None, float | None]:
+    """``(op, scalar)`` of a scalar-op layer (``TFOpLambda`` or ``TfedgeScalarOp``)."""
+    kind = type(layer).__name__
+    if kind == "TfedgeScalarOp":
+        return layer.op, layer.value
+    if kind != "TFOpLambda":
+        return None, None
+    values = _op_arguments(layer)
+    scalar = float(values[0]) if len(values) == 1 and _is_number(values[0]) else None
+    return _OP_FUNCTIONS.get(str(getattr(layer, "symbol", ""))), scalar
+
+
+def _feeds_only(layer) -> bool:
+    return len(getattr(layer, "_outbound_nodes", [])) == 1
+
+
+def _only_input(layer):
+    inputs = _inbound(layer)
+    return inputs[0] if len(inputs) == 1 else None
+
+
+def _hard_sigmoid_of(gate):
+    """``(x, [inner layers])`` if ``gate`` computes ``relu6(x + 3) * (1/6)`` with layers used
+    once, else None."""
+    op, factor = _op(gate)
+    if op == "truediv" and factor:
+        op, factor = "multiply", 1 / factor
+    if op != "multiply" or factor is None or abs(factor - 1 / 6) > 1e-6 or not _feeds_only(gate):
+        return None
+    relu = _only_input(gate)
+    if relu is None or not _feeds_only(relu):
+        return None
+    if type(relu).__name__ == "ReLU":
+        six = relu.get_config()
+        if six.get("max_value") != 6.0 or six.get("negative_slope") or six.get("threshold"):
+            return None
+    elif _op(relu)[0] != "relu6":
+        return None
+    add = _only_input(relu)
+    if add is None or not _feeds_only(add) or _op(add) != ("add", 3.0):
+        return None
+    x = _only_input(add)
+    return None if x is None else (x, [add, relu, gate])
+
+
+def hard_swish_inner(model) -> dict[str, str]:
+    """``{inner layer: Multiply}`` for every hard-swish written as layers,
+    ``Multiply([x, relu6(x + 3) * (1/6)])`` (tf_keras's MobileNetV3): the inner layers stay
+    unquantized so that the converter fuses the pattern into one ``HARD_SWISH``."""
+    inner: dict[str, str] = {}
+    for layer in model.layers:
+        inputs = _inbound(layer)
+        if type(layer).__name__ != "Multiply" or len(inputs) != 2:
+            continue
+        for x, gate in (inputs, inputs[::-1]):
+            found = _hard_sigmoid_of(gate)
+            if found and found[0] is x:
+                inner.update({part.name: layer.name for part in found[1]})
+                break
+    return inner
+
+
+def annotate_scope() -> dict:
+    """Custom objects ``quantize_apply`` needs to clone a model the qat pass annotated."""
+    cls = scalar_op_class()
+    return {cls.__name__: cls, f"tfedge>{cls.__name__}": cls}
+
+
+_OP_FUNCTIONS = {
+    "__operators__.add": "add",
+    "math.add": "add",
+    "math.subtract": "subtract",
+    "math.multiply": "multiply",
+    "math.truediv": "truediv",
+    "math.divide": "truediv",
+    "math.maximum": "maximum",
+    "math.minimum": "minimum",
+    "nn.relu": "relu",
+    "nn.relu6": "relu6",
+    "math.sigmoid": "sigmoid",
+    "nn.sigmoid": "sigmoid",
+    "math.tanh": "tanh",
+    "nn.silu": "silu",
+    "nn.swish": "silu",
+}
+
+
+@functools.cache
+def scalar_op_class():
+    """``TfedgeScalarOp``: a ``TFOpLambda`` with a scalar constant (``x + 3``, ``x * (1/6)``,
+    ``relu6(x)``) as a plain layer. tfmot's wrapper cannot quantize a ``TFOpLambda`` (it needs the
+    layer's output shape, which a ``TFOpLambda`` cannot compute without its call arguments); the
+    qat pass swaps them in before annotating, with the same names and the same results."""
+    import tensorflow as tf
+
+    from tfedge._tf import import_keras
+
+    keras = import_keras()
+
+    binary = {
+        "add": tf.math.add,
+        "subtract": tf.math.subtract,
+        "multiply": tf.math.multiply,
+        "truediv": tf.math.truediv,
+        "maximum": tf.math.maximum,
+        "minimum": tf.math.minimum,
+    }
+    unary = {
+        "relu": tf.nn.relu,
+        "relu6": tf.nn.relu6,
+        "sigmoid": tf.math.sigmoid,
+        "tanh": tf.math.tanh,
+        "silu": tf.nn.silu,
+    }
+
+    @keras.utils.register_keras_serializable(package="tfedge")
+    class TfedgeScalarOp(keras.layers.Layer):
+        def __init__(self, op: str, value: float | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.op, self.value = op, value
+
+        def call(self, inputs):
+            if self.op in unary:
+                return unary[self.op](inputs)
+            return binary[self.op](inputs, tf.cast(self.value, inputs.dtype))
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "op": self.op, "value": self.value}
+
+    return TfedgeScalarOp
+
+
+def ops_as_layers(model):
+    """``(model, names)``: ``model`` with every quantizable ``TFOpLambda`` (``qat_rule``) replaced
+    by a ``TfedgeScalarOp`` of the same name; ``model`` itself when it has none."""
+    swap = {
+        layer.name: layer
+        for layer in model.layers
+        if type(layer).__name__ == "TFOpLambda"
+        and qat_rule(layer)[0] == OUTPUT
+        and len(layer._inbound_nodes) == 1
+        and str(getattr(layer, "symbol", "")) in _OP_FUNCTIONS
+    }
+    if not swap or type(model).__name__ != "Functional":
+        return model, []
+    from tfedge.passes.rebuild import copy_weights, model_config
+
+    config = model_config(model)
+    for entry in config["layers"]:
+        layer = swap.get(entry["config"]["name"])
+        if layer is None:
+            continue
+        nodes = entry["inbound_nodes"]
+        source = nodes[0] if len(nodes) == 1 else None
+        if not (isinstance(source, list) and len(source) == 4 and isinstance(source[0], str)):
+            continue  # the op's input is not one tensor: leave it
+        values = [float(v) for v in _op_arguments(layer)]
+        entry["class_name"] = "TfedgeScalarOp"
+        entry["config"] = {
+            "name": entry["config"]["name"],
+            "trainable": False,
+            "dtype": entry["config"].get("dtype", "float32"),
+            "op": _OP_FUNCTIONS[str(layer.symbol)],
+            "value": values[0] if values else None,
+        }
+        entry["inbound_nodes"] = [[[*source[:3], {}]]]
+        entry.pop("module", None)
+        entry.pop("registered_name", None)
+    from tfedge._tf import import_keras
+
+    cls = scalar_op_class()
+    rebuilt = import_keras().Model.from_config(config, custom_objects={cls.__name__: cls})
+    copy_weights(model, rebuilt)
+    return rebuilt, sorted(swap)
+
+
+def first_normalization(model) -> list[str]:
+    """``Normalization`` layers fed by a model input. Quantization-aware, the converter puts a
+    float DEQUANTIZE / QUANTIZE pair between the int8 input and the subtraction; left out of
+    QAT, the converter calibrates them and they run as int8 SUB and MUL."""
+    inputs = {id(layer) for layer in model.layers if type(layer).__name__ == "InputLayer"}
+    return [
+        layer.name
+        for layer in model.layers
+        if type(layer).__name__ == "Normalization"
+        and all(id(source) in inputs for source in _inbound(layer))
+    ]
