@@ -82,10 +82,17 @@ def quiet_native_stderr():
 
 
 def import_keras():
-    """Return ``tf_keras`` (Keras 2), the Keras tfmot works with."""
+    """Return ``tf_keras`` (Keras 2), the Keras tfmot works with.
+
+    Registers tfedge's custom activations (``tfedge.io.activations``) so models that use them
+    load in every process.
+    """
     import_tf()
     import tf_keras
 
+    from tfedge.io.activations import register
+
+    register(tf_keras)
     return tf_keras
 
 

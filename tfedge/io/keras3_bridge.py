@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tfedge.errors import ModelLoadError
+from tfedge.io import activations
 
 SUPPORTED_LAYERS = frozenset(
     {
@@ -65,8 +66,33 @@ SUPPORTED_LAYERS = frozenset(
         "UpSampling2D",
         "Cropping2D",
         "Conv2DTranspose",
+        "Normalization",
+        "Resizing",
+        "CenterCrop",
+        # data augmentation: identity at inference, dropped when the model is flattened
+        "RandomFlip",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomContrast",
+        "RandomTranslation",
+        "RandomBrightness",
+        "RandomCrop",
+        "RandomHeight",
+        "RandomWidth",
     }
 )
+MODEL_CLASSES = frozenset({"Functional", "Sequential"})
+# Keras 3 op layers (``x + 3.0`` in a Functional graph, ``keras.src.ops.numpy``) -> the
+# TFOpLambda function tf_keras itself records for the same code with a constant operand,
+# and the merge layer for two tensors.
+OP_LAYERS = {
+    "Add": ("__operators__.add", "Add"),
+    "Subtract": ("math.subtract", "Subtract"),
+    "Multiply": ("math.multiply", "Multiply"),
+    "TrueDivide": ("math.truediv", None),
+    "Divide": ("math.truediv", None),
+}
+OPS_MODULE = "keras.src.ops.numpy"
 BASE_LAYER_KWARGS = frozenset(
     {"name", "trainable", "dtype", "input_shape", "batch_input_shape", "batch_size", "input_dim"}
 )
@@ -105,26 +131,51 @@ def bridge_keras3_model(model3):
 
 
 def check_translatable(model3) -> None:
+    """ModelLoadError unless every layer of ``model3`` (nested models included) translates."""
     kind = type(model3).__name__
-    if kind not in ("Sequential", "Functional"):
+    if kind not in MODEL_CLASSES:
         raise ModelLoadError(
             f"the model is a subclassed Keras model ({kind}); "
             "its architecture is Python code, not data",
             "rewrite it with the Functional API (keras.Model(inputs, outputs)) or Sequential",
         )
-    unknown = [
-        f"{layer.name} ({type(layer).__name__})"
-        for layer in model3.layers
-        if type(layer).__name__ not in SUPPORTED_LAYERS
-        or not type(layer).__module__.startswith("keras")
-    ]
-    if unknown:
-        raise ModelLoadError(
-            "the Keras 3 bridge cannot translate these layers: " + ", ".join(unknown),
-            "use built-in layers for a model that needs tfmot passes, or convert it directly with "
-            "`tfedge convert` / a post-training recipe (no bridge needed); custom layers need a "
-            "tf_keras twin registered as a custom object",
+    unknown = _untranslatable(model3, inside="")
+    if not unknown:
+        return
+    if len(unknown) > 6:
+        unknown = [*unknown[:5], f"and {len(unknown) - 5} more"]
+    nested = any(" in '" in u for u in unknown)
+    raise ModelLoadError(
+        "the Keras 3 bridge cannot translate these layers: " + ", ".join(unknown),
+        (
+            "they are custom layers (Python code, not built-in Keras layers): give each a "
+            "tf_keras twin registered as a custom object, or convert the model directly with "
+            "`tfedge convert` / a post-training recipe (no bridge needed)"
         )
+        if nested
+        else (
+            "use built-in layers for a model that needs tfmot passes, or convert it directly "
+            "with `tfedge convert` / a post-training recipe (no bridge needed); custom layers "
+            "need a tf_keras twin registered as a custom object"
+        ),
+    )
+
+
+def _untranslatable(model3, inside: str) -> list[str]:
+    where = f" in '{inside}'" if inside else ""
+    unknown = []
+    for op in getattr(model3, "operations", None) or model3.layers:
+        cls, module = type(op).__name__, type(op).__module__
+        if cls == "InputLayer":
+            continue
+        if cls in MODEL_CLASSES and module.startswith("keras"):
+            unknown += _untranslatable(op, inside=op.name)
+        elif module == OPS_MODULE:
+            if cls not in OP_LAYERS:
+                unknown.append(f"{op.name} (keras.ops {cls}){where}")
+        elif cls not in SUPPORTED_LAYERS or not module.startswith("keras"):
+            unknown.append(f"{op.name} ({cls}){where}")
+    return unknown
 
 
 def _build_tf_keras(model3):
@@ -132,22 +183,10 @@ def _build_tf_keras(model3):
 
     k2 = import_keras()
     config = model3.get_config()
-    if type(model3).__name__ == "Sequential":
-        layers = [_layer_entry(entry, k2) for entry in config["layers"]]
-        return k2.Sequential.from_config(
-            {"name": config.get("name", "sequential"), "layers": layers}
-        )
-    functional = {
-        "name": config.get("name", "model"),
-        "layers": [
-            dict(_layer_entry(e, k2), name=e["name"], inbound_nodes=_nodes(e["inbound_nodes"]))
-            for e in config["layers"]
-        ],
-        "input_layers": _endpoints(config["input_layers"]),
-        "output_layers": _endpoints(config["output_layers"]),
-    }
     try:
-        return k2.Model.from_config(functional)
+        if type(model3).__name__ == "Sequential":
+            return k2.Sequential.from_config(_sequential_config(config, k2))
+        return k2.Model.from_config(_functional_config(config, k2))
     except Exception as exc:
         raise ModelLoadError(
             f"tf_keras could not rebuild the Keras 3 graph: {_first_line(exc)}",
@@ -155,8 +194,50 @@ def _build_tf_keras(model3):
         ) from exc
 
 
+def _functional_config(config: dict, k2) -> dict:
+    """A Keras 3 Functional config in tf_keras form (nested models translated too)."""
+    # tf_keras counts a nested model's internal first node (its Input) in every reference to
+    # it; Keras 3 counts it only in ``output_layers``, and only for Functional models.
+    built = {
+        e["name"]: e["class_name"]
+        for e in config["layers"]
+        if e["class_name"] == "Functional"
+        or (
+            e["class_name"] == "Sequential"
+            and e["config"]["layers"]
+            and e["config"]["layers"][0]["class_name"] == "InputLayer"
+        )
+    }
+    offsets = dict.fromkeys(built, 1)
+    output_offsets = {name: 1 for name, kind in built.items() if kind == "Sequential"}
+    layers = []
+    for e in config["layers"]:
+        if e.get("module") == OPS_MODULE:
+            layers.append(_op_entry(e, offsets))
+        else:
+            nodes = _nodes(e["inbound_nodes"], offsets)
+            layers.append(dict(_layer_entry(e, k2), name=e["name"], inbound_nodes=nodes))
+    return {
+        "name": config.get("name", "model"),
+        "layers": layers,
+        "input_layers": _endpoints(config["input_layers"]),
+        "output_layers": [
+            _offset(h, output_offsets) for h in _endpoints(config["output_layers"])
+        ],
+    }
+
+
+def _sequential_config(config: dict, k2) -> dict:
+    layers = [_layer_entry(entry, k2) for entry in config["layers"]]
+    return {"name": config.get("name", "sequential"), "layers": layers}
+
+
 def _layer_entry(entry: dict, k2) -> dict:
     cls_name = entry["class_name"]
+    if cls_name == "Functional":
+        return {"class_name": "Functional", "config": _functional_config(entry["config"], k2)}
+    if cls_name == "Sequential":
+        return {"class_name": "Sequential", "config": _sequential_config(entry["config"], k2)}
     cls = getattr(k2.layers, cls_name)
     config = _layer_config(cls_name, entry["config"], cls, k2)
     return {"class_name": cls_name, "config": config}
@@ -187,12 +268,17 @@ def _accepted_args(cls) -> set[str] | None:
 def _value(key: str, value: Any, k2) -> Any:
     if key == "dtype" and isinstance(value, dict):
         return value.get("config", {}).get("name", "float32")
+    if key == "activation":
+        if isinstance(value, dict) and value.get("class_name") == "function":
+            value = value.get("config")
+        if isinstance(value, str):
+            return activations.translate(value)
     if isinstance(value, dict) and "class_name" in value:
         return {"class_name": value["class_name"], "config": value.get("config", {})}
     return value
 
 
-def _nodes(inbound_nodes: list) -> list:
+def _nodes(inbound_nodes: list, offsets: dict[str, int]) -> list:
     """Keras 3 inbound nodes -> tf_keras inbound nodes.
 
     ``{"args": [tensors...], "kwargs": {}}`` -> ``[[name, node, index, kwargs]]``.
@@ -200,8 +286,67 @@ def _nodes(inbound_nodes: list) -> list:
     out = []
     for node in inbound_nodes:
         kwargs = {k: v for k, v in node.get("kwargs", {}).items() if not _is_tensor(v)}
-        out.append([[*history, kwargs] for history in _histories(node.get("args", []))])
+        out.append(
+            [[*_offset(h, offsets), kwargs] for h in _histories(node.get("args", []))]
+        )
     return out
+
+
+def _offset(history: list, offsets: dict[str, int]) -> list:
+    name, node, index = history[:3]
+    return [name, node + offsets.get(name, 0), index]
+
+
+def _op_entry(entry: dict, offsets: dict[str, int]) -> dict:
+    """A Keras 3 ``keras.ops`` layer (``x + 3.0``) -> what tf_keras records for that code.
+
+    One constant operand: a ``TFOpLambda`` with the constant as the ``y`` call argument
+    (``["_CONSTANT_VALUE", -1, c, {"y": x}]`` when the constant comes first, as tf_keras
+    writes ``3.0 - x``). Two tensors: the merge layer (``Add``, ``Subtract``, ``Multiply``).
+    """
+    name, cls_name = entry["name"], entry["class_name"]
+    function, merge = OP_LAYERS[cls_name]
+    nodes, merged = [], []
+    for node in entry["inbound_nodes"]:
+        args = node.get("args", [])
+        if len(args) != 2 or node.get("kwargs"):
+            raise _op_error(name, cls_name)
+        a, b = (
+            _offset(list(arg["config"]["keras_history"]), offsets) if _is_tensor(arg) else arg
+            for arg in args
+        )
+        if _is_tensor(args[0]) and _is_tensor(args[1]):
+            if merge is None:
+                raise _op_error(name, cls_name)
+            nodes.append([[*a, {}], [*b, {}]])
+            merged.append(True)
+        elif _is_tensor(args[0]) and isinstance(b, (int, float)):
+            nodes.append([*a, {"y": b, "name": None}])  # one tensor: the node is the entry
+            merged.append(False)
+        elif _is_tensor(args[1]) and isinstance(a, (int, float)):
+            nodes.append(["_CONSTANT_VALUE", -1, a, {"y": b, "name": None}])
+            merged.append(False)
+        else:
+            raise _op_error(name, cls_name)
+    if all(merged):
+        layer = {"class_name": merge, "config": {"name": name, "trainable": True}}
+    elif not any(merged):
+        layer = {
+            "class_name": "TFOpLambda",
+            "config": {"name": name, "trainable": True, "dtype": "float32", "function": function},
+        }
+    else:
+        raise _op_error(name, cls_name)
+    return dict(layer, name=name, inbound_nodes=nodes)
+
+
+def _op_error(name: str, cls_name: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"the Keras 3 bridge cannot translate the op layer '{name}' (keras.ops {cls_name}): "
+        "only a tensor with a Python number, or two tensors (add, subtract, multiply), translate",
+        "use keras.layers.Add / Multiply / Rescaling, or convert the model directly with "
+        "`tfedge convert` / a post-training recipe",
+    )
 
 
 def _histories(value) -> list:
@@ -222,6 +367,9 @@ def _endpoints(value: list) -> list:
 
 def _copy_weights(model3, model2) -> None:
     for layer3 in model3.layers:
+        if type(layer3).__name__ in MODEL_CLASSES:
+            _copy_weights(layer3, model2.get_layer(layer3.name))
+            continue
         weights = layer3.get_weights()
         if not weights:
             continue
@@ -284,8 +432,11 @@ def _first_diverging_layer(model3, model2, x) -> str:
     for layer3 in model3.layers:
         if type(layer3).__name__ == "InputLayer":
             continue
-        probe3 = keras.Model(model3.inputs, layer3.output)
-        probe2 = k2.Model(model2.inputs, model2.get_layer(layer3.name).output)
+        try:
+            probe3 = keras.Model(model3.inputs, layer3.output)
+            probe2 = k2.Model(model2.inputs, model2.get_layer(layer3.name).output)
+        except (ValueError, AttributeError, RuntimeError):
+            continue  # a layer without one output in the outer graph (a shared model)
         if not _allclose(_predict(probe3, x), _predict(probe2, x)):
             return layer3.name
     return model3.layers[-1].name

@@ -78,11 +78,14 @@ def load_tf_keras_model(model):
     """A tf_keras (Keras 2) model for tfmot from a path, a ModelFormat or an in-memory model.
 
     Keras 3 files and models go through the verified bridge (``tfedge.io.keras3_bridge``).
+    Nested models (a backbone used as a layer) come back flat, data-augmentation layers
+    dropped (``tfedge.io.flatten``), so tfmot can wrap every layer.
     """
+    from tfedge.io.flatten import flatten_model
     from tfedge.io.keras3_bridge import bridge_keras3_file, bridge_keras3_model
 
     if not isinstance(model, (str, os.PathLike, ModelFormat)):
-        return bridge_keras3_model(model) if _is_keras3_object(model) else model
+        return flatten_model(bridge_keras3_model(model) if _is_keras3_object(model) else model)
     fmt = model if isinstance(model, ModelFormat) else detect_format(model)
     if fmt.kind == "savedmodel" and fmt.keras != "2":
         raise ModelLoadError(
@@ -90,7 +93,7 @@ def load_tf_keras_model(model):
             "pass the .keras file for tfmot passes; a SavedModel converts directly with "
             "`tfedge convert` or the post-training `int8` recipe",
         )
-    return bridge_keras3_file(fmt.path) if fmt.is_keras3 else load_keras_model(fmt)
+    return flatten_model(bridge_keras3_file(fmt.path) if fmt.is_keras3 else load_keras_model(fmt))
 
 
 def _is_keras3_object(model) -> bool:
