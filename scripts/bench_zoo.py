@@ -366,6 +366,25 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)} (families: {', '.join(FAMILIES)}; keras 2,3)")
     rows: list[dict] = []
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "size": args.size,
+        "classes": args.classes,
+        "train": args.train,
+        "test": args.test,
+        "float_epochs": args.float_epochs,
+        "calib_samples": args.calib_samples,
+        "families": families,
+        "keras": versions,
+        "recipes": recipes,
+        "skipped": args.skipped,
+        "commit": git_commit(),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "arch": platform.machine(),
+        },
+    }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tfedge-zoo-") as tmp:
         work = Path(tmp)
@@ -386,34 +405,19 @@ def main() -> None:
                         row.update(run_recipe(built, recipe_files[recipe], out, args))
                     rows.append(row)
                     print(" | ".join(cells(row)), file=sys.stderr, flush=True)
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "size": args.size,
-        "classes": args.classes,
-        "train": args.train,
-        "test": args.test,
-        "float_epochs": args.float_epochs,
-        "calib_samples": args.calib_samples,
-        "families": families,
-        "keras": versions,
-        "recipes": recipes,
-        "skipped": args.skipped,
-        "seconds": round(time.perf_counter() - started, 1),
-        "commit": git_commit(),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "arch": platform.machine(),
-        },
-    }
+                    meta["seconds"] = round(time.perf_counter() - started, 1)
+                    save(rows, meta, args.output)  # after every row: a stopped sweep keeps its rows
     print(plain_table(rows))
+
+
+def save(rows: list[dict], meta: dict, name: str) -> None:
     out_dir = ROOT / "bench-results"
     out_dir.mkdir(exist_ok=True)
     write_bytes_atomic(
-        out_dir / f"{args.output}.json",
+        out_dir / f"{name}.json",
         json.dumps({"meta": meta, "rows": rows}, indent=2, default=str).encode(),
     )
-    write_bytes_atomic(out_dir / f"{args.output}.md", markdown(rows, meta).encode())
+    write_bytes_atomic(out_dir / f"{name}.md", markdown(rows, meta).encode())
 
 
 if __name__ == "__main__":
