@@ -285,7 +285,7 @@ def cells(r: dict) -> list[str]:
     head = [r["family"], KERAS[r["keras"]], r["recipe"]]
     if not r.get("ok"):
         message = r.get("error", "?").replace("|", "\\|")
-        return head + [f"FAIL: {message}"] + ["-"] * 6 + [f"{r.get('seconds', 0):.0f}"]
+        return head + [f"FAIL: {message}"] + ["-"] * 7 + [f"{r.get('seconds', 0):.0f}"]
     return head + [
         "ok",
         "yes" if r["full_integer"] else "NO",
