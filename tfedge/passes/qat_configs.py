@@ -26,6 +26,8 @@ import functools
 TFMOT_ACTIVATIONS = frozenset(
     {"relu", "swish", "gelu", "relu6", "linear", "softmax", "sigmoid", "tanh"}
 )
+# Activations tfmot's QuantizeAwareActivation handles inside a Conv2D / DepthwiseConv2D / Dense.
+LAYER_ACTIVATIONS = frozenset({"linear", "relu", "swish", "gelu", "softmax", "sigmoid", "tanh"})
 # Activations tfedge quantizes at the output (each becomes int8 TFLite ops; hard-swish one
 # HARD_SWISH). ``silu`` is ``swish`` in tf_keras; tfedge's own ``tfedge>...`` functions
 # (``tfedge.io.activations``) are matched by name too.
@@ -151,6 +153,13 @@ def qat_rule(layer) -> tuple[str, str]:
     if kind in OUTPUT_LAYERS:
         return OUTPUT, ""
     if Default8BitQuantizeRegistry().supports(layer):
+        inner = getattr(layer, "activation", None)
+        name = activation_name(inner) if inner is not None else "linear"
+        if kind in ("Conv2D", "DepthwiseConv2D", "Dense") and name not in LAYER_ACTIVATIONS:
+            return NO, (
+                f"tfmot cannot quantize activation '{name}' inside a {kind}; "
+                "move it to its own Activation layer"
+            )
         return TFMOT, ""
     if kind == "Lambda":
         return NO, "a Lambda layer runs Python code tfmot cannot see into; use built-in layers"
