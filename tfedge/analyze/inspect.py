@@ -17,6 +17,7 @@ import numpy as np
 
 from tfedge.convert.tflite_model import Op, Tensor, TfliteModel, read_tflite
 from tfedge.convert.verify import FloatOp, find_float_ops
+from tfedge.errors import TfedgeError
 from tfedge.io.models import detect_format, load_keras_model
 from tfedge.passes.compat import compat_rows
 
@@ -79,6 +80,8 @@ class KerasReport:
     compat: list = field(
         default_factory=list
     )  # tfedge.passes.compat.LayerCompat: prune/cluster/qat per layer
+    # why ``compat`` is empty: the model cannot be rebuilt in tf_keras for tfmot passes
+    compat_unavailable: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +123,10 @@ def inspect_keras(fmt) -> KerasReport:
         for l in model.layers
     ]
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    try:
+        compat, unavailable = compat_rows(fmt, model), ""
+    except TfedgeError as exc:
+        compat, unavailable = [], exc.message + (f" ({exc.hint})" if exc.hint else "")
     return KerasReport(
         path=fmt.path,
         format=fmt.kind,
@@ -130,7 +137,8 @@ def inspect_keras(fmt) -> KerasReport:
         trainable_params=trainable,
         inputs=[str(tuple(i.shape)) for i in model.inputs],
         outputs=[str(tuple(o.shape)) for o in model.outputs],
-        compat=compat_rows(fmt, model),
+        compat=compat,
+        compat_unavailable=unavailable,
     )
 
 

@@ -65,3 +65,5 @@ def _print_keras(r) -> None:
             ["layer", "prune", "cluster", "qat", "why not"],
             [[c.layer, c.prune, c.cluster, c.qat, c.notes] for c in r.compat],
         )
+    elif getattr(r, "compat_unavailable", ""):
+        click.echo(f"\ncompression: not available: {r.compat_unavailable}")

@@ -285,7 +285,11 @@ def _nodes(inbound_nodes: list, offsets: dict[str, int]) -> list:
     """
     out = []
     for node in inbound_nodes:
-        kwargs = {k: v for k, v in node.get("kwargs", {}).items() if not _is_tensor(v)}
+        kwargs = {
+            k: v
+            for k, v in node.get("kwargs", {}).items()
+            if not _is_tensor(v) and k != "training"  # Keras 3 records the call's default
+        }
         out.append(
             [[*_offset(h, offsets), kwargs] for h in _histories(node.get("args", []))]
         )

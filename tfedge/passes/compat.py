@@ -115,16 +115,31 @@ def _qat_status(layer, previous, reasons: list[str]) -> str:
 
 
 def compat_rows(fmt, model) -> list[LayerCompat]:
-    """Rows for an inspected model file; Keras 3 models are judged through their tf_keras rebuild.
+    """Rows for an inspected model file, one per layer of the model tfmot would work on.
 
-    Returns an empty list when the model cannot be rebuilt in tf_keras (tfmot cannot work on it).
+    Keras 3 models are judged through their tf_keras rebuild; nested models (a backbone used
+    as a layer) through their flattened graph, so every inner layer has a row, and each dropped
+    data-augmentation layer has a row saying so. Raises ``TfedgeError`` (the reason) when the
+    model cannot be rebuilt in tf_keras: tfmot cannot work on it.
     """
-    from tfedge.errors import TfedgeError
+    from tfedge.io.flatten import dropped_layers
     from tfedge.io.models import load_tf_keras_model
 
     if fmt.is_keras3 or fmt.kind == "savedmodel":
-        try:
-            model = load_tf_keras_model(fmt)
-        except TfedgeError:
-            return []
-    return layer_compat(model)
+        model = load_tf_keras_model(fmt)
+    else:
+        model = load_tf_keras_model(model)  # a tf_keras model: flattened if nested
+    rows = layer_compat(model)
+    for described in dropped_layers(model):
+        name, _, kind = described.partition(" (")
+        rows.append(
+            LayerCompat(
+                name,
+                kind.rstrip(")"),
+                NO_WEIGHTS,
+                NO_WEIGHTS,
+                NO_WEIGHTS,
+                "dropped: data augmentation is the identity at inference",
+            )
+        )
+    return rows
