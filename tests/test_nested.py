@@ -68,7 +68,9 @@ def test_keras3_nested_mobilenet_v3_bridges_flat(keras3, k3_mobilenet_v3):
     names = [l.name for l in flat.layers]
     assert {"image", "pool", "head"} <= set(names) and len(names) > 100
     activations = {
-        getattr(l.activation, "__name__", "") for l in flat.layers if type(l).__name__ == "Activation"
+        getattr(l.activation, "__name__", "")
+        for l in flat.layers
+        if type(l).__name__ == "Activation"
     }
     assert "hard_silu" in activations  # Keras 3's hard_silu, as tfedge>hard_silu
     ops = {l.get_config()["function"] for l in flat.layers if type(l).__name__ == "TFOpLambda"}
@@ -106,9 +108,7 @@ def test_nested_in_nested_with_a_name_collision(k2):
     L = k2.layers
     inner_in = k2.Input((6,))
     inner = k2.Model(inner_in, L.Dense(5, activation="relu", name="dense")(inner_in), name="inner")
-    middle = k2.Sequential(
-        [k2.Input((6,)), inner, L.Dense(4, name="mid_dense")], name="middle"
-    )
+    middle = k2.Sequential([k2.Input((6,)), inner, L.Dense(4, name="mid_dense")], name="middle")
     inp = k2.Input((6,), name="x")
     out = L.Dense(3, name="dense")(middle(L.Dense(6, name="pre")(inp)))  # 'dense' twice
     model = k2.Model(inp, out)

@@ -221,9 +221,7 @@ def _functional_config(config: dict, k2) -> dict:
         "name": config.get("name", "model"),
         "layers": layers,
         "input_layers": _endpoints(config["input_layers"]),
-        "output_layers": [
-            _offset(h, output_offsets) for h in _endpoints(config["output_layers"])
-        ],
+        "output_layers": [_offset(h, output_offsets) for h in _endpoints(config["output_layers"])],
     }
 
 
@@ -290,9 +288,7 @@ def _nodes(inbound_nodes: list, offsets: dict[str, int]) -> list:
             for k, v in node.get("kwargs", {}).items()
             if not _is_tensor(v) and k != "training"  # Keras 3 records the call's default
         }
-        out.append(
-            [[*_offset(h, offsets), kwargs] for h in _histories(node.get("args", []))]
-        )
+        out.append([[*_offset(h, offsets), kwargs] for h in _histories(node.get("args", []))])
     return out
 
 
@@ -310,7 +306,8 @@ def _op_entry(entry: dict, offsets: dict[str, int]) -> dict:
     """
     name, cls_name = entry["name"], entry["class_name"]
     function, merge = OP_LAYERS[cls_name]
-    nodes, merged = [], []
+    nodes: list[Any] = []
+    merged: list[bool] = []
     for node in entry["inbound_nodes"]:
         args = node.get("args", [])
         if len(args) != 2 or node.get("kwargs"):
