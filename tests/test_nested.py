@@ -183,3 +183,19 @@ def test_custom_layer_in_a_nested_model_is_named_as_custom(keras3, tmp_path, run
     with pytest.raises(ModelLoadError, match=r"my_scale \(Scale\) in 'backbone'") as info:
         bridge_keras3_model(model)
     assert "custom" in info.value.hint and "use built-in layers" not in info.value.hint
+
+
+def test_inspect_says_why_compression_is_not_available(keras3, tmp_path, run_cli):
+    @keras3.saving.register_keras_serializable(package="tfedge_tests")
+    class Doubler(keras3.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    b_in = keras3.Input((3,))
+    backbone = keras3.Model(b_in, Doubler(name="doubler")(b_in), name="backbone")
+    inp = keras3.Input((3,))
+    keras3.Model(inp, keras3.layers.Dense(2)(backbone(inp))).save(tmp_path / "custom.keras")
+    report = json.loads(run_cli("inspect", tmp_path / "custom.keras", "--json").stdout)
+    assert report["compat"] == [] and "doubler (Doubler)" in report["compat_unavailable"]
+    text = run_cli("inspect", tmp_path / "custom.keras").stdout
+    assert "compression: not available: the Keras 3 bridge cannot translate" in text

@@ -73,6 +73,7 @@ def flatten_model(model, verify: bool = True):
         return model
     flattener = _Flattener(model)
     config = flattener.flat_config()
+    _check_refs(config)
     flat = _build(config, flattener.classes)
     for name, layer in flattener.origin.items():
         weights = layer.get_weights()
@@ -289,8 +290,9 @@ def _as_list(value) -> list:
 
 
 def _is_model(layer) -> bool:
-    return type(layer).__name__ in MODEL_CLASSES or (
-        hasattr(layer, "layers") and hasattr(layer, "inputs") and hasattr(layer, "outputs")
+    """A Functional model, or a Sequential one built on an input: a graph to inline."""
+    return type(layer).__name__ in MODEL_CLASSES and bool(
+        getattr(layer, "_is_graph_network", False)
     )
 
 
@@ -304,6 +306,19 @@ def _droppable(layer) -> bool:
         return tuple(layer.input_shape) == tuple(layer.output_shape)
     except (AttributeError, RuntimeError):
         return False
+
+
+def _check_refs(config: dict) -> None:
+    """Every reference names a node the flat config holds (tf_keras would loop forever)."""
+    nodes = {e["name"]: max(1, len(e["inbound_nodes"])) for e in config["layers"]}
+    refs = [r for e in config["layers"] for r in _refs_in(e["inbound_nodes"])]
+    refs += [list(r) for r in config["output_layers"]]
+    bad = [r for r in refs if r[0] not in nodes or not 0 <= r[1] < nodes[r[0]]]
+    if bad:
+        raise ModelLoadError(
+            f"cannot flatten the model: tensor {bad[0][:3]} is not in the flat graph",
+            "report the model to tfedge; convert it directly with `tfedge convert` meanwhile",
+        )
 
 
 def _build(config: dict, classes: dict[str, type]):
