@@ -32,11 +32,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gzip
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -184,6 +186,34 @@ def child_env(keras: str) -> dict:
     return env
 
 
+def run_child(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; on a timeout stop the whole group (tfedge's
+    optimize worker too), SIGTERM first so that tfedge removes its staging folder."""
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.communicate(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker, if it outlived its caller
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def error_line(stderr: str, returncode: int) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("Error:")]
@@ -211,13 +241,14 @@ def build_model(family: str, keras: str, args, work: Path) -> dict:
         "out": str(model),
     }
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(work / "builder.py"), json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=child_env(keras),
-        timeout=args.timeout,
-    )
+    try:
+        proc = run_child(
+            [sys.executable, str(work / "builder.py"), json.dumps(spec)],
+            child_env(keras),
+            args.timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"build_seconds": args.timeout, "error": f"build: timed out after {args.timeout} s"}
     built = {"build_seconds": round(time.perf_counter() - start, 1), "pixels": f"0-{int(scale)}"}
     if proc.returncode or not model.exists():
         built["error"] = "build: " + error_line(proc.stderr, proc.returncode)
@@ -239,9 +270,7 @@ def run_recipe(built: dict, recipe: Path, out: Path, args) -> dict:
     cmd += ["--data", str(built["train"]), "--eval", str(built["test"]), "-o", str(out), "--json"]
     start = time.perf_counter()
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=child_env("3"), timeout=args.timeout
-        )
+        proc = run_child(cmd, child_env("3"), args.timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {args.timeout} s", "seconds": args.timeout}
     row: dict = {"seconds": round(time.perf_counter() - start, 1)}
