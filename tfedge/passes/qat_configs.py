@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import functools
 
 # Activations tfmot's Default8BitActivationQuantizeConfig handles itself.
@@ -103,9 +104,9 @@ def _bare(name: str) -> str:
 
 
 def _op_arguments(layer) -> list:
-    """Every argument but the input tensor, over all the calls of a TFOpLambda layer."""
+    """Every argument but the input tensor of a TFOpLambda layer's call."""
     extra: list = []
-    for node in getattr(layer, "_inbound_nodes", []):
+    for node in getattr(layer, "_inbound_nodes", [])[:1]:  # clones of a model share the layer
         extra.extend(list(getattr(node, "call_args", ()))[1:])
         kwargs = dict(getattr(node, "call_kwargs", {}) or {})
         kwargs.pop("name", None)
@@ -184,12 +185,57 @@ def noop_config():
     return NoOpQuantizeConfig()
 
 
-def _inbound(layer) -> list:
-    nodes = getattr(layer, "_inbound_nodes", [])
-    if len(nodes) != 1:
-        return []
-    found = nodes[0].inbound_layers
-    return list(found) if isinstance(found, (list, tuple)) else [found]
+class _Graph:
+    """Which layer feeds which in ``model``, read from its config: a layer object may also
+    belong to earlier clones of the model (tfmot's strip functions reuse them), so its own
+    ``_inbound_nodes`` and ``_outbound_nodes`` count those too."""
+
+    def __init__(self, model):
+        self.model = model
+        config = model.get_config()
+        entries = config.get("layers", [])
+        self.inputs: dict[str, list[str]] = {}
+        self.model_inputs = {
+            e["config"]["name"] for e in entries if e["class_name"] == "InputLayer"
+        }
+        previous: list[str] = []
+        for entry in entries:
+            name = entry["config"]["name"]
+            refs: list[str] = []
+            if "inbound_nodes" in entry:
+                _refs(entry["inbound_nodes"], refs)
+            else:  # Sequential: a chain
+                refs = previous
+            self.inputs[name] = refs
+            previous = [name]
+        self.uses = collections.Counter(n for refs in self.inputs.values() for n in refs)
+        for ref in config.get("output_layers", []):
+            self.uses[ref[0]] += 1
+        self.uses[previous[0] if previous else ""] += "output_layers" not in config
+
+    def layer(self, name: str):
+        return self.model.get_layer(name)
+
+    def only_input(self, name: str) -> str | None:
+        refs = self.inputs.get(name, [])
+        return refs[0] if len(refs) == 1 else None
+
+    def feeds_only(self, name: str) -> bool:
+        return self.uses[name] == 1
+
+
+def _refs(value, out: list[str]) -> None:
+    """Names of the layers in a config's ``inbound_nodes`` (``[name, node, tensor, kwargs]``)."""
+    if (
+        isinstance(value, list)
+        and len(value) == 4
+        and isinstance(value[0], str)
+        and isinstance(value[3], dict)
+    ):
+        out.append(value[0])
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _refs(item, out)
 
 
 def _op(layer) -> tuple[str | None, float | None]:
@@ -204,36 +250,30 @@ def _op(layer) -> tuple[str | None, float | None]:
     return _OP_FUNCTIONS.get(str(getattr(layer, "symbol", ""))), scalar
 
 
-def _feeds_only(layer) -> bool:
-    return len(getattr(layer, "_outbound_nodes", [])) == 1
-
-
-def _only_input(layer):
-    inputs = _inbound(layer)
-    return inputs[0] if len(inputs) == 1 else None
-
-
-def _hard_sigmoid_of(gate):
-    """``(x, [inner layers])`` if ``gate`` computes ``relu6(x + 3) * (1/6)`` with layers used
-    once, else None."""
-    op, factor = _op(gate)
+def _hard_sigmoid_of(graph: _Graph, gate: str) -> tuple[str, list[str]] | None:
+    """``(x, [inner layers])`` if layer ``gate`` computes ``relu6(x + 3) * (1/6)`` with layers
+    used once, else None."""
+    op, factor = _op(graph.layer(gate))
     if op == "truediv" and factor:
         op, factor = "multiply", 1 / factor
-    if op != "multiply" or factor is None or abs(factor - 1 / 6) > 1e-6 or not _feeds_only(gate):
+    if op != "multiply" or factor is None or abs(factor - 1 / 6) > 1e-6:
         return None
-    relu = _only_input(gate)
-    if relu is None or not _feeds_only(relu):
+    relu = graph.only_input(gate)
+    if relu is None or not (graph.feeds_only(gate) and graph.feeds_only(relu)):
         return None
-    if type(relu).__name__ == "ReLU":
-        six = relu.get_config()
-        if six.get("max_value") != 6.0 or six.get("negative_slope") or six.get("threshold"):
+    six = graph.layer(relu)
+    if type(six).__name__ == "ReLU":
+        options = six.get_config()
+        if options.get("max_value") != 6.0 or options.get("negative_slope"):
             return None
-    elif _op(relu)[0] != "relu6":
+        if options.get("threshold"):
+            return None
+    elif _op(six)[0] != "relu6":
         return None
-    add = _only_input(relu)
-    if add is None or not _feeds_only(add) or _op(add) != ("add", 3.0):
+    add = graph.only_input(relu)
+    if add is None or not graph.feeds_only(add) or _op(graph.layer(add)) != ("add", 3.0):
         return None
-    x = _only_input(add)
+    x = graph.only_input(add)
     return None if x is None else (x, [add, relu, gate])
 
 
@@ -241,15 +281,16 @@ def hard_swish_inner(model) -> dict[str, str]:
     """``{inner layer: Multiply}`` for every hard-swish written as layers,
     ``Multiply([x, relu6(x + 3) * (1/6)])`` (tf_keras's MobileNetV3): the inner layers stay
     unquantized so that the converter fuses the pattern into one ``HARD_SWISH``."""
+    graph = _Graph(model)
     inner: dict[str, str] = {}
     for layer in model.layers:
-        inputs = _inbound(layer)
+        inputs = graph.inputs.get(layer.name, [])
         if type(layer).__name__ != "Multiply" or len(inputs) != 2:
             continue
         for x, gate in (inputs, inputs[::-1]):
-            found = _hard_sigmoid_of(gate)
-            if found and found[0] is x:
-                inner.update({part.name: layer.name for part in found[1]})
+            found = _hard_sigmoid_of(graph, gate)
+            if found and found[0] == x:
+                inner.update(dict.fromkeys(found[1], layer.name))
                 break
     return inner
 
@@ -335,7 +376,6 @@ def ops_as_layers(model):
         for layer in model.layers
         if type(layer).__name__ == "TFOpLambda"
         and qat_rule(layer)[0] == OUTPUT
-        and len(layer._inbound_nodes) == 1
         and str(getattr(layer, "symbol", "")) in _OP_FUNCTIONS
     }
     if not swap or type(model).__name__ != "Functional":
@@ -375,10 +415,10 @@ def first_normalization(model) -> list[str]:
     """``Normalization`` layers fed by a model input. Quantization-aware, the converter puts a
     float DEQUANTIZE / QUANTIZE pair between the int8 input and the subtraction; left out of
     QAT, the converter calibrates them and they run as int8 SUB and MUL."""
-    inputs = {id(layer) for layer in model.layers if type(layer).__name__ == "InputLayer"}
+    graph = _Graph(model)
     return [
         layer.name
         for layer in model.layers
         if type(layer).__name__ == "Normalization"
-        and all(id(source) in inputs for source in _inbound(layer))
+        and all(source in graph.model_inputs for source in graph.inputs.get(layer.name, []))
     ]
