@@ -190,7 +190,7 @@ class _Graph:
     belong to earlier clones of the model (tfmot's strip functions reuse them), so its own
     ``_inbound_nodes`` and ``_outbound_nodes`` count those too."""
 
-    def __init__(self, model):
+    def __init__(self, model) -> None:
         self.model = model
         config = model.get_config()
         entries = config.get("layers", [])
@@ -211,7 +211,8 @@ class _Graph:
         self.uses = collections.Counter(n for refs in self.inputs.values() for n in refs)
         for ref in config.get("output_layers", []):
             self.uses[ref[0]] += 1
-        self.uses[previous[0] if previous else ""] += "output_layers" not in config
+        if "output_layers" not in config and previous:  # Sequential: its last layer
+            self.uses[previous[0]] += 1
 
     def layer(self, name: str):
         return self.model.get_layer(name)
