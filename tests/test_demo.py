@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+
+from tfedge._tf import import_keras3
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
 
@@ -14,9 +18,17 @@ def test_demo_runs_end_to_end(run_cli, models_root, tmp_path):
         "tflite int8" in out
         and "keras 3 file -> int8" in out
         and "prune-cluster-qat int8" in out
+        and "your Keras 3 model" in out
         and "yes" in out
     )
     assert "qemu:cortex-a72 (EMULATED)" in out and "ai-edge-litert 1.4.0" in out
     assert (tmp_path / "demo" / "digits_int8.tflite").exists()
+    own = next(line for line in out.splitlines() if line.startswith("your Keras 3 model"))
+    assert own.split()[-1] == "yes"  # full-integer
+    report = json.loads((tmp_path / "demo" / "my_model" / "report.json").read_text())
+    assert report["keras_model"] == "model.keras"  # converted back to Keras 3 and checked
+    keras3 = import_keras3()
+    model = keras3.models.load_model(tmp_path / "demo" / "my_model" / "model.keras")
+    assert model.get_layer("stem_act").get_config()["activation"] == "hard_silu"
     assert "shipped to the stand-in device" in out and ": Success, model version 1" in out
     assert (tmp_path / "demo" / "device" / "current").resolve().is_file()

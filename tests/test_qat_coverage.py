@@ -169,15 +169,18 @@ def test_hard_swish_squeeze_excite_activations_and_preprocessing_qat_to_full_int
         assert ops["HARD_SWISH"] >= 4, ops
 
 
-def test_a_first_normalization_is_left_to_calibration():
+def test_input_preprocessing_is_left_to_calibration():
     from tfedge._tf import import_keras
-    from tfedge.passes.qat_configs import first_normalization
+    from tfedge.passes.qat_configs import input_preprocessing
 
     k = import_keras()
     inp = k.Input((4,))
     h = k.layers.Normalization(mean=1.0, variance=4.0, name="first")(inp)
     h = k.layers.Normalization(mean=1.0, variance=4.0, name="second")(h)
-    assert first_normalization(k.Model(inp, k.layers.Dense(2)(h))) == ["first"]
+    assert input_preprocessing(k.Model(inp, k.layers.Dense(2)(h))) == ["first"]
+    h = k.layers.Rescaling(2.0, offset=-1.0, name="rescale")(inp)
+    h = k.layers.Rescaling(0.5, name="again")(h)
+    assert input_preprocessing(k.Model(inp, k.layers.Dense(2)(h))) == ["rescale"]
 
 
 def test_activation_inside_a_layer_that_tfmot_cannot_quantize_is_named_before_training():

@@ -46,7 +46,6 @@ AUGMENTATION_LAYERS = frozenset(
     }
 )
 CONSTANT = "_CONSTANT_VALUE"  # tf_keras's node entry for a constant first argument
-RTOL, ATOL = 1e-5, 1e-6
 
 _DROPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -340,10 +339,10 @@ def _build(config: dict, classes: dict[str, type]):
 
 def verify_flat(nested, flat, origin: dict[str, Any] | None = None) -> None:
     """ModelLoadError naming the first flat layer that differs, unless both models agree."""
-    from tfedge.io.keras3_bridge import seeded_inputs
+    from tfedge.io.keras3_bridge import outputs_match, predict_outputs, seeded_inputs
 
     x = seeded_inputs(nested, count=8)
-    if _allclose(_predict(nested, x), _predict(flat, x)):
+    if outputs_match(predict_outputs(nested, x), predict_outputs(flat, x)):
         return
     layer = _first_diverging_layer(flat, origin or {}, x)
     raise ModelLoadError(
@@ -353,20 +352,10 @@ def verify_flat(nested, flat, origin: dict[str, Any] | None = None) -> None:
     )
 
 
-def _predict(model, x: list[np.ndarray]) -> list[np.ndarray]:
-    out = model(x if len(x) > 1 else x[0], training=False)
-    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
-
-
-def _allclose(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(
-        p.shape == q.shape and np.allclose(p, q, rtol=RTOL, atol=ATOL) for p, q in zip(a, b)
-    )
-
-
 def _first_diverging_layer(flat, origin: dict[str, Any], x) -> str:
     """The first flat layer whose output differs from its original layer's on the same input."""
     from tfedge._tf import import_keras
+    from tfedge.io.keras3_bridge import outputs_match
 
     k2 = import_keras()
     for layer in flat.layers:
@@ -377,7 +366,7 @@ def _first_diverging_layer(flat, origin: dict[str, Any], x) -> str:
             probe = k2.Model(flat.inputs, [layer.get_input_at(k), layer.get_output_at(k)])
             inputs, output = probe(x if len(x) > 1 else x[0], training=False)
             expected = original(inputs, training=False)
-            if not _allclose(
+            if not outputs_match(
                 [np.asarray(o) for o in _as_list(output)],
                 [np.asarray(o) for o in _as_list(expected)],
             ):

@@ -3,7 +3,8 @@
 tfmot works only on tf_keras. The bridge translates the Keras 3 config (layer arguments,
 dtype policies, the graph's node format) into tf_keras form, builds the model, copies the
 weights layer by layer, and checks both models agree on seeded inputs
-(``allclose(rtol=1e-5, atol=1e-6)``); otherwise it names the first layer that diverged.
+(:func:`outputs_match`: float32 round-off, relative to each output's scale); otherwise it
+names the first layer that diverged.
 
 Example:
     >>> model = bridge_keras3_file("model_k3.keras")   # a tf_keras.Model, verified
@@ -102,7 +103,11 @@ RENAMED_ARGS = {
     "LeakyReLU": {"negative_slope": "alpha"},
 }
 SEEDED_INPUTS = 32
-RTOL, ATOL = 1e-5, 1e-6
+# Two float32 graphs computing the same function in another order differ by round-off that
+# grows with depth and with the outputs' magnitude (a trained network on seeded normal inputs
+# reaches logits near 100): the absolute tolerance scales with each output's largest value.
+# A mistranslation (tf_keras's 0.2x+0.5 hard_sigmoid for Keras 3's relu6(x+3)/6) is 1e-2 off.
+RTOL, ATOL_SCALE = 1e-4, 1e-5
 
 
 def bridge_keras3_file(path: str):
@@ -403,7 +408,7 @@ def seeded_inputs(model, count: int = SEEDED_INPUTS, seed: int = 0) -> list[np.n
 def verify_same_outputs(model3, model2) -> None:
     """Raise ModelLoadError naming the first diverging layer unless both models agree."""
     x = seeded_inputs(model3)
-    if _allclose(_predict(model3, x), _predict(model2, x)):
+    if outputs_match(predict_outputs(model3, x), predict_outputs(model2, x)):
         return
     layer = _first_diverging_layer(model3, model2, x)
     raise ModelLoadError(
@@ -413,15 +418,22 @@ def verify_same_outputs(model3, model2) -> None:
     )
 
 
-def _predict(model, x: list[np.ndarray]) -> list[np.ndarray]:
+def predict_outputs(model, x: list[np.ndarray]) -> list[np.ndarray]:
+    """``model``'s outputs on ``x`` in inference mode, as a list of arrays."""
     out = model(x if len(x) > 1 else x[0], training=False)
     return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
 
 
-def _allclose(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+def outputs_match(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    """Same shapes and values up to float32 round-off (``RTOL``, ``ATOL_SCALE`` x the scale)."""
     return len(a) == len(b) and all(
-        p.shape == q.shape and np.allclose(p, q, rtol=RTOL, atol=ATOL) for p, q in zip(a, b)
+        p.shape == q.shape and np.allclose(p, q, rtol=RTOL, atol=ATOL_SCALE * max(1.0, _scale(p)))
+        for p, q in zip(a, b)
     )
+
+
+def _scale(p: np.ndarray) -> float:
+    return float(np.max(np.abs(p), initial=0.0)) if p.size else 0.0
 
 
 def _first_diverging_layer(model3, model2, x) -> str:
@@ -438,7 +450,7 @@ def _first_diverging_layer(model3, model2, x) -> str:
             probe2 = k2.Model(model2.inputs, model2.get_layer(layer3.name).output)
         except (ValueError, AttributeError, RuntimeError):
             continue  # a layer without one output in the outer graph (a shared model)
-        if not _allclose(_predict(probe3, x), _predict(probe2, x)):
+        if not outputs_match(predict_outputs(probe3, x), predict_outputs(probe2, x)):
             return layer3.name
     return model3.layers[-1].name
 

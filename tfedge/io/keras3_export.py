@@ -116,12 +116,12 @@ def verify_keras3(model2, model3) -> None:
     """KerasExportError unless both models agree on seeded inputs (the bridge's tolerance)."""
     import numpy as np
 
-    from tfedge.io.keras3_bridge import ATOL, RTOL, seeded_inputs
+    from tfedge.io.keras3_bridge import outputs_match, seeded_inputs
 
     x = seeded_inputs(model2)
     a, b = _outputs(model2, x), _outputs(model3, x)
     for i, (p, q) in enumerate(zip(a, b)):
-        if p.shape != q.shape or not np.allclose(p, q, rtol=RTOL, atol=ATOL):
+        if not outputs_match([p], [q]):
             worst = float(np.max(np.abs(p - q))) if p.shape == q.shape else float("nan")
             raise KerasExportError(
                 f"the Keras 3 rebuild of the optimized model differs from it "

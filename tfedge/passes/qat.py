@@ -28,8 +28,8 @@ from tfedge.passes.base import (
 from tfedge.passes.compat import qat_unsupported
 from tfedge.passes.qat_configs import (
     annotate_scope,
-    first_normalization,
     hard_swish_inner,
+    input_preprocessing,
     noop_config,
     ops_as_layers,
     qat_rule,
@@ -124,7 +124,7 @@ def _annotate(tfmot, model, skip: set[str]):
 
     quant = tfmot.quantization.keras
     inner = hard_swish_inner(model)
-    calibrated = set(first_normalization(model))
+    calibrated = set(input_preprocessing(model))
 
     def annotate(layer):
         if layer.name in skip or layer.name in calibrated:

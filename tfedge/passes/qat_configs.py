@@ -412,14 +412,19 @@ def ops_as_layers(model):
     return rebuilt, sorted(swap)
 
 
-def first_normalization(model) -> list[str]:
-    """``Normalization`` layers fed by a model input. Quantization-aware, the converter puts a
-    float DEQUANTIZE / QUANTIZE pair between the int8 input and the subtraction; left out of
-    QAT, the converter calibrates them and they run as int8 SUB and MUL."""
+# Affine preprocessing that computes two ops (x * scale + offset, (x - mean) / std).
+TWO_OP_PREPROCESSING = ("Normalization", "Rescaling")
+
+
+def input_preprocessing(model) -> list[str]:
+    """``Normalization`` and ``Rescaling`` layers fed by a model input. Quantization-aware, the
+    converter puts a float DEQUANTIZE / QUANTIZE pair between the int8 input and the second op
+    (a Rescaling with an offset, a Normalization); left out of QAT, the converter calibrates
+    them and they run as int8 MUL and ADD (SUB)."""
     graph = _Graph(model)
     return [
         layer.name
         for layer in model.layers
-        if type(layer).__name__ == "Normalization"
+        if type(layer).__name__ in TWO_OP_PREPROCESSING
         and all(source in graph.model_inputs for source in graph.inputs.get(layer.name, []))
     ]
