@@ -47,9 +47,9 @@ def optimize_cmd(model, recipe, data, eval_data, output, resume, profile, as_jso
     """Compress a Keras model with a recipe, convert it to int8 TFLite and measure every stage.
 
     Writes OUTDIR/model.tflite, model.keras, report.json, report.md and recipe.yaml. When a
-    pass fails (accuracy guard, NaN, conversion) after an earlier pass completed, OUTDIR gets
-    the report of the stages before it (marked FAILED) and a checkpoint, no model.tflite;
-    fix the recipe and continue with --resume OUTDIR.
+    pass fails (accuracy guard, NaN, conversion), OUTDIR gets the report of the stages before
+    it (marked FAILED) and a checkpoint, no model.tflite; fix the recipe and continue with
+    --resume OUTDIR.
 
     \b
     Example:
