@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
 
 import numpy as np
 import pytest
@@ -192,22 +191,3 @@ def test_activation_inside_a_layer_that_tfmot_cannot_quantize_is_named_before_tr
     assert how == "no" and "activation 'relu6' inside a Dense" in reason
     assert qat_rule(k.layers.Activation("elu"))[1].startswith("activation 'elu': TFLite keeps")
     assert qat_rule(k.layers.Activation("relu6"))[0] == "tfmot"
-
-
-@pytest.mark.skipif(
-    not os.environ.get("TFEDGE_TEST_MOBILENET"),
-    reason="the whole MobileNetV3Small takes minutes to convert; set TFEDGE_TEST_MOBILENET=1",
-)
-def test_flat_mobilenet_v3_small_qat_to_full_int8_with_hard_swish(tmp_path):
-    from tfedge._tf import import_keras
-
-    k = import_keras()
-    base = k.applications.MobileNetV3Small(
-        weights=None, input_shape=(32, 32, 3), include_top=False, minimalistic=False, alpha=0.35
-    )
-    head = k.layers.Dense(4)(k.layers.GlobalAveragePooling2D()(base.output))
-    model = k.Model(base.input, head)
-    x, y = _data((32, 32, 3), n=64)
-    result = build_pass("qat", {"epochs": 1}).apply(model, _ctx(x, y))
-    ops = _int8_ops(result.model, x, tmp_path)
-    assert ops["HARD_SWISH"] == 18, ops
