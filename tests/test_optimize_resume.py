@@ -209,8 +209,8 @@ def _assert_keras3_model_matches_tflite(out: Path, task: dict) -> None:
 
 def test_guard_hint_is_the_failed_pass_own(task, tmp_path):
     """distill's hint is about distillation, not sparsity or clusters."""
-    from tfedge.optimize.pipeline import _guard
     from tfedge.optimize.recipe import load_recipe
+    from tfedge.optimize.resume import guard
     from tfedge.optimize.stages import Stage
 
     recipe = load_recipe(_recipe(tmp_path / "r.yaml", [{"distill": {"width": 0.5, "epochs": 1}}]))
@@ -220,7 +220,7 @@ def test_guard_hint_is_the_failed_pass_own(task, tmp_path):
     base = Stage("float32", 0.9, sparsity=0.0, seconds=0, tflite="", quant="", **row, **sizes)
     bad = Stage("distill", 0.5, sparsity=0.0, seconds=0, tflite="", quant="", **row, **sizes)
     with pytest.raises(TrainingError) as caught:
-        _guard(recipe, base, bad, recipe.passes[0])
+        guard(recipe, base, bad, recipe.passes[0])
     assert "temperature" in caught.value.hint and "max_accuracy_drop" in caught.value.hint
     assert "sparsity" not in caught.value.hint and "cluster" not in caught.value.hint
 
