@@ -263,7 +263,8 @@ def test_dense_batchnorm_prune_cluster_qat_converts_full_integer(tmp_path):
     from tfedge.passes.rebuild import fold_for_qat
 
     model, x = _dense_bn_model()
-    folded, pairs = fold_for_qat(model)
+    folded, pairs, moved = fold_for_qat(model)
+    assert moved == {}
     assert pairs == {
         "bn0": "dense0",
         "bn1": "dense1",

@@ -187,7 +187,35 @@ def test_activation_inside_a_layer_that_tfmot_cannot_quantize_is_named_before_tr
     from tfedge.passes.qat_configs import qat_rule
 
     k = import_keras()
-    how, reason = qat_rule(k.layers.Dense(4, activation="relu6"))
-    assert how == "no" and "activation 'relu6' inside a Dense" in reason
+    how, reason = qat_rule(k.layers.Dense(4, activation="elu"))
+    assert how == "no" and "activation 'elu' inside a Dense" in reason
     assert qat_rule(k.layers.Activation("elu"))[1].startswith("activation 'elu': TFLite keeps")
     assert qat_rule(k.layers.Activation("relu6"))[0] == "tfmot"
+
+
+def test_activation_written_inside_a_layer_moves_out_and_quantizes(tmp_path):
+    """``Conv2D(activation="relu6")``, ``Dense(activation="hard_silu")``: as users write them."""
+    from tfedge._tf import import_keras
+    from tfedge.passes.qat_configs import qat_rule
+    from tfedge.passes.rebuild import fold_for_qat
+
+    k = import_keras()
+    inp = k.Input((8, 8, 1))
+    h = k.layers.Conv2D(8, 3, activation="relu6", name="conv")(inp)
+    h = k.layers.GlobalAveragePooling2D(name="pool")(h)
+    h = k.layers.Dense(16, activation="tfedge>hard_silu", name="fc")(h)
+    model = k.Model(inp, k.layers.Dense(4, name="logits")(h))
+    assert qat_rule(model.get_layer("conv")) == (
+        "tfmot",
+        "activation 'relu6' moves to its own Activation layer for qat",
+    )
+    x, y = _data((8, 8, 1), n=128)
+    split, _, moved = fold_for_qat(model)
+    assert moved == {"conv": "conv_activation", "fc": "fc_activation"}
+    np.testing.assert_allclose(split.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0))
+    result = build_pass("qat", {"epochs": 1}).apply(model, _ctx(x, y))
+    assert result.metrics["activations_moved_out"] == moved
+    names = [layer.name for layer in result.model.layers]
+    assert "quant_conv_activation" in names and "quant_fc_activation" in names
+    ops = _int8_ops(result.model, x, tmp_path)  # verified full-int8
+    assert ops["HARD_SWISH"] == 1, ops

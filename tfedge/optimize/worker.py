@@ -250,17 +250,20 @@ class Session:
         return self._done()
 
     def fold(self) -> list:
-        """Fold BatchNormalization/ReLU into the Dense before them, before any training pass."""
+        """Fold BatchNormalization/ReLU into the Dense before them, and move activations tfmot
+        cannot quantize inside a layer into their own, before any training pass."""
         from tfedge.passes.rebuild import fold_for_qat
 
         # Before prune and cluster, so that the kernels they shape are the ones QAT trains
         # and the converter writes (qat folds too, but then clustering would be undone).
-        self.model, folded = fold_for_qat(self.model)
+        self.model, folded, moved = fold_for_qat(self.model)
         self.plain = self.model
         if folded:
             self.ctx.say(
                 f"folded {len(folded)} BatchNormalization/ReLU layer(s) into the Dense before them"
             )
+        if moved:
+            self.ctx.say(f"moved the activation of {', '.join(moved)} into its own layer for qat")
         return self._done()
 
     def apply(self, index: int, last: bool) -> list:

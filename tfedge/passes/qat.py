@@ -97,7 +97,7 @@ class Qat:
     def apply(self, model, ctx) -> PassResult:
         from tfedge.passes.rebuild import fold_for_qat
 
-        model, folded = fold_for_qat(model)  # tfmot folds BN into Conv2D only; see rebuild
+        model, folded, moved = fold_for_qat(model)  # tfmot folds BN into Conv2D only; see rebuild
         self.check(model, ctx)
         model, _ = ops_as_layers(model)  # TFOpLambda -> TfedgeScalarOp (same names, results)
         tfmot = import_tfmot()
@@ -112,7 +112,12 @@ class Qat:
         ctx.fit(wrapped, self.epochs, "qat")
         return PassResult(
             wrapped,
-            {"scheme": scheme_name, "skipped_layers": skipped, "folded_into_dense": folded},
+            {
+                "scheme": scheme_name,
+                "skipped_layers": skipped,
+                "folded_into_dense": folded,
+                "activations_moved_out": moved,
+            },
             quantize_wrapped=True,
         )
 

@@ -157,6 +157,8 @@ def qat_rule(layer) -> tuple[str, str]:
         inner = getattr(layer, "activation", None)
         name = activation_name(inner) if inner is not None else "linear"
         if kind in ("Conv2D", "DepthwiseConv2D", "Dense") and name not in LAYER_ACTIVATIONS:
+            if movable_activation(layer):
+                return TFMOT, f"activation '{name}' moves to its own Activation layer for qat"
             return NO, (
                 f"tfmot cannot quantize activation '{name}' inside a {kind}; "
                 "move it to its own Activation layer"
@@ -165,6 +167,24 @@ def qat_rule(layer) -> tuple[str, str]:
     if kind == "Lambda":
         return NO, "a Lambda layer runs Python code tfmot cannot see into; use built-in layers"
     return NO, f"tfmot's 8-bit scheme has no rule for {kind}"
+
+
+def movable_activation(layer) -> bool:
+    """A Conv2D / DepthwiseConv2D / Dense, called once, whose activation tfmot cannot quantize
+    inside it but tfedge can as its own ``Activation`` layer (``rebuild.split_activations``)."""
+    from tfedge._tf import import_keras
+
+    if type(layer).__name__ not in ("Conv2D", "DepthwiseConv2D", "Dense"):
+        return False
+    name = activation_name(layer.activation)
+    if name in LAYER_ACTIVATIONS or len(getattr(layer, "inbound_nodes", [])) > 1:
+        return False
+    return qat_rule(import_keras().layers.Activation(layer.activation))[0] != NO
+
+
+def moved_activations(model) -> list[str]:
+    """The layers of ``model`` whose activation moves out before QAT (``movable_activation``)."""
+    return [layer.name for layer in model.layers if movable_activation(layer)]
 
 
 def quantize_config_for(layer):

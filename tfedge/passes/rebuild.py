@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from tfedge.errors import RecipeError
 
@@ -68,12 +69,68 @@ def copy_weights(source, target, skip: frozenset[str] | set[str] = frozenset()) 
 
 
 def fold_for_qat(model):
-    """``model`` with the Dense-following BatchNormalization and ReLU layers that tfmot's QAT
-    mishandles folded into their Dense (see ``fold_dense_batchnorm`` and ``fold_dense_relu``).
-    Returns ``(model, {folded_layer: dense})``."""
+    """``model`` prepared for tfmot's QAT: the Dense-following BatchNormalization and ReLU layers
+    it mishandles folded into their Dense (see ``fold_dense_batchnorm`` and ``fold_dense_relu``),
+    and activations it cannot quantize inside a layer moved out (``split_activations``).
+    Returns ``(model, {folded_layer: dense}, {layer: its new activation layer})``."""
+    from tfedge.passes.qat_configs import moved_activations
+
     model, bns = fold_dense_batchnorm(model)
     model, relus = fold_dense_relu(model)
-    return model, {**bns, **relus}
+    model, moved = split_activations(model, moved_activations(model))
+    return model, {**bns, **relus}, moved
+
+
+def split_activations(model, names: list[str]):
+    """``model`` with the activation of each layer in ``names`` moved into a new ``Activation``
+    layer ``<name>_activation`` right after it (same function, same weights).
+
+    tfmot quantizes a Conv2D/Dense's own activation only for relu, swish, gelu, sigmoid, tanh and
+    softmax; ``Conv2D(activation="relu6")`` or ``"hard_silu"``, as users write them, are
+    quantized as their own layer. Returns ``(model, {layer: activation_layer})``.
+    """
+    if not names:
+        return model, {}
+    config = model_config(model)
+    taken = {entry["config"]["name"] for entry in config["layers"]}
+    moved = {name: _free_name(f"{name}_activation", taken) for name in names}
+    functional = "output_layers" in config
+    layers = []
+    for entry in config["layers"]:
+        if functional:
+            entry["inbound_nodes"] = _rename_refs(entry["inbound_nodes"], moved)
+        layers.append(entry)
+        name = entry["config"]["name"]
+        if name in moved:
+            layers.append(_activation_entry(entry, moved[name], functional))
+    config["layers"] = layers
+    if functional:
+        config["output_layers"] = _rename_refs(config["output_layers"], moved)
+    split = from_config(model, config)
+    copy_weights(model, split)
+    return split, moved
+
+
+def _activation_entry(entry: dict, name: str, functional: bool) -> dict:
+    options = entry["config"]
+    activation = options["activation"]
+    options["activation"] = "linear"
+    new: dict[str, Any] = {
+        "class_name": "Activation",
+        "config": {"name": name, "activation": activation, "dtype": options.get("dtype")},
+    }
+    if functional:
+        new.update(name=name, inbound_nodes=[[[options["name"], 0, 0, {}]]])
+    return new
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    candidate, i = name, 1
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}_{i}"
+    taken.add(candidate)
+    return candidate
 
 
 def fold_dense_batchnorm(model):
