@@ -199,3 +199,42 @@ def test_inspect_says_why_compression_is_not_available(keras3, tmp_path, run_cli
     assert report["compat"] == [] and "doubler (Doubler)" in report["compat_unavailable"]
     text = run_cli("inspect", tmp_path / "custom.keras").stdout
     assert "compression: not available: the Keras 3 bridge cannot translate" in text
+
+
+def test_tf_keras_transfer_learning_model_through_prune_and_qat(k2, tmp_path):
+    """A tf_keras backbone nested as one layer (relu6 inside its convolutions, squeeze-and-excite)
+    with a new head goes through prune -> PQAT to verified full-int8, keeping the layer names."""
+    pixels = k2.Input((16, 16, 3))
+    h = k2.layers.Conv2D(16, 3, strides=2, activation="relu6", name="stem")(pixels)
+    h = k2.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    gate = k2.layers.GlobalAveragePooling2D(keepdims=True, name="se_pool")(h)
+    gate = k2.layers.Conv2D(16, 1, activation="sigmoid", name="se_gate")(gate)
+    h = k2.layers.Multiply(name="se_scale")([h, gate])
+    backbone = k2.Model(pixels, h, name="backbone")
+    image = k2.Input((16, 16, 3), name="image")
+    h = k2.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(image)
+    h = k2.layers.GlobalAveragePooling2D(name="pool")(backbone(h))
+    model = k2.Model(image, k2.layers.Dense(4, name="head")(h))
+    path = tmp_path / "transfer.keras"
+    model.save(path)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 192)
+    x = (rng.uniform(0, 255, (192, 16, 16, 3)) * 0.3 + 40 * y[:, None, None, None]).astype("f4")
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "schema_version: 1\npasses:\n  - prune: {target_sparsity: 0.5, epochs: 1}\n"
+        "  - qat: {epochs: 1}\nconvert: {quant: int8}\n"
+    )
+    data = tmp_path / "data.npz"
+    result = tfedge.optimize(str(path), str(recipe), data, data, tmp_path / "out")
+    assert [s.name for s in result.stages] == ["float32", "int8", "prune", "qat"]
+    ops = {op.name for op in read_tflite(result.model).ops}
+    assert "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["keras_model"] == "model.keras"
+    from tfedge.io.models import detect_format, load_keras_model
+
+    flat = load_keras_model(detect_format(tmp_path / "out" / "model.keras"))
+    names = {layer.name for layer in flat.layers}
+    assert {"stem", "stem_activation", "dw", "se_scale", "head"} <= names
