@@ -180,6 +180,8 @@ def test_input_preprocessing_is_left_to_calibration():
     h = k.layers.Rescaling(2.0, offset=-1.0, name="rescale")(inp)
     h = k.layers.Rescaling(0.5, name="again")(h)
     assert input_preprocessing(k.Model(inp, k.layers.Dense(2)(h))) == ["rescale"]
+    h = k.layers.Rescaling(1 / 255, name="scale_only")(inp)  # one MUL: quantization-aware
+    assert input_preprocessing(k.Model(inp, k.layers.Dense(2)(h))) == []
 
 
 def test_activation_inside_a_layer_that_tfmot_cannot_quantize_is_named_before_training():

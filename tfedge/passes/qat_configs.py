@@ -432,19 +432,25 @@ def ops_as_layers(model):
     return rebuilt, sorted(swap)
 
 
-# Affine preprocessing that computes two ops (x * scale + offset, (x - mean) / std).
-TWO_OP_PREPROCESSING = ("Normalization", "Rescaling")
+def _two_op_preprocessing(layer) -> bool:
+    import numpy as np
+
+    kind = type(layer).__name__
+    if kind == "Rescaling":
+        return bool(np.any(np.asarray(layer.offset, dtype=float) != 0))
+    return kind == "Normalization"
 
 
 def input_preprocessing(model) -> list[str]:
-    """``Normalization`` and ``Rescaling`` layers fed by a model input. Quantization-aware, the
-    converter puts a float DEQUANTIZE / QUANTIZE pair between the int8 input and the second op
-    (a Rescaling with an offset, a Normalization); left out of QAT, the converter calibrates
-    them and they run as int8 MUL and ADD (SUB)."""
+    """Affine preprocessing of two ops fed by a model input: a ``Normalization`` (SUB, MUL), a
+    ``Rescaling`` with an offset (MUL, ADD). Quantization-aware, the converter puts a float
+    DEQUANTIZE / QUANTIZE pair between the int8 input and the second op; left out of QAT, the
+    converter calibrates them and they run as int8 ops. (A ``Rescaling`` without offset is one
+    MUL, quantized as the table says.)"""
     graph = _Graph(model)
     return [
         layer.name
         for layer in model.layers
-        if type(layer).__name__ in TWO_OP_PREPROCESSING
+        if _two_op_preprocessing(layer)
         and all(source in graph.model_inputs for source in graph.inputs.get(layer.name, []))
     ]
