@@ -19,6 +19,7 @@ import numpy as np
 
 from tfedge.errors import ModelLoadError
 from tfedge.io import activations
+from tfedge.io.flatten import AUGMENTATION_LAYERS
 
 SUPPORTED_LAYERS = frozenset(
     {
@@ -70,17 +71,9 @@ SUPPORTED_LAYERS = frozenset(
         "Normalization",
         "Resizing",
         "CenterCrop",
-        # data augmentation: identity at inference, dropped when the model is flattened
-        "RandomFlip",
-        "RandomRotation",
-        "RandomZoom",
-        "RandomContrast",
-        "RandomTranslation",
-        "RandomBrightness",
-        "RandomCrop",
-        "RandomHeight",
-        "RandomWidth",
     }
+    # data augmentation: identity at inference, dropped when the model is flattened
+    | AUGMENTATION_LAYERS
 )
 MODEL_CLASSES = frozenset({"Functional", "Sequential"})
 # Keras 3 op layers (``x + 3.0`` in a Functional graph, ``keras.src.ops.numpy``) -> the

@@ -190,37 +190,31 @@ def save_digits_as_keras3(tf_keras_model: str, path: Path) -> Path:
 
 
 def _optimized_row(ref, out_dir: Path, float_bytes: int) -> DemoRow:
-    from tfedge.analyze.inspect import inspect_tflite
-    from tfedge.optimize.pipeline import optimize
-
-    result = optimize(ref.model, "prune-cluster-qat", ref.train, ref.test, out_dir)
-    final = result.final
-    verdict = "yes" if inspect_tflite(result.model).full_integer else "no"
-    assert final.accuracy is not None  # digits is a classifier
-    return DemoRow(
-        "prune-cluster-qat int8",
-        final.accuracy,
-        final.tflite_bytes,
-        final.gzip_bytes,
-        final.tflite_bytes / float_bytes,
-        verdict,
+    return _recipe_row(
+        "prune-cluster-qat int8", ref.model, "prune-cluster-qat", ref, out_dir, float_bytes
     )
 
 
 def _own_model_row(ref, out: Path, float_bytes: int) -> DemoRow:
     """A user's Keras 3 model (nested backbone, Rescaling, hard-swish, SE) through a recipe."""
-    from tfedge.analyze.inspect import inspect_tflite
-    from tfedge.optimize.pipeline import optimize
-
     path = train_own_keras3_model(ref, out / "my_digits_keras3.keras")
     recipe = out / "my_model_recipe.yaml"
     recipe.write_text(OWN_MODEL_RECIPE)
-    result = optimize(path, str(recipe), ref.train, ref.test, out / "my_model")
+    label = "your Keras 3 model, PCQAT int8"
+    return _recipe_row(label, str(path), str(recipe), ref, out / "my_model", float_bytes)
+
+
+def _recipe_row(label: str, model: str, recipe: str, ref, out_dir: Path, float_bytes: int):
+    """``model`` optimized with ``recipe`` on the digits data, as one row of the table."""
+    from tfedge.analyze.inspect import inspect_tflite
+    from tfedge.optimize.pipeline import optimize
+
+    result = optimize(model, recipe, ref.train, ref.test, out_dir)
     final = result.final
     verdict = "yes" if inspect_tflite(result.model).full_integer else "no"
     assert final.accuracy is not None  # digits is a classifier
     return DemoRow(
-        "your Keras 3 model, PCQAT int8",
+        label,
         final.accuracy,
         final.tflite_bytes,
         final.gzip_bytes,
