@@ -238,3 +238,26 @@ def test_keras3_export_refuses_a_model_keras3_computes_differently():
     other = k.Model(inp, k.layers.Dense(3, activation="hard_sigmoid", name="fc")(inp))
     with pytest.raises(KerasExportError, match="differs"):
         to_keras3(other)
+
+
+def test_keras3_export_writes_scalar_ops_as_rescaling():
+    """tf_keras records ``x + 3``, ``x * (1/6)``, ``3 - x`` and ``x / 2`` as TFOpLambda, which
+    Keras 3 cannot load (MobileNetV3's hard-sigmoid is written so): they go out as Rescaling
+    layers of the same names, and the Keras 3 model computes the same."""
+    from tfedge._tf import import_keras
+    from tfedge.io.keras3_export import to_keras3
+
+    k = import_keras()
+    inp = k.Input((FEATURES,), name="features")
+    h = k.layers.Dense(8, name="fc")(inp)
+    a = k.layers.ReLU(6.0, name="relu6")(h + 3.0) * (1.0 / 6.0)
+    b = (3.0 - h) / 2.0
+    model = k.Model(inp, k.layers.Concatenate(name="cat")([a, b]))
+    ops = [layer.name for layer in model.layers if type(layer).__name__ == "TFOpLambda"]
+    assert len(ops) == 4
+
+    model3 = to_keras3(model)  # verified on seeded inputs inside
+
+    assert {type(model3.get_layer(name)).__name__ for name in ops} == {"Rescaling"}
+    x = np.random.default_rng(0).normal(size=(8, FEATURES)).astype(np.float32)
+    np.testing.assert_allclose(model3(x), model(x), rtol=1e-5, atol=1e-6)

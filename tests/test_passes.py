@@ -350,3 +350,36 @@ def test_cluster_a_layer_with_fewer_values_than_clusters_does_not_crash():
         "out": "1 non-zero weight(s): too few to cluster (kept as is)"
     }
     assert np.count_nonzero(_kernel(result.model, "tiny")) == 4
+
+
+@pytest.mark.tf
+def test_batchnorm_statistics_reestimated_as_the_mean_over_the_training_samples():
+    """After a pass changed the weights, every BatchNormalization's moving mean becomes the mean
+    of what it now sees over all training samples (batches weighted by size), its moving
+    variance the mean of the batch variances; weights and momentum are untouched."""
+    from tfedge._tf import import_keras
+    from tfedge.passes.batchnorm import reestimate_batchnorm
+
+    k = import_keras()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 6, 6, 3)).astype(np.float32)  # batches of 32, 32, 32 and 4
+    inp = k.Input((6, 6, 3))
+    conv = k.layers.Conv2D(4, 3, name="conv")
+    model = k.Model(inp, k.layers.BatchNormalization(name="bn")(conv(inp)))
+    conv.set_weights([w * 3 + 1 for w in conv.get_weights()])  # stale moving statistics
+    weights = [w.copy() for w in model.get_weights()]
+    bn = model.get_layer("bn")
+    ctx = PassContext(x=x, y=np.zeros(100, np.int64), train=TrainConfig(batch_size=32), seed=0)
+
+    assert reestimate_batchnorm(model, ctx) == 1
+
+    features = conv(x).numpy().reshape(100, -1, 4)
+    batches = [features[i : i + 32] for i in range(0, 100, 32)]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), features.mean((0, 1)), rtol=1e-4)
+    sizes = np.array([len(b) for b in batches], np.float64)
+    variances = np.stack([b.reshape(-1, 4).var(0) for b in batches])
+    expected = (sizes[:, None] * variances).sum(0) / sizes.sum()
+    np.testing.assert_allclose(bn.moving_variance.numpy(), expected, rtol=0.02)  # n/(n-1)
+    assert bn.momentum == 0.99
+    for before, after in zip(weights[:2], model.get_weights()[:2]):
+        np.testing.assert_array_equal(before, after)

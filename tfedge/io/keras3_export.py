@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import TypeGuard
 
 from tfedge.errors import ConversionError
 
@@ -90,6 +91,8 @@ def keras3_config(config):
     if not isinstance(config, dict):
         return config
     out = {key: keras3_config(value) for key, value in config.items()}
+    if out.get("class_name") == "TFOpLambda" and "inbound_nodes" in out:
+        return _op_as_rescaling(out)
     inner = out.get("config")
     if isinstance(inner, dict) and isinstance(out.get("class_name"), str):
         for key in DROPPED_ARGS.get(out["class_name"], ()):
@@ -98,6 +101,59 @@ def keras3_config(config):
             if key in inner:
                 inner[key] = _activation(inner[key])
     return out
+
+
+def _op_as_rescaling(entry: dict) -> dict:
+    """A tf_keras ``TFOpLambda`` computing ``x + c``, ``x - c``, ``c - x``, ``x * c`` or
+    ``x / c`` (what the bridge makes of Keras 3's ``keras.ops`` layers, and what tf_keras's
+    own MobileNetV3 records) -> a ``Rescaling(scale, offset)`` of the same name, which Keras 3
+    loads (it has no TFOpLambda). Anything else is left for Keras 3 to refuse."""
+    affine = set()
+    nodes = []
+    for node in entry["inbound_nodes"]:
+        found = _scalar_affine(entry["config"].get("function"), node)
+        if found is None:
+            return entry
+        (scale, offset), tensor = found
+        affine.add((scale, offset))
+        nodes.append([[*tensor, {}]])
+    if len(affine) != 1:  # a shared layer called with different constants
+        return entry
+    scale, offset = affine.pop()
+    name = entry["config"]["name"]
+    config = {"name": name, "trainable": True, "dtype": "float32"}
+    config.update(scale=scale, offset=offset)
+    return {"class_name": "Rescaling", "config": config, "name": name, "inbound_nodes": nodes}
+
+
+def _scalar_affine(function, node) -> tuple[tuple[float, float], list] | None:
+    """((scale, offset), input tensor) of one TFOpLambda call with one constant, else None."""
+    if not isinstance(node, list) or len(node) != 4 or not isinstance(node[3], dict):
+        return None
+    kwargs = node[3]
+    constant_first = node[0] == "_CONSTANT_VALUE"  # ``c - x``: tf_keras records it so
+    value, tensor = (node[2], kwargs.get("y")) if constant_first else (kwargs.get("y"), node[:3])
+    if not _number(value) or not isinstance(tensor, list) or len(tensor) < 3:
+        return None
+    if set(kwargs) - {"y", "name"}:
+        return None
+    c = float(value)
+    table = {
+        "__operators__.add": (1.0, c),
+        "math.add": (1.0, c),
+        "math.subtract": (-1.0, c) if constant_first else (1.0, -c),
+        "math.multiply": (c, 0.0),
+    }
+    if not constant_first and c != 0:
+        table["math.truediv"] = (1.0 / c, 0.0)
+    if function not in table:
+        return None
+    scale, offset = table[function]
+    return (scale, offset), list(tensor[:3])
+
+
+def _number(value) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _activation(value):

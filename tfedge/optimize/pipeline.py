@@ -44,8 +44,10 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,6 +160,7 @@ def optimize(
             try:
                 failure = runner.keep_partial(exc, model, train, evals, started)
             except Exception:  # noqa: BLE001  (keeping the partial report failed: the error stands)
+                _debug_traceback("could not keep the partial report")
                 failure = exc
             if failure is exc:
                 raise
@@ -496,6 +499,14 @@ def _resume_hint(hint: str, failed: str, out: Path, checkpoint: str | None, resu
 
 
 # ---- inputs -------------------------------------------------------------------------------
+
+
+def _debug_traceback(what: str) -> None:
+    """Under ``--debug``, print the exception being handled (it is otherwise left unsaid)."""
+    from tfedge._tf import debug_enabled
+
+    if debug_enabled():
+        print(f"tfedge: {what}:\n{traceback.format_exc()}", file=sys.stderr)
 
 
 def _stderr_log(message: str) -> None:

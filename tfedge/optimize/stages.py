@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.convert.tflite_model import read_tflite
-from tfedge.io.data import Dataset, as_float32, num_samples
+from tfedge.io.data import Dataset, as_float32, num_samples, take
 
 WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D"}
 
@@ -94,19 +94,11 @@ def keras_accuracy_of(model, ctx) -> float | None:
     """
     if ctx.eval_x is None or ctx.eval_y is None or not ctx.classification:
         return None
-    x = ctx.inputs_for(model, as_float32(ctx.eval_x))
-    n = num_samples(ctx.eval_x)
-    batches = [_batch(x, i, i + 256) for i in range(0, n, 256)]
+    x = as_float32(ctx.eval_x)
+    n = num_samples(x)
+    batches = [ctx.inputs_for(model, take(x, slice(i, i + 256))) for i in range(0, n, 256)]
     out = np.concatenate([np.asarray(model(b, training=False)) for b in batches])
     return float(np.mean(out.reshape(n, -1).argmax(1) == np.asarray(ctx.eval_y).reshape(-1)))
-
-
-def _batch(x, start: int, stop: int):
-    if isinstance(x, dict):
-        return {k: v[start:stop] for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [v[start:stop] for v in x]
-    return x[start:stop]
 
 
 def weight_stats(path) -> dict:

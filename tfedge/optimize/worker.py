@@ -268,6 +268,8 @@ class Session:
 
     def apply(self, index: int, last: bool) -> list:
         """Run pass ``index`` on the current model; its row comes back from a later job."""
+        from tfedge.passes.batchnorm import reestimate_batchnorm
+
         p = self.recipe.passes[index]
         started = time.perf_counter()
         self.ctx.seed_all()
@@ -277,6 +279,8 @@ class Session:
             _tag(exc, index + 2)  # stages: float32, int8, then one per pass
             raise
         self.ctx.applied += (p.pass_name,)
+        if not result.quantize_wrapped and self.recipe.train.batchnorm == "reestimate":
+            result.metrics["batchnorm_reestimated"] = reestimate_batchnorm(result.model, self.ctx)
         self.plain = self.plain if result.quantize_wrapped else result.model
         accuracy = keras_accuracy_of(result.model, self.ctx)
         if result.quantize_wrapped:

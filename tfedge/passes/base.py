@@ -28,6 +28,7 @@ from tfedge.errors import RecipeError, TrainingError
 from tfedge.io.data import Inputs, arrange_inputs, as_float32, keras_input_specs, num_samples
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+BATCHNORM = ("reestimate", "keep")
 
 
 def build_config(cls: type, options: dict | None, where: str):
@@ -165,9 +166,13 @@ class TrainConfig:
     learning_rate: float = 1e-3
     batch_size: int = 32
     validation_split: float = 0.1
+    # after each pass that trains or replaces weights (not qat): re-estimate the moving
+    # statistics of every BatchNormalization on the training data (passes/batchnorm.py)
+    batchnorm: str = "reestimate"
 
     def __post_init__(self):
         check_choice(self, "optimizer", OPTIMIZERS)
+        check_choice(self, "batchnorm", BATCHNORM)
         check_number(self, "learning_rate", 0, 1, lo_open=True)
         check_number(self, "batch_size", 1, 1 << 16, integer=True)
         check_number(self, "validation_split", 0, 0.9)
