@@ -12,7 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
+import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -93,24 +96,52 @@ class TfliteModel:
 
 
 def read_tflite(path: str | os.PathLike[str]) -> TfliteModel:
-    """Parse ``path`` into a TfliteModel; raise ModelLoadError for anything that is not one."""
+    """Parse ``path`` into a TfliteModel; raise ModelLoadError for anything that is not one.
+
+    The file is mapped, not read: only the tables and the constant buffers are touched, so
+    a huge (or sparse) file costs what its model holds, not its size.
+    """
     path = Path(path)
     raw = _read_bytes(path)
-    return parse_tflite(raw, str(path))
+    try:
+        return parse_tflite(raw, str(path))
+    finally:
+        try:
+            raw.close()
+        except BufferError:  # a view lives on in a traceback: the map closes when it goes
+            pass
 
 
-def parse_tflite(raw: bytes, name: str = "<bytes>") -> TfliteModel:
-    """Parse flatbuffer bytes; raise ModelLoadError if they are not a valid TFLite model."""
+def parse_tflite(raw: bytes | mmap.mmap, name: str = "<bytes>") -> TfliteModel:
+    """Parse flatbuffer bytes; raise ModelLoadError if they are not a valid TFLite model.
+
+    Structure is checked on the way (indices, shapes against buffers, quantization
+    parameters, the counts in :data:`LIMITS`): a file the TFLite runtime would refuse, or
+    could crash on, is a ModelLoadError saying why, never a report.
+    """
     if len(raw) < 8 or raw[4:8] != b"TFL3":
         raise ModelLoadError(
             f"{name} is not a TFLite model (no TFL3 identifier)",
             "pass a .tflite file written by the TFLite converter or `tfedge convert`",
         )
     try:
-        return _build(raw, name)
+        return _Parser(raw, name).model()
     except ModelLoadError:
         raise
-    except Exception as exc:  # garbage offsets surface as IndexError, struct.error, ...
+    except _Damaged as exc:
+        raise ModelLoadError(
+            f"{name} is a damaged TFLite model ({exc})",
+            "re-convert the model; the file may be truncated or corrupted",
+        ) from None
+    except _Invalid as exc:
+        raise ModelLoadError(f"{name} is invalid: {exc}", INVALID_HINT) from None
+    except _TooBig as exc:
+        raise ModelLoadError(
+            f"{name} is too large to read: {exc}",
+            "tfedge reads models within the limits in tfedge/convert/tflite_model.py "
+            "(LIMITS); this file is damaged or not a model for an edge device",
+        ) from None
+    except Exception as exc:  # a bug here must still be one error, never a crash
         raise ModelLoadError(
             f"{name} is a damaged TFLite model ({type(exc).__name__})",
             "re-convert the model; the file may be truncated or corrupted",
@@ -126,47 +157,66 @@ def layer_from_tensor_name(name: str) -> str:
     return parts[0] if parts else name
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path) -> mmap.mmap:
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist", "check the path")
     if path.is_dir():
         raise ModelLoadError(
             f"{path} is a directory, not a .tflite file", "pass the .tflite file itself"
         )
-    data = path.read_bytes()
-    if not data:
-        raise ModelLoadError(f"{path} is empty", "re-convert the model")
-    return data
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not size:
+            raise ModelLoadError(f"{path} is empty", "re-convert the model")
+        if size > LIMITS.file_bytes:
+            raise ModelLoadError(
+                f"{path} is {size:,} bytes, more than tfedge reads ({LIMITS.file_bytes:,})",
+                "this is not a model for an edge device; check the file",
+            )
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def _build(raw: bytes, name: str) -> TfliteModel:
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
-    if not model.subgraphs:
-        raise ModelLoadError(f"{name} has no subgraphs", "re-convert the model")
-    opcodes = [_opcode_name(c) for c in (model.operatorCodes or [])]
-    versions = [int(c.version or 1) for c in (model.operatorCodes or [])]
-    graph = model.subgraphs[0]
-    tensors = [_tensor(i, t, model.buffers or [], raw) for i, t in enumerate(graph.tensors or [])]
-    ops = [_op(i, o, tensors, opcodes, versions) for i, o in enumerate(graph.operators or [])]
-    for sub in model.subgraphs[1:]:  # control-flow bodies: count their ops too
-        sub_tensors = [
-            _tensor(i, t, model.buffers or [], raw) for i, t in enumerate(sub.tensors or [])
-        ]
-        ops += [
-            _op(len(ops) + i, o, sub_tensors, opcodes, versions)
-            for i, o in enumerate(sub.operators or [])
-        ]
-    return TfliteModel(
-        path=name,
-        size_bytes=len(raw),
-        tensors=tensors,
-        ops=ops,
-        inputs=[tensors[i] for i in _ints(graph.inputs)],
-        outputs=[tensors[i] for i in _ints(graph.outputs)],
-        metadata=_metadata(model, raw),
-        subgraphs=len(model.subgraphs),
-    )
+# ---------------------------------------------------------------- limits
+@dataclass(frozen=True)
+class Limits:
+    """What tfedge reads of one ``.tflite`` file; past any of these it refuses the file.
+
+    Far above any model an edge device runs (the largest converted LLMs hold a few
+    thousand tensors), and low enough that a hostile file costs seconds and tens of MB:
+    every count is checked before the work it causes, and each table is decoded once.
+    """
+
+    file_bytes: int = 16 * 1024**3  # the flatbuffer itself is under 2 GiB; weights may follow
+    subgraphs: int = 10_000
+    tensors: int = 200_000  # all subgraphs, counted per reference
+    operators: int = 200_000  # all subgraphs, counted per reference
+    operator_codes: int = 10_000
+    buffers: int = 200_000
+    tensor_refs: int = 2_000_000  # operator and subgraph inputs/outputs, all subgraphs
+    rank: int = 16
+    tensor_bytes: int = 16 * 1024**3  # one tensor's size as its shape says
+    name_bytes: int = 64 * 1024
+    metadata: int = 10_000
+
+
+LIMITS = Limits()
+INVALID_HINT = (
+    "the TFLite runtime would refuse this file, or could crash on it: re-convert the model "
+    "with the TFLite converter or `tfedge convert`"
+)
+SCHEMA_VERSION = 3  # the runtime refuses any other Model.version
+
+
+class _Invalid(Exception):
+    """The file breaks a rule of the TFLite schema or runtime (the message says which)."""
+
+
+class _Damaged(Exception):
+    """An offset or a table that the flatbuffer format itself rules out (truncated, garbage)."""
+
+
+class _TooBig(Exception):
+    """The file asks for more work than :data:`LIMITS` allows."""
 
 
 @lru_cache(maxsize=1)
@@ -176,79 +226,357 @@ def _schema():
     return schema_py_generated
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=2)
 def _enum_names(enum_name: str) -> dict[int, str]:
     enum = getattr(_schema(), enum_name)
     return {v: k for k, v in vars(enum).items() if not k.startswith("_") and isinstance(v, int)}
 
 
-def _opcode_name(code) -> str:
-    if code.customCode:
-        custom = code.customCode
-        return "CUSTOM:" + (custom.decode() if isinstance(custom, bytes) else str(custom))
-    builtin = max(int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0))
-    return _enum_names("BuiltinOperator").get(builtin, f"OP_{builtin}")
+# ---------------------------------------------------------------- a bounds-checked reader
+class _Table:
+    """One flatbuffer table at ``pos``: its fields by number, each read checked."""
+
+    __slots__ = ("fb", "pos", "_vt", "_vt_len", "_obj_len")
+
+    def __init__(self, fb: "_Flatbuffer", pos: int) -> None:
+        self.fb, self.pos = fb, pos
+        self._vt = pos - fb.i32(pos)
+        self._vt_len = fb.u16(self._vt)
+        self._obj_len = fb.u16(self._vt + 2)
+        if self._vt_len < 4 or self._vt_len % 2 or self._obj_len < 4:
+            raise _Damaged(f"a table at byte {pos:,} has a broken vtable")
+        fb.check(self._vt, self._vt_len)
+        fb.check(pos, self._obj_len)
+
+    def _field(self, n: int) -> int:
+        """Absolute position of field ``n``, or 0 when it is absent (its default)."""
+        slot = 4 + 2 * n
+        if slot + 2 > self._vt_len:
+            return 0
+        rel = self.fb.u16(self._vt + slot)
+        if rel and rel + 1 > self._obj_len:
+            raise _Damaged(f"a field of the table at byte {self.pos:,} lies outside it")
+        return self.pos + rel if rel else 0
+
+    def scalar(self, n: int, fmt: str, default=0):
+        at = self._field(n)
+        return self.fb.unpack(fmt, at) if at else default
+
+    def _target(self, n: int) -> int:
+        at = self._field(n)
+        return at + self.fb.u32(at) if at else 0
+
+    def table(self, n: int) -> "_Table | None":
+        at = self._target(n)
+        return self.fb.table(at) if at else None
+
+    def vector(self, n: int, item_size: int) -> tuple[int, int]:
+        """``(start, length)`` of vector field ``n``; ``(0, 0)`` when absent."""
+        at = self._target(n)
+        if not at:
+            return 0, 0
+        length = self.fb.u32(at)
+        self.fb.check(at + 4, length * item_size)
+        return at + 4, length
+
+    def numbers(self, n: int, dtype: str) -> np.ndarray:
+        start, length = self.vector(n, np.dtype(dtype).itemsize)
+        if not length:
+            return np.zeros(0, dtype)
+        return np.frombuffer(self.fb.buf, dtype, length, start).copy()  # no view of the map
+
+    def vector_length(self, n: int) -> int:
+        return self.vector(n, 4)[1]
+
+    def tables(self, n: int) -> list[int]:
+        """Positions of the tables in vector field ``n`` (a position may repeat)."""
+        start, length = self.vector(n, 4)
+        if not length:
+            return []
+        rel = np.frombuffer(self.fb.buf, "<u4", length, start).astype(np.int64)
+        return (rel + start + 4 * np.arange(length, dtype=np.int64)).tolist()
+
+    def string(self, n: int) -> bytes:
+        start, length = self.vector(n, 1)
+        if length > LIMITS.name_bytes:
+            raise _TooBig(f"a {length:,}-byte name (at most {LIMITS.name_bytes:,})")
+        return bytes(self.fb.buf[start : start + length])
 
 
-def _tensor(index: int, t, buffers, raw: bytes) -> Tensor:
-    dtype = _enum_names("TensorType").get(int(t.type), f"type{t.type}").lower()
-    name = t.name.decode("utf-8", "replace") if isinstance(t.name, bytes) else str(t.name or "")
-    shape = tuple(int(d) for d in _ints(t.shape))
-    q = t.quantization
-    return Tensor(
-        index=index,
-        name=name,
-        dtype=dtype,
-        shape=shape,
-        scale=[float(s) for s in _floats(q.scale)] if q else [],
-        zero_point=[int(z) for z in _ints(q.zeroPoint)] if q else [],
-        quantized_dimension=int(q.quantizedDimension or 0) if q else 0,
-        data=_constant(t, buffers, raw, dtype, shape),
-    )
+class _Flatbuffer:
+    """Checked little-endian reads of ``buf``, and each table decoded once by position."""
+
+    def __init__(self, buf) -> None:
+        self.buf, self.size = buf, len(buf)
+        self._tables: dict[int, _Table] = {}
+
+    def check(self, pos: int, length: int) -> None:
+        if pos < 0 or length < 0 or pos + length > self.size:
+            raise _Damaged(f"an offset points outside the file (byte {pos:,} + {length:,})")
+
+    def unpack(self, fmt: str, pos: int):
+        self.check(pos, struct.calcsize(fmt))
+        return struct.unpack_from(fmt, self.buf, pos)[0]
+
+    def u16(self, pos: int) -> int:
+        return self.unpack("<H", pos)
+
+    def u32(self, pos: int) -> int:
+        return self.unpack("<I", pos)
+
+    def i32(self, pos: int) -> int:
+        return self.unpack("<i", pos)
+
+    def table(self, pos: int) -> _Table:
+        found = self._tables.get(pos)
+        if found is None:
+            found = self._tables[pos] = _Table(self, pos)
+        return found
 
 
-def _constant(t, buffers, raw: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    if not t.buffer or t.buffer >= len(buffers):
-        return None
-    buf = buffers[t.buffer]
-    if buf.offset and buf.offset > 1:
-        data = np.frombuffer(raw, np.uint8, count=int(buf.size), offset=int(buf.offset))
-    elif buf.data is not None and len(buf.data):
-        data = np.asarray(buf.data, dtype=np.uint8)
-    else:
-        return None
-    np_type = _NUMPY_TYPES.get(dtype)
-    if np_type is None:
+# ---------------------------------------------------------------- the model, checked
+def _check_op(op: Op, where: str) -> None:
+    """Rules of single operators the runtime relies on (and crashes without)."""
+    for t in op.outputs:
+        if t.is_constant:
+            raise _Invalid(f"{op.name}{where} writes into constant tensor {t.index} ('{t.name}')")
+    if op.name == "RESHAPE" and len(op.inputs) > 1 and op.inputs[1].is_constant:
+        shape, source = op.inputs[1], op.inputs[0]
+        wanted = [int(v) for v in np.asarray(shape.data).reshape(-1)]
+        known = math.prod(v for v in wanted if v != -1)
+        fits = (
+            shape.dtype in ("int32", "int64")
+            and all(v >= 0 or v == -1 for v in wanted)
+            and wanted.count(-1) <= 1
+            and (
+                known == math.prod(source.shape)
+                if -1 not in wanted
+                else known > 0 and math.prod(source.shape) % known == 0
+            )
+        )
+        if not fits:
+            raise _Invalid(
+                f"RESHAPE{where} of tensor {source.index} ({list(source.shape)}) takes its new "
+                f"shape from tensor {shape.index} ('{shape.name}'), which holds {wanted}"
+            )
+
+
+class _Parser:
+    """Reads a model's tables through :class:`_Flatbuffer`, checking structure as it goes.
+
+    Field numbers follow ``schema.fbs`` of TFLite (e.g. Tensor: shape 0, type 1, buffer 2,
+    name 3, quantization 4, sparsity 6).
+    """
+
+    def __init__(self, raw, name: str) -> None:
+        self.raw, self.name = raw, name
+        self.fb = _Flatbuffer(raw)
+        self.counts = {"tensors": 0, "operators": 0, "tensor_refs": 0}
+        self._tensor_fields: dict[int, tuple] = {}  # by table position: decode each once
+        self._op_fields: dict[int, tuple] = {}
+        self._buffers: dict[int, np.ndarray | None] = {}
+
+    def model(self) -> TfliteModel:
+        root = self.fb.table(self.fb.u32(0))
+        version = root.scalar(0, "<I")
+        if version != SCHEMA_VERSION:
+            raise _Damaged(f"schema version {version}; the runtime reads {SCHEMA_VERSION}")
+        self.opcodes = self._opcodes(root)
+        self.buffer_pos = self._tables(root, 4, "buffers")
+        subgraphs = self._tables(root, 2, "subgraphs")
+        if not subgraphs:
+            raise ModelLoadError(f"{self.name} has no subgraphs", "re-convert the model")
+        graphs = [self._subgraph(i, self.fb.table(pos)) for i, pos in enumerate(subgraphs)]
+        tensors, inputs, outputs, _ = graphs[0]
+        for t in inputs:
+            if any(t is o for o in outputs):
+                raise _Invalid(
+                    f"tensor {t.index} ('{t.name}') is the model's input and its own output"
+                )
+        ops: list[Op] = []
+        for _, _, _, sub_ops in graphs:
+            for op in sub_ops:
+                op.index = len(ops)
+                ops.append(op)
+        return TfliteModel(
+            path=self.name,
+            size_bytes=self.fb.size,
+            tensors=tensors,
+            ops=ops,
+            inputs=inputs,
+            outputs=outputs,
+            metadata=self._metadata(root),
+            subgraphs=len(subgraphs),
+        )
+
+    def _count(self, count: int, what: str, counter: str | None = None) -> None:
+        """_TooBig when ``count`` (added to ``counter``) passes the limit of ``what``."""
+        limit = getattr(LIMITS, counter or what)
+        total = count
+        if counter:
+            total = self.counts[counter] = self.counts[counter] + count
+        if total > limit:
+            raise _TooBig(f"more than {limit:,} {what.replace('_', ' ')}")
+
+    def _tables(self, t: _Table, n: int, what: str, counter: str | None = None) -> list[int]:
+        """Positions of vector field ``n`` of ``t``, counted before they are read."""
+        self._count(t.vector_length(n), what, counter)
+        return t.tables(n)
+
+    def _opcodes(self, root: _Table) -> list[tuple[str, int]]:
+        out = []
+        for pos in self._tables(root, 1, "operator_codes"):
+            code = self.fb.table(pos)
+            custom = code.string(1)
+            if custom:
+                out.append(("CUSTOM:" + custom.decode("utf-8", "replace"), code.scalar(2, "<i", 1)))
+                continue
+            builtin = max(code.scalar(3, "<i"), code.scalar(0, "<b"))
+            out.append(
+                (
+                    _enum_names("BuiltinOperator").get(builtin, f"OP_{builtin}"),
+                    code.scalar(2, "<i", 1),
+                )
+            )
+        return out
+
+    def _subgraph(self, number: int, g: _Table):
+        where = "" if number == 0 else f" of subgraph {number}"
+        tensors = [
+            self._tensor(i, pos, where)
+            for i, pos in enumerate(self._tables(g, 0, "tensors", "tensors"))
+        ]
+
+        def pick(indices: np.ndarray, what: str, optional: bool = False) -> list[Tensor]:
+            self._count(len(indices), "tensor_refs", "tensor_refs")
+            out = []
+            for i in indices.tolist():
+                if optional and i == -1:
+                    continue
+                if not 0 <= i < len(tensors):
+                    raise _Invalid(f"{what}{where} names tensor {i}; there are {len(tensors)}")
+                out.append(tensors[i])
+            return out
+
+        ops = []
+        for pos in self._tables(g, 3, "operators", "operators"):
+            opcode, inputs, outputs = self._op_fields_at(pos)
+            if not opcode < len(self.opcodes):
+                raise _Invalid(
+                    f"an operator{where} uses opcode {opcode}; there are {len(self.opcodes)}"
+                )
+            name, version = self.opcodes[opcode]
+            ops.append(
+                Op(
+                    index=0,
+                    name=name,
+                    version=version,
+                    inputs=pick(inputs, f"{name}'s input", optional=True),
+                    outputs=pick(outputs, f"{name}'s output"),
+                )
+            )
+        for op in ops:
+            _check_op(op, where)
+        inputs = pick(g.numbers(1, "<i4"), "the input")
+        outputs = pick(g.numbers(2, "<i4"), "the output")
+        return tensors, inputs, outputs, ops
+
+    def _op_fields_at(self, pos: int):
+        found = self._op_fields.get(pos)
+        if found is None:
+            op = self.fb.table(pos)
+            found = (op.scalar(0, "<I"), op.numbers(1, "<i4"), op.numbers(2, "<i4"))
+            self._op_fields[pos] = found
+        return found
+
+    def _tensor(self, index: int, pos: int, where: str) -> Tensor:
+        fields = self._tensor_fields.get(pos)
+        if fields is None:
+            fields = self._tensor_fields[pos] = self._decode_tensor(
+                index, self.fb.table(pos), where
+            )
+        name, dtype, shape, scale, zero_point, qdim, data = fields
+        return Tensor(index, name, dtype, shape, list(scale), list(zero_point), qdim, data)
+
+    def _decode_tensor(self, index: int, t: _Table, where: str) -> tuple:
+        name = t.string(3).decode("utf-8", "replace")
+        what = f"tensor {index} ('{name}'){where}"
+        type_code = t.scalar(1, "<b")
+        dtype = _enum_names("TensorType").get(type_code, "").lower()
+        if not dtype:
+            raise _Invalid(f"{what} has unknown type {type_code}")
+        dims = t.numbers(0, "<i4")
+        if len(dims) > LIMITS.rank:
+            raise _Invalid(f"{what} has rank {len(dims)} (at most {LIMITS.rank})")
+        shape = tuple(int(d) for d in dims)
+        if any(d < 0 for d in shape):
+            raise _Invalid(f"{what} has a negative dimension in its shape {list(shape)}")
+        elements = math.prod(shape)
+        itemsize = np.dtype(_NUMPY_TYPES[dtype]).itemsize if dtype in _NUMPY_TYPES else 1
+        if elements * itemsize > LIMITS.tensor_bytes:
+            raise _Invalid(f"{what} has shape {list(shape)}: {elements:,} elements, an absurd size")
+        scale, zero_point, qdim = self._quantization(t.table(4), shape, what)
+        buffer = t.scalar(2, "<I")
+        if buffer >= len(self.buffer_pos):
+            raise _Invalid(f"{what} uses buffer {buffer}; there are {len(self.buffer_pos)}")
+        data = self._buffer(buffer) if buffer else None
+        if data is not None and dtype in _NUMPY_TYPES and t.table(6) is None:  # not sparse
+            if data.size != elements * itemsize:
+                raise _Invalid(
+                    f"{what} has shape {list(shape)} ({elements * itemsize:,} bytes of "
+                    f"{dtype}) but its buffer {buffer} holds {data.size:,} bytes"
+                )
+            data = data.view(_NUMPY_TYPES[dtype]).reshape(shape)
+        return name, dtype, shape, scale, zero_point, qdim, data
+
+    def _quantization(self, q: _Table | None, shape: tuple[int, ...], what: str):
+        if q is None:
+            return (), (), 0
+        scale = q.numbers(2, "<f4").tolist()
+        zero_point = q.numbers(3, "<i8").tolist()
+        qdim = q.scalar(6, "<i")
+        if not scale:
+            return (), tuple(zero_point), qdim
+        for s in scale:
+            if not (math.isfinite(s) and s > 0):
+                raise _Invalid(f"{what} has quantization scale {s:g}; scales must be positive")
+        if zero_point and len(zero_point) != len(scale):
+            raise _Invalid(f"{what} has {len(scale)} scales but {len(zero_point)} zero points")
+        if qdim < 0 or (shape and qdim >= len(shape)):
+            raise _Invalid(f"{what} is quantized along dimension {qdim} of shape {list(shape)}")
+        if len(scale) > 1 and (not shape or len(scale) != shape[qdim]):
+            size = shape[qdim] if shape else 1
+            raise _Invalid(f"{what} has {len(scale)} scales for dimension {qdim} of size {size}")
+        return tuple(scale), tuple(zero_point), qdim
+
+    def _buffer(self, index: int) -> np.ndarray | None:
+        """The bytes of buffer ``index`` (a copy: the file may be mapped), or None if empty."""
+        if index in self._buffers:
+            return self._buffers[index]
+        b = self.fb.table(int(self.buffer_pos[index]))
+        offset, size = b.scalar(1, "<Q"), b.scalar(2, "<Q")
+        data = None
+        if offset > 1:
+            if offset + size > self.fb.size:
+                raise _Invalid(f"buffer {index} ends past the end of the file")
+            data = np.frombuffer(self.raw, np.uint8, size, offset).copy()
+        else:
+            start, length = b.vector(0, 1)
+            if length:
+                data = np.frombuffer(self.raw, np.uint8, length, start).copy()
+        self._buffers[index] = data
         return data
-    values: np.ndarray = data.view(np_type)
-    return values.reshape(shape) if int(np.prod(shape)) == values.size else values
 
-
-def _op(index: int, o, tensors: list[Tensor], opcodes: list[str], versions: list[int]) -> Op:
-    return Op(
-        index=index,
-        name=opcodes[o.opcodeIndex],
-        version=versions[o.opcodeIndex],
-        inputs=[tensors[i] for i in _ints(o.inputs) if i >= 0],
-        outputs=[tensors[i] for i in _ints(o.outputs) if i >= 0],
-    )
-
-
-def _metadata(model, raw: bytes) -> dict[str, bytes]:
-    out = {}
-    for m in model.metadata or []:
-        name = m.name.decode() if isinstance(m.name, bytes) else str(m.name)
-        buf = model.buffers[m.buffer]
-        if buf.offset and buf.offset > 1:
-            out[name] = raw[buf.offset : buf.offset + buf.size]
-        elif buf.data is not None:
-            out[name] = bytes(np.asarray(buf.data, dtype=np.uint8))
-    return out
-
-
-def _ints(values) -> list[int]:
-    return [] if values is None else [int(v) for v in values]
-
-
-def _floats(values) -> list[float]:
-    return [] if values is None else [float(v) for v in values]
+    def _metadata(self, root: _Table) -> dict[str, bytes]:
+        out = {}
+        for pos in self._tables(root, 6, "metadata"):
+            m = self.fb.table(pos)
+            name = m.string(0).decode("utf-8", "replace")
+            index = m.scalar(1, "<I")
+            if index >= len(self.buffer_pos):
+                raise _Invalid(
+                    f"metadata '{name}' uses buffer {index}; there are {len(self.buffer_pos)}"
+                )
+            data = self._buffer(index)
+            out[name] = b"" if data is None else data.tobytes()
+        return out
