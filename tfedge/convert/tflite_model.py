@@ -164,7 +164,9 @@ def _read_bytes(path: Path) -> mmap.mmap:
         raise ModelLoadError(
             f"{path} is a directory, not a .tflite file", "pass the .tflite file itself"
         )
-    with open(path, "rb") as f:
+    from tfedge.fsutil import open_regular  # a FIFO or a device would block the read
+
+    with open_regular(path, "model", ModelLoadError, "pass a .tflite file") as f:
         size = os.fstat(f.fileno()).st_size
         if not size:
             raise ModelLoadError(f"{path} is empty", "re-convert the model")

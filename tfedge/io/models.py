@@ -38,7 +38,13 @@ class ModelFormat:
 def detect_format(path: str | os.PathLike[str]) -> ModelFormat:
     """Tell what ``path`` holds from its headers; raise ModelLoadError if it is no model."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name over 255 bytes
+        raise ModelLoadError(
+            f"cannot read model {path} ({exc.strerror})", "check the path"
+        ) from exc
+    if not exists:
         raise ModelLoadError(f"model {path} does not exist", "check the path")
     if path.is_dir():
         return _detect_savedmodel(path)
@@ -138,7 +144,9 @@ def _first_line(exc: Exception) -> str:
 
 
 def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
+    from tfedge.fsutil import open_regular  # a FIFO or device named *.tflite would block a read
+
+    with open_regular(path, "model", ModelLoadError, "pass a model file") as f:
         head = f.read(16)
     if not head:
         raise ModelLoadError(f"model {path} is empty", "re-save the model")

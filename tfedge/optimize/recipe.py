@@ -112,7 +112,7 @@ def load_recipe(name_or_path) -> Recipe:
     if isinstance(name_or_path, Recipe):
         return name_or_path
     path = Path(name_or_path)
-    if path.is_file():
+    if _exists(path):
         return parse_recipe(_read(path), str(path), path.parent)
     if str(name_or_path) in builtin_recipes():
         builtin = RECIPE_DIR / f"{name_or_path}.yaml"
@@ -152,17 +152,11 @@ def _build(data: dict, text: str, source: str, base_dir: Path) -> Recipe:
 
 
 def _yaml(text: str, source: str) -> dict:
-    import yaml
+    from tfedge.safe_yaml import load_yaml
 
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError(
-            f"recipe {source} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
-            "check the indentation and the `key: value` pairs",
-        ) from None
+    data = load_yaml(
+        text, f"recipe {source}", RecipeError, "check the indentation and the `key: value` pairs"
+    )
     if not isinstance(data, dict):
         raise RecipeError(
             f"recipe {source} must be a mapping with schema_version and passes",
@@ -258,8 +252,17 @@ def _seed(value) -> int:
     return value
 
 
-def _read(path: Path) -> str:
+def _exists(path: Path) -> bool:
+    """Whether ``path`` names something on disk (a FIFO or a folder too: _read refuses it)."""
     try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc}", "check the path") from None
+        return path.exists() and (path.suffix in (".yaml", ".yml") or not path.is_dir())
+    except OSError:  # e.g. a name over 255 bytes: _read says so
+        return True
+
+
+def _read(path: Path) -> str:
+    from tfedge.fsutil import read_text_file
+
+    return read_text_file(
+        path, "recipe", RecipeError, "give the path of a recipe .yaml file (UTF-8 text)"
+    )

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from tfedge.errors import ProfileError, TfedgeError, UsageError
 from tfedge.fsutil import sha256_file
@@ -194,14 +193,12 @@ def _check_arch(prof: DeviceProfile | None, kind: str) -> None:
 def _existing(path) -> Path | None:
     if path is None:
         return None
-    path = Path(path)
-    if not path.is_file():
-        from tfedge.errors import DataError
+    from tfedge.errors import DataError
+    from tfedge.fsutil import check_regular_file
 
-        raise DataError(
-            f"data file {path} does not exist", "pass a .npz with x (and y) or a .npy of inputs"
-        )
-    return path
+    return check_regular_file(
+        path, "data file", DataError, "pass a .npz with x (and y) or a .npy of inputs"
+    )
 
 
 def _run(
@@ -317,12 +314,9 @@ class DeviceRow:
 
 def load_inventory(path: str | os.PathLike) -> list[dict]:
     """Read an inventory YAML: ``devices: [{name, target, profile?, python?, key?, threads?}]``."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(
-            f"cannot read inventory {path}: {exc}", "see docs/harness.md for the format"
-        ) from exc
+    from tfedge.safe_yaml import load_yaml_file
+
+    raw = load_yaml_file(path, "inventory", UsageError, "see docs/harness.md for the format")
     devices = raw.get("devices") if isinstance(raw, dict) else None
     if not isinstance(devices, list) or not devices:
         raise UsageError(

@@ -129,10 +129,9 @@ def last_json(stdout: str) -> dict | None:
 def check_model_file(model: Path) -> Path:
     """Refuse a missing, empty or non-TFLite file before any target is involved."""
     from tfedge.errors import ModelLoadError
+    from tfedge.fsutil import open_regular
 
-    if not model.is_file():
-        raise ModelLoadError(f"{model} does not exist", "check the path")
-    with open(model, "rb") as handle:
+    with open_regular(model, "model", ModelLoadError, "check the path") as handle:
         head = handle.read(8)
     if len(head) < 8 or head[4:8] != b"TFL3":
         raise ModelLoadError(

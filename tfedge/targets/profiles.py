@@ -15,15 +15,18 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import platform
+import re
+import reprlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tfedge.errors import ProfileError
+from tfedge.fsutil import check_regular_file
+from tfedge.safe_yaml import load_yaml_file
 
 SCHEMA_VERSION = 1
 PROFILES_DIR = Path(__file__).parent / "device_profiles"
@@ -133,22 +136,21 @@ def load_profile(name_or_path: str | os.PathLike | DeviceProfile) -> DeviceProfi
     if isinstance(name_or_path, DeviceProfile):
         return name_or_path
     path = _resolve(str(name_or_path))
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ProfileError(
-            f"cannot read profile {path}: {exc}", "check the file is valid YAML"
-        ) from exc
+    raw = load_yaml_file(
+        path,
+        "profile",
+        ProfileError,
+        "a profile is a small UTF-8 YAML file; see tfedge/targets/device_profiles/rpi4.yaml",
+    )
     return _build(raw, str(path))
 
 
 def _resolve(name: str) -> Path:
     looks_like_path = os.sep in name or name.endswith((".yaml", ".yml"))
     if looks_like_path:
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise ProfileError(f"profile file {path} does not exist", "check the path")
-        return path
+        return check_regular_file(
+            Path(name).expanduser(), "profile file", ProfileError, "check the path"
+        )
     path = PROFILES_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ProfileError(
@@ -167,13 +169,13 @@ def _build(raw: Any, source: str) -> DeviceProfile:
     _check_keys(raw, source)
     _check_schema_version(raw["schema_version"], source)
     return DeviceProfile(
-        name=_required_string(raw, "name", source),
+        name=_name(raw, source),
         description=_required_string(raw, "description", source),
         arch=_choice(raw, "arch", ARCHES, source),
-        cpu=_required_string(raw, "cpu", source),
+        cpu=_single_line(raw, "cpu", source),
         cores=_positive(raw, "cores", source, optional=True),
         ram_mb=_positive(raw, "ram_mb", source, optional=True),
-        storage=_string(raw, "storage", source, optional=True),
+        storage=_single_line(raw, "storage", source, optional=True),
         runtime=_choice(raw, "runtime", RUNTIMES, source),
         requires_full_integer=_boolean(raw, "requires_full_integer", source),
         budgets=_budgets(raw["budgets"], source),
@@ -211,7 +213,36 @@ def _string(raw: dict, key: str, source: str, optional: bool = False) -> str | N
     if value is None and optional:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ProfileError(f"profile {source}: {key} must be a non-empty string, got {value!r}")
+        raise ProfileError(
+            f"profile {source}: {key} must be a non-empty string, got {_short(value)}",
+            f"e.g. {key}: ...",
+        )
+    return value
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def _name(raw: dict, source: str) -> str:
+    """A profile name: letters, digits, '.', '_', '-' (no space or newline: reports show it)."""
+    value = _required_string(raw, "name", source)
+    if not _NAME.match(value):
+        raise ProfileError(
+            f"profile {source}: name must be letters, digits, '.', '_' or '-' (up to 64), "
+            f"got {_short(value)}",
+            "e.g. name: my-board",
+        )
+    return value
+
+
+def _single_line(raw: dict, key: str, source: str, optional: bool = False) -> str | None:
+    value = _string(raw, key, source, optional)
+    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ProfileError(
+            f"profile {source}: {key} must be one line without control characters, "
+            f"got {_short(value)}",
+            f"write {key} on one line",
+        )
     return value
 
 
@@ -225,7 +256,7 @@ def _choice(raw: dict, key: str, choices: tuple[str, ...], source: str) -> str:
     value = raw.get(key)
     if value not in choices:
         raise ProfileError(
-            f"profile {source}: {key} is {value!r}", f"use one of {', '.join(choices)}"
+            f"profile {source}: {key} is {_short(value)}", f"use one of {', '.join(choices)}"
         )
     return value
 
@@ -235,11 +266,17 @@ def _positive(raw: dict, key: str, source: str, optional: bool = False, number=i
     if value is None and optional:
         return None
     ok_types = (int, float) if number is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, ok_types) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, ok_types)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         kind = "number" if number is float else "integer"
         raise ProfileError(
             f"profile {source}: {key} must be a positive {kind}"
-            f"{' or null' if optional else ''}, got {value!r}"
+            f"{' or null' if optional else ''}, got {_short(value)}",
+            "write a number greater than 0 (NaN and infinity are not budgets)",
         )
     return value
 
@@ -247,15 +284,27 @@ def _positive(raw: dict, key: str, source: str, optional: bool = False, number=i
 def _boolean(raw: dict, key: str, source: str) -> bool:
     value = raw.get(key)
     if not isinstance(value, bool):
-        raise ProfileError(f"profile {source}: {key} must be true or false, got {value!r}")
+        raise ProfileError(
+            f"profile {source}: {key} must be true or false, got {_short(value)}",
+            f"e.g. {key}: false",
+        )
     return value
 
 
 def _string_list(raw: dict, key: str, source: str) -> list[str]:
     value = raw.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ProfileError(f"profile {source}: {key} must be a list of op names, got {value!r}")
+        raise ProfileError(
+            f"profile {source}: {key} must be a list of op names, got {_short(value)}",
+            f"e.g. {key}: [CONV_2D]",
+        )
     return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for an error line."""
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _budgets(raw: Any, source: str) -> Budgets:
