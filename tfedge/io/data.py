@@ -18,6 +18,9 @@ Example:
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.errors import DataError
+from tfedge.fsutil import check_regular_file, open_regular
+
+MAX_DATA_BYTES = 8 << 30
+"""The most array bytes one data file may hold (all arrays together, as loaded; at most half
+of this machine's memory), unless ``TFEDGE_MAX_DATA_BYTES`` says otherwise: a 2.5 MB zip bomb
+must not fill the memory."""
+MAX_NPZ_ARRAYS = 1000
+BOMB_RATIO = 200
+"""A compressed ``.npz`` member over :data:`BOMB_MIN_BYTES` that unpacks more than this many
+times its size is refused from the headers (deflate's limit is about 1032x)."""
+BOMB_MIN_BYTES = 64 << 20
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
@@ -63,9 +77,7 @@ class InputSpec:
 def load_data(path: str | Path, image_size: tuple[int, int] | None = None) -> Dataset:
     """Load ``path`` as a Dataset and check it is non-empty, numeric and finite."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data {path} does not exist", "check the path")
-    if path.is_dir():
+    if _is_dir(path):
         ds = _load_image_folder(path, image_size)
     elif path.suffix == ".npz":
         ds = _load_npz(path)
@@ -78,8 +90,67 @@ def load_data(path: str | Path, image_size: tuple[int, int] | None = None) -> Da
         )
     for name, array in _named_arrays(ds.x):
         _check_numeric_finite(array, ds.source if name is None else f"{ds.source}, array '{name}'")
+    if ds.y is not None:
+        _check_labels_array(ds.y, ds.source)
     _check_sample_counts(ds)
     return ds
+
+
+def max_data_bytes() -> int:
+    """The cap on a data file's array bytes: ``TFEDGE_MAX_DATA_BYTES`` or :data:`MAX_DATA_BYTES`."""
+    if "TFEDGE_MAX_DATA_BYTES" in os.environ:
+        try:
+            return int(os.environ["TFEDGE_MAX_DATA_BYTES"])
+        except ValueError:
+            pass
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return MAX_DATA_BYTES
+    return min(MAX_DATA_BYTES, memory // 2)
+
+
+def check_labels(y: np.ndarray, num_classes: int, source: str) -> None:
+    """Raise DataError unless class labels ``y`` are whole numbers in ``[0, num_classes)``."""
+    flat = np.asarray(y).reshape(-1)
+    if not np.issubdtype(flat.dtype, np.integer):
+        return
+    bad = (flat < 0) | (flat >= num_classes)
+    if np.any(bad):
+        first = int(flat[np.argmax(bad)])
+        raise DataError(
+            f"{source}: {int(np.count_nonzero(bad))} label(s) outside the model's "
+            f"{num_classes} classes 0..{num_classes - 1} (e.g. {first})",
+            "labels are class indices counted from 0, in the model's output order",
+        )
+
+
+def _is_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder (of images); DataError if it is missing or unreadable."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        check_regular_file(path, "data", DataError, "check the path")  # says what is wrong
+        raise
+    return stat.S_ISDIR(mode)
+
+
+def _check_labels_array(y: np.ndarray, source: str) -> None:
+    if y.ndim == 0:
+        raise DataError(
+            f"{source}: y is a single value, not one label per sample",
+            "save one label per sample: np.savez(path, x=x, y=y) with y of shape (N,)",
+        )
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise DataError(
+            f"{source}: labels have dtype {y.dtype}, not numbers",
+            "store labels as integers (classes) or floats (targets)",
+        )
+    if np.issubdtype(y.dtype, np.inexact) and not np.all(np.isfinite(y)):
+        bad = int(np.count_nonzero(~np.isfinite(y)))
+        raise DataError(
+            f"{source}: labels contain {bad} NaN or Inf values", "clean or drop those samples"
+        )
 
 
 def num_samples(x: Inputs) -> int:
@@ -205,17 +276,147 @@ def _fits(x: np.ndarray, input_shape: Sequence[int | None]) -> bool:
 
 
 def _load_npz(path: Path) -> Dataset:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            keys = set(f.files)
-            names = _npz_input_names(keys, path)
-            arrays = {name: f[name] for name in names}
-            y = f["y"] if "y" in keys else None
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    arrays, y = _read_npz(path)
+    names = _npz_input_names(set(arrays) | ({"y"} if y is not None else set()), path)
+    picked = {name: arrays[name] for name in names}
+    return Dataset(picked["x"] if names == ["x"] else picked, y, str(path))
+
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Every array of an ``.npz``, sizes capped from the zip headers and again while reading."""
+    cap = max_data_bytes()
+    hint = "write it with numpy.savez"
+    with open_regular(path, "data", DataError, "check the path") as handle:
+        head = handle.read(8)
+        if head.startswith(NPY_MAGIC):
+            raise DataError(
+                f"{path} holds a single .npy array, not an .npz archive",
+                "rename it to .npy, or save arrays x and y with numpy.savez",
+            )
+        handle.seek(0)
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                members = [i for i in archive.infolist() if i.filename.endswith(".npy")]
+                _check_declared_sizes(path, members, cap)
+                arrays, budget = {}, cap
+                for info in members:
+                    with archive.open(info) as member:
+                        stream = _CappedReader(member, info.file_size, path)
+                        where = f"{path}, array '{info.filename[: -len('.npy')]}'"
+                        array = _read_npy_stream(stream, where, info.file_size, budget)
+                    budget -= array.nbytes
+                    arrays[info.filename[: -len(".npy")]] = array
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+            raise DataError(f"{path} is not a readable .npz file ({_short(exc)})", hint) from None
+        except NotImplementedError as exc:  # an unsupported compression method
+            raise DataError(f"{path} is not a readable .npz file ({_short(exc)})", hint) from None
+    y = arrays.pop("y", None)
+    return arrays, y
+
+
+def _check_declared_sizes(path: Path, members: list[zipfile.ZipInfo], cap: int) -> None:
+    """Refuse from the zip's headers, before unpacking: too many arrays, too many bytes, or a
+    compression ratio only a zip bomb has (numpy.savez stores; savez_compressed of real data
+    rarely shrinks it 100x)."""
+    if len(members) > MAX_NPZ_ARRAYS:
         raise DataError(
-            f"{path} is not a readable .npz file ({exc})", "write it with numpy.savez"
-        ) from exc
-    return Dataset(arrays["x"] if names == ["x"] else arrays, y, str(path))
+            f"{path} holds {len(members):,} arrays, more than the {MAX_NPZ_ARRAYS:,} tfedge reads",
+            "save one array per model input and y",
+        )
+    total = 0
+    for info in members:
+        total += info.file_size
+        if info.file_size > cap or total > cap:
+            raise DataError(
+                f"{path} unpacks to more than {cap:,} bytes ({info.filename}: "
+                f"{info.file_size:,} bytes from {info.compress_size:,})",
+                "use a smaller data file, or raise the limit with TFEDGE_MAX_DATA_BYTES=BYTES",
+            )
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > BOMB_MIN_BYTES and ratio > BOMB_RATIO:
+            raise DataError(
+                f"{path}: {info.filename} unpacks {info.compress_size:,} bytes to "
+                f"{info.file_size:,} ({ratio:,.0f}x): a zip bomb, not data",
+                "save real data with numpy.savez (uncompressed)",
+            )
+
+
+class _CappedReader(io.RawIOBase):
+    """A read-only stream that fails once more than ``limit`` bytes have been read."""
+
+    def __init__(self, raw, limit: int, path: Path) -> None:
+        self.raw, self.limit, self.count, self.path = raw, limit, 0, path
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.limit - self.count + 1 if size is None or size < 0 else size
+        data = self.raw.read(min(want, self.limit - self.count + 1))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise DataError(
+                f"{self.path} unpacks to more bytes than its headers declare or than "
+                f"{self.limit:,}",
+                "the file is damaged or hostile; write it again with numpy.savez",
+            )
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _read_npy_stream(stream, where: str, size: int, budget: int) -> np.ndarray:
+    """One ``.npy`` of ``size`` bytes from ``stream``, its header checked before any data.
+
+    The header's shape must fit in what the stream holds (a header claiming terabytes is
+    refused, not allocated) and in ``budget``; the data is read in blocks into the array.
+    """
+    fmt = np.lib.format
+    version = fmt.read_magic(stream)
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, fortran, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise DataError(
+            f"{where} holds Python objects, which tfedge does not load",
+            "store numbers: x.astype(np.float32)",
+        )
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    available = size - stream.count
+    if nbytes > available:
+        raise DataError(
+            f"{where} is truncated or its header lies: the header declares {nbytes:,} bytes "
+            f"of data, the file holds {max(available, 0):,}",
+            "the file is damaged; write it again with numpy.save / numpy.savez",
+        )
+    if nbytes > budget:
+        raise DataError(
+            f"{where} holds {nbytes:,} bytes of data, over the {budget:,} bytes tfedge loads",
+            "use a smaller data file, or raise the limit with TFEDGE_MAX_DATA_BYTES=BYTES",
+        )
+    array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+    view = memoryview(array.reshape(-1, order="A").view(np.uint8))
+    done = 0
+    while done < nbytes:
+        got = stream.readinto(view[done : done + (16 << 20)])
+        if not got:
+            raise DataError(
+                f"{where} is truncated: {done:,} of {nbytes:,} bytes of data",
+                "the file is damaged; write it again with numpy.save / numpy.savez",
+            )
+        done += got
+    return array
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
 
 
 def _npz_input_names(keys: set[str], path: Path) -> list[str]:
@@ -248,12 +449,20 @@ def _check_sample_counts(ds: Dataset) -> None:
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(
-            f"{path} is not a readable .npy file ({exc})", "write it with numpy.save"
-        ) from exc
+    hint = "write it with numpy.save"
+    with open_regular(path, "data", DataError, "check the path") as handle:
+        head = handle.read(8)
+        if head.startswith(ZIP_MAGIC):
+            raise DataError(
+                f"{path} is an .npz archive, not a single .npy array", "rename it to .npz"
+            )
+        handle.seek(0)
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            stream = _CappedReader(handle, size, path)
+            return _read_npy_stream(stream, str(path), size, max_data_bytes())
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{path} is not a readable .npy file ({_short(exc)})", hint) from None
 
 
 def _check_numeric_finite(x: np.ndarray, source: str) -> None:
@@ -278,18 +487,32 @@ def _load_image_folder(path: Path, image_size: tuple[int, int] | None) -> Datase
             f"{path} has no class sub-folders",
             "put images in one sub-folder per class: DATA/cat/1.png",
         )
-    xs, ys = [], []
+    xs, ys, first = [], [], None
     for label, name in enumerate(classes):
         for img in sorted((path / name).iterdir()):
             if img.suffix.lower() in IMAGE_SUFFIXES:
+                check_regular_file(img, "image", DataError, "remove it or replace it")
                 xs.append(_read_image(img, image_size))
                 ys.append(label)
+                first = first or (img, xs[-1].shape)
+                if xs[-1].shape != first[1]:
+                    raise DataError(
+                        f"{path}: images differ in size: {first[0].relative_to(path)} is "
+                        f"{_fmt_size(first[1])}, {img.relative_to(path)} is "
+                        f"{_fmt_size(xs[-1].shape)}",
+                        "resize every image to the model's input size (same width, height "
+                        "and channels)",
+                    )
     if not xs:
         raise DataError(
             f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
             "add images to the class folders",
         )
     return Dataset(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64), str(path))
+
+
+def _fmt_size(shape: tuple) -> str:
+    return "x".join(str(d) for d in shape)
 
 
 def _read_image(path: Path, image_size: tuple[int, int] | None) -> np.ndarray:
