@@ -148,23 +148,31 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def check_not_input(output: str | os.PathLike, inputs: Iterable, flag: str = "-o") -> None:
-    """Refuse an output that is (or lies inside) one of the inputs, before any work.
+def check_not_input(
+    output: str | os.PathLike, inputs: Iterable, flag: str = "-o", folder: bool = False
+) -> None:
+    """Refuse an output that is one of the inputs (same path, symlink or hard link), lies
+    inside an input folder, or (``folder``: an output folder that is replaced whole) holds an
+    input. Checked before any work.
 
     Raises:
-        UsageError: naming the input the output would overwrite.
+        UsageError: naming the input the output would destroy.
     """
     out = os.path.realpath(output)
     for source in inputs:
         if source is None or not isinstance(source, (str, os.PathLike)):
             continue
         src = os.path.realpath(source)
-        inside = os.path.isdir(src) and out.startswith(src.rstrip(os.sep) + os.sep)
+        inside = _within(out, src) or (folder and _within(src, out))
         if same_file(output, source) or inside:
             raise UsageError(
-                f"output {output} is the input {source}: writing it would destroy the input",
-                f"give {flag} a new file name",
+                f"output {output} would overwrite the input {source}",
+                f"give {flag} a new {'folder' if folder else 'file'} name, apart from the inputs",
             )
+
+
+def _within(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 class Terminated(KeyboardInterrupt):

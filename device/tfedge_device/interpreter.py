@@ -256,11 +256,14 @@ def prepare_input(detail: dict, sample):
 def _cast(detail: dict, value):
     np = import_numpy()
     dtype = detail["dtype"]
-    if np.issubdtype(dtype, np.integer) and np.issubdtype(value.dtype, np.floating):
+    # Data in another dtype than the input (floats, or uint8 images for an int8 input) holds real
+    # values: quantize them; a plain cast would wrap (uint8 200 -> int8 -56).
+    if np.issubdtype(dtype, np.integer) and value.dtype != np.dtype(dtype):
         scale, zero_point = detail["quantization"]
         if scale:
             info = np.iinfo(dtype)
-            return np.clip(np.round(value / scale + zero_point), info.min, info.max).astype(dtype)
+            real = value.astype(np.float64)
+            return np.clip(np.round(real / scale + zero_point), info.min, info.max).astype(dtype)
     return value.astype(dtype)
 
 

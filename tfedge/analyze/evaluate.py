@@ -25,6 +25,7 @@ from tfedge.io.data import (
     InputSpec,
     arrange_inputs,
     as_float32,
+    check_labels,
     keras_input_specs,
     load_data,
     num_samples,
@@ -137,7 +138,9 @@ def predict_tflite(
     read_tflite(path)  # a damaged file fails here, cleanly, before the interpreter sees it
     interp, _ = load_interpreter(str(path), threads=threads)
     details = interp.get_input_details()
-    arrays = arrange_inputs(x, tflite_input_specs(interp), "data")
+    # Data values are real numbers, as for a Keras model: uint8 images are quantized with the
+    # input's scale, never cast (200 would wrap to -56 in an int8 input).
+    arrays = arrange_inputs(as_float32(x), tflite_input_specs(interp), "data")
     results = []
     for i in progress_iter(range(num_samples(x)), "Evaluating", progress):
         device.run_once(
@@ -182,6 +185,7 @@ def _score(name: str, ds: Dataset, outputs: np.ndarray) -> EvalResult:
         return EvalResult(name, n, "unlabelled", outputs=outputs)
     y = np.asarray(ds.y)
     if _is_classification(y, outputs):
+        check_labels(y, outputs.reshape(n, -1).shape[1], ds.source)
         acc = float(np.mean(outputs.reshape(n, -1).argmax(1) == y.reshape(n)))
         return EvalResult(name, n, "classification", accuracy=acc, outputs=outputs)
     if y.reshape(n, -1).shape != outputs.reshape(n, -1).shape:

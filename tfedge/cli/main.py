@@ -12,6 +12,7 @@ import os
 import click
 
 from tfedge.errors import TfedgeError
+from tfedge.fsutil import Terminated, signals_as_interrupt
 
 # name -> "module:attribute" (modules under tfedge.cli)
 COMMANDS = {
@@ -47,12 +48,17 @@ class TfedgeGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            # SIGTERM, SIGHUP, SIGQUIT clean up like Ctrl-C: temporary files and folders go.
+            with signals_as_interrupt():
+                return super().invoke(ctx)
         except TfedgeError as err:
             if ctx.params.get("debug"):
                 raise
             report_error(err)
             ctx.exit(err.exit_code)
+        except Terminated as stop:
+            click.echo(f"Aborted: {stop}; nothing half-written was kept.", err=True)
+            ctx.exit(128 + stop.signum)
         except KeyboardInterrupt:
             click.echo("Aborted: interrupted; nothing half-written was kept.", err=True)
             ctx.exit(130)

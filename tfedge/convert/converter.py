@@ -29,7 +29,7 @@ from tfedge import errors
 from tfedge.convert.tflite_model import read_tflite
 from tfedge.convert.verify import FloatOp, find_float_ops, float_io
 from tfedge.errors import ConversionError, UsageError, VerificationError
-from tfedge.fsutil import atomic_path, check_writable
+from tfedge.fsutil import atomic_path, check_not_input, check_writable
 from tfedge.io.data import Dataset, Inputs, draw_samples, load_data, num_samples
 from tfedge.io.models import detect_format
 
@@ -105,6 +105,7 @@ def convert(
     """
     started = time.perf_counter()
     io = _check_options(quant, io, calib, calib_samples)
+    check_not_input(output, [model, calib if quant in FULL_INTEGER_MODES else None])
     output = check_writable(output)
     device_profile = _load_profile(profile)
     samples = _calibration_samples(calib, quant, calib_samples, seed)

@@ -62,7 +62,7 @@ from tfedge.errors import (
     TfedgeError,
     TrainingError,
 )
-from tfedge.fsutil import replace_dir, write_bytes_atomic
+from tfedge.fsutil import check_not_input, replace_dir, write_bytes_atomic
 from tfedge.io.data import Dataset, load_data
 from tfedge.optimize.recipe import Recipe, load_recipe
 from tfedge.optimize.resume import (
@@ -147,6 +147,7 @@ def optimize(
     started = time.perf_counter()
     recipe = load_recipe(recipe)
     out = check_outdir(_output_of(output, resume))
+    check_not_input(out, [model, data, eval_data, recipe.source], folder=True)
     train, evals = load_data(data), load_data(eval_data)
     _check_labels(recipe, train)
     previous = None if resume is None else read_state(out, model, recipe, train, evals)
