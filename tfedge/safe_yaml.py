@@ -119,6 +119,12 @@ def load_yaml(text: str, source: str, error: type[TfedgeError], hint: str) -> An
     """
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except YamlLimitError as exc:
+        raise error(
+            f"{source} is not a configuration tfedge loads: {exc.problem}",
+            "write the values out instead of nesting aliases (*name); a configuration needs "
+            "no more than a few thousand entries",
+        ) from None
     except yaml.YAMLError as exc:
         raise error(f"{source} is not valid YAML{_where(exc)}: {_problem(exc)}", hint) from None
     except RecursionError:

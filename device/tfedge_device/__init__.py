@@ -35,7 +35,7 @@ __version__ = "0.1.0"
 SCRIPT_FILES = ("bench.py", "interpreter.py")
 SCRIPT = SCRIPT_FILES[0]
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 def target_path(name: str, group: str | None = None) -> str:
