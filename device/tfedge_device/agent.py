@@ -113,7 +113,7 @@ def run(cfg: AgentConfig, once: bool = False, log=None) -> int:
     """Hold the directory lock and poll (once, or every ``interval`` s); return an exit code."""
     log = log or _log
     cfg = validate(cfg)
-    ModelDir(cfg.model_dir).ensure()
+    ModelDir(LocalFiles(cfg.model_dir, public=True)).ensure()
     with directory_lock(cfg.model_dir):
         while True:
             result = poll_once(cfg, log)
@@ -169,7 +169,7 @@ class _Agent:
     def __init__(self, cfg: AgentConfig, log) -> None:
         self.cfg, self.log = cfg, log
         self.root = Path(cfg.model_dir)
-        self.files = LocalFiles(self.root)
+        self.files = LocalFiles(self.root, public=True)  # status.json, manifest: 0644
         self.dir = ModelDir(self.files).ensure()
         self.journal = Journal(self.root / "journal.json")
         self.staging = self.root / STAGING
@@ -188,7 +188,7 @@ class _Agent:
         """Best effort: a full disk must not stop the agent from serving."""
         status = dict(result.to_dict(), name=self.cfg.name, time=now_iso(), pid=os.getpid())
         try:
-            write_json_atomic(self.root / "status.json", status)
+            write_json_atomic(self.root / "status.json", status, public=True)
         except OSError as exc:
             self.log(f"cannot write status.json: {exc}")
 
@@ -406,18 +406,36 @@ class _Agent:
                 "LengthOrHashMismatchError", "the staged file does not match its signed hash"
             )
         fsync_file(staged)
-        golden = base64.b64decode(target.custom.get("golden_npz", ""))
-        if hashlib.sha256(golden).hexdigest() != target.custom.get("golden_sha256"):
-            raise InstallError("golden", "the golden data does not match its signed hash")
-        with open(self._staged_golden(sha), "wb") as handle:
-            handle.write(golden)
-            handle.flush()
-            os.fsync(handle.fileno())
+        self._stage_golden(updater, target)
         fsync_dir(self.staging)
         self._step("verified")
         self._status(
             "Installing", f"smoke-testing version {target.custom.get('model_version')} ({sha[:12]})"
         )
+
+    def _stage_golden(self, updater, target) -> None:
+        """Stage the golden data: the TUF target the signed custom schema 2 names (verified by
+        TUF like the model), else the base64 ``golden_npz`` of older repositories."""
+        staged = self._staged_golden(target.hashes["sha256"])
+        path, length, hashes = golden_target(target.custom)
+        if path is not None:
+            info = updater.get_targetinfo(path)
+            if info is None or info.length != length or info.hashes != hashes:
+                raise InstallError(
+                    "golden", f"the golden target {path} is missing or not the one the model names"
+                )
+            updater.download_target(info, filepath=str(staged))
+            if sha256_file(staged) != hashes.get("sha256"):
+                raise InstallError("golden", "the golden data does not match its signed hash")
+            fsync_file(staged)
+            return
+        golden = base64.b64decode(target.custom.get("golden_npz", ""))
+        if hashlib.sha256(golden).hexdigest() != target.custom.get("golden_sha256"):
+            raise InstallError("golden", "the golden data does not match its signed hash")
+        with open(staged, "wb") as handle:
+            handle.write(golden)
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def _smoke_test(self, model: Path, golden: Path, signature: dict | None) -> None:
         """Run the smoke test in a child process; raise InstallError if it does not pass."""
@@ -563,6 +581,26 @@ class _Agent:
 
 
 # ---------------------------------------------------------------- helpers
+def golden_target(custom: dict) -> tuple[str | None, int | None, dict]:
+    """``(path, length, hashes)`` of the golden target named by signed custom metadata of
+    schema 2 or later (``custom["tfedge"]``); ``(None, None, {})`` for older metadata,
+    whose golden data is the base64 ``golden_npz``."""
+    meta = custom.get("tfedge")
+    schema = meta.get("schema") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(schema, int) or schema < 2:
+        return None, None, {}
+    path, length = meta.get("golden_target"), meta.get("golden_length")
+    hashes = meta.get("golden_hashes")
+    if (
+        not isinstance(path, str)
+        or not isinstance(length, int)
+        or not isinstance(hashes, dict)
+        or not isinstance(hashes.get("sha256"), str)
+    ):
+        raise InstallError("golden", "the signed metadata names no valid golden target")
+    return path, length, hashes
+
+
 _RUNTIME: dict = {}
 
 

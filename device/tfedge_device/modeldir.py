@@ -45,6 +45,7 @@ VERSIONS = "versions"
 MANIFEST = "manifest.json"
 DEFAULT_KEEP = 3
 PARTIAL_SUFFIXES = (".part", ".tmp")
+PUBLIC_FILE_MODE, PUBLIC_DIR_MODE = 0o644, 0o755  # what the agent writes for other users
 
 
 class ModelDirError(Exception):
@@ -135,12 +136,14 @@ def now_iso() -> str:
 class LocalFiles:
     """:class:`FileOps` on this machine's file system, under ``root``.
 
-    New files get the mode a plain ``open()`` gives (``0o666 & ~umask``), so status.json
-    and the manifest are readable by a dashboard running as another user.
+    New files get the mode a plain ``open()`` gives (``0o666 & ~umask``); with ``public``
+    (the agent), files written here are 0644 and folders it creates 0755 whatever the umask,
+    so status.json and the manifest are readable by a dashboard running as another user.
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, public: bool = False) -> None:
         self.root = Path(root)
+        self.public = public
 
     def path(self, rel: str = "") -> Path:
         return self.root / rel if rel else self.root
@@ -149,7 +152,11 @@ class LocalFiles:
         return str(self.path(rel))
 
     def makedirs(self, rel: str) -> None:
-        self.path(rel).mkdir(parents=True, exist_ok=True)
+        path = self.path(rel)
+        created = [p for p in (path, *path.parents) if not p.exists()] if self.public else []
+        path.mkdir(parents=True, exist_ok=True)
+        for folder in created:
+            os.chmod(folder, PUBLIC_DIR_MODE)
 
     def listdir(self, rel: str) -> list[str]:
         try:
@@ -162,6 +169,8 @@ class LocalFiles:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         with open(self.path(rel), "wb") as handle:
+            if self.public:
+                os.fchmod(handle.fileno(), PUBLIC_FILE_MODE)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -215,11 +224,12 @@ def write_durable(files: FileOps, rel: str, data: bytes, sync_dir: bool = True) 
         files.fsync_dir(posixpath.dirname(rel))
 
 
-def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """Write JSON to local ``path`` durably (temporary sibling, fsync, rename, fsync folder)."""
+def write_json_atomic(path: str | os.PathLike, data, public: bool = False) -> None:
+    """Write JSON to local ``path`` durably (temporary sibling, fsync, rename, fsync folder);
+    ``public``: mode 0644 whatever the umask."""
     path = Path(path)
     text = json.dumps(data, indent=1, sort_keys=True)
-    write_durable(LocalFiles(path.parent), path.name, text.encode())
+    write_durable(LocalFiles(path.parent, public), path.name, text.encode())
 
 
 def read_json(path: str | os.PathLike, default=None):

@@ -174,21 +174,72 @@ def _echo_repo(result, as_json: bool) -> None:
         f"timestamp expires {result.expires.get('timestamp')}, "
         f"snapshot {result.expires.get('snapshot')}"
     )
+    for note in result.notes:
+        click.echo(f"note: {note}")
+
+
+def _password_prompt(confirm: bool = False):
+    """Ask for a key password on a terminal (TFEDGE_KEY_PASSWORD wins); None without one."""
+    import sys
+
+    if not sys.stdin.isatty():
+        return None
+
+    def ask(label: str) -> str:
+        return click.prompt(label.capitalize(), hide_input=True, confirmation_prompt=confirm)
+
+    return ask
+
+
+_root_key_option = click.option(
+    "--root-key",
+    "root_keys",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A root private key file, e.g. on a removable disk (repeatable).",
+)
 
 
 @ota_cmd.command("init")
 @click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
+@_root_key_option
+@click.option(
+    "--root-threshold",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many of the --root-key keys must sign a new root.",
+)
+@click.option(
+    "--encrypt-keys",
+    is_flag=True,
+    help="Encrypt every private key with a password (TFEDGE_KEY_PASSWORD, or asked).",
+)
 @click.option("--json", "as_json", is_flag=True)
-def ota_init(repo, as_json):
+def ota_init(repo, root_keys, root_threshold, encrypt_keys, as_json):
     """Create REPO with root, targets, snapshot and timestamp keys.
 
-    The keys are kept in REPO/keys and never served.
+    The keys are kept in REPO/keys (0600) and never served. Give --root-key once per root
+    key to write the root keys elsewhere (e.g. removable disks, kept offline: only
+    rotate-keys needs them), with --root-threshold of them needed to sign.
+
+    \b
+    Example:
+        tfedge ota init repo --root-key /media/usb1/root.pem --root-key /media/usb2/root.pem \\
+            --root-key /media/usb3/root.pem --root-threshold 2 --encrypt-keys
     """
     from tfedge.ota.repository import init_repository
 
-    result = init_repository(repo)
+    result = init_repository(
+        repo,
+        root_keys,
+        root_threshold,
+        encrypt=encrypt_keys,
+        password=_password_prompt(confirm=True),
+    )
     _echo_repo(result, as_json)
     if not as_json:
+        click.echo(f"root key(s): {', '.join(result.root_keys)}")
         click.echo(
             f"install {result.root_json} on every device (tfedge agent --root); serve {repo}/public"
         )
@@ -219,9 +270,24 @@ def ota_init(repo, as_json):
     is_flag=True,
     help="Publish a new input/output signature (refused by default) and let devices accept it.",
 )
+@click.option(
+    "--legacy-golden/--no-legacy-golden",
+    default=True,
+    show_default=True,
+    help="Also put the golden data inside targets.json for agents before custom schema 2.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def ota_publish(
-    repo, model, name, version, profiles, group, golden, allow_signature_change, as_json
+    repo,
+    model,
+    name,
+    version,
+    profiles,
+    group,
+    golden,
+    allow_signature_change,
+    legacy_golden,
+    as_json,
 ):
     """Add MODEL to REPO as a signed target with its model metadata.
 
@@ -235,10 +301,19 @@ def ota_publish(
     """
     from tfedge.ota.repository import publish
 
-    _echo_repo(
-        publish(repo, model, name, version, list(profiles), group, golden, allow_signature_change),
-        as_json,
+    result = publish(
+        repo,
+        model,
+        name,
+        version,
+        list(profiles),
+        group,
+        golden,
+        allow_signature_change,
+        legacy_golden=legacy_golden,
+        password=_password_prompt(),
     )
+    _echo_repo(result, as_json)
 
 
 @ota_cmd.command("promote")
@@ -250,7 +325,7 @@ def ota_promote(repo, name, group, as_json):
     """Widen a staged rollout: give every device GROUP's version of NAME."""
     from tfedge.ota.repository import promote
 
-    _echo_repo(promote(repo, name, group), as_json)
+    _echo_repo(promote(repo, name, group, password=_password_prompt()), as_json)
 
 
 @ota_cmd.command("refresh")
@@ -261,13 +336,18 @@ def ota_promote(repo, name, group, as_json):
 def ota_refresh(repo, timestamp_days, snapshot_days, as_json):
     """Re-sign timestamp and snapshot before they expire (run from cron, e.g. every 6 hours).
 
+    Needs only the snapshot and timestamp keys (targets too, when it is within 30 days of
+    expiry and its key is there).
+
     \b
     Example (crontab):
         0 */6 * * *  tfedge ota refresh /srv/tfedge-repo
     """
     from tfedge.ota.repository import refresh
 
-    _echo_repo(refresh(repo, timestamp_days, snapshot_days), as_json)
+    _echo_repo(
+        refresh(repo, timestamp_days, snapshot_days, password=_password_prompt()), as_json
+    )
 
 
 @ota_cmd.command("rotate-keys")
@@ -275,15 +355,22 @@ def ota_refresh(repo, timestamp_days, snapshot_days, as_json):
 @click.option(
     "--role", required=True, type=click.Choice(["root", "targets", "snapshot", "timestamp"])
 )
+@_root_key_option
 @click.option("--json", "as_json", is_flag=True)
-def ota_rotate(repo, role, as_json):
-    """Replace ROLE's key; the new root metadata is signed by the root key.
+def ota_rotate(repo, role, root_keys, as_json):
+    """Replace ROLE's key; the new root metadata is signed by the root keys (threshold).
 
-    Rotating the root key itself signs with the old and the new root key.
+    Every rotation needs the root keys: --root-key PATH for each (default: where `init`
+    wrote them). Rotating root replaces the key in the first --root-key file and signs with
+    the old and the new key.
+
+    \b
+    Example:
+        tfedge ota rotate-keys repo --role targets --root-key /media/usb1/root.pem
     """
     from tfedge.ota.repository import rotate_keys
 
-    _echo_repo(rotate_keys(repo, role), as_json)
+    _echo_repo(rotate_keys(repo, role, root_keys, password=_password_prompt()), as_json)
 
 
 @ota_cmd.command("serve")

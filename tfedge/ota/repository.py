@@ -2,15 +2,29 @@
 
 Layout of ``REPO`` (only ``public/`` is served; private keys never are)::
 
-    REPO/keys/<role>.pem           PKCS#8 private keys (0600), root/targets/snapshot/timestamp
+    REPO/keys/<role>.pem           PKCS#8 private keys (0600, dir 0700) of targets, snapshot,
+                                   timestamp, and root unless ``init`` put it elsewhere
+                                   (``root_keys``: e.g. a removable disk); encrypted with a
+                                   password if ``init(encrypt=True)``
+    REPO/keys/signers.json         where each role's keys are (:mod:`tfedge.ota.keys`)
     REPO/public/metadata/          1.root.json ... N.root.json, N.targets.json, N.snapshot.json,
                                    timestamp.json (consistent snapshots)
     REPO/public/targets/models/<sha256>.<name>.tflite           for every device
     REPO/public/targets/groups/<group>/models/<sha256>.<name>.tflite   for one group (canary)
+    REPO/public/targets/golden/<sha256>.<sha256>.npz            golden data (its own target)
+
+Everything under ``public/`` is 0644 (directories 0755) whatever the umask: a static server
+running as another user must read it. Each operation loads only the keys it signs with:
+``publish``/``promote`` targets, snapshot and timestamp; ``refresh`` snapshot and timestamp
+(targets too when it nears expiry and its key is there); ``rotate_keys`` a threshold of root
+keys, plus the roles it re-signs. The root key can stay offline.
 
 Each model target carries signed ``custom`` metadata: ``model_version`` (monotonic),
 ``min_runtime_version``, the input/output ``signature``, compatible ``profiles`` and
-``arch``, and a golden input with its expected outputs (``golden_npz``, base64).
+``arch``, and ``tfedge: {schema: 2, golden_target, golden_length, golden_hashes}``: the
+golden input with its expected outputs is the TUF target ``golden/<sha256>.npz``. Devices
+before schema 2 read ``golden_npz`` (base64) and ``golden_sha256``, kept unless
+``legacy_golden=False``.
 
 Example:
     >>> init_repository("repo")
@@ -27,6 +41,7 @@ import fcntl
 import hashlib
 import http.server
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -35,9 +50,14 @@ from typing import Any
 
 from tfedge.errors import OtaError, UsageError
 from tfedge.fsutil import write_bytes_atomic
+from tfedge.ota import keys as keystore
 from tfedge.ota import target_path, valid_name
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
+ONLINE_ROLES = ("targets", "snapshot", "timestamp")
+PUBLIC_FILE_MODE, PUBLIC_DIR_MODE = 0o644, 0o755  # served files: readable by any user
+CUSTOM_SCHEMA = 2  # custom["tfedge"]["schema"]: 2 = golden data as its own target
+TARGETS_MAX_LENGTH = 5_000_000  # python-tuf's default UpdaterConfig.targets_max_length
 EXPIRY_DAYS = {"root": 365.0, "targets": 365.0, "snapshot": 7.0, "timestamp": 1.0}
 TARGETS_RENEW_WITHIN_DAYS = 30.0
 
@@ -85,17 +105,33 @@ class RepoResult:
     model_version: int | None = None
     expires: dict = field(default_factory=dict)
     root_json: str | None = None
+    root_keys: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, {}, [])}
 
 
 # ---------------------------------------------------------------- public operations
-def init_repository(repo: str | Path) -> RepoResult:
+def init_repository(
+    repo: str | Path,
+    root_keys: list[str | Path] | tuple = (),
+    root_threshold: int = 1,
+    encrypt: bool = False,
+    password: keystore.PasswordArg = None,
+) -> RepoResult:
     """Create ``repo`` with fresh ed25519 keys for the four roles and version-1 metadata.
 
+    Args:
+        root_keys: files to write the root keys to (one key each, e.g. on removable disks),
+            instead of ``REPO/keys/root.pem``; none may exist yet.
+        root_threshold: how many root keys must sign a new root (1 to ``len(root_keys)``).
+        encrypt: encrypt every private key with a password (``password``, else
+            ``TFEDGE_KEY_PASSWORD``, else the prompt ``password`` is).
+
     Raises:
-        OtaError: ``repo`` already holds a repository.
+        OtaError: ``repo`` already holds a repository.  UsageError: bad root key files or
+            threshold; nothing is created then.
     """
     from securesystemslib.signer import CryptoSigner
     from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
@@ -106,13 +142,30 @@ def init_repository(repo: str | Path) -> RepoResult:
             f"{repo} already holds a repository",
             "pick an empty directory, or use `tfedge ota publish`",
         )
-    for folder in (layout.keys, layout.metadata, layout.targets):
-        folder.mkdir(parents=True, exist_ok=True)
+    root_files = [Path(p) for p in root_keys] or [layout.keys / "root.pem"]
+    _check_root_key_files(root_files, root_threshold, bool(root_keys))
+    secret = keystore.Passwords(password).new_password() if encrypt else None
+    _make_dirs(layout.root, PUBLIC_DIR_MODE)
+    layout.keys.mkdir(mode=0o700)
     os.chmod(layout.keys, 0o700)
-    signers = {role: CryptoSigner.generate_ed25519() for role in ROLES}
+    for folder in (layout.metadata, layout.targets):
+        _make_dirs(folder, PUBLIC_DIR_MODE)
+    signers = {role: CryptoSigner.generate_ed25519() for role in ONLINE_ROLES}
+    root_signers = [CryptoSigner.generate_ed25519() for _ in root_files]
+    where: dict[str, list[dict]] = {}
+    for path, signer in zip(root_files, root_signers):
+        keystore.save_key(path, signer, secret)
+        uri = keystore.file_uri(path, layout.keys, secret is not None)
+        where.setdefault("root", []).append({"keyid": signer.public_key.keyid, "uri": uri})
     for role, signer in signers.items():
-        _save_key(layout.key_file(role), signer)
+        keystore.save_key(layout.key_file(role), signer, secret)
+        uri = keystore.file_uri(layout.key_file(role), layout.keys, secret is not None)
+        where[role] = [{"keyid": signer.public_key.keyid, "uri": uri}]
+    keystore.write_signers(layout.keys, where)
     root = Metadata(Root(expires=_expiry("root")))
+    for signer in root_signers:
+        root.signed.add_key(signer.public_key, "root")
+    root.signed.roles["root"].threshold = root_threshold
     for role, signer in signers.items():
         root.signed.add_key(signer.public_key, role)
     state = _State(
@@ -122,12 +175,39 @@ def init_repository(repo: str | Path) -> RepoResult:
         Metadata(Snapshot(expires=_expiry("snapshot"))),
         Metadata(Timestamp(expires=_expiry("timestamp"))),
         signers,
+        root_signers=root_signers,
         initial=True,
     )
     state.write_root()
     state.write_targets_chain()
     state.initial = False
-    return state.result("init")
+    _public_modes(layout.public)
+    return state.result("init", root_keys=[str(p) for p in root_files])
+
+
+def _check_root_key_files(files: list[Path], threshold: int, given: bool) -> None:
+    if not 1 <= threshold <= len(files):
+        raise UsageError(
+            f"a root threshold of {threshold} with {len(files)} root key(s)",
+            "the threshold is how many of the root keys must sign: 1 to the number of "
+            "--root-key files",
+        )
+    if not given:
+        return
+    resolved = [os.path.abspath(p) for p in files]
+    if len(set(resolved)) != len(resolved):
+        raise UsageError("the same --root-key file is given twice", "give one file per root key")
+    for path in files:
+        if path.exists():
+            raise UsageError(
+                f"the root key file {path} already exists",
+                "give a new file name: init never overwrites a key",
+            )
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+            raise UsageError(
+                f"cannot write the root key to {path}: {path.parent} is not a writable directory",
+                "mount the removable disk (or create the directory) first",
+            )
 
 
 def publish(
@@ -140,14 +220,21 @@ def publish(
     golden: str | Path | None = None,
     allow_signature_change: bool = False,
     allow_lower: bool = False,
+    legacy_golden: bool = True,
+    password: keystore.PasswordArg = None,
 ) -> RepoResult:
     """Add ``model`` as signed target ``name`` (for ``group`` only, if given) at ``version``.
+
+    Signs with the targets, snapshot and timestamp keys (never root).
 
     Args:
         profiles: device profiles it is made for; their arches go into the metadata.
         golden: an .npz whose ``x`` gives the golden inputs (default: seeded random ones).
         allow_signature_change: let devices accept a different input/output signature.
         allow_lower: publish a version lower than the last one (devices still refuse it).
+        legacy_golden: also put the golden data in ``custom["golden_npz"]`` for agents
+            before custom schema 2 (they cannot install the model without it).
+        password: for encrypted keys (see :class:`tfedge.ota.keys.Passwords`).
 
     Raises:
         UsageError: a bad name, group or version.  ModelLoadError: not a TFLite model.
@@ -157,24 +244,31 @@ def publish(
     """
     _check_publish_args(name, version, group)
     model = Path(model)
-    custom = model_metadata(model, version, profiles, golden, allow_signature_change)
-    with _locked(repo) as state:
+    custom, blob = _metadata_and_golden(
+        model, version, profiles, golden, allow_signature_change, legacy_golden
+    )
+    with _locked(repo, ONLINE_ROLES, password) as state:
         path = target_path(name, group)
         _check_version_increases(state, path, version, allow_lower)
         if not allow_signature_change:
             _check_signature_unchanged(state, name, group, custom["signature"])
-        target = _add_target(state, path, model, custom)
+        target = _add_target(state, path, model, custom, blob)
         state.write_targets_chain()
         return state.result(
             "publish", target=path, sha256=target.hashes["sha256"], model_version=version
         )
 
 
-def promote(repo: str | Path, name: str, group: str) -> RepoResult:
-    """Widen a staged rollout: make ``group``'s current ``name`` the version for every device."""
+def promote(
+    repo: str | Path, name: str, group: str, password: keystore.PasswordArg = None
+) -> RepoResult:
+    """Widen a staged rollout: make ``group``'s current ``name`` the version for every device.
+
+    Signs with the targets, snapshot and timestamp keys; the golden target is shared.
+    """
     from tuf.api.metadata import TargetFile
 
-    with _locked(repo) as state:
+    with _locked(repo, ONLINE_ROLES, password) as state:
         staged = state.targets.signed.targets.get(target_path(name, group))
         if staged is None:
             raise OtaError(
@@ -202,40 +296,100 @@ def refresh(
     repo: str | Path,
     timestamp_days: float = EXPIRY_DAYS["timestamp"],
     snapshot_days: float = EXPIRY_DAYS["snapshot"],
+    password: keystore.PasswordArg = None,
 ) -> RepoResult:
     """Re-sign timestamp and snapshot with new expiry dates (and targets when it nears expiry).
 
-    Run it from cron more often than ``timestamp_days``, or every device stops updating
-    with ExpiredMetadataError.
+    Needs the snapshot and timestamp keys only. Targets is re-signed when it is within
+    ``TARGETS_RENEW_WITHIN_DAYS`` of expiry and its key can be loaded; otherwise a note says
+    so (``publish`` re-signs it). Run it from cron more often than ``timestamp_days``, or
+    every device stops updating with ExpiredMetadataError.
     """
-    with _locked(repo) as state:
+    with _locked(repo, ("snapshot", "timestamp"), password) as state:
+        notes = []
         renew_targets = state.targets.signed.expires < _expiry_in(TARGETS_RENEW_WITHIN_DAYS)
+        if renew_targets:
+            try:
+                state.load_signers(("targets",))
+            except OtaError as err:
+                renew_targets = False
+                expires = state.targets.signed.expires.strftime("%Y-%m-%d")
+                notes.append(
+                    f"targets expires {expires} and was not re-signed ({err.message}); "
+                    "publish, or refresh with the targets key"
+                )
         state.write_targets_chain(
             bump_targets=renew_targets, snapshot_days=snapshot_days, timestamp_days=timestamp_days
         )
-        return state.result("refresh")
+        return state.result("refresh", notes=notes)
 
 
-def rotate_keys(repo: str | Path, role: str) -> RepoResult:
-    """Replace ``role``'s key: a new root version (signed by the root key, old and new for
-    root itself) revokes the old key, then the role's metadata is re-signed with the new one."""
+# what each key rotation re-signs after the new root (the new key signs its own role)
+_RESIGN_AFTER_ROTATION = {
+    "root": (),
+    "timestamp": (),
+    "snapshot": ("timestamp",),
+    "targets": ("snapshot", "timestamp"),
+}
+
+
+def rotate_keys(
+    repo: str | Path,
+    role: str,
+    root_keys: list[str | Path] | tuple = (),
+    password: keystore.PasswordArg = None,
+) -> RepoResult:
+    """Replace ``role``'s key: a new root version revokes the old key and lists the new one.
+
+    The new root is signed by a threshold of root keys: ``root_keys`` (files, e.g. on a
+    removable disk), else the ones ``signers.json`` records. Rotating root replaces the key
+    of the first of them (the new private key goes to the same file) and signs with the
+    old and the new keys. The role's metadata is then re-signed with its new key (and
+    snapshot and timestamp after targets, timestamp after snapshot). A new key is
+    encrypted when the key it replaces was.
+    """
     from securesystemslib.signer import CryptoSigner
 
     if role not in ROLES:
         raise UsageError(f"unknown role {role!r}", f"choose one of {', '.join(ROLES)}")
-    with _locked(repo) as state:
+    why = f"rotating the {role} key (a new root version)"
+    with _locked(repo, _RESIGN_AFTER_ROTATION[role], password, root_keys, why) as state:
         new = CryptoSigner.generate_ed25519()
-        pending = state.layout.keys / f"{role}.new.pem"
-        _save_key(pending, new)
-        old_keyid = state.root.signed.roles[role].keyids[0]
+        if role == "root":
+            old_signer, key_path = state.root_signers[0], state.root_paths[0]
+            old_keyid = old_signer.public_key.keyid
+        else:
+            old_keyid = state.root.signed.roles[role].keyids[0]
+            key_path = state.key_path(role)
+        if key_path is None:
+            raise OtaError(
+                f"the {role} key {old_keyid[:12]} is not in a file; tfedge can only rotate "
+                "file keys",
+                "give the root key files with --root-key, the one to replace first",
+            )
+        encrypted = keystore.is_encrypted(key_path)
+        secret = state.passwords.for_new_key() if encrypted else None
+        pending = key_path.with_name(key_path.name + ".new")
+        keystore.save_key(pending, new, secret)
         state.root.signed.revoke_key(old_keyid, role)
         state.root.signed.add_key(new.public_key, role)
-        extra = [state.signers["root"]] if role == "root" else []
-        state.signers[role] = new
+        extra = []
+        if role == "root":
+            state.root_signers[0] = new
+            extra = [old_signer]
+        else:
+            state.signers[role] = new
         state.root.signed.version += 1
         state.root.signed.expires = _expiry("root")
         state.write_root(extra_signers=extra)
-        os.replace(pending, state.layout.key_file(role))
+        os.replace(pending, key_path)
+        entries = [e for e in state.where.get(role, []) if e["keyid"] != old_keyid]
+        entry = {
+            "keyid": new.public_key.keyid,
+            "uri": keystore.file_uri(key_path, state.layout.keys, encrypted),
+        }
+        state.where[role] = [entry, *entries] if role == "root" else [entry]
+        keystore.write_signers(state.layout.keys, state.where)
         if role != "root":
             state.write_targets_chain(
                 bump_targets=role == "targets", bump_snapshot=role in ("targets", "snapshot")
@@ -282,7 +436,20 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def model_metadata(
     model: Path, version: int, profiles=(), golden=None, allow_signature_change=False
 ) -> dict:
-    """The signed ``custom`` block for ``model``."""
+    """The signed ``custom`` block for ``model`` (with the legacy ``golden_npz``, from which
+    :func:`_add_target` also writes the golden target)."""
+    return _metadata_and_golden(model, version, profiles, golden, allow_signature_change)[0]
+
+
+def _metadata_and_golden(
+    model: Path,
+    version: int,
+    profiles=(),
+    golden=None,
+    allow_signature_change=False,
+    legacy_golden: bool = True,
+) -> tuple[dict, bytes]:
+    """The signed ``custom`` block for ``model``, and the bytes of its golden target."""
     from tfedge.convert.tflite_model import read_tflite
     from tfedge.ota.golden import golden_npz
     from tfedge.ota.signature import signature_from_tflite
@@ -293,18 +460,32 @@ def model_metadata(
     for profile in loaded:  # size, full-integer (the one verifier) and runtime ops
         check_tflite_against_profile(profile, model)
     blob = golden_npz(model, golden)
-    return {
+    sha = hashlib.sha256(blob).hexdigest()
+    custom = {
         "model_version": int(version),
         "min_runtime_version": parsed.min_runtime_version,
         "signature": signature_from_tflite(model),
         "profiles": [p.name for p in loaded],
         "arch": sorted({p.machine_arch for p in loaded}) or ["any"],
-        "golden_npz": base64.b64encode(blob).decode("ascii"),
-        "golden_sha256": hashlib.sha256(blob).hexdigest(),
+        "tfedge": {
+            "schema": CUSTOM_SCHEMA,
+            "golden_target": golden_target_path(sha),
+            "golden_length": len(blob),
+            "golden_hashes": {"sha256": sha},
+        },
         "allow_signature_change": bool(allow_signature_change),
         "source": model.name,
         "published": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if legacy_golden:  # read by agents before custom schema 2
+        custom["golden_npz"] = base64.b64encode(blob).decode("ascii")
+        custom["golden_sha256"] = sha
+    return custom, blob
+
+
+def golden_target_path(sha256: str) -> str:
+    """The TUF target path of a golden file (content-addressed: shared by equal goldens)."""
+    return f"golden/{sha256}.npz"
 
 
 def _check_publish_args(name: str, version: int, group: str | None) -> None:
@@ -361,17 +542,46 @@ def _check_signature_unchanged(
         )
 
 
-def _add_target(state: "_State", path: str, model: Path, custom: dict):
+def _add_target(state: "_State", path: str, model: Path, custom: dict, golden: bytes | None = None):
+    """Add ``model`` as target ``path`` and its golden data (``golden``, else the legacy
+    ``custom["golden_npz"]``) as the target ``custom["tfedge"]["golden_target"]``."""
     from tuf.api.metadata import TargetFile
 
+    meta = custom.get("tfedge") or {}
+    if meta.get("golden_target"):
+        if golden is None:
+            golden = base64.b64decode(custom.get("golden_npz", ""))
+        golden_target = TargetFile.from_data(meta["golden_target"], golden, ["sha256"])
+        if golden_target.hashes != meta.get("golden_hashes"):
+            raise OtaError(
+                f"the golden data of {path} does not match its metadata",
+                "publish the model again",
+            )
+        _write_served(state, golden_target, golden)
+        state.targets.signed.targets[golden_target.path] = golden_target
     data = model.read_bytes()
     target = TargetFile.from_data(path, data, ["sha256"])
     target.unrecognized_fields["custom"] = custom
-    served = state.layout.targets / _served_name(path, target.hashes["sha256"])
-    served.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(served, data)
+    _write_served(state, target, data)
     state.targets.signed.targets[path] = target
     return target
+
+
+def _write_served(state: "_State", target, data: bytes) -> None:
+    served = state.layout.targets / _served_name(target.path, target.hashes["sha256"])
+    _make_dirs(served.parent, PUBLIC_DIR_MODE)
+    write_bytes_atomic(served, data, mode=PUBLIC_FILE_MODE)
+
+
+def _drop_unused_golden(targets) -> None:
+    """Remove golden targets no model target names any more (targets.json stays small)."""
+    used = {
+        (t.custom.get("tfedge") or {}).get("golden_target")
+        for p, t in targets.items()
+        if not p.startswith("golden/")
+    }
+    for path in [p for p in targets if p.startswith("golden/") and p not in used]:
+        del targets[path]
 
 
 def _served_name(path: str, sha: str) -> str:
@@ -381,9 +591,36 @@ def _served_name(path: str, sha: str) -> str:
 
 
 def _copy_target(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(dst.parent, PUBLIC_DIR_MODE)
     if not dst.exists():
-        write_bytes_atomic(dst, src.read_bytes())
+        write_bytes_atomic(dst, src.read_bytes(), mode=PUBLIC_FILE_MODE)
+
+
+def _make_dirs(path: Path, mode: int) -> None:
+    """``mkdir -p path``; the folders it creates get ``mode`` whatever the umask."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in missing:
+        os.chmod(folder, mode)
+
+
+def _public_modes(public: Path) -> None:
+    """Make every file under ``public`` 0644 and every folder 0755 (repairs repositories
+    written under a strict umask by older versions); symlinks are left alone."""
+    for folder, dirs, files in os.walk(public):
+        for name, mode in [(d, PUBLIC_DIR_MODE) for d in dirs] + [
+            (f, PUBLIC_FILE_MODE) for f in files
+        ]:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) != mode:
+                os.chmod(path, mode)
+    if stat.S_IMODE(os.stat(public).st_mode) != PUBLIC_DIR_MODE:
+        os.chmod(public, PUBLIC_DIR_MODE)
 
 
 # ---------------------------------------------------------------- loading, signing, writing
@@ -395,30 +632,17 @@ def _expiry_in(days: float) -> datetime:
     return (datetime.now(timezone.utc) + timedelta(days=days)).replace(microsecond=0)
 
 
-def _save_key(path: Path, signer) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(signer.private_bytes)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _load_signer(path: Path, public_key):
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    from securesystemslib.signer import CryptoSigner
-
-    try:
-        return CryptoSigner(load_pem_private_key(path.read_bytes(), password=None), public_key)
-    except (OSError, ValueError) as exc:
-        raise OtaError(
-            f"cannot load the private key {path}: {exc}",
-            "keys live in REPO/keys; restore them from your backup",
-        ) from exc
-
-
 @contextlib.contextmanager
-def _locked(repo: str | Path):
-    """Load the repository's current state under an exclusive lock (one writer at a time)."""
+def _locked(
+    repo: str | Path,
+    roles: tuple = ONLINE_ROLES,
+    password: keystore.PasswordArg = None,
+    root_keys: list[str | Path] | tuple = (),
+    root_for: str | None = None,
+):
+    """Load the repository's current state under an exclusive lock (one writer at a time),
+    with the signers of ``roles`` and, when ``root_for`` says why, a threshold of root keys.
+    Every key is loaded before anything is written."""
     layout = RepoLayout(Path(repo))
     if not layout.metadata.is_dir():
         raise OtaError(
@@ -426,7 +650,14 @@ def _locked(repo: str | Path):
         )
     with open(layout.root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield _State.load(layout, with_signers=True)
+        state = _State.load(layout)
+        state.passwords = keystore.Passwords(password)
+        state.where = keystore.read_signers(layout.keys, state.root.signed)
+        state.load_signers(roles)
+        if root_for:
+            state.load_root_signers(root_keys, root_for)
+        yield state
+        _public_modes(layout.public)
 
 
 @dataclass
@@ -436,11 +667,15 @@ class _State:
     targets: Any
     snapshot: Any
     timestamp: Any
-    signers: dict
+    signers: dict  # role -> signer, for the roles this operation signs (never root)
+    root_signers: list = field(default_factory=list)  # a threshold of root keys, if needed
+    root_paths: list = field(default_factory=list)  # their files (None: not a file)
     initial: bool = False  # version-1 metadata of a new repository: sign without bumping
+    passwords: Any = None  # keystore.Passwords
+    where: dict = field(default_factory=dict)  # signers.json: role -> [{keyid, uri}]
 
     @classmethod
-    def load(cls, layout: RepoLayout, with_signers: bool = False) -> "_State":
+    def load(cls, layout: RepoLayout) -> "_State":
         from tuf.api.metadata import Metadata
 
         def read(name: str) -> Any:
@@ -456,20 +691,85 @@ class _State:
                 f"cannot read the metadata of {layout.root}: {exc}",
                 "the repository is damaged; restore public/metadata from a backup",
             ) from exc
-        signers = {}
-        if with_signers:
-            for role in ROLES:
-                keyid = root.signed.roles[role].keyids[0]
-                signers[role] = _load_signer(layout.key_file(role), root.signed.keys[keyid])
-        return cls(layout, root, targets, snapshot, timestamp, signers)
+        return cls(layout, root, targets, snapshot, timestamp, {})
 
+    # ---- keys
+    def _entry(self, role: str) -> dict:
+        keyids = self.root.signed.roles[role].keyids
+        for entry in self.where.get(role, []):
+            if entry.get("keyid") in keyids:
+                return entry
+        raise OtaError(
+            f"no {role} key of this repository is recorded in {self.layout.keys}/signers.json",
+            "restore REPO/keys from your backup",
+        )
+
+    def key_path(self, role: str) -> Path | None:
+        """The file holding ``role``'s key (None for a KMS/HSM signer)."""
+        return keystore.uri_path(self._entry(role)["uri"], self.layout.keys)
+
+    def load_signers(self, roles) -> None:
+        for role in roles:
+            if role not in self.signers:
+                entry = self._entry(role)
+                self.signers[role] = keystore.load_signer(
+                    entry,
+                    self.root.signed.keys[entry["keyid"]],
+                    self.layout.keys,
+                    self.passwords,
+                    f"{role} key",
+                )
+
+    def load_root_signers(self, files, why: str) -> None:
+        """Load root keys (``files``, else the recorded ones) until the root threshold."""
+        spec = self.root.signed.roles["root"]
+        threshold, keyids = spec.threshold, spec.keyids
+        missing: list[str] = []
+        if files:
+            for path in map(Path, files):
+                signer = keystore.load_file_signer(path, self.passwords, "root key")
+                if signer.public_key.keyid not in keyids:
+                    raise OtaError(
+                        f"{path} is not one of this repository's root keys",
+                        "give the root key files of this repository (after a root rotation, "
+                        "the new ones)",
+                    )
+                if signer.public_key.keyid not in {s.public_key.keyid for s in self.root_signers}:
+                    self.root_signers.append(signer)
+                    self.root_paths.append(path)
+        else:
+            for entry in self.where.get("root", []):
+                if entry.get("keyid") not in keyids or len(self.root_signers) >= threshold:
+                    continue
+                path = keystore.uri_path(entry["uri"], self.layout.keys)
+                if path is not None and not path.exists():
+                    missing.append(str(path))
+                    continue
+                self.root_signers.append(
+                    keystore.load_signer(
+                        entry,
+                        self.root.signed.keys[entry["keyid"]],
+                        self.layout.keys,
+                        self.passwords,
+                        "root key",
+                    )
+                )
+                self.root_paths.append(path)
+        if len(self.root_signers) < threshold:
+            found = f"{len(self.root_signers)} found" + (
+                f"; missing: {', '.join(missing)}" if missing else ""
+            )
+            raise OtaError(
+                f"{why} needs {threshold} of the {len(keyids)} root key(s): {found}",
+                "give the offline root key file(s): --root-key PATH (e.g. on the removable disk)",
+            )
+
+    # ---- writing
     def write_root(self, extra_signers=()) -> None:
         self.root.signatures.clear()
-        for signer in (self.signers["root"], *extra_signers):
+        for signer in (*self.root_signers, *extra_signers):
             self.root.sign(signer, append=True)
-        write_bytes_atomic(
-            self.layout.metadata / f"{self.root.signed.version}.root.json", self.root.to_bytes()
-        )
+        self._write(self.root, f"{self.root.signed.version}.root.json")
 
     def write_targets_chain(
         self,
@@ -479,11 +779,24 @@ class _State:
         timestamp_days: float = EXPIRY_DAYS["timestamp"],
     ) -> None:
         """Sign and write targets -> snapshot -> timestamp, the timestamp last (clients see it
-        only once everything it points to is in place)."""
+        only once everything it points to is in place).
+
+        Raises:
+            OtaError: targets.json would be larger than devices accept (nothing written).
+        """
         from tuf.api.metadata import MetaFile
 
         if bump_targets:
+            _drop_unused_golden(self.targets.signed.targets)
             self._bump(self.targets, "targets", _expiry("targets"))
+            size = len(self.targets.to_bytes())
+            if size > TARGETS_MAX_LENGTH:
+                raise OtaError(
+                    f"targets.json would be {size:,} bytes, over the {TARGETS_MAX_LENGTH:,} "
+                    "devices accept",
+                    "publish with --no-legacy-golden (agents before custom schema 2 cannot "
+                    "install such a model) or remove models from the repository",
+                )
         if bump_targets or bump_snapshot:
             self.snapshot.signed.meta["targets.json"] = MetaFile(self.targets.signed.version)
             self._bump(self.snapshot, "snapshot", _expiry_in(snapshot_days))
@@ -502,7 +815,7 @@ class _State:
         md.sign(self.signers[role])
 
     def _write(self, md, name: str) -> None:
-        write_bytes_atomic(self.layout.metadata / name, md.to_bytes())
+        write_bytes_atomic(self.layout.metadata / name, md.to_bytes(), mode=PUBLIC_FILE_MODE)
 
     def result(self, action: str, **extra) -> RepoResult:
         mds = {
