@@ -373,7 +373,7 @@ class _Parser:
     def __init__(self, raw, name: str) -> None:
         self.raw, self.name = raw, name
         self.fb = _Flatbuffer(raw)
-        self.counts = {"tensors": 0, "operators": 0, "tensor_refs": 0}
+        self.counts = {"tensor_refs": 0}
         self._tensor_fields: dict[int, tuple] = {}  # by table position: decode each once
         self._op_fields: dict[int, tuple] = {}
         self._buffers: dict[int, np.ndarray | None] = {}
@@ -388,6 +388,8 @@ class _Parser:
         subgraphs = self._tables(root, 2, "subgraphs")
         if not subgraphs:
             raise ModelLoadError(f"{self.name} has no subgraphs", "re-convert the model")
+        for vec, what in ((0, "tensors"), (3, "operators")):  # all counted before any is read
+            self._count(sum(self.fb.table(p).vector_length(vec) for p in subgraphs), what)
         graphs = [self._subgraph(i, self.fb.table(pos)) for i, pos in enumerate(subgraphs)]
         tensors, inputs, outputs, _ = graphs[0]
         for t in inputs:
@@ -444,10 +446,7 @@ class _Parser:
 
     def _subgraph(self, number: int, g: _Table):
         where = "" if number == 0 else f" of subgraph {number}"
-        tensors = [
-            self._tensor(i, pos, where)
-            for i, pos in enumerate(self._tables(g, 0, "tensors", "tensors"))
-        ]
+        tensors = [self._tensor(i, pos, where) for i, pos in enumerate(g.tables(0))]
 
         def pick(indices: np.ndarray, what: str, optional: bool = False) -> list[Tensor]:
             self._count(len(indices), "tensor_refs", "tensor_refs")
@@ -461,7 +460,7 @@ class _Parser:
             return out
 
         ops = []
-        for pos in self._tables(g, 3, "operators", "operators"):
+        for pos in g.tables(3):
             opcode, inputs, outputs = self._op_fields_at(pos)
             if not opcode < len(self.opcodes):
                 raise _Invalid(
@@ -542,13 +541,13 @@ class _Parser:
         for s in scale:
             if not (math.isfinite(s) and s > 0):
                 raise _Invalid(f"{what} has quantization scale {s:g}; scales must be positive")
-        if zero_point and len(zero_point) != len(scale):
-            raise _Invalid(f"{what} has {len(scale)} scales but {len(zero_point)} zero points")
         if qdim < 0 or (shape and qdim >= len(shape)):
             raise _Invalid(f"{what} is quantized along dimension {qdim} of shape {list(shape)}")
         if len(scale) > 1 and (not shape or len(scale) != shape[qdim]):
             size = shape[qdim] if shape else 1
             raise _Invalid(f"{what} has {len(scale)} scales for dimension {qdim} of size {size}")
+        if zero_point and len(zero_point) != len(scale):
+            raise _Invalid(f"{what} has {len(scale)} scales but {len(zero_point)} zero points")
         return tuple(scale), tuple(zero_point), qdim
 
     def _buffer(self, index: int) -> np.ndarray | None:
