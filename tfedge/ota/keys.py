@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +49,24 @@ class Passwords:
         self.given = given
         self.good: list[bytes] = []  # passwords that opened a key in this operation
 
-    def candidates(self, label: str) -> list[bytes]:
+    def candidates(self, label: str) -> Iterator[bytes]:
         """Passwords to try for ``label``: the given or the environment's, else the ones that
-        already worked, then one asked from the prompt."""
+        already worked, then (only if they fail) one asked from the prompt."""
         if isinstance(self.given, str):
-            return [self.given.encode()]
+            yield self.given.encode()
+            return
         if os.environ.get(PASSWORD_ENV):
-            return [os.environ[PASSWORD_ENV].encode()]
+            yield os.environ[PASSWORD_ENV].encode()
+            return
+        yield from list(self.good)
         if self.given is None:
-            if self.good:
-                return list(self.good)
-            raise OtaError(
-                f"the {label} is encrypted and no password was given",
-                f"set {PASSWORD_ENV}, or run the command on a terminal to be asked",
-            )
-        return [*self.good, self.given(f"password for the {label}").encode()]
+            if not self.good:
+                raise OtaError(
+                    f"the {label} is encrypted and no password was given",
+                    f"set {PASSWORD_ENV}, or run the command on a terminal to be asked",
+                )
+            return
+        yield self.given(f"password for the {label}").encode()
 
     def for_new_key(self) -> bytes:
         """The password for a key that replaces an encrypted one: the given or the
@@ -278,7 +281,7 @@ def load_signer(entry: dict, public_key, keys_dir: Path, passwords: Passwords, w
 
 def _handler(passwords: Passwords, what: str):
     def ask(secret: str) -> str:
-        return passwords.candidates(f"{what} ({secret})")[0].decode()
+        return next(iter(passwords.candidates(f"{what} ({secret})"))).decode()
 
     return ask
 

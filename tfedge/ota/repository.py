@@ -402,7 +402,9 @@ def repo_status(repo: str | Path) -> RepoResult:
     state = _State.load(RepoLayout(Path(repo)))
     result = state.result("status")
     result.versions["targets_list"] = {
-        p: t.custom.get("model_version") for p, t in sorted(state.targets.signed.targets.items())
+        p: t.custom.get("model_version")
+        for p, t in sorted(state.targets.signed.targets.items())
+        if not p.startswith("golden/")  # golden data: no custom metadata of its own
     }
     return result
 
@@ -576,7 +578,7 @@ def _write_served(state: "_State", target, data: bytes) -> None:
 def _drop_unused_golden(targets) -> None:
     """Remove golden targets no model target names any more (targets.json stays small)."""
     used = {
-        (t.custom.get("tfedge") or {}).get("golden_target")
+        ((t.custom or {}).get("tfedge") or {}).get("golden_target")
         for p, t in targets.items()
         if not p.startswith("golden/")
     }
