@@ -211,7 +211,7 @@ def register() -> None:
     """Make ``encfile:`` a securesystemslib signer scheme (idempotent)."""
     from securesystemslib.signer import SIGNER_FOR_URI_SCHEME
 
-    SIGNER_FOR_URI_SCHEME.setdefault(ENCRYPTED_SCHEME, EncryptedFileSigner)  # type: ignore[arg-type]
+    SIGNER_FOR_URI_SCHEME.setdefault(ENCRYPTED_SCHEME, EncryptedFileSigner)
 
 
 # ---------------------------------------------------------------- signers.json

@@ -728,7 +728,8 @@ class _State:
         threshold, keyids = spec.threshold, spec.keyids
         missing: list[str] = []
         if files:
-            for path in map(Path, files):
+            for given in files:
+                path = Path(given)
                 signer = keystore.load_file_signer(path, self.passwords, "root key")
                 if signer.public_key.keyid not in keyids:
                     raise OtaError(
@@ -743,9 +744,9 @@ class _State:
             for entry in self.where.get("root", []):
                 if entry.get("keyid") not in keyids or len(self.root_signers) >= threshold:
                     continue
-                path = keystore.uri_path(entry["uri"], self.layout.keys)
-                if path is not None and not path.exists():
-                    missing.append(str(path))
+                recorded = keystore.uri_path(entry["uri"], self.layout.keys)
+                if recorded is not None and not recorded.exists():
+                    missing.append(str(recorded))
                     continue
                 self.root_signers.append(
                     keystore.load_signer(
@@ -756,7 +757,7 @@ class _State:
                         "root key",
                     )
                 )
-                self.root_paths.append(path)
+                self.root_paths.append(recorded)
         if len(self.root_signers) < threshold:
             found = f"{len(self.root_signers)} found" + (
                 f"; missing: {', '.join(missing)}" if missing else ""
