@@ -401,7 +401,7 @@ def _read_npy_stream(stream, where: str, size: int, budget: int) -> np.ndarray:
             "use a smaller data file, or raise the limit with TFEDGE_MAX_DATA_BYTES=BYTES",
         )
     array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
-    view = memoryview(array.reshape(-1, order="A").view(np.uint8))
+    view = memoryview(array.reshape(-1, order="A").view(np.uint8))  # type: ignore[arg-type]
     done = 0
     while done < nbytes:
         got = stream.readinto(view[done : done + (16 << 20)])

@@ -172,7 +172,7 @@ def _build(raw: Any, source: str) -> DeviceProfile:
         name=_name(raw, source),
         description=_required_string(raw, "description", source),
         arch=_choice(raw, "arch", ARCHES, source),
-        cpu=_single_line(raw, "cpu", source),
+        cpu=_required_string(raw, "cpu", source, single_line=True),
         cores=_positive(raw, "cores", source, optional=True),
         ram_mb=_positive(raw, "ram_mb", source, optional=True),
         storage=_single_line(raw, "storage", source, optional=True),
@@ -246,8 +246,8 @@ def _single_line(raw: dict, key: str, source: str, optional: bool = False) -> st
     return value
 
 
-def _required_string(raw: dict, key: str, source: str) -> str:
-    value = _string(raw, key, source)
+def _required_string(raw: dict, key: str, source: str, single_line: bool = False) -> str:
+    value = _single_line(raw, key, source) if single_line else _string(raw, key, source)
     assert value is not None  # _string raises for a missing required key
     return value
 
