@@ -9,7 +9,9 @@ documented limits, in bounded time and memory (a child's peak RSS, from ``os.wai
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ from tfedge.convert.tflite_model import LIMITS, read_tflite
 from tfedge.errors import BenchError, ModelLoadError
 
 TIME_LIMIT_S = 60.0  # guards against hangs only: each case takes well under a second here
-MEMORY_LIMIT_MB = 400  # a Python with numpy and click is ~45 MB; the old reader took GBs
+MEMORY_LIMIT_MB = 200  # `tfedge inspect` of a valid model peaks at ~45 MB; the old reader took GBs
 TINY_SCALE = 1e-12  # positive and finite, so valid; the ADD kernel aborts on it (SIGABRT)
 
 
@@ -38,32 +40,41 @@ def _tiny_scale_add() -> h.s.ModelT:
     return m
 
 
+# The launcher forks and execs tfedge and reports its os.wait4 rusage. A child started
+# directly from pytest would count pytest's own RSS: Linux carries the peak RSS of the
+# process image an exec replaces (with vfork, the parent's) into the new program's ru_maxrss.
+_LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.execv(sys.executable, [sys.executable, "-m", "tfedge", *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}))
+"""
+
+
 def _child_rss(args: list, cwd: Path) -> tuple[int, str, float, float]:
-    """Run ``python -m tfedge ARGS``, reaped with ``os.wait4``: exit code, stderr, seconds and
-    the child's peak RSS in MB (an RLIMIT_AS cap would break the runtime imports instead)."""
-    err_file = cwd / "stderr.txt"
+    """Run ``tfedge ARGS`` in a child: exit code, stderr, seconds and its peak RSS in MB
+    (from ``os.wait4``; an RLIMIT_AS cap would break the runtime imports instead)."""
     start = time.monotonic()
-    with open(err_file, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tfedge", *map(str, args)],
-            cwd=cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    deadline = start + TIME_LIMIT_S
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            os.wait4(proc.pid, 0)
-            pytest.fail(f"tfedge {' '.join(map(str, args))} ran past {TIME_LIMIT_S} s")
-        time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stderr = err_file.read_text()
-    err_file.unlink()
-    return proc.returncode, stderr, time.monotonic() - start, usage.ru_maxrss / 1024
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=TIME_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"tfedge {' '.join(map(str, args))} ran past {TIME_LIMIT_S} s")
+    report = json.loads(out.strip().splitlines()[-1])
+    return report["code"], err, time.monotonic() - start, report["maxrss_kb"] / 1024
 
 
 class _Result:  # what assert_one_error_line reads
@@ -209,3 +220,12 @@ def test_limits_are_checked_from_counts_before_decoding(monkeypatch, tmp_path):
     monkeypatch.setattr(tflite_model, "LIMITS", tflite_model.Limits(file_bytes=100))
     with pytest.raises(ModelLoadError, match="more than tfedge reads"):
         read_tflite(model)
+
+
+def test_a_quantization_shared_by_many_tensors_is_decoded_once(tmp_path):
+    """10,000 tensors share one 50,000-channel quantization: one decode, not 500 million."""
+    model = tmp_path / "scales.tflite"
+    model.write_bytes(h.shared_scales(tensors=10_000, channels=50_000))
+    code, stderr, seconds, rss = _child_rss(["inspect", model], tmp_path)
+    assert code == 0 and "Error" not in stderr, stderr
+    assert seconds < TIME_LIMIT_S and rss < MEMORY_LIMIT_MB, (seconds, rss)

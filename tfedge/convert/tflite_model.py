@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,6 +200,7 @@ class Limits:
     tensor_bytes: int = 16 * 1024**3  # one tensor's size as its shape says
     name_bytes: int = 64 * 1024
     metadata: int = 10_000
+    decode_slack: int = 1024**2  # bytes decoded beyond the file's size (see _Flatbuffer)
 
 
 LIMITS = Limits()
@@ -282,10 +284,9 @@ class _Table:
         return at + 4, length
 
     def numbers(self, n: int, dtype: str) -> np.ndarray:
+        """Vector field ``n`` as an array (decoded once per position: do not modify it)."""
         start, length = self.vector(n, np.dtype(dtype).itemsize)
-        if not length:
-            return np.zeros(0, dtype)
-        return np.frombuffer(self.fb.buf, dtype, length, start).copy()  # no view of the map
+        return self.fb.decode(start, length, dtype) if length else np.zeros(0, dtype)
 
     def vector_length(self, n: int) -> int:
         return self.vector(n, 4)[1]
@@ -298,11 +299,11 @@ class _Table:
         rel = np.frombuffer(self.fb.buf, "<u4", length, start).astype(np.int64)
         return (rel + start + 4 * np.arange(length, dtype=np.int64)).tolist()
 
-    def string(self, n: int) -> bytes:
+    def string(self, n: int) -> str:
         start, length = self.vector(n, 1)
         if length > LIMITS.name_bytes:
             raise _TooBig(f"a {length:,}-byte name (at most {LIMITS.name_bytes:,})")
-        return bytes(self.fb.buf[start : start + length])
+        return self.fb.text(start, length) if length else ""
 
 
 class _Flatbuffer:
@@ -311,6 +312,34 @@ class _Flatbuffer:
     def __init__(self, buf) -> None:
         self.buf, self.size = buf, len(buf)
         self._tables: dict[int, _Table] = {}
+        self._decoded: dict[tuple, Any] = {}
+        # Every vector and string is decoded (and charged) once by position; a valid model's
+        # vectors do not overlap, so all of them fit in the file. Shared or overlapping
+        # vectors that add up to more are amplification: refused, not decoded.
+        self.budget = self.size + LIMITS.decode_slack
+
+    def charge(self, nbytes: int) -> None:
+        self.budget -= nbytes
+        if self.budget < 0:
+            raise _TooBig("its tables share or overlap data that adds up to more than the file")
+
+    def decode(self, start: int, length: int, dtype: str) -> np.ndarray:
+        key = (start, length, dtype)
+        found = self._decoded.get(key)
+        if found is None:
+            self.charge(length * np.dtype(dtype).itemsize)
+            found = np.frombuffer(self.buf, dtype, length, start).copy()  # no view of a map
+            self._decoded[key] = found
+        return found
+
+    def text(self, start: int, length: int) -> str:
+        key = (start, length, "str")
+        found = self._decoded.get(key)
+        if found is None:
+            self.charge(length)
+            found = bytes(self.buf[start : start + length]).decode("utf-8", "replace")
+            self._decoded[key] = found
+        return found
 
     def check(self, pos: int, length: int) -> None:
         if pos < 0 or length < 0 or pos + length > self.size:
@@ -377,6 +406,7 @@ class _Parser:
         self._tensor_fields: dict[int, tuple] = {}  # by table position: decode each once
         self._op_fields: dict[int, tuple] = {}
         self._buffers: dict[int, np.ndarray | None] = {}
+        self._quant_fields: dict[int, tuple] = {}
 
     def model(self) -> TfliteModel:
         root = self.fb.table(self.fb.u32(0))
@@ -433,7 +463,7 @@ class _Parser:
             code = self.fb.table(pos)
             custom = code.string(1)
             if custom:
-                out.append(("CUSTOM:" + custom.decode("utf-8", "replace"), code.scalar(2, "<i", 1)))
+                out.append(("CUSTOM:" + custom, code.scalar(2, "<i", 1)))
                 continue
             builtin = max(code.scalar(3, "<i"), code.scalar(0, "<b"))
             out.append(
@@ -497,10 +527,10 @@ class _Parser:
                 index, self.fb.table(pos), where
             )
         name, dtype, shape, scale, zero_point, qdim, data = fields
-        return Tensor(index, name, dtype, shape, list(scale), list(zero_point), qdim, data)
+        return Tensor(index, name, dtype, shape, scale, zero_point, qdim, data)  # shared lists
 
     def _decode_tensor(self, index: int, t: _Table, where: str) -> tuple:
-        name = t.string(3).decode("utf-8", "replace")
+        name = t.string(3)
         what = f"tensor {index} ('{name}'){where}"
         type_code = t.scalar(1, "<b")
         dtype = _enum_names("TensorType").get(type_code, "").lower()
@@ -532,15 +562,20 @@ class _Parser:
 
     def _quantization(self, q: _Table | None, shape: tuple[int, ...], what: str):
         if q is None:
-            return (), (), 0
-        scale = q.numbers(2, "<f4").tolist()
-        zero_point = q.numbers(3, "<i8").tolist()
-        qdim = q.scalar(6, "<i")
+            return [], [], 0
+        found = self._quant_fields.get(q.pos)
+        if found is None:  # decoded and its scales checked once, however many tensors share it
+            scales = q.numbers(2, "<f4")
+            bad = scales[~(np.isfinite(scales) & (scales > 0))]
+            if bad.size:
+                raise _Invalid(
+                    f"{what} has quantization scale {float(bad[0]):g}; scales must be positive"
+                )
+            found = (scales.tolist(), q.numbers(3, "<i8").tolist(), q.scalar(6, "<i"))
+            self._quant_fields[q.pos] = found
+        scale, zero_point, qdim = found
         if not scale:
-            return (), tuple(zero_point), qdim
-        for s in scale:
-            if not (math.isfinite(s) and s > 0):
-                raise _Invalid(f"{what} has quantization scale {s:g}; scales must be positive")
+            return [], zero_point, qdim
         if qdim < 0 or (shape and qdim >= len(shape)):
             raise _Invalid(f"{what} is quantized along dimension {qdim} of shape {list(shape)}")
         if len(scale) > 1 and (not shape or len(scale) != shape[qdim]):
@@ -548,7 +583,7 @@ class _Parser:
             raise _Invalid(f"{what} has {len(scale)} scales for dimension {qdim} of size {size}")
         if zero_point and len(zero_point) != len(scale):
             raise _Invalid(f"{what} has {len(scale)} scales but {len(zero_point)} zero points")
-        return tuple(scale), tuple(zero_point), qdim
+        return scale, zero_point, qdim
 
     def _buffer(self, index: int) -> np.ndarray | None:
         """The bytes of buffer ``index`` (a copy: the file may be mapped), or None if empty."""
@@ -560,11 +595,11 @@ class _Parser:
         if offset > 1:
             if offset + size > self.fb.size:
                 raise _Invalid(f"buffer {index} ends past the end of the file")
-            data = np.frombuffer(self.raw, np.uint8, size, offset).copy()
+            data = self.fb.decode(offset, size, "u1")
         else:
             start, length = b.vector(0, 1)
             if length:
-                data = np.frombuffer(self.raw, np.uint8, length, start).copy()
+                data = self.fb.decode(start, length, "u1")
         self._buffers[index] = data
         return data
 
@@ -572,7 +607,7 @@ class _Parser:
         out = {}
         for pos in self._tables(root, 6, "metadata"):
             m = self.fb.table(pos)
-            name = m.string(0).decode("utf-8", "replace")
+            name = m.string(0)
             index = m.scalar(1, "<I")
             if index >= len(self.buffer_pos):
                 raise _Invalid(
