@@ -509,8 +509,13 @@ def test_terminating_signal_cleans_up_like_ctrl_c(tmp_path, signum):
 @pytest.mark.tf
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_sigterm_during_convert_leaves_nothing(digits, tmp_path):
-    """The CLI (a real conversion in its worker child) on SIGTERM: no .part, no temp folder."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_signal_during_convert_leaves_nothing(digits, tmp_path, signum):
+    """The CLI (a real conversion in its worker child) on SIGTERM: no .part, no temp folder.
+
+    Even SIGKILL, which tfedge cannot catch: the worker learns of it (PR_SET_PDEATHSIG),
+    removes the ``.part`` and the job folder, and ends instead of converting on.
+    """
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     temp_root = tmp_path / "tmp"
@@ -522,11 +527,33 @@ def test_sigterm_during_convert_leaves_nothing(digits, tmp_path):
         env={**os.environ, "TMPDIR": str(temp_root)},
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while not list(temp_root.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.1)  # the worker's folder exists: the conversion is under way
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    while not list(temp_root.glob("*/job.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the worker's job exists: the conversion is under way
+    time.sleep(2.0)
+    assert proc.poll() is None, "the conversion ended before the signal"
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
-    assert b"Traceback" not in err and b"Aborted: SIGTERM" in err, err.decode()
+    if signum == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+        assert b"Traceback" not in err and b"Aborted: SIGTERM" in err, err.decode()
+    deadline = time.monotonic() + 60  # the orphaned worker cleans up once the converter yields
+    while (list(out_dir.iterdir()) or list(temp_root.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert list(out_dir.iterdir()) == [] and list(temp_root.iterdir()) == []
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_optimize_labels_outside_the_models_classes(run_cli, digits, tmp_path):
+    """Checked with the data against the model, before any stage trains or converts."""
+    with np.load(digits.train) as f:
+        x, y = f["x"], f["y"].copy()
+    y[5] = 999
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    result = run_cli(
+        "optimize", digits.model, "-r", "int8", "--data", tmp_path / "train.npz", "--eval",
+        digits.test, "-o", tmp_path / "out", expect=1,
+    )  # fmt: skip
+    assert_one_error_line(result, "training data", "outside the model's 10 classes", "999")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npz"]

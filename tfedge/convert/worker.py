@@ -11,6 +11,7 @@ differ from the Keras model's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -36,6 +37,7 @@ TF_TYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16", "float32": "floa
 
 
 def main(job_path: str) -> int:
+    _die_with_parent(job_path)
     job = json.loads(Path(job_path).read_text())
     try:
         data = run(job)
@@ -50,6 +52,41 @@ def main(job_path: str) -> int:
         return 1
     _write_result(job, {"ok": True, **data})
     return 0
+
+
+def _die_with_parent(job_path: str) -> None:
+    """Linux: end this worker when tfedge ends, even by SIGKILL, and leave nothing behind.
+
+    The kernel sends SIGTERM when the parent dies (``PR_SET_PDEATHSIG``); the parent can no
+    longer clean up then, so the worker removes the ``.part`` output and the job folder.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+
+    def orphaned(signum, frame):
+        if os.getppid() != parent:
+            import shutil
+
+            with contextlib.suppress(OSError, ValueError):
+                output = json.loads(Path(job_path).read_text()).get("output")
+                if output:
+                    Path(output).unlink(missing_ok=True)
+            shutil.rmtree(Path(job_path).parent, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)  # die of the signal, as without this handler
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, orphaned)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        orphaned(int(signal.SIGTERM), None)
 
 
 def run(job: dict) -> dict:

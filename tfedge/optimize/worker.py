@@ -463,11 +463,16 @@ def _load_model(model, recipe):
 
 def check_inputs(model, train, evals) -> None:
     """DataError unless the training and evaluation data fit the Keras model's inputs."""
-    from tfedge.io.data import arrange_inputs, keras_input_specs
+    from tfedge.io.data import arrange_inputs, check_labels, keras_input_specs
 
     specs = keras_input_specs(model)
     arrange_inputs(train.x, specs, f"training data {train.source}")
     arrange_inputs(evals.x, specs, f"evaluation data {evals.source}")
+    classes = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
+    for ds, what in ((train, "training"), (evals, "evaluation")):
+        y = ds.y
+        if classes and classes > 1 and y is not None and y.ndim == 1:
+            check_labels(y, int(classes), f"{what} data {ds.source}")  # 999 or -1: not a class
 
 
 def _context(recipe, model, train, evals, progress: bool, say):
