@@ -229,3 +229,16 @@ def test_a_quantization_shared_by_many_tensors_is_decoded_once(tmp_path):
     code, stderr, seconds, rss = _child_rss(["inspect", model], tmp_path)
     assert code == 0 and "Error" not in stderr, stderr
     assert seconds < TIME_LIMIT_S and rss < MEMORY_LIMIT_MB, (seconds, rss)
+
+
+def test_a_file_that_shrinks_while_it_is_read_is_an_error_not_sigbus(tmp_path):
+    """Read by pread, not a memory map: a map of a truncated file kills with SIGBUS."""
+    from tfedge.convert.tflite_model import _FileBytes, parse_tflite
+
+    model = h.write(tmp_path / "m.tflite", h.base())
+    size = model.stat().st_size
+    with open(model, "r+b") as f:
+        content = _FileBytes(f.fileno(), size)  # its size read, then the file is cut
+        f.truncate(size // 2)
+        with pytest.raises(ModelLoadError, match="damaged .*changed while it was read"):
+            parse_tflite(content, "m.tflite")

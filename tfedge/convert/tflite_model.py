@@ -1,8 +1,13 @@
 """Read a ``.tflite`` flatbuffer in pure Python (no interpreter, no TensorFlow).
 
 Parsing never runs model code, so a malformed or hostile file becomes a ModelLoadError
-instead of a crash. Inspection, full-integer verification and the compression metrics
-(sparsity, distinct weight values) all read models through this module.
+instead of a crash. The reader is a bounds-checked flatbuffer reader of its own (not the
+schema's object API, which unpacks a shared table again at every reference): each table and
+vector is decoded once, never more bytes than the file holds, within :data:`LIMITS`; and the
+structure the runtime relies on is checked (indices, shapes against buffers, quantization
+parameters), so a model the runtime would refuse or crash on is reported as invalid.
+Inspection, full-integer verification and the compression metrics (sparsity, distinct
+weight values) all read models through this module.
 
 Example:
     >>> m = read_tflite("model.tflite")
@@ -13,13 +18,14 @@ Example:
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -99,33 +105,28 @@ class TfliteModel:
 def read_tflite(path: str | os.PathLike[str]) -> TfliteModel:
     """Parse ``path`` into a TfliteModel; raise ModelLoadError for anything that is not one.
 
-    The file is mapped, not read: only the tables and the constant buffers are touched, so
-    a huge (or sparse) file costs what its model holds, not its size.
+    Only the tables and the constant buffers are read (by ``pread``, a page at a time), so
+    a huge or sparse file costs what its model holds, not its size; a file that shrinks
+    while it is read is an error (a memory map would kill tfedge with SIGBUS).
     """
     path = Path(path)
-    raw = _read_bytes(path)
-    try:
-        return parse_tflite(raw, str(path))
-    finally:
-        try:
-            raw.close()
-        except BufferError:  # a view lives on in a traceback: the map closes when it goes
-            pass
+    with _open_model(path) as f:
+        return parse_tflite(_FileBytes(f.fileno(), os.fstat(f.fileno()).st_size), str(path))
 
 
-def parse_tflite(raw: bytes | mmap.mmap, name: str = "<bytes>") -> TfliteModel:
+def parse_tflite(raw: bytes | _FileBytes, name: str = "<bytes>") -> TfliteModel:
     """Parse flatbuffer bytes; raise ModelLoadError if they are not a valid TFLite model.
 
     Structure is checked on the way (indices, shapes against buffers, quantization
     parameters, the counts in :data:`LIMITS`): a file the TFLite runtime would refuse, or
     could crash on, is a ModelLoadError saying why, never a report.
     """
-    if len(raw) < 8 or raw[4:8] != b"TFL3":
-        raise ModelLoadError(
-            f"{name} is not a TFLite model (no TFL3 identifier)",
-            "pass a .tflite file written by the TFLite converter or `tfedge convert`",
-        )
     try:
+        if len(raw) < 8 or raw[4:8] != b"TFL3":
+            raise ModelLoadError(
+                f"{name} is not a TFLite model (no TFL3 identifier)",
+                "pass a .tflite file written by the TFLite converter or `tfedge convert`",
+            )
         return _Parser(raw, name).model()
     except ModelLoadError:
         raise
@@ -158,7 +159,8 @@ def layer_from_tensor_name(name: str) -> str:
     return parts[0] if parts else name
 
 
-def _read_bytes(path: Path) -> mmap.mmap:
+@contextmanager
+def _open_model(path: Path) -> Iterator[BinaryIO]:
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist", "check the path")
     if path.is_dir():
@@ -176,7 +178,49 @@ def _read_bytes(path: Path) -> mmap.mmap:
                 f"{path} is {size:,} bytes, more than tfedge reads ({LIMITS.file_bytes:,})",
                 "this is not a model for an edge device; check the file",
             )
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        yield f
+
+
+class _FileBytes:
+    """An open file read like ``bytes`` (length, slices), through ``pread`` and a page cache."""
+
+    PAGE = 64 * 1024
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self._pages: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: slice) -> bytes:
+        start, stop, _ = index.indices(self.size)
+        return self.read(start, max(stop - start, 0))
+
+    def read(self, pos: int, n: int) -> bytes:
+        if n > 4 * self.PAGE:  # constant data: read once, not cached
+            return self._pread(pos, n)
+        first, last = pos // self.PAGE, (pos + n - 1) // self.PAGE
+        if first == last:
+            off = pos - first * self.PAGE
+            return self._page(first)[off : off + n]
+        joined = b"".join(self._page(i) for i in range(first, last + 1))
+        off = pos - first * self.PAGE
+        return joined[off : off + n]
+
+    def _page(self, i: int) -> bytes:
+        page = self._pages.get(i)
+        if page is None:
+            page = self._pages[i] = self._pread(
+                i * self.PAGE, min(self.PAGE, self.size - i * self.PAGE)
+            )
+        return page
+
+    def _pread(self, pos: int, n: int) -> bytes:
+        data = os.pread(self.fd, n, pos)
+        if len(data) != n:
+            raise _Damaged("the file changed while it was read")
+        return data
 
 
 # ---------------------------------------------------------------- limits
@@ -296,7 +340,7 @@ class _Table:
         start, length = self.vector(n, 4)
         if not length:
             return []
-        rel = np.frombuffer(self.fb.buf, "<u4", length, start).astype(np.int64)
+        rel = np.frombuffer(self.fb.read(start, 4 * length), "<u4").astype(np.int64)
         return (rel + start + 4 * np.arange(length, dtype=np.int64)).tolist()
 
     def string(self, n: int) -> str:
@@ -310,7 +354,13 @@ class _Flatbuffer:
     """Checked little-endian reads of ``buf``, and each table decoded once by position."""
 
     def __init__(self, buf) -> None:
-        self.buf, self.size = buf, len(buf)
+        self.size = len(buf)
+        self.read: Callable[[int, int], bytes | memoryview]
+        if isinstance(buf, _FileBytes):
+            self.read = buf.read
+        else:
+            view = memoryview(buf).cast("B")
+            self.read = lambda pos, n: view[pos : pos + n]
         self._tables: dict[int, _Table] = {}
         self._decoded: dict[tuple, Any] = {}
         # Every vector and string is decoded (and charged) once by position; a valid model's
@@ -328,7 +378,8 @@ class _Flatbuffer:
         found = self._decoded.get(key)
         if found is None:
             self.charge(length * np.dtype(dtype).itemsize)
-            found = np.frombuffer(self.buf, dtype, length, start).copy()  # no view of a map
+            nbytes = length * np.dtype(dtype).itemsize
+            found = np.frombuffer(self.read(start, nbytes), dtype).copy()  # writable, owned
             self._decoded[key] = found
         return found
 
@@ -337,7 +388,7 @@ class _Flatbuffer:
         found = self._decoded.get(key)
         if found is None:
             self.charge(length)
-            found = bytes(self.buf[start : start + length]).decode("utf-8", "replace")
+            found = bytes(self.read(start, length)).decode("utf-8", "replace")
             self._decoded[key] = found
         return found
 
@@ -347,7 +398,7 @@ class _Flatbuffer:
 
     def unpack(self, fmt: str, pos: int):
         self.check(pos, struct.calcsize(fmt))
-        return struct.unpack_from(fmt, self.buf, pos)[0]
+        return struct.unpack_from(fmt, self.read(pos, struct.calcsize(fmt)))[0]
 
     def u16(self, pos: int) -> int:
         return self.unpack("<H", pos)
