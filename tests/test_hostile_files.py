@@ -557,3 +557,14 @@ def test_optimize_labels_outside_the_models_classes(run_cli, digits, tmp_path):
     )  # fmt: skip
     assert_one_error_line(result, "training data", "outside the model's 10 classes", "999")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npz"]
+
+
+@pytest.mark.parametrize("output", ["/dev/null", "fifo"])
+def test_output_that_is_a_device_or_fifo(run_cli, tmp_path, output):
+    """``-o /dev/null`` (as root) used to replace the device node with a regular file."""
+    target = _fifo(tmp_path / "out.tflite") if output == "fifo" else Path(output)
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"PK\x03\x04")
+    result = run_cli("convert", model, "-o", target, "--quant", "none", expect=1)
+    assert_one_error_line(result, "not a regular file")
+    assert not target.is_file()

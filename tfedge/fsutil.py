@@ -230,6 +230,13 @@ def check_writable(path: str | os.PathLike) -> Path:
         )
     if path.is_dir():
         raise OutputError(f"output {path} is a directory", "give a file name, e.g. model.tflite")
+    with contextlib.suppress(OSError):  # e.g. -o /dev/null: never replace a device or a FIFO
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise OutputError(
+                f"output {path} is {file_kind(mode)}, not a regular file",
+                "give a file name, e.g. model.tflite",
+            )
     if not parent.is_dir():
         raise OutputError(
             f"output directory {parent} does not exist", f"create it first: mkdir -p {parent}"
