@@ -422,9 +422,11 @@ def _check_op(op: Op, where: str) -> None:
     for t in op.outputs:
         if t.is_constant:
             raise _Invalid(f"{op.name}{where} writes into constant tensor {t.index} ('{t.name}')")
-    if op.name == "RESHAPE" and len(op.inputs) > 1 and op.inputs[1].is_constant:
-        shape, source = op.inputs[1], op.inputs[0]
-        wanted = [int(v) for v in np.asarray(shape.data).reshape(-1)]
+    if op.name == "RESHAPE" and len(op.inputs) > 1 and op.inputs[1].data is not None:
+        shape, source, values = op.inputs[1], op.inputs[0], op.inputs[1].data
+        if values.size > LIMITS.rank:
+            raise _Invalid(f"RESHAPE{where} to a shape of {values.size:,} dimensions")
+        wanted = [int(v) for v in values.reshape(-1)]
         known = math.prod(v for v in wanted if v != -1)
         fits = (
             shape.dtype in ("int32", "int64")
@@ -473,8 +475,9 @@ class _Parser:
             self._count(sum(self.fb.table(p).vector_length(vec) for p in subgraphs), what)
         graphs = [self._subgraph(i, self.fb.table(pos)) for i, pos in enumerate(subgraphs)]
         tensors, inputs, outputs, _ = graphs[0]
+        output_ids = {id(o) for o in outputs}
         for t in inputs:
-            if any(t is o for o in outputs):
+            if id(t) in output_ids:
                 raise _Invalid(
                     f"tensor {t.index} ('{t.name}') is the model's input and its own output"
                 )
