@@ -16,9 +16,11 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -79,17 +81,53 @@ def _as_nobody():
     os.setuid(65534)
 
 
+@contextlib.contextmanager
+def _static_server_as_nobody(public: Path):
+    """``python -m http.server`` over ``public`` running as ``nobody`` (a plain static server
+    under another user, as in production); yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    python = shutil.which("python3", path="/usr/bin:/bin")  # the venv's may be root-only
+    if python is None:
+        pytest.skip("needs the system's python3 to serve as nobody")
+    argv = [python, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*argv, "--directory", str(public)],
+        preexec_fn=_as_nobody,
+        cwd="/",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_public_tree_and_agent_status_are_readable_by_another_user(ota_models):
     # tmp_path lives under a 0700 folder: nobody could not reach it whatever the modes
     base = Path(tempfile.mkdtemp(prefix="tfedge-modes-"))
     try:
         os.chmod(base, 0o755)
         repo, device = base / "repo", base / "device" / "kws"
+        as_root = os.geteuid() == 0
         with _umask(0o077):  # a strict umask must not leak into what is served
             repo_api.init_repository(repo)
             repo_api.publish(repo, ota_models["v1"], "kws", 1, group="canary")
             repo_api.promote(repo, "kws", "canary")
-            assert _poll(repo, device).state == "Success"
+            if as_root:  # the device pulls from a static server running as nobody
+                with _static_server_as_nobody(repo / "public") as url:
+                    assert oh.poll(url, device, repo).state == "Success"
+            else:
+                assert _poll(repo, device).state == "Success"
         public = [repo / "public", *(repo / "public").rglob("*")]
         assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in public if p.is_dir()} == {"0o755"}
         files = [p for p in public if p.is_file()]
@@ -100,7 +138,7 @@ def test_public_tree_and_agent_status_are_readable_by_another_user(ota_models):
         agent_files = [device / "status.json", device / "manifest.json"]
         assert {stat.S_IMODE(p.stat().st_mode) for p in agent_files} == {0o644}
         assert stat.S_IMODE(device.stat().st_mode) == 0o755
-        if os.geteuid() != 0:
+        if not as_root:
             return
         readable = subprocess.run(
             ["cat", *map(str, files + agent_files)],

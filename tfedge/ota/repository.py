@@ -145,11 +145,17 @@ def init_repository(
     root_files = [Path(p) for p in root_keys] or [layout.keys / "root.pem"]
     _check_root_key_files(root_files, root_threshold, bool(root_keys))
     secret = keystore.Passwords(password).new_password() if encrypt else None
-    _make_dirs(layout.root, PUBLIC_DIR_MODE)
-    layout.keys.mkdir(mode=0o700)
-    os.chmod(layout.keys, 0o700)
-    for folder in (layout.metadata, layout.targets):
-        _make_dirs(folder, PUBLIC_DIR_MODE)
+    try:
+        _make_dirs(layout.root, PUBLIC_DIR_MODE)
+        layout.keys.mkdir(mode=0o700)
+        os.chmod(layout.keys, 0o700)
+        for folder in (layout.metadata, layout.targets):
+            _make_dirs(folder, PUBLIC_DIR_MODE)
+    except OSError as exc:
+        raise OtaError(
+            f"cannot create the repository {repo}: {exc.strerror}",
+            "choose a directory you can write to",
+        ) from exc
     signers = {role: CryptoSigner.generate_ed25519() for role in ONLINE_ROLES}
     root_signers = [CryptoSigner.generate_ed25519() for _ in root_files]
     where: dict[str, list[dict]] = {}
