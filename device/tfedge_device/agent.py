@@ -331,6 +331,8 @@ class _Agent:
 
     # ---- installing
     def install(self, updater, target) -> PollResult:
+        from tuf.api import exceptions as tuf_errors
+
         sha, version = target.hashes["sha256"], int(target.custom.get("model_version", 0))
         if sha == self.dir.current_sha():
             return self._result("Success", f"up to date: version {version} ({sha[:12]})")
@@ -347,7 +349,7 @@ class _Agent:
         try:
             self._stage(updater, target)
             self._smoke_test(
-                self._staged(sha), self._staged_golden(sha), target.custom["signature"]
+                self._staged(sha), self._staged_golden(sha), target.custom.get("signature")
             )
             self._step("smoke_tested")
             self._install_files(sha)
@@ -360,7 +362,7 @@ class _Agent:
             raise InstallError(
                 reason, f"cannot stage version {version}: {exc.strerror or exc}"
             ) from exc
-        except Exception as exc:  # tuf's RepositoryError/DownloadError: a bad or unreachable target
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:  # a bad target
             self._abort_staging()
             raise InstallError(
                 type(exc).__name__,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tfedge_device.modeldir import now_iso, read_json, unlink, write_json_atomic
+from tfedge_device.modeldir import is_sha256, now_iso, read_json, unlink, write_json_atomic
 
 STEPS = (
     "download_start",
@@ -48,8 +48,15 @@ class Journal:
         self.path = Path(path)
 
     def read(self) -> dict | None:
+        """The journalled step, or None when there is none or it is not one this agent wrote:
+        the hashes it names (files it may delete or switch to) must be sha256 hex digests."""
         entry = read_json(self.path)
-        return entry if isinstance(entry, dict) and entry.get("step") else None
+        if not isinstance(entry, dict) or entry.get("step") not in (*STEPS, ROLLING_BACK):
+            return None
+        previous = entry.get("previous")
+        if not is_sha256(entry.get("sha256")) or not (previous is None or is_sha256(previous)):
+            return None
+        return entry
 
     def write(self, step: str, **data) -> dict:
         """Record ``step`` (keeping earlier fields of this install); durable when it returns."""

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import time
 import uuid
@@ -46,6 +47,13 @@ MANIFEST = "manifest.json"
 DEFAULT_KEEP = 3
 PARTIAL_SUFFIXES = (".part", ".tmp")
 PUBLIC_FILE_MODE, PUBLIC_DIR_MODE = 0o644, 0o755  # what the agent writes for other users
+_SHA = re.compile(r"[0-9a-f]{64}\Z")
+_VERSION_FILE = re.compile(r"([0-9a-f]{64})\.(tflite|golden\.npz)\Z")
+
+
+def is_sha256(value) -> bool:
+    """True for a lowercase hex sha256: the only thing a version file may be named after."""
+    return isinstance(value, str) and _SHA.match(value) is not None
 
 
 class ModelDirError(Exception):
@@ -192,7 +200,17 @@ class LocalFiles:
             return None
 
     def remove(self, rel: str) -> None:
-        unlink(self.path(rel))
+        """Delete ``rel``, only ever inside ``root``: its folder is resolved (``..`` and
+        symlinks) and must be ``root`` or below it; the last name itself is never followed."""
+        path = self.path(rel)
+        folder = os.path.realpath(path.parent)
+        root = os.path.realpath(self.root)
+        if folder != root and not folder.startswith(root.rstrip(os.sep) + os.sep):
+            raise ModelDirError(
+                f"refusing to delete {path}: it resolves to {folder}, outside {root}",
+                f"remove the symlink or '..' that leads out of {root}",
+            )
+        unlink(os.path.join(folder, path.name))
 
     def sha256(self, rel: str) -> str | None:
         try:
@@ -217,7 +235,7 @@ def write_durable(files: FileOps, rel: str, data: bytes, sync_dir: bool = True) 
         files.write_bytes(tmp, data)
         files.rename(tmp, rel)
     except BaseException:
-        with contextlib.suppress(Exception):  # best effort: a later clean_partials removes it
+        with contextlib.suppress(OSError):  # best effort: a later clean_partials removes it
             files.remove(tmp)
         raise
     if sync_dir:
@@ -316,23 +334,34 @@ class ModelDir:
 
     @staticmethod
     def model_file(sha: str) -> str:
-        return f"{VERSIONS}/{sha}.tflite"
+        return f"{VERSIONS}/{_checked_sha(sha)}.tflite"
 
     @staticmethod
     def golden_file(sha: str) -> str:
-        return f"{VERSIONS}/{sha}.golden.npz"
+        return f"{VERSIONS}/{_checked_sha(sha)}.golden.npz"
 
     # ---- reading
-    def current_sha(self) -> str | None:
-        """The hash the ``current`` symlink names, or None before the first install."""
-        name = posixpath.basename(self.files.readlink(CURRENT) or "")
-        return name[: -len(".tflite")] if name.endswith(".tflite") else None
+    def current_sha(self, strict: bool = False) -> str | None:
+        """The hash the ``current`` symlink names, or None before the first install.
+
+        ``strict``: a ``current`` that names anything but ``versions/<sha256>.tflite`` is a
+        ModelDirError (not "nothing installed")."""
+        link = self.files.readlink(CURRENT)
+        name = posixpath.basename(link or "")
+        sha = name[: -len(".tflite")] if name.endswith(".tflite") else None
+        sha = sha if is_sha256(sha) else None  # the agent installs over anything else
+        if strict and link is not None and (link != f"{VERSIONS}/{name}" or sha is None):
+            raise ModelDirError(
+                f"{self.where(CURRENT)} points to {link!r}, not to versions/<sha256>.tflite",
+                "the directory was changed by hand; fix or remove the link on the device",
+            )
+        return sha
 
     def manifest(self, name: str = "", strict: bool = False) -> dict:
         """The manifest; a new one when missing. A damaged one is replaced by a new one,
         or (``strict``) raises ModelDirError."""
         try:
-            return json.loads(self.files.read_bytes(MANIFEST))
+            manifest = json.loads(self.files.read_bytes(MANIFEST))
         except FileNotFoundError:
             return new_manifest(name)
         except ValueError as exc:
@@ -342,14 +371,18 @@ class ModelDir:
                     "fix or remove the damaged manifest on the device",
                 ) from exc
             return new_manifest(name)
+        if strict and not _manifest_ok(manifest):
+            raise ModelDirError(
+                f"{self.where(MANIFEST)} is not a tfedge manifest (a name and a history of "
+                "records with a sha256 are expected)",
+                "fix or remove the damaged manifest on the device",
+            )
+        return manifest
 
     def version_shas(self) -> list[str]:
         """The hashes of the model files in ``versions/``."""
-        return sorted(
-            n[: -len(".tflite")]
-            for n in self.files.listdir(VERSIONS)
-            if n.endswith(".tflite") and not n.startswith(".")
-        )
+        found = (_VERSION_FILE.match(n) for n in self.files.listdir(VERSIONS))
+        return sorted(m.group(1) for m in found if m and m.group(2) == "tflite")
 
     def has_version(self, sha: str) -> bool:
         return sha in self.version_shas()
@@ -420,7 +453,8 @@ class ModelDir:
         kept = set(shas_to_keep(manifest, self.current_sha(), keep))
         removed = []
         for name in sorted(self.files.listdir(VERSIONS)):
-            if not name.startswith(".") and name.split(".")[0] not in kept:
+            match = _VERSION_FILE.match(name)  # only ever version files: nothing else in there
+            if match and match.group(1) not in kept:
                 self.files.remove(f"{VERSIONS}/{name}")
                 removed.append(name)
         return removed
@@ -438,3 +472,21 @@ class ModelDir:
 
 def _is_partial(name: str) -> bool:
     return name.startswith(".") and name.endswith(PARTIAL_SUFFIXES)
+
+
+def _checked_sha(sha: str) -> str:
+    if not is_sha256(sha):
+        raise ModelDirError(
+            f"{sha!r} is not a sha256: version files are named by their hash",
+            "the journal or manifest was changed by hand; remove it",
+        )
+    return sha
+
+
+def _manifest_ok(manifest) -> bool:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("name", ""), str):
+        return False
+    history = manifest.get("history", [])
+    return isinstance(history, list) and all(
+        isinstance(r, dict) and isinstance(r.get("sha256"), str) for r in history
+    )

@@ -33,7 +33,11 @@ def _overrides(key, known_hosts, remote_python) -> dict:
 @click.command("push")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("target")
-@click.option("--name", help="Model name recorded on the device (default: the file name).")
+@click.option(
+    "--name",
+    help="Model name; asserts the one the device's directory holds (default: that one, or the "
+    "directory's name on a first push).",
+)
 @click.option("--no-smoke-test", is_flag=True, help="Skip running the golden input on the device.")
 @click.option(
     "--allow-signature-change", is_flag=True, help="Accept a different input/output shape or dtype."
@@ -69,7 +73,7 @@ def push_cmd(
 
     \b
     Example:
-        tfedge push kws_int8.tflite ssh://pi@raspberrypi.local/srv/models/kws --name kws
+        tfedge push kws_int8.tflite ssh://pi@raspberrypi.local/srv/models/kws
     """
     from tfedge.ota.push import push
 

@@ -7,15 +7,27 @@ The device gets the model directory of the device package (:mod:`tfedge_device.m
 on the device:
 
 1. the host key is checked against known_hosts (never accepted silently);
-2. the input/output signature is compared with the active model's (``--allow-signature-change``);
-3. leftovers of interrupted pushes are removed and free space is checked;
-4. the model goes to ``versions/.<sha>.<random>.part`` (same directory), is fsynced, hashed
+2. the directory is one nobody else can change under the push: the model directory, every
+   folder above it and ``versions/`` are real folders (not symlinks) owned by the pushing
+   account or root and writable by no other account; ``current`` is a symlink into
+   ``versions/`` and the manifest is well formed (else an error, never "nothing installed");
+3. the model name is the one the directory holds (``name`` only asserts it; on a first push
+   it defaults to the directory's name), and the input/output signature is compared with the
+   active model's (``--allow-signature-change``);
+4. leftovers of interrupted pushes are removed and free space is checked;
+5. the model goes to ``versions/.<sha>.<random>.part`` (same directory), is fsynced, hashed
    *on the device*, then renamed to ``versions/<sha>.tflite`` (``posix-rename``);
-5. the device script (``bench.py --smoke``, uploaded to ``.tools/`` with ``interpreter.py``)
-   loads it, allocates, runs a golden input made on the host and compares the outputs
-   within one quantization step;
-6. ``current`` is replaced by one rename of a new symlink, and the directory is fsynced;
-7. only the last ``keep`` versions stay.
+6. the device script (``bench.py --smoke`` with ``interpreter.py``) is uploaded to a new
+   private folder (``mktemp -d``, mode 0700), its sha256 is checked by the same command that
+   runs it; it loads the model, allocates, runs a golden input made on the host and compares
+   the outputs within one quantization step; a malformed verdict is a failure;
+7. ``current`` is replaced by one rename of a new symlink, and the directory is fsynced;
+8. only the last ``keep`` versions stay (``versions/`` is checked again first, and only
+   files named ``<sha256>.tflite`` / ``<sha256>.golden.npz`` are ever deleted).
+
+``on_step(step, info)``, when given, is called between steps (``checked``, ``uploaded``,
+``tools_uploaded``, ``smoke_tested``, ``switched``): tests use it to change the device at
+exactly that point.
 
 Connection, URL and host-key handling are the benchmark harness's (:mod:`tfedge.targets.ssh`).
 
@@ -30,9 +42,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import numbers
+import posixpath
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +58,7 @@ from tfedge.targets import ssh
 from tfedge.targets.job import DEVICE_FILES, DEVICE_SCRIPT, last_json
 from tfedge_device.modeldir import (
     DEFAULT_KEEP,
+    VERSIONS,
     ModelDir,
     ModelDirError,
     add_record,
@@ -52,8 +67,9 @@ from tfedge_device.modeldir import (
     record_for,
 )
 
-TOOLS = ".tools"  # the device script lives here, inside the model directory
 SPACE_MARGIN = 64 * 1024
+TOOLS_CHANGED = 86  # exit status of the smoke-test command when the script's sha256 differs
+Step = Callable[[str, dict], None]
 
 
 @dataclass
@@ -103,28 +119,33 @@ def push(
     allow_signature_change: bool = False,
     keep: int = DEFAULT_KEEP,
     golden: str | Path | None = None,
+    on_step: Step | None = None,
     **ssh_overrides,
 ) -> PushResult:
     """Install ``model`` as the active model of the directory at ``url`` (ssh://user@host/dir).
 
+    ``name`` asserts which model the directory holds; by default it is the one it holds
+    (the directory's name on a first push).
+
     Raises:
         UsageError: bad URL, name or keep.  ModelLoadError: not a TFLite model.
         TargetError: host key, login, connection or device runtime problems.
-        OtaError: signature changed, not enough space, hash mismatch, smoke test failed.
+        OtaError: a directory another account can change, another model's directory,
+            signature changed, not enough space, hash mismatch, smoke test failed.
     """
     from tfedge.ota.golden import golden_npz
     from tfedge.ota.signature import signature_from_tflite
 
     model = Path(model)
     target = _target(url, ssh_overrides)
-    name = _check_name(name or model.stem)
+    name = _check_name(name) if name else None
     if keep < 2:
         raise UsageError(
             f"--keep {keep} would leave nothing to roll back to", "keep at least 2 versions"
         )
     signature = signature_from_tflite(model)  # also proves it is a readable TFLite file
     blob = golden_npz(model, golden) if smoke_test else None
-    job = _PushJob(model, name, signature, blob, allow_signature_change, keep)
+    job = _PushJob(model, name, signature, blob, allow_signature_change, keep, on_step)
     clock = _Clock()
     with _model_dir(target) as device:
         clock.lap("connect")
@@ -178,7 +199,10 @@ def _model_dir(target: ssh.SshTarget) -> Iterator[_Device]:
     """One SSH session on the model directory; its protocol errors become OtaErrors."""
     with open_model_dir(target) as files:
         try:
-            yield _Device(ModelDir(files).ensure(), files)
+            files.check_trusted()  # before anything is created in it
+            device = _Device(ModelDir(files).ensure(), files)
+            files.check_trusted(VERSIONS)
+            yield device
         except ModelDirError as err:
             raise OtaError(err.message, err.hint) from err
 
@@ -186,20 +210,25 @@ def _model_dir(target: ssh.SshTarget) -> Iterator[_Device]:
 @dataclass
 class _PushJob:
     model: Path
-    name: str
+    name: str | None  # None: the directory's
     signature: dict
     golden: bytes | None
     allow_signature_change: bool
     keep: int
+    on_step: Step | None = None
+
+    def step(self, name: str, **info) -> None:
+        if self.on_step is not None:
+            self.on_step(name, info)
 
 
 # ---------------------------------------------------------------- push
 def _push(device: _Device, job: _PushJob, clock: _Clock) -> PushResult:
-    manifest = device.dir.manifest(job.name, strict=True)
-    current = device.dir.current_sha()
+    manifest = device.dir.manifest(strict=True)
+    name = _model_name(manifest, job.name, device)
+    current = device.dir.current_sha(strict=True)
     sha = sha256_file(job.model)
     result = PushResult(device.label, device.files.root, sha, current, switched=False)
-    _check_same_model(manifest, job.name, device.label)
     if sha == current:
         result.already_current = True
         return result
@@ -207,32 +236,60 @@ def _push(device: _Device, job: _PushJob, clock: _Clock) -> PushResult:
     result.cleaned = device.dir.clean_partials()
     _check_space(device, job)
     clock.lap("checks")
+    job.step("checked", sha256=sha)
     golden = job.golden
     result.uploaded = device.dir.add_version(job.model, sha, sync_dir=golden is None)
     if golden is not None:  # versions/ is fsynced once, after both renames
         device.dir.write_durable(ModelDir.golden_file(sha), golden)
     clock.lap("upload")
+    job.step("uploaded", sha256=sha)
     if job.golden is not None:
-        result.smoke = _smoke_test(device, sha)
+        result.smoke = _smoke_test(device, sha, job)
         clock.lap("smoke_test")
+        job.step("smoke_tested", sha256=sha)
     record = make_record(
         sha, f"push {job.model.name}", bytes=job.model.stat().st_size, signature=job.signature
     )
-    manifest = add_record(dict(manifest, name=job.name), record)
+    manifest = add_record(dict(manifest, name=name), record)
     device.dir.save_manifest(manifest, sync_dir=False)  # switch_to fsyncs the same folder
     device.dir.switch_to(sha)
     result.switched = True
     clock.lap("switch")
-    result.removed = device.dir.prune(manifest, job.keep)
+    job.step("switched", sha256=sha)
+    result.removed = _prune(device, manifest, job.keep, sha)
     result.seconds = clock.laps
     return result
+
+
+def _model_name(manifest: dict, asked: str | None, device: _Device) -> str:
+    """The model the directory holds (``asked`` must match it), else ``asked``, else the
+    directory's name."""
+    held = manifest.get("name") or None
+    if held and asked and held != asked:
+        _check_same_model(manifest, asked, device.label)
+    if held:
+        if not valid_name(held):
+            raise OtaError(
+                f"the manifest on {device.label} names the model {held!r}, not a valid name",
+                "fix or remove the damaged manifest on the device",
+            )
+        return held
+    if asked:
+        return asked
+    folder = posixpath.basename(device.files.root.rstrip("/"))
+    if not valid_name(folder):
+        raise UsageError(
+            f"cannot name the model after its directory {folder!r}",
+            "pass --name NAME (letters, digits, '.', '_' or '-')",
+        )
+    return folder
 
 
 def _check_same_model(manifest: dict, name: str, label: str) -> None:
     if manifest.get("name") and manifest["name"] != name:
         raise OtaError(
             f"the directory on {label} holds model {manifest['name']!r}, not {name!r}",
-            f"pass --name {manifest['name']}, or push to another directory",
+            f"leave out --name (or pass --name {manifest['name']}), or push to another directory",
         )
 
 
@@ -240,6 +297,14 @@ def _check_signature(manifest: dict, current: str | None, job: _PushJob) -> list
     from tfedge.ota.signature import quantization_notes, signature_diff
 
     active = (record_for(manifest, current) or {}).get("signature")
+    if current is not None and not isinstance(active, dict):
+        if not job.allow_signature_change:
+            raise OtaError(
+                f"the active model {current[:12]} has no recorded input/output signature, "
+                "so the new model's cannot be compared with it",
+                "pass --allow-signature-change if the application handles the new model",
+            )
+        return []
     changes = signature_diff(active, job.signature)
     if changes and not job.allow_signature_change:
         raise OtaError(
@@ -260,22 +325,62 @@ def _check_space(device: _Device, job: _PushJob) -> None:
         )
 
 
-def _smoke_test(device: _Device, sha: str) -> dict:
-    """Run the device script in ``--smoke`` mode on the device; OtaError if it fails."""
+def _smoke_test(device: _Device, sha: str, job: _PushJob) -> dict:
+    """Run the device script in ``--smoke`` mode on the device; OtaError if it fails.
+
+    The script runs from a private folder made for this push; the command that runs it first
+    checks the sha256 of both files, so what runs is what was uploaded."""
+    files = device.files
+    tools = files.private_tempdir()
+    try:
+        job.step("tools_uploaded", tools=_upload_tools(device, tools), sha256=sha)
+        result = files.run(_smoke_command(device, tools, sha))
+    finally:
+        files.remove_tree(tools)
+    return _smoke_verdict(device, sha, result)
+
+
+def _upload_tools(device: _Device, tools: str) -> dict[str, str]:
+    """Copy the device script's files into ``tools``; ``{remote path: sha256}``."""
+    wanted = {}
+    for name, local in DEVICE_FILES.items():
+        remote = posixpath.join(tools, name)
+        device.files.put(local, remote)  # an absolute path: SftpFiles.abs keeps it
+        wanted[remote] = sha256_file(local)
+    return wanted
+
+
+def _smoke_command(device: _Device, tools: str, sha: str) -> str:
     files, target = device.files, device.files.target
-    model, golden = ModelDir.model_file(sha), ModelDir.golden_file(sha)
-    command = " ".join(
+    check = " ".join(
+        shlex.quote(f"{sha256_file(local)}  {posixpath.join(tools, name)}")
+        for name, local in DEVICE_FILES.items()
+    )
+    run = " ".join(
         [
+            "PYTHONDONTWRITEBYTECODE=1",
+            "exec",
             ssh.quote_python(target.python),
-            shlex.quote(_device_script(device)),
-            shlex.quote(files.abs(model)),
+            shlex.quote(posixpath.join(tools, DEVICE_SCRIPT.name)),
+            shlex.quote(files.abs(ModelDir.model_file(sha))),
             "--smoke",
-            shlex.quote(files.abs(golden)),
+            shlex.quote(files.abs(ModelDir.golden_file(sha))),
             "--threads",
             "1",
         ]
     )
-    result = files.run(command)
+    return f"printf '%s\\n' {check} | sha256sum --check --status - || exit {TOOLS_CHANGED}; {run}"
+
+
+def _smoke_verdict(device: _Device, sha: str, result) -> dict:
+    target = device.files.target
+    if result.exit_status == TOOLS_CHANGED and not (result.stdout or "").strip():
+        device.dir.remove_version(sha)
+        raise OtaError(
+            f"the device script on {device.label} changed between its upload and its run; "
+            "nothing was run and nothing was switched",
+            "someone on the device can write to its temporary folder: check $TMPDIR there",
+        )
     report = last_json(result.stdout or "") or {}
     if result.exit_status == 127 or report.get("kind") == "runtime_missing":
         from tfedge_device.interpreter import INSTALL_HINT
@@ -285,37 +390,54 @@ def _smoke_test(device: _Device, sha: str) -> dict:
             f"{report.get('error', (result.stderr or '').strip()[-200:])}",
             INSTALL_HINT + "; or push with --no-smoke-test",
         )
-    if result.exit_status != 0 or not report.get("ok"):
+    problem = _smoke_problem(report, result)
+    if problem:
         device.dir.remove_version(sha)
-        reason = report.get("error") or (
-            f"max difference {report.get('max_abs_diff')} > tolerance {report.get('tolerance')}"
-            if report
-            else (result.stderr or "")[-300:]
-        )
         raise OtaError(
-            f"the smoke test failed on {device.label}: {reason}; nothing was switched",
+            f"the smoke test failed on {device.label}: {problem}; nothing was switched",
             "run the model locally (tfedge bench MODEL), re-convert it, "
             "or check the device's runtime",
         )
     return report
 
 
-def _device_script(device: _Device) -> str:
-    """Put the device script's files in ``.tools/`` (unless there already); its remote path."""
-    wanted = {f"{TOOLS}/{name}": local for name, local in DEVICE_FILES.items()}
-    present = device.files.sha256_many(list(wanted))  # one command for all of them
-    for rel, local in wanted.items():
-        sha = sha256_file(local)
-        if present.get(rel) != sha:
-            device.files.makedirs(TOOLS)
-            device.dir.put_verified(local, rel, sha)
-    return device.files.abs(f"{TOOLS}/{DEVICE_SCRIPT.name}")
+def _smoke_problem(report: dict, result) -> str | None:
+    """Why the verdict is not a pass (a malformed one is not), or None."""
+    if report.get("error"):
+        return str(report["error"])[:300]
+    if not report:
+        return (result.stderr or "").strip()[-300:] or f"no report (exit {result.exit_status})"
+    number = (numbers.Real,)
+    diff, tolerance = report.get("max_abs_diff"), report.get("tolerance")
+    if (
+        not isinstance(report.get("ok"), bool)
+        or not isinstance(diff, number)
+        or isinstance(diff, bool)
+        or not (tolerance is None or isinstance(tolerance, number))
+    ):
+        keys = ", ".join(sorted(map(str, report))[:8])
+        return f"the device gave a malformed verdict (keys: {keys})"
+    if result.exit_status != 0 or not report["ok"]:
+        return f"max difference {diff} > tolerance {tolerance}"
+    return None
+
+
+def _prune(device: _Device, manifest: dict, keep: int, sha: str) -> list[str]:
+    """Delete old versions, after checking again that ``versions/`` is the folder it was."""
+    try:
+        device.files.check_trusted(VERSIONS)
+    except OtaError as err:
+        raise OtaError(
+            f"{sha[:12]} is active, but old versions were not removed: {err.message}",
+            err.hint,
+        ) from err
+    return device.dir.prune(manifest, keep)
 
 
 # ---------------------------------------------------------------- rollback and status
 def _rollback(device: _Device, name: str | None) -> PushResult:
     manifest = device.dir.manifest(name or "", strict=True)
-    current = device.dir.current_sha()
+    current = device.dir.current_sha(strict=True)
     if name:
         _check_same_model(manifest, name, device.label)
     present = set(device.dir.version_shas())
@@ -337,7 +459,7 @@ def _rollback(device: _Device, name: str | None) -> PushResult:
 
 def _status(device: _Device) -> DeviceStatus:
     manifest = device.dir.manifest(strict=True)
-    current = device.dir.current_sha()
+    current = device.dir.current_sha(strict=True)
     present = device.dir.version_shas()
     previous = previous_sha(manifest, current, exists=lambda s: s in present)
     return DeviceStatus(

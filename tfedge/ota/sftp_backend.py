@@ -19,17 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import posixpath
 import shlex
+import stat
 from collections.abc import Iterator
 
 from tfedge.errors import OtaError, TargetError
 from tfedge.targets import ssh
 
+DIR_MODE = 0o755  # folders this backend creates, whatever the session's umask
+OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+FIX_HINT = (
+    "on the device, make it a plain folder owned by the account you push as, writable by "
+    "nobody else (chown USER DIR; chmod go-w DIR), or push to another directory"
+)
+
 
 class SftpFiles:
-    """File operations in the directory ``root`` of a device, through SSH and SFTP."""
+    """File operations in the directory ``root`` of a device, through SSH and SFTP.
+
+    ``root`` is resolved (no symlinks in it); :meth:`check_trusted` refuses a directory
+    another account could change under the push."""
 
     def __init__(self, loop, conn, sftp, target: ssh.SshTarget, root: str) -> None:
         self.loop, self.conn, self.sftp = loop, conn, sftp
@@ -46,8 +58,111 @@ class SftpFiles:
         return f"{self.target.label}{self.abs(rel)}"
 
     def makedirs(self, rel: str) -> None:
-        if not self._call(self.sftp.isdir(self.abs(rel))):  # one round trip when it exists
-            self._call(self.sftp.makedirs(self.abs(rel), exist_ok=True))
+        import asyncssh
+
+        if self.lstat(rel) is None:  # one round trip when it exists (checked by check_trusted)
+            attrs = asyncssh.SFTPAttrs(permissions=DIR_MODE)
+            self._call(self.sftp.makedirs(self.abs(rel), attrs=attrs, exist_ok=True))
+
+    def lstat(self, rel: str):
+        """The attributes of ``rel`` itself (a symlink is not followed); None when missing."""
+        return self.lstat_many([self.abs(rel)])[0]
+
+    def lstat_many(self, paths: list[str]) -> list:
+        """The attributes of several absolute paths, in one round trip; None when missing."""
+        import asyncssh
+
+        async def one(path: str):
+            try:
+                return await self.sftp.lstat(path)
+            except asyncssh.SFTPNoSuchFile:
+                return None
+
+        async def all_of() -> list:
+            return list(await asyncio.gather(*(one(p) for p in paths)))
+
+        return self._call(all_of())
+
+    @functools.cached_property
+    def uid(self) -> int:
+        """The user id this session runs as on the device."""
+        result = self.run("id -u")
+        text = (result.stdout or "").strip()
+        if result.exit_status != 0 or not text.isdigit():
+            raise TargetError(
+                f"cannot read the login's user id on {self.target.label} (`id -u`: "
+                f"{(result.stderr or text).strip()[-200:]})",
+                "the device needs a POSIX shell with coreutils",
+            )
+        return int(text)
+
+    def check_trusted(self, *rels: str) -> None:
+        """Refuse unless ``root``, every folder above it and ``rels`` are safe from other
+        accounts: real folders (not symlinks), owned by this account or root, writable by
+        nobody else (a folder above ``root`` may be world-writable with the sticky bit, /tmp).
+
+        Raises:
+            OtaError: naming the first folder that fails, and why.
+        """
+        above, path = [], self.root
+        while path != "/":
+            path = posixpath.dirname(path)
+            above.append(path)
+        mine = [self.abs(r) for r in ("", *rels)]
+        found = self.lstat_many(mine + above)
+        for path, attrs in zip(mine + above, found):
+            self._check_folder(path, attrs, sticky_ok=path in above)
+
+    def _check_folder(self, path: str, attrs, sticky_ok: bool = False, private: bool = False):
+        where = f"{self.target.label}{path}"
+        if attrs is None:
+            raise OtaError(f"{where} is missing", "check the path; nothing was changed")
+        mode = attrs.permissions or 0
+        if stat.S_ISLNK(mode):
+            raise OtaError(
+                f"{where} is a symlink; refusing to write or delete through it", FIX_HINT
+            )
+        if not stat.S_ISDIR(mode):
+            raise OtaError(f"{where} is not a directory", FIX_HINT)
+        owners = (self.uid,) if private else (self.uid, 0)
+        if attrs.uid not in owners:
+            raise OtaError(
+                f"{where} belongs to user id {attrs.uid}, not to the account pushing "
+                f"(uid {self.uid}) or root; refusing to use it",
+                FIX_HINT,
+            )
+        open_to = (stat.S_IRWXG | stat.S_IRWXO) if private else OTHERS_WRITE
+        if mode & open_to and not (sticky_ok and mode & stat.S_ISVTX):
+            raise OtaError(
+                f"{where} is {'open' if private else 'writable'} to other users "
+                f"(mode {stat.S_IMODE(mode):o}); refusing to use it",
+                FIX_HINT,
+            )
+
+    def private_tempdir(self) -> str:
+        """A new folder on the device only this account can use (``mktemp -d``: mode 0700),
+        checked; its absolute path. The caller removes it (:meth:`remove_tree`)."""
+        result = self.run('mktemp -d "${TMPDIR:-/tmp}/tfedge-push.XXXXXXXX"')
+        path = (result.stdout or "").strip()
+        if result.exit_status != 0 or not path.startswith("/") or "\n" in path:
+            raise TargetError(
+                f"cannot make a private temporary folder on {self.target.label} "
+                f"(`mktemp -d`: {(result.stderr or path).strip()[-200:]})",
+                "check that /tmp (or $TMPDIR) on the device is writable and not full",
+            )
+        parent = posixpath.dirname(path)
+        attrs, parent_attrs = self.lstat_many([path, parent])
+        try:
+            self._check_folder(path, attrs, private=True)
+            self._check_folder(parent, parent_attrs, sticky_ok=True)
+        except OtaError:
+            self.remove_tree(path)
+            raise
+        return path
+
+    def remove_tree(self, path: str) -> None:
+        """``rm -rf`` an absolute path on the device (a private folder this session made)."""
+        self.run(f"rm -rf -- {shlex.quote(path)}")
 
     def listdir(self, rel: str) -> list[str]:
         import asyncssh
@@ -93,12 +208,18 @@ class SftpFiles:
         self._call(self.sftp.symlink(target, self.abs(rel)))
 
     def readlink(self, rel: str) -> str | None:
-        import asyncssh
-
-        try:
-            return self._call(self.sftp.readlink(self.abs(rel)))
-        except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPFailure):  # missing, or not a link
+        """The link's target; None when ``rel`` is missing. Anything else there (a file, a
+        folder) or an error reading it is an error, never "nothing installed"."""
+        attrs = self.lstat(rel)
+        if attrs is None:
             return None
+        if not stat.S_ISLNK(attrs.permissions or 0):
+            raise OtaError(
+                f"{self.where(rel)} is not a symlink",
+                "it was changed by hand: the model directory's `current` must be a symlink "
+                "into versions/; fix or remove it on the device",
+            )
+        return self._call(self.sftp.readlink(self.abs(rel)))
 
     def remove(self, rel: str) -> None:
         import asyncssh
@@ -157,7 +278,7 @@ def open_model_dir(target: ssh.SshTarget) -> Iterator[SftpFiles]:
         ) from exc
     finally:
         if session is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(asyncssh.Error, OSError):  # the connection is gone already
                 loop.run_until_complete(_close(*session[:2]))
         _close_loop(loop)
 
@@ -167,7 +288,7 @@ async def _open(loop, target: ssh.SshTarget):
     conn = await connection.__aenter__()
     try:
         sftp = await conn.start_sftp_client()
-        root = await ssh.resolve_workdir(conn, sftp, target)
+        root = await sftp.realpath(await ssh.resolve_workdir(conn, sftp, target))
     except BaseException:
         await connection.__aexit__(None, None, None)
         raise

@@ -209,13 +209,15 @@ def _files(job: Job) -> dict[str, Path]:
 async def resolve_workdir(conn, sftp, target: SshTarget) -> str:
     """The absolute path of the target's workdir (``~/`` and relative paths are under the
     login's home), created if missing."""
+    import asyncssh
+
     workdir = target.workdir
     if workdir.startswith("/~/") or not workdir.startswith("/"):  # relative to the login's home
         home = (await sftp.realpath(".")).rstrip("/")
         workdir = f"{home}/{workdir.removeprefix('/').removeprefix('~/')}"
     try:
         await sftp.makedirs(workdir, exist_ok=True)
-    except Exception as exc:
+    except asyncssh.SFTPError as exc:  # no permission, a file in the way, a full disk
         raise TargetError(
             f"cannot create {workdir} on {target.label}: {exc}",
             "pick a writable workdir: ssh://user@host/home/user/tfedge-bench",
