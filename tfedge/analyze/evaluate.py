@@ -30,7 +30,7 @@ from tfedge.io.data import (
     load_data,
     num_samples,
 )
-from tfedge.io.models import detect_format, load_keras_model
+from tfedge.io.models import detect_format, load_keras_model, trusting
 from tfedge.progress import progress_iter
 
 
@@ -67,26 +67,38 @@ class CompareResult:
 
 
 def evaluate(
-    model: str | Path, data, *, progress: bool = False, isolate: bool = True
+    model: str | Path,
+    data,
+    *,
+    progress: bool = False,
+    isolate: bool = True,
+    trust_model: bool = False,
 ) -> EvalResult:
     """Run ``model`` on ``data`` (path or Dataset) and score it against the labels.
 
     A ``.tflite`` runs in a fresh child with a timeout (``tfedge.analyze.isolated``), so a
     model that crashes or hangs the runtime is one error; ``isolate=False`` runs it here
-    (only for models tfedge has just written itself, e.g. in the optimize worker).
+    (only for models tfedge has just written itself, e.g. in the optimize worker). A Keras
+    model whose layers carry Python code (Lambda) is refused unless ``trust_model``.
     """
     ds = data if isinstance(data, Dataset) else load_data(data)
-    outputs = predict(model, ds.x, progress=progress, isolate=isolate)
+    with trusting(trust_model):
+        outputs = predict(model, ds.x, progress=progress, isolate=isolate)
     return _score(str(model), ds, outputs)
 
 
 def compare(
-    model_a: str | Path, model_b: str | Path, data, *, progress: bool = False
+    model_a: str | Path,
+    model_b: str | Path,
+    data,
+    *,
+    progress: bool = False,
+    trust_model: bool = False,
 ) -> CompareResult:
     """Evaluate two models on the same data and measure how far apart their outputs are."""
     ds = data if isinstance(data, Dataset) else load_data(data)
-    a = evaluate(model_a, ds, progress=progress)
-    b = evaluate(model_b, ds, progress=progress)
+    a = evaluate(model_a, ds, progress=progress, trust_model=trust_model)
+    b = evaluate(model_b, ds, progress=progress, trust_model=trust_model)
     out_a, out_b = a.outputs, b.outputs
     assert out_a is not None and out_b is not None  # evaluate() keeps the outputs
     if out_a.shape != out_b.shape:

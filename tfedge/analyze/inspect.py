@@ -18,7 +18,7 @@ import numpy as np
 from tfedge.convert.tflite_model import Op, Tensor, TfliteModel, read_tflite
 from tfedge.convert.verify import FloatOp, find_float_ops
 from tfedge.errors import TfedgeError
-from tfedge.io.models import detect_format, load_keras_model
+from tfedge.io.models import detect_format, load_keras_model, trusting
 from tfedge.passes.compat import compat_rows
 
 
@@ -87,12 +87,17 @@ class KerasReport:
         return asdict(self)
 
 
-def inspect(path: str | Path) -> TfliteReport | KerasReport:
-    """Report on a ``.tflite`` file or a Keras model file."""
+def inspect(path: str | Path, *, trust_model: bool = False) -> TfliteReport | KerasReport:
+    """Report on a ``.tflite`` file or a Keras model file.
+
+    A Keras model whose layers carry Python code (Lambda) is refused unless ``trust_model``:
+    building it would run that code.
+    """
     fmt = detect_format(path)
     if fmt.kind == "tflite":
         return inspect_tflite(path)
-    return inspect_keras(fmt)
+    with trusting(trust_model):
+        return inspect_keras(fmt)
 
 
 def inspect_tflite(path: str | Path) -> TfliteReport:

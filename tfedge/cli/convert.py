@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tfedge.cli.options import echo_json, json_option, profile_option
+from tfedge.cli.options import echo_json, json_option, profile_option, trust_model_option
 
 
 @click.command("convert")
@@ -39,10 +39,21 @@ from tfedge.cli.options import echo_json, json_option, profile_option
 @click.option(
     "--allow-float-ops", is_flag=True, help="Keep a model that still computes some ops in float."
 )
+@trust_model_option
 @profile_option
 @json_option
 def convert_cmd(
-    model, output, calib, quant, io, calib_samples, seed, allow_float_ops, profile, as_json
+    model,
+    output,
+    calib,
+    quant,
+    io,
+    calib_samples,
+    seed,
+    allow_float_ops,
+    trust_model,
+    profile,
+    as_json,
 ):
     """Convert a Keras model (.keras, .h5, SavedModel) to a verified TFLite model.
 
@@ -64,6 +75,7 @@ def convert_cmd(
         allow_float_ops=allow_float_ops,
         profile=profile,
         progress=progress_wanted(as_json),
+        trust_model=trust_model,
     )
     if as_json:
         echo_json(result.to_dict())

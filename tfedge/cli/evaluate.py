@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tfedge.cli.options import echo_json, echo_table, json_option
+from tfedge.cli.options import echo_json, echo_table, json_option, trust_model_option
 
 
 @click.command("evaluate")
@@ -18,8 +18,9 @@ from tfedge.cli.options import echo_json, echo_table, json_option
 @click.option(
     "--compare", "other", type=click.Path(exists=True), help="A second model to compare against."
 )
+@trust_model_option
 @json_option
-def evaluate_cmd(model, data, other, as_json):
+def evaluate_cmd(model, data, other, trust_model, as_json):
     """Accuracy (classifiers) or MSE of a Keras or .tflite model.
 
     \b
@@ -32,10 +33,10 @@ def evaluate_cmd(model, data, other, as_json):
 
     progress = progress_wanted(as_json)
     if other:
-        result = compare(model, other, data, progress=progress)
+        result = compare(model, other, data, progress=progress, trust_model=trust_model)
         echo_json(result.to_dict()) if as_json else _print_compare(result)
         return
-    result = evaluate(model, data, progress=progress)
+    result = evaluate(model, data, progress=progress, trust_model=trust_model)
     echo_json(result.to_dict()) if as_json else _print_one(result)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
-from tfedge.cli.options import echo_json, echo_table, json_option
+from tfedge.cli.options import echo_json, echo_table, json_option, trust_model_option
 
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(exists=True), metavar="MODEL")
+@trust_model_option
 @json_option
-def inspect_cmd(model, as_json):
+def inspect_cmd(model, trust_model, as_json):
     """Show what a .tflite or Keras model holds: ops, dtypes, sizes, full-integer verdict.
 
     \b
@@ -19,7 +20,7 @@ def inspect_cmd(model, as_json):
     """
     from tfedge.analyze.inspect import inspect
 
-    report = inspect(model)
+    report = inspect(model, trust_model=trust_model)
     if as_json:
         echo_json(report.to_dict())
     elif report.format == "tflite":

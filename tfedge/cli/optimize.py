@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from tfedge.cli.options import echo_json, echo_table, json_option, profile_option
+from tfedge.cli.options import (
+    echo_json,
+    echo_table,
+    json_option,
+    profile_option,
+    trust_model_option,
+)
 
 
 @click.command("optimize")
@@ -41,9 +47,10 @@ from tfedge.cli.options import echo_json, echo_table, json_option, profile_optio
     metavar="OUTDIR",
     help="Continue the run that failed in OUTDIR from its failed stage, with the edited recipe.",
 )
+@trust_model_option
 @profile_option
 @json_option
-def optimize_cmd(model, recipe, data, eval_data, output, resume, profile, as_json):
+def optimize_cmd(model, recipe, data, eval_data, output, resume, trust_model, profile, as_json):
     """Compress a Keras model with a recipe, convert it to int8 TFLite and measure every stage.
 
     Writes OUTDIR/model.tflite, model.keras, report.json, report.md and recipe.yaml. When a
@@ -73,6 +80,7 @@ def optimize_cmd(model, recipe, data, eval_data, output, resume, profile, as_jso
         profile=profile,
         progress=progress_wanted(as_json),
         resume=resume,
+        trust_model=trust_model,
     )
     if as_json:
         echo_json(result.to_dict())

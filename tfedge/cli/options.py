@@ -15,6 +15,15 @@ profile_option = click.option(
     help="Device profile (see `tfedge profiles list`) to check the model against.",
 )
 
+trust_model_option = click.option(
+    "--trust-model",
+    is_flag=True,
+    help=(
+        "Load Keras layers that carry Python code (Lambda). Without it such a model is "
+        "refused: loading it would run its code."
+    ),
+)
+
 
 def echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=_default))

@@ -31,7 +31,7 @@ from tfedge.convert.verify import FloatOp, find_float_ops, float_io
 from tfedge.errors import ConversionError, UsageError, VerificationError
 from tfedge.fsutil import atomic_path, check_not_input, check_writable
 from tfedge.io.data import Dataset, Inputs, draw_samples, load_data, num_samples
-from tfedge.io.models import detect_format
+from tfedge.io.models import check_model_safe, detect_format, trusting
 
 QUANT_MODES = ("int8", "int16x8", "float16", "dynamic", "none")
 IO_TYPES = ("int8", "uint8", "int16", "float32")
@@ -77,6 +77,7 @@ def convert(
     profile=None,
     progress: bool = False,
     in_process: bool = False,
+    trust_model: bool = False,
 ) -> ConvertResult:
     """Convert ``model`` to TFLite at ``output`` and verify it.
 
@@ -96,6 +97,8 @@ def convert(
         in_process: run the converter in this process instead of a child. Only for a process
             that is itself a disposable child (the optimize worker): in-memory models then
             convert directly, without a SavedModel export.
+        trust_model: load Keras layers that carry Python code (Lambda); without it such a
+            model is refused before anything runs it.
 
     Returns:
         ConvertResult.
@@ -103,6 +106,35 @@ def convert(
     Raises:
         UsageError, ModelLoadError, DataError, ConversionError, VerificationError, ProfileError.
     """
+    with trusting(trust_model):
+        return _convert(
+            model,
+            output,
+            calib,
+            quant,
+            io,
+            calib_samples,
+            seed,
+            allow_float_ops,
+            profile,
+            progress,
+            in_process,
+        )
+
+
+def _convert(
+    model,
+    output,
+    calib,
+    quant: str,
+    io: str | None,
+    calib_samples: int,
+    seed: int,
+    allow_float_ops: bool,
+    profile,
+    progress: bool,
+    in_process: bool,
+) -> ConvertResult:
     started = time.perf_counter()
     io = _check_options(quant, io, calib, calib_samples)
     check_not_input(output, [model, calib if quant in FULL_INTEGER_MODES else None])
@@ -187,6 +219,7 @@ def _model_source(model, work: Path) -> tuple[str, str]:
                 f"{model} is already a TFLite model",
                 "pass the Keras model (.keras, .h5 or SavedModel)",
             )
+        check_model_safe(fmt)  # here too, so the refusal costs no worker start
         return str(model), fmt.keras
     path = work / "savedmodel"
     if type(model).__module__.split(".")[0] == "keras":

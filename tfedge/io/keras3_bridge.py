@@ -107,10 +107,13 @@ def bridge_keras3_file(path: str):
     """Load a Keras 3 ``.keras``/``.h5`` file and return the verified tf_keras model."""
     from tfedge._tf import import_keras, import_keras3
 
+    from tfedge.io.models import check_model_safe, detect_format, model_trusted
+
+    check_model_safe(detect_format(path))  # before Keras 3 reads it (and maybe runs its code)
     keras = import_keras3()
     import_keras()
     try:
-        model3 = keras.models.load_model(path, compile=False)
+        model3 = keras.models.load_model(path, compile=False, safe_mode=not model_trusted())
     except Exception as exc:
         raise ModelLoadError(
             f"Keras 3 cannot load {path}: {_first_line(exc)}",

@@ -120,6 +120,7 @@ def optimize(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     resume=None,
+    trust_model: bool = False,
 ) -> OptimizeResult:
     """Compress ``model`` with ``recipe`` and write ``output``/model.tflite with its report.
 
@@ -137,6 +138,8 @@ def optimize(
         log: where stage lines go (default: stderr when ``progress``).
         resume: the OUTDIR of a run that failed at a stage: continue it from that stage with
             the (edited) recipe; ``output`` may be left out (it is this folder).
+        trust_model: load Keras layers that carry Python code (Lambda); without it such a
+            model is refused before anything runs it.
 
     Returns:
         OptimizeResult.
@@ -144,6 +147,15 @@ def optimize(
     Raises:
         RecipeError, DataError, ModelLoadError, TrainingError, ConversionError, OutputError.
     """
+    from tfedge.io.models import trusting
+
+    with trusting(trust_model):
+        return _optimize(model, recipe, data, eval_data, output, profile, progress, log, resume)
+
+
+def _optimize(
+    model, recipe, data, eval_data, output, profile, progress: bool, log, resume
+) -> OptimizeResult:
     started = time.perf_counter()
     recipe = load_recipe(recipe)
     out = check_outdir(_output_of(output, resume))
