@@ -349,9 +349,7 @@ def ota_refresh(repo, timestamp_days, snapshot_days, as_json):
     """
     from tfedge.ota.repository import refresh
 
-    _echo_repo(
-        refresh(repo, timestamp_days, snapshot_days, password=_password_prompt()), as_json
-    )
+    _echo_repo(refresh(repo, timestamp_days, snapshot_days, password=_password_prompt()), as_json)
 
 
 @ota_cmd.command("rotate-keys")
