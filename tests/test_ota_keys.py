@@ -254,7 +254,11 @@ def test_encrypted_keys_publish_and_a_wrong_password_is_one_error(
     where = json.loads((repo / "keys" / "signers.json").read_text())
     assert where["targets"][0]["uri"] == "encfile:targets.pem"
     publish = ("ota", "publish", repo, ota_models["v1"], "--name", "kws", "--version", "1")
-    run_cli(*publish)
+    run_cli(*publish, "--no-legacy-golden")
+    assert (
+        "golden_npz"
+        not in _latest_targets(repo)["signed"]["targets"]["models/kws.tflite"]["custom"]
+    )
     assert _poll(repo, device).state == "Success"
 
     before = _public_files(repo)

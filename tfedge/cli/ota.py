@@ -244,6 +244,11 @@ def ota_init(repo, root_keys, root_threshold, encrypt_keys, as_json):
     _echo_repo(result, as_json)
     if not as_json:
         click.echo(f"root key(s): {', '.join(result.root_keys)}")
+        if not root_keys:
+            click.echo(
+                "note: only rotate-keys needs the root key: keep it offline (move it to a "
+                "removable disk; then rotate-keys --root-key PATH)"
+            )
         click.echo(
             f"install {result.root_json} on every device (tfedge agent --root); serve {repo}/public"
         )
