@@ -12,6 +12,7 @@ served over loopback HTTP and the real agent.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -251,6 +252,9 @@ def test_encrypted_keys_publish_and_a_wrong_password_is_one_error(
         text = key.read_text()
         assert text.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----"), key
         assert "BEGIN PRIVATE KEY" not in text
+        # PBKDF2 with 600,000 iterations, not the 2,048 of cryptography's PKCS#8 default
+        der = base64.b64decode("".join(text.splitlines()[1:-1]))
+        assert b"\x02\x03\x09\x27\xc0" in der  # INTEGER 600000
     where = json.loads((repo / "keys" / "signers.json").read_text())
     assert where["targets"][0]["uri"] == "encfile:targets.pem"
     publish = ("ota", "publish", repo, ota_models["v1"], "--name", "kws", "--version", "1")

@@ -33,6 +33,7 @@ PASSWORD_ENV = "TFEDGE_KEY_PASSWORD"
 ENCRYPTED_SCHEME = "encfile"
 FILE_SCHEMES = ("file2", ENCRYPTED_SCHEME)
 SIGNERS_FILE = "signers.json"
+PBKDF2_ITERATIONS = 600_000  # OWASP's figure for PBKDF2-HMAC-SHA256 (about 0.2 s per key here)
 _ENCRYPTED_HEADER = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 
 PasswordArg = str | Callable[[str], str] | None
@@ -110,17 +111,91 @@ def save_key(path: Path, signer, password: bytes | None = None) -> None:
         data = signer.private_bytes
     else:
         key = serialization.load_pem_private_key(signer.private_bytes, password=None)
-        data = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(password),
-        )
+        data = encrypt_pkcs8(key, password)
+        back = serialization.load_pem_private_key(data, password=password)
+        if back.public_key() != key.public_key():  # never write a key that does not load
+            raise OtaError("the encrypted key does not load back", "report this as a bug")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def encrypt_pkcs8(key, password: bytes, iterations: int = PBKDF2_ITERATIONS) -> bytes:
+    """``key`` as an encrypted PKCS#8 PEM: PBES2, PBKDF2-HMAC-SHA256 with ``iterations``
+    and AES-256-CBC, what ``openssl pkcs8 -topk8 -v2 aes-256-cbc -iter N`` writes.
+
+    cryptography's ``BestAvailableEncryption`` uses 2,048 PBKDF2 iterations for PKCS#8,
+    cheap to guess offline; the structure is written here with the iteration count OWASP
+    recommends, and any PKCS#8 reader (cryptography, OpenSSL) loads it.
+    """
+    import base64
+
+    from cryptography.hazmat.primitives import hashes, padding, serialization
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    plain = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    salt, iv = os.urandom(16), os.urandom(16)
+    secret = PBKDF2HMAC(hashes.SHA256(), 32, salt, iterations).derive(password)
+    padder = padding.PKCS7(128).padder()
+    encryptor = Cipher(algorithms.AES(secret), modes.CBC(iv)).encryptor()
+    sealed = encryptor.update(padder.update(plain) + padder.finalize()) + encryptor.finalize()
+    algorithm = _seq(
+        _oid("1.2.840.113549.1.5.13"),  # PBES2
+        _seq(
+            _seq(
+                _oid("1.2.840.113549.1.5.12"),  # PBKDF2
+                _seq(_der(0x04, salt), _int(iterations), _seq(_oid("1.2.840.113549.2.9"), NULL)),
+            ),
+            _seq(_oid("2.16.840.1.101.3.4.1.42"), _der(0x04, iv)),  # aes256-CBC
+        ),
+    )
+    body = base64.encodebytes(_seq(algorithm, _der(0x04, sealed))).replace(b"\n", b"")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"\n".join([_ENCRYPTED_HEADER, *lines, b"-----END ENCRYPTED PRIVATE KEY-----", b""])
+
+
+# minimal DER, enough for the PBES2 structure above
+NULL = b"\x05\x00"
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    length = bytes([n]) if n < 0x80 else _long_length(n)
+    return bytes([tag]) + length + body
+
+
+def _long_length(n: int) -> bytes:
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _seq(*items: bytes) -> bytes:
+    return _der(0x30, b"".join(items))
+
+
+def _int(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def _oid(dotted: str) -> bytes:
+    first, second, *rest = (int(x) for x in dotted.split("."))
+    body = bytes([40 * first + second])
+    for arc in rest:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body += bytes(reversed(chunk))
+    return _der(0x06, body)
 
 
 def load_file_signer(path: Path, passwords: Passwords, what: str = "", public_key=None):
