@@ -142,7 +142,8 @@ def digits_int8(digits, tmp_path_factory) -> Path:
 def float_op_model(tmp_path_factory) -> tuple[Path, Path]:
     """A tf_keras model with a Sin layer (no integer kernel), and calibration data for it.
 
-    Saved as .h5: a Lambda layer cannot be stored in the safe .keras format.
+    Saved as .h5: a Lambda layer cannot be stored in the safe .keras format. Its Lambda
+    carries bytecode: loading it needs ``trust_model=True`` (``--trust-model``).
     """
     from tfedge._tf import import_keras
 

@@ -63,14 +63,16 @@ def test_float_modes_convert_without_calibration(digits, tmp_path, quant):
 def test_float_op_is_named_and_no_file_left(run_cli, float_op_model, tmp_path):
     model, calib = float_op_model
     out = tmp_path / "sin.tflite"
-    result = run_cli("convert", model, "--calib", calib, "-o", out, expect=1)
+    result = run_cli("convert", model, "--calib", calib, "-o", out, "--trust-model", expect=1)
     assert_one_error_line(result, "SIN", "layer 'sine'", "--allow-float-ops")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_allow_float_ops_keeps_the_model_and_lists_ops(float_op_model, tmp_path):
     model, calib = float_op_model
-    result = tfedge.convert(model, tmp_path / "sin.tflite", calib=calib, allow_float_ops=True)
+    result = tfedge.convert(
+        model, tmp_path / "sin.tflite", calib=calib, allow_float_ops=True, trust_model=True
+    )
     assert not result.full_integer
     assert [(op.op, op.layer) for op in result.float_ops] == [("SIN", "sine")]
 
@@ -78,7 +80,7 @@ def test_allow_float_ops_keeps_the_model_and_lists_ops(float_op_model, tmp_path)
 def test_verification_error_carries_the_ops(float_op_model, tmp_path):
     model, calib = float_op_model
     with pytest.raises(VerificationError) as info:
-        tfedge.convert(model, tmp_path / "sin.tflite", calib=calib)
+        tfedge.convert(model, tmp_path / "sin.tflite", calib=calib, trust_model=True)
     assert info.value.float_ops[0].op == "SIN"
 
 
@@ -122,7 +124,14 @@ def test_converter_crash_is_a_clear_error(run_cli, tmp_path):
     )  # swapped in after building, so only the child runs it
     crashing.save(tmp_path / "crash.h5")
     result = run_cli(
-        "convert", tmp_path / "crash.h5", "--quant", "none", "-o", tmp_path / "c.tflite", expect=1
+        "convert",
+        tmp_path / "crash.h5",
+        "--quant",
+        "none",
+        "-o",
+        tmp_path / "c.tflite",
+        "--trust-model",
+        expect=1,
     )
     assert_one_error_line(result, "converter crashed (SIGSEGV)")
     assert not (tmp_path / "c.tflite").exists()

@@ -27,7 +27,7 @@ def test_inspect_tflite_json(run_cli, digits_int8):
 def test_inspect_tflite_table_names_float_ops(run_cli, float_op_model, tmp_path):
     model, calib = float_op_model
     out = tmp_path / "sin.tflite"
-    tfedge.convert(model, out, calib=calib, allow_float_ops=True)
+    tfedge.convert(model, out, calib=calib, allow_float_ops=True, trust_model=True)
     text = run_cli("inspect", out).stdout
     assert "full-integer: NO" in text and "SIN (layer 'sine')" in text
 

@@ -202,23 +202,26 @@ def _proto_fields(buf: bytes, wanted: int) -> list[bytes]:
     return out
 
 
-def _find_code(node, where: list[str], found: list[str]) -> None:
+def _find_code(node, where: list[str], found: list[str], layer: str = "") -> None:
+    """Append ``'path' (kind)`` for each layer under ``node`` whose config carries code."""
     if isinstance(node, list):
         for item in node:
-            _find_code(item, where, found)
+            _find_code(item, where, found, layer)
         return
     if not isinstance(node, dict):
         return
-    name = node.get("name") or (node.get("config") or {}).get("name") if _is_layer(node) else None
-    here = [*where, str(name)] if name else where
     kind = node.get("class_name")
+    if _is_layer(node) and not str(kind).endswith("Policy") and not str(kind).startswith("__"):
+        name = node.get("name") or node["config"].get("name")
+        where, layer = ([*where, str(name)] if name else where), str(kind)
+    path = "/".join(where) or "?"
     if kind == "Lambda":  # bytecode, or a Python function it names and calls
-        found.append(f"'{'/'.join(here)}' (Lambda)")
+        found.append(f"'{path}' (Lambda)")
         return
     if kind == "__lambda__" or any(node.get(k) == "lambda" for k in _CODE_TYPE_KEYS):
-        found.append(f"'{'/'.join(here) or '?'}' ({kind or 'marshalled function'})")
+        found.append(f"'{path}' ({layer or 'config'} with a marshalled Python function)")
     for value in node.values():
-        _find_code(value, here, found)
+        _find_code(value, where, found, layer)
 
 
 def _is_layer(node: dict) -> bool:
