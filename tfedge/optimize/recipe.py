@@ -204,8 +204,12 @@ def _resolve_files(options, base_dir: Path, index: int, name: str):
         return options
     for key in FILE_OPTIONS:
         if isinstance(options.get(key), str):
-            path = (base_dir / options[key]).resolve()
-            if not path.exists():
+            try:
+                path = (base_dir / options[key]).resolve()
+                found = path.exists()
+            except (OSError, RuntimeError):  # a name over 255 bytes, a symlink loop
+                path, found = base_dir / options[key], False
+            if not found:
                 raise RecipeError(
                     f"passes[{index}] {name}: {key} file {path} does not exist",
                     "paths are relative to the recipe file",
