@@ -506,6 +506,23 @@ def test_terminating_signal_cleans_up_like_ctrl_c(tmp_path, signum):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.timeout(60)
+def test_an_ignored_hangup_stays_ignored(tmp_path):
+    """Under ``nohup`` (SIGHUP ignored) a hang-up must not abort the run."""
+    out = tmp_path / "o.tflite"
+    code = "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + SIGNAL_CHILD
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, cwd=REPO
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    proc.send_signal(signal.SIGHUP)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=1.0)  # still running
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.tf
 @pytest.mark.slow
 @pytest.mark.timeout(300)

@@ -1,4 +1,9 @@
-"""File-system helpers for every output tfedge writes on the host.
+"""File-system helpers for every file tfedge reads or writes on the host.
+
+Inputs: only regular files are opened (:func:`check_regular_file`, :func:`open_regular`,
+:func:`read_text_file`): a FIFO or a device would block a read forever. Outputs: never one
+of the inputs (:func:`check_not_input`); terminating signals clean up like Ctrl-C
+(:func:`signals_as_interrupt`).
 
 Never leave a half-written file or folder: write to a temporary sibling, fsync it, rename it
 over the target, then fsync the directory so the rename itself survives a power cut. Files
@@ -195,7 +200,8 @@ def signals_as_interrupt(signals: Iterable[int] = TERMINATING_SIGNALS) -> Iterat
     Every ``finally`` and ``with`` then cleans up as for Ctrl-C: temporary files and folders
     go, a child process is killed (``subprocess.run`` does it). Only the first signal raises;
     later ones are ignored until the block ends, so cleanup itself is never cut short.
-    A no-op outside the main thread, where Python cannot install handlers.
+    A no-op outside the main thread, where Python cannot install handlers, and for a signal
+    that is ignored or already handled.
     """
     fired: list[int] = []
 
@@ -208,7 +214,10 @@ def signals_as_interrupt(signals: Iterable[int] = TERMINATING_SIGNALS) -> Iterat
     previous = {}
     try:
         for signum in signals:
-            previous[signum] = signal.signal(signum, handler)
+            # Only where the signal would kill us: an ignored one (nohup) stays ignored, and
+            # a handler of the embedding program stays in charge.
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread
         pass
     try:
