@@ -65,7 +65,9 @@ def as_other(user: pwd.struct_passwd, *argv: str) -> subprocess.CompletedProcess
 
 
 def opts(server, **extra) -> dict:
+    """Push options; ``name`` given, so only the name-defaulting test depends on it."""
     return {
+        "name": "kws",
         "python": oh.device_python(),
         "key": str(server.user_key),
         "known_hosts": str(server.known_hosts),
@@ -125,7 +127,7 @@ def test_symlinked_versions_is_refused_nothing_written_or_deleted_through_it(
     shutil.rmtree(device / "versions")
     (device / "versions").symlink_to(victim)
     result = run_cli(
-        "push", ota_models["v2"], url, "--no-smoke-test", "--keep", "2", *cli_opts(sshd), expect=1
+        "push", ota_models["v2"], url, "--name", "kws", "--no-smoke-test", *cli_opts(sshd), expect=1
     )
     assert_one_error_line(result, "versions is a symlink")
     with pytest.raises(OtaError, match="is a symlink"):
@@ -236,7 +238,8 @@ def test_malformed_smoke_verdict_is_one_error_line(sshd, ota_models, installed, 
     fake = tmp_path / "fake-python"
     fake.write_text("#!/bin/sh\necho '{\"ok\": true}'\n")
     fake.chmod(0o755)
-    result = run_cli("push", ota_models["v2"], url, *cli_opts(sshd, str(fake)), expect=1)
+    argv = ["push", ota_models["v2"], url, "--name", "kws", *cli_opts(sshd, str(fake))]
+    result = run_cli(*argv, expect=1)
     assert_one_error_line(result, "smoke test failed", "malformed verdict", "nothing was switched")
     assert "KeyError" not in result.stderr + result.stdout
     assert oh.active_sha(device) == sha256_file(ota_models["v1"])
