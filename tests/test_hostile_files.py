@@ -585,3 +585,15 @@ def test_output_that_is_a_device_or_fifo(run_cli, tmp_path, output):
     result = run_cli("convert", model, "-o", target, "--quant", "none", expect=1)
     assert_one_error_line(result, "not a regular file")
     assert not target.is_file()
+
+
+@pytest.mark.timeout(60)
+def test_bench_checks_data_headers_before_the_device_script_loads_them(run_cli, tmp_path):
+    """bench hands --data to the device script (np.load): tfedge checks the headers first."""
+    bomb = _zip_bomb(tmp_path / "bomb.npz", 300 << 20)
+    result = run_cli("bench", _tiny_tflite(tmp_path / "m.tflite"), "--data", bomb, expect=1)
+    assert_one_error_line(result, "bomb.npz", "zip bomb")
+    tera = tmp_path / "tera.npy"
+    tera.write_bytes(_npy_header((10**12, 4)) + b"\0" * 64)
+    result = run_cli("bench", tmp_path / "m.tflite", "--data", tera, expect=1)
+    assert_one_error_line(result, "tera.npy", "header lies")

@@ -18,10 +18,8 @@ Example:
 
 from __future__ import annotations
 
-import io
 import os
 import stat
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.errors import DataError
-from tfedge.fsutil import check_regular_file, open_regular
-
-MAX_DATA_BYTES = 8 << 30
-"""The most array bytes one data file may hold (all arrays together, as loaded; at most half
-of this machine's memory), unless ``TFEDGE_MAX_DATA_BYTES`` says otherwise: a 2.5 MB zip bomb
-must not fill the memory."""
-MAX_NPZ_ARRAYS = 1000
-BOMB_RATIO = 200
-"""A compressed ``.npz`` member over :data:`BOMB_MIN_BYTES` that unpacks more than this many
-times its size is refused from the headers (deflate's limit is about 1032x)."""
-BOMB_MIN_BYTES = 64 << 20
+from tfedge.fsutil import check_regular_file
+from tfedge.io.npyfile import (  # noqa: F401  (check_data_file, max_data_bytes: API here too)
+    MAX_DATA_BYTES,
+    check_data_file,
+    max_data_bytes,
+    read_npy,
+    read_npz,
+)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
@@ -82,7 +77,7 @@ def load_data(path: str | Path, image_size: tuple[int, int] | None = None) -> Da
     elif path.suffix == ".npz":
         ds = _load_npz(path)
     elif path.suffix == ".npy":
-        ds = Dataset(_load_npy(path), None, str(path))
+        ds = Dataset(read_npy(path), None, str(path))
     else:
         raise DataError(
             f"{path}: unknown data format '{path.suffix}'",
@@ -94,20 +89,6 @@ def load_data(path: str | Path, image_size: tuple[int, int] | None = None) -> Da
         _check_labels_array(ds.y, ds.source)
     _check_sample_counts(ds)
     return ds
-
-
-def max_data_bytes() -> int:
-    """The cap on a data file's array bytes: ``TFEDGE_MAX_DATA_BYTES`` or :data:`MAX_DATA_BYTES`."""
-    if "TFEDGE_MAX_DATA_BYTES" in os.environ:
-        try:
-            return int(os.environ["TFEDGE_MAX_DATA_BYTES"])
-        except ValueError:
-            pass
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return MAX_DATA_BYTES
-    return min(MAX_DATA_BYTES, memory // 2)
 
 
 def check_labels(y: np.ndarray, num_classes: int, source: str) -> None:
@@ -276,147 +257,10 @@ def _fits(x: np.ndarray, input_shape: Sequence[int | None]) -> bool:
 
 
 def _load_npz(path: Path) -> Dataset:
-    arrays, y = _read_npz(path)
+    arrays, y = read_npz(path)
     names = _npz_input_names(set(arrays) | ({"y"} if y is not None else set()), path)
     picked = {name: arrays[name] for name in names}
     return Dataset(picked["x"] if names == ["x"] else picked, y, str(path))
-
-
-NPY_MAGIC = b"\x93NUMPY"
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-
-
-def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Every array of an ``.npz``, sizes capped from the zip headers and again while reading."""
-    cap = max_data_bytes()
-    hint = "write it with numpy.savez"
-    with open_regular(path, "data", DataError, "check the path") as handle:
-        head = handle.read(8)
-        if head.startswith(NPY_MAGIC):
-            raise DataError(
-                f"{path} holds a single .npy array, not an .npz archive",
-                "rename it to .npy, or save arrays x and y with numpy.savez",
-            )
-        handle.seek(0)
-        try:
-            with zipfile.ZipFile(handle) as archive:
-                members = [i for i in archive.infolist() if i.filename.endswith(".npy")]
-                _check_declared_sizes(path, members, cap)
-                arrays, budget = {}, cap
-                for info in members:
-                    with archive.open(info) as member:
-                        stream = _CappedReader(member, info.file_size, path)
-                        where = f"{path}, array '{info.filename[: -len('.npy')]}'"
-                        array = _read_npy_stream(stream, where, info.file_size, budget)
-                    budget -= array.nbytes
-                    arrays[info.filename[: -len(".npy")]] = array
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
-            raise DataError(f"{path} is not a readable .npz file ({_short(exc)})", hint) from None
-        except NotImplementedError as exc:  # an unsupported compression method
-            raise DataError(f"{path} is not a readable .npz file ({_short(exc)})", hint) from None
-    y = arrays.pop("y", None)
-    return arrays, y
-
-
-def _check_declared_sizes(path: Path, members: list[zipfile.ZipInfo], cap: int) -> None:
-    """Refuse from the zip's headers, before unpacking: too many arrays, too many bytes, or a
-    compression ratio only a zip bomb has (numpy.savez stores; savez_compressed of real data
-    rarely shrinks it 100x)."""
-    if len(members) > MAX_NPZ_ARRAYS:
-        raise DataError(
-            f"{path} holds {len(members):,} arrays, more than the {MAX_NPZ_ARRAYS:,} tfedge reads",
-            "save one array per model input and y",
-        )
-    total = 0
-    for info in members:
-        total += info.file_size
-        if info.file_size > cap or total > cap:
-            raise DataError(
-                f"{path} unpacks to more than {cap:,} bytes ({info.filename}: "
-                f"{info.file_size:,} bytes from {info.compress_size:,})",
-                "use a smaller data file, or raise the limit with TFEDGE_MAX_DATA_BYTES=BYTES",
-            )
-        ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > BOMB_MIN_BYTES and ratio > BOMB_RATIO:
-            raise DataError(
-                f"{path}: {info.filename} unpacks {info.compress_size:,} bytes to "
-                f"{info.file_size:,} ({ratio:,.0f}x): a zip bomb, not data",
-                "save real data with numpy.savez (uncompressed)",
-            )
-
-
-class _CappedReader(io.RawIOBase):
-    """A read-only stream that fails once more than ``limit`` bytes have been read."""
-
-    def __init__(self, raw, limit: int, path: Path) -> None:
-        self.raw, self.limit, self.count, self.path = raw, limit, 0, path
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        want = self.limit - self.count + 1 if size is None or size < 0 else size
-        data = self.raw.read(min(want, self.limit - self.count + 1))
-        self.count += len(data)
-        if self.count > self.limit:
-            raise DataError(
-                f"{self.path} unpacks to more bytes than its headers declare or than "
-                f"{self.limit:,}",
-                "the file is damaged or hostile; write it again with numpy.savez",
-            )
-        return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def _read_npy_stream(stream, where: str, size: int, budget: int) -> np.ndarray:
-    """One ``.npy`` of ``size`` bytes from ``stream``, its header checked before any data.
-
-    The header's shape must fit in what the stream holds (a header claiming terabytes is
-    refused, not allocated) and in ``budget``; the data is read in blocks into the array.
-    """
-    fmt = np.lib.format
-    version = fmt.read_magic(stream)
-    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-    shape, fortran, dtype = read_header(stream)
-    if dtype.hasobject:
-        raise DataError(
-            f"{where} holds Python objects, which tfedge does not load",
-            "store numbers: x.astype(np.float32)",
-        )
-    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    available = size - stream.count
-    if nbytes > available:
-        raise DataError(
-            f"{where} is truncated or its header lies: the header declares {nbytes:,} bytes "
-            f"of data, the file holds {max(available, 0):,}",
-            "the file is damaged; write it again with numpy.save / numpy.savez",
-        )
-    if nbytes > budget:
-        raise DataError(
-            f"{where} holds {nbytes:,} bytes of data, over the {budget:,} bytes tfedge loads",
-            "use a smaller data file, or raise the limit with TFEDGE_MAX_DATA_BYTES=BYTES",
-        )
-    array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
-    view = memoryview(array.reshape(-1, order="A").view(np.uint8))  # type: ignore[arg-type]
-    done = 0
-    while done < nbytes:
-        got = stream.readinto(view[done : done + (16 << 20)])
-        if not got:
-            raise DataError(
-                f"{where} is truncated: {done:,} of {nbytes:,} bytes of data",
-                "the file is damaged; write it again with numpy.save / numpy.savez",
-            )
-        done += got
-    return array
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
 
 
 def _npz_input_names(keys: set[str], path: Path) -> list[str]:
@@ -446,23 +290,6 @@ def _check_sample_counts(ds: Dataset) -> None:
             f"{ds.source}: {len(ds)} inputs but {len(ds.y)} labels",
             "x and y must have the same length",
         )
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    hint = "write it with numpy.save"
-    with open_regular(path, "data", DataError, "check the path") as handle:
-        head = handle.read(8)
-        if head.startswith(ZIP_MAGIC):
-            raise DataError(
-                f"{path} is an .npz archive, not a single .npy array", "rename it to .npz"
-            )
-        handle.seek(0)
-        size = os.fstat(handle.fileno()).st_size
-        try:
-            stream = _CappedReader(handle, size, path)
-            return _read_npy_stream(stream, str(path), size, max_data_bytes())
-        except (OSError, ValueError, EOFError) as exc:
-            raise DataError(f"{path} is not a readable .npy file ({_short(exc)})", hint) from None
 
 
 def _check_numeric_finite(x: np.ndarray, source: str) -> None:

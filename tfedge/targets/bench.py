@@ -193,12 +193,9 @@ def _check_arch(prof: DeviceProfile | None, kind: str) -> None:
 def _existing(path) -> Path | None:
     if path is None:
         return None
-    from tfedge.errors import DataError
-    from tfedge.fsutil import check_regular_file
+    from tfedge.io.npyfile import check_data_file
 
-    return check_regular_file(
-        path, "data file", DataError, "pass a .npz with x (and y) or a .npy of inputs"
-    )
+    return check_data_file(path)  # a FIFO, a lying header or a zip bomb: refused here
 
 
 def _run(
