@@ -39,6 +39,14 @@ from tfedge.cli.options import echo_json, json_option, profile_option, trust_mod
 @click.option(
     "--allow-float-ops", is_flag=True, help="Keep a model that still computes some ops in float."
 )
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help=(
+        "Fix the batch size of the converted model [default: 1 for models with recurrent "
+        "layers (LSTM, GRU, ...), else dynamic]."
+    ),
+)
 @trust_model_option
 @profile_option
 @json_option
@@ -51,6 +59,7 @@ def convert_cmd(
     calib_samples,
     seed,
     allow_float_ops,
+    batch_size,
     trust_model,
     profile,
     as_json,
@@ -76,6 +85,7 @@ def convert_cmd(
         profile=profile,
         progress=progress_wanted(as_json),
         trust_model=trust_model,
+        batch_size=batch_size,
     )
     if as_json:
         echo_json(result.to_dict())

@@ -78,6 +78,7 @@ def convert(
     progress: bool = False,
     in_process: bool = False,
     trust_model: bool = False,
+    batch_size: int | None = None,
 ) -> ConvertResult:
     """Convert ``model`` to TFLite at ``output`` and verify it.
 
@@ -99,6 +100,9 @@ def convert(
             convert directly, without a SavedModel export.
         trust_model: load Keras layers that carry Python code (Lambda); without it such a
             model is refused before anything runs it.
+        batch_size: convert from a signature with this fixed batch size. By default a model
+            with recurrent layers (LSTM, GRU, ...) converts with batch size 1 (the converter
+            cannot size their time loop otherwise) and any other model keeps a dynamic batch.
 
     Returns:
         ConvertResult.
@@ -119,6 +123,7 @@ def convert(
             profile,
             progress,
             in_process,
+            batch_size,
         )
 
 
@@ -134,9 +139,12 @@ def _convert(
     profile,
     progress: bool,
     in_process: bool,
+    batch_size: int | None,
 ) -> ConvertResult:
     started = time.perf_counter()
     io = _check_options(quant, io, calib, calib_samples)
+    if batch_size is not None and batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}", "try --batch-size 1")
     check_not_input(output, [model, calib if quant in FULL_INTEGER_MODES else None])
     output = check_writable(output)
     device_profile = _load_profile(profile)
@@ -146,10 +154,11 @@ def _convert(
         atomic_path(output) as tmp_out,
     ):
         if in_process:
-            keras = _convert_here(model, tmp_out, quant, io, samples)
+            keras = _convert_here(model, tmp_out, quant, io, samples, batch_size)
         else:
-            source, keras = _model_source(model, Path(work))
+            source, keras = _model_source(model, Path(work), batch_size, quant)
             job = _job(source, tmp_out, quant, io, samples, Path(work), progress)
+            job["batch_size"] = batch_size
             _run_worker(job, Path(work))
         report = read_tflite(tmp_out)
         float_ops = verify_converted(report, quant, io, allow_float_ops, device_profile)
@@ -205,12 +214,15 @@ def _calibration_samples(calib, quant: str, count: int, seed: int) -> Inputs | N
     return draw_samples(x, count, seed)
 
 
-def _model_source(model, work: Path) -> tuple[str, str]:
+def _model_source(
+    model, work: Path, batch_size: int | None = None, quant: str = "none"
+) -> tuple[str, str]:
     """A path the worker can load, and the Keras major version it was saved with.
 
     In-memory models go to the worker as a SavedModel: tf_keras cannot reload
     quantization-aware (QAT) models from ``.keras`` or ``.h5``, and a SavedModel keeps
-    the layer names in the op names.
+    the layer names in the op names. One with recurrent layers (or a ``batch_size``) gets a
+    fixed-batch signature (see ``tfedge.convert.worker.convert_model``).
     """
     if isinstance(model, (str, os.PathLike)):
         fmt = detect_format(model)
@@ -220,8 +232,23 @@ def _model_source(model, work: Path) -> tuple[str, str]:
                 "pass the Keras model (.keras, .h5 or SavedModel)",
             )
         check_model_safe(fmt)  # here too, so the refusal costs no worker start
+        if fmt.kind == "savedmodel" and batch_size is not None:
+            raise UsageError(
+                "--batch-size applies to Keras models, not to a SavedModel's signature",
+                "pass the .keras/.h5 file, or export the SavedModel with a fixed batch size",
+            )
         return str(model), fmt.keras
     path = work / "savedmodel"
+    from tfedge.convert import worker
+    from tfedge.io.data import keras_input_specs
+
+    batch = batch_size or (1 if worker.recurrent_layers(model) else None)
+    if quant in FULL_INTEGER_MODES:
+        worker.check_integer_recurrent(model, quant)
+    if batch is not None:
+        inputs = worker.with_batch(keras_input_specs(model), batch)
+        worker.fixed_batch_savedmodel(model, inputs, str(path))
+        return str(path), "3" if type(model).__module__.split(".")[0] == "keras" else "2"
     if type(model).__module__.split(".")[0] == "keras":
         model.export(str(path), verbose=False)
         return str(path), "3"
@@ -229,7 +256,7 @@ def _model_source(model, work: Path) -> tuple[str, str]:
     return str(path), "2"
 
 
-def _convert_here(model, out: Path, quant: str, io: str, samples) -> str:
+def _convert_here(model, out: Path, quant: str, io: str, samples, batch_size=None) -> str:
     """Convert here (see ``convert(in_process=True)``); returns the model's Keras major version."""
     from tfedge.convert.worker import convert_model, converter_error
 
@@ -244,7 +271,7 @@ def _convert_here(model, out: Path, quant: str, io: str, samples) -> str:
     else:
         keras = "3" if type(model).__module__.split(".")[0] == "keras" else "2"
     try:
-        flatbuffer, _ = convert_model(model, quant, io, samples)
+        flatbuffer, _ = convert_model(model, quant, io, samples, batch_size=batch_size)
     except errors.TfedgeError:
         raise
     except Exception as exc:  # the converter's own errors: keep the useful line

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -34,6 +35,20 @@ FAKE_QUANT_OPS = {
     "QuantizeAndDequantizeV4",
 }
 TF_TYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16", "float32": "float32"}
+# Layers the converter lowers to a loop over time steps (a TensorList sized by the batch): they
+# convert only from a signature with a fixed batch size.
+RECURRENT_LAYERS = {
+    "RNN",
+    "SimpleRNN",
+    "LSTM",
+    "GRU",
+    "LSTMV1",
+    "GRUV1",
+    "Bidirectional",
+    "ConvLSTM1D",
+    "ConvLSTM2D",
+    "ConvLSTM3D",
+}
 
 
 def main(job_path: str) -> int:
@@ -97,39 +112,146 @@ def run(job: dict) -> dict:
     model = fmt.path if fmt.kind == "savedmodel" else load_keras_model(fmt)
     calib = _load_samples(job["calib"]) if job["calib"] else None
     flatbuffer, qat_ranges = convert_model(
-        model, job["quant"], job["io"], calib, bool(job.get("progress")), job.get("progress_fd")
+        model,
+        job["quant"],
+        job["io"],
+        calib,
+        bool(job.get("progress")),
+        job.get("progress_fd"),
+        batch_size=job.get("batch_size"),
     )
     Path(job["output"]).write_bytes(flatbuffer)
     return {"keras": fmt.keras, "bytes": len(flatbuffer), "qat_ranges": qat_ranges}
 
 
 def convert_model(
-    model, quant: str, io: str, samples=None, progress: bool = False, progress_fd=None
+    model,
+    quant: str,
+    io: str,
+    samples=None,
+    progress: bool = False,
+    progress_fd=None,
+    *,
+    batch_size: int | None = None,
 ) -> tuple[bytes, bool]:
     """Convert in this process: a loaded Keras model, or a SavedModel directory given by path.
 
     ``samples`` are the calibration inputs (an array, or a dict keyed by input name). Returns
     the flatbuffer and whether a QAT model converted from its learned ranges. The caller is a
     disposable child (this worker, or the optimize worker): a converter crash ends only it.
+
+    A Keras model with recurrent layers converts from a signature with batch size
+    ``batch_size`` (default 1): the converter cannot size their time loop for a dynamic batch.
+    Other models keep their dynamic batch unless ``batch_size`` is given.
     """
     from tfedge._tf import import_tf
 
     tf = import_tf()
-    if isinstance(model, (str, os.PathLike)):
-        path = str(model)
-        make = lambda: tf.lite.TFLiteConverter.from_saved_model(path)  # noqa: E731
-        inputs, qat = _inspect_saved_model(path)
-    else:
-        make = lambda: tf.lite.TFLiteConverter.from_keras_model(model)  # noqa: E731
-        inputs = keras_input_specs(model)
-        qat = any(type(layer).__name__ in QAT_LAYERS for layer in model.layers)
-    calib = _calibration(samples, inputs) if samples is not None else None
-    flatbuffer = _convert_qat_ranges(tf, make(), io) if qat and quant == "int8" else None
-    if flatbuffer is not None:
-        return flatbuffer, True
-    converter = make()
-    _configure(tf, converter, quant, io, calib, progress, progress_fd)
-    return converter.convert(), False
+    batch = None
+    with contextlib.ExitStack() as stack:
+        if isinstance(model, (str, os.PathLike)):
+            path = str(model)
+            inputs, qat = _inspect_saved_model(path)
+        else:
+            inputs = keras_input_specs(model)
+            qat = any(type(layer).__name__ in QAT_LAYERS for layer in model.layers)
+            batch = batch_size or (1 if recurrent_layers(model) else None)
+            if quant in ("int8", "int16x8"):
+                check_integer_recurrent(model, quant)
+            if batch is not None:
+                inputs = with_batch(inputs, batch)
+                path = stack.enter_context(tempfile.TemporaryDirectory(prefix="tfedge-batch-"))
+                fixed_batch_savedmodel(model, inputs, path + "/model")
+                path += "/model"
+        if isinstance(model, (str, os.PathLike)) or batch is not None:
+            make = lambda: tf.lite.TFLiteConverter.from_saved_model(path)  # noqa: E731
+        else:
+            make = lambda: tf.lite.TFLiteConverter.from_keras_model(model)  # noqa: E731
+        calib = _calibration(samples, inputs) if samples is not None else None
+        flatbuffer = _convert_qat_ranges(tf, make(), io) if qat and quant == "int8" else None
+        if flatbuffer is not None:
+            return flatbuffer, True
+        converter = make()
+        _configure(tf, converter, quant, io, calib, progress, progress_fd)
+        return converter.convert(), False
+
+
+def recurrent_layers(model) -> list[str]:
+    """``"name (Class)"`` of each recurrent layer of a Keras model, nested models included."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        kind = type(layer).__name__
+        if kind in RECURRENT_LAYERS:
+            found.append(f"'{layer.name}' ({kind})")
+        elif hasattr(layer, "layers"):
+            found += recurrent_layers(layer)
+        elif kind == "TimeDistributed" and type(layer.layer).__name__ in RECURRENT_LAYERS:
+            found.append(f"'{layer.name}' ({kind})")
+    return found
+
+
+def check_integer_recurrent(model, quant: str) -> None:
+    """Refuse, naming the layer, a recurrent layer the converter cannot quantize to ``quant``.
+
+    A time loop the converter keeps as a WHILE op (every Keras 3 recurrent layer, a tf_keras
+    GRU or SimpleRNN) crashes its calibration; a tf_keras LSTM becomes the fused
+    UNIDIRECTIONAL_SEQUENCE_LSTM op, which has an int8 kernel. Unrolled layers are plain ops.
+    """
+    blocked = [
+        f"'{layer.name}' ({type(layer).__name__})"
+        for layer in _all_layers(model)
+        if type(layer).__name__ in RECURRENT_LAYERS and not _integer_recurrent_ok(layer)
+    ]
+    if blocked:
+        raise ConversionError(
+            f"--quant {quant} cannot quantize recurrent layer {blocked[0]}"
+            + (f" and {len(blocked) - 1} more" if len(blocked) > 1 else "")
+            + ": the TFLite converter keeps its time loop as a WHILE op it cannot calibrate",
+            "build the layer with unroll=True (same weights) for full-integer, or convert "
+            "with --quant dynamic or --quant float16",
+        )
+
+
+def _integer_recurrent_ok(layer) -> bool:
+    if getattr(layer, "unroll", False):
+        return True
+    inner = getattr(layer, "forward_layer", None) or getattr(layer, "layer", None)
+    if inner is not None and inner is not layer:  # Bidirectional / TimeDistributed
+        return _integer_recurrent_ok(inner)
+    keras2 = type(layer).__module__.split(".")[0] == "tf_keras"
+    return keras2 and type(layer).__name__ == "LSTM"
+
+
+def _all_layers(model) -> list:
+    out = []
+    for layer in getattr(model, "layers", []):
+        out += _all_layers(layer) if hasattr(layer, "layers") else [layer]
+    return out
+
+
+def with_batch(inputs: list[InputSpec], batch: int) -> list[InputSpec]:
+    return [InputSpec(i.name, (batch, *i.shape[1:]), i.dtype) for i in inputs]
+
+
+def fixed_batch_savedmodel(model, inputs: list[InputSpec], path: str) -> None:
+    """Save ``model`` as a SavedModel whose serving signature has the shapes of ``inputs``.
+
+    Keras 3 exports with an input signature; a tf_keras model is saved with a traced
+    signature (its weights as variables, frozen by the converter).
+    """
+    from tfedge._tf import import_tf
+
+    tf = import_tf()
+    specs = [tf.TensorSpec(i.shape, i.dtype, name=i.name) for i in inputs]
+    if type(model).__module__.split(".")[0] == "keras":
+        model.export(path, verbose=False, input_signature=specs)
+        return
+
+    @tf.function(input_signature=specs)
+    def serve(*args):
+        return model(args[0] if len(args) == 1 else list(args), training=False)
+
+    tf.saved_model.save(model, path, signatures=serve.get_concrete_function())
 
 
 def _convert_qat_ranges(tf, converter, io: str) -> bytes | None:
@@ -259,7 +381,8 @@ def converter_error(exc: Exception) -> dict:
     if "TensorList" in text:
         hint = (
             "recurrent layers (LSTM/GRU) convert only with a fixed batch size or unroll=True: "
-            "rebuild the model with Input(batch_size=1) or the layer with unroll=True"
+            "convert the Keras file (tfedge then uses batch size 1, or --batch-size N), or "
+            "export the SavedModel with a fixed batch size"
         )
     return {
         "type": "ConversionError",

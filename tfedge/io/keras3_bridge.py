@@ -106,7 +106,6 @@ RTOL, ATOL_SCALE = 1e-4, 1e-5
 def bridge_keras3_file(path: str):
     """Load a Keras 3 ``.keras``/``.h5`` file and return the verified tf_keras model."""
     from tfedge._tf import import_keras, import_keras3
-
     from tfedge.io.models import check_model_safe, detect_format, model_trusted
 
     check_model_safe(detect_format(path))  # before Keras 3 reads it (and maybe runs its code)
