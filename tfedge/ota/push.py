@@ -18,7 +18,7 @@ on the device:
 5. the model goes to ``versions/.<sha>.<random>.part`` (same directory), is fsynced, hashed
    *on the device*, then renamed to ``versions/<sha>.tflite`` (``posix-rename``);
 6. the device script (``bench.py --smoke`` with ``interpreter.py``) is uploaded to a new
-   private folder (``mktemp -d``, mode 0700), its sha256 is checked by the same command that
+   private folder (in /tmp, random name, mode 0700), its sha256 is checked by the command that
    runs it; it loads the model, allocates, runs a golden input made on the host and compares
    the outputs within one quantization step; a malformed verdict is a failure;
 7. ``current`` is replaced by one rename of a new symlink, and the directory is fsynced;
@@ -199,10 +199,8 @@ def _model_dir(target: ssh.SshTarget) -> Iterator[_Device]:
     """One SSH session on the model directory; its protocol errors become OtaErrors."""
     with open_model_dir(target) as files:
         try:
-            files.check_trusted()  # before anything is created in it
-            device = _Device(ModelDir(files).ensure(), files)
-            files.check_trusted(VERSIONS)
-            yield device
+            files.check_trusted(VERSIONS, create=True)  # versions/ is made only in a safe folder
+            yield _Device(ModelDir(files), files)
         except ModelDirError as err:
             raise OtaError(err.message, err.hint) from err
 
@@ -332,22 +330,22 @@ def _smoke_test(device: _Device, sha: str, job: _PushJob) -> dict:
     checks the sha256 of both files, so what runs is what was uploaded."""
     files = device.files
     tools = files.private_tempdir()
+    ran = False
     try:
         job.step("tools_uploaded", tools=_upload_tools(device, tools), sha256=sha)
-        result = files.run(_smoke_command(device, tools, sha))
+        result = files.run(_smoke_command(device, tools, sha))  # removes the folder
+        ran = True
     finally:
-        files.remove_tree(tools)
+        if not ran:
+            files.remove_tree(tools)
     return _smoke_verdict(device, sha, result)
 
 
 def _upload_tools(device: _Device, tools: str) -> dict[str, str]:
     """Copy the device script's files into ``tools``; ``{remote path: sha256}``."""
-    wanted = {}
-    for name, local in DEVICE_FILES.items():
-        remote = posixpath.join(tools, name)
-        device.files.put(local, remote)  # an absolute path: SftpFiles.abs keeps it
-        wanted[remote] = sha256_file(local)
-    return wanted
+    remote = {posixpath.join(tools, name): local for name, local in DEVICE_FILES.items()}
+    device.files.put_many(remote)
+    return {path: sha256_file(local) for path, local in remote.items()}
 
 
 def _smoke_command(device: _Device, tools: str, sha: str) -> str:
@@ -359,7 +357,6 @@ def _smoke_command(device: _Device, tools: str, sha: str) -> str:
     run = " ".join(
         [
             "PYTHONDONTWRITEBYTECODE=1",
-            "exec",
             ssh.quote_python(target.python),
             shlex.quote(posixpath.join(tools, DEVICE_SCRIPT.name)),
             shlex.quote(files.abs(ModelDir.model_file(sha))),
@@ -369,7 +366,11 @@ def _smoke_command(device: _Device, tools: str, sha: str) -> str:
             "1",
         ]
     )
-    return f"printf '%s\\n' {check} | sha256sum --check --status - || exit {TOOLS_CHANGED}; {run}"
+    remove = f"rm -rf -- {shlex.quote(tools)}"
+    return (
+        f"printf '%s\\n' {check} | sha256sum --check --status - "
+        f"|| {{ {remove}; exit {TOOLS_CHANGED}; }}; {run}; status=$?; {remove}; exit $status"
+    )
 
 
 def _smoke_verdict(device: _Device, sha: str, result) -> dict:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import posixpath
+import secrets
 import shlex
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from tfedge.errors import OtaError, TargetError
 from tfedge.targets import ssh
@@ -46,6 +46,7 @@ class SftpFiles:
     def __init__(self, loop, conn, sftp, target: ssh.SshTarget, root: str) -> None:
         self.loop, self.conn, self.sftp = loop, conn, sftp
         self.target, self.root = target, root
+        self._uid: int | None = None
 
     def _call(self, coroutine):
         return self.loop.run_until_complete(coroutine)
@@ -79,14 +80,29 @@ class SftpFiles:
                 return None
 
         async def all_of() -> list:
-            return list(await asyncio.gather(*(one(p) for p in paths)))
+            jobs = [one(p) for p in paths]
+            if self._uid is None:  # in the same round trip
+                jobs.append(self._read_uid())
+            return list(await asyncio.gather(*jobs))[: len(paths)]
 
         return self._call(all_of())
 
-    @functools.cached_property
-    def uid(self) -> int:
-        """The user id this session runs as on the device."""
-        result = self.run("id -u")
+    async def _read_uid(self) -> None:
+        """Our user id: the owner of a file this session creates (then removes) in ``root``,
+        over SFTP (an SSH command costs a process on the device); else ``id -u``."""
+        import asyncssh
+
+        probe = self.abs(f".uid.{secrets.token_hex(8)}.tmp")  # a leftover: clean_partials
+        try:
+            async with self.sftp.open(probe, "xb") as handle:
+                attrs = await handle.stat()
+            await self.sftp.remove(probe)
+            if attrs.uid is not None:
+                self._uid = attrs.uid
+                return
+        except asyncssh.SFTPError:
+            pass  # not writable here (the check that follows says why): ask the shell
+        result = await self.conn.run("id -u", check=False)
         text = (result.stdout or "").strip()
         if result.exit_status != 0 or not text.isdigit():
             raise TargetError(
@@ -94,12 +110,21 @@ class SftpFiles:
                 f"{(result.stderr or text).strip()[-200:]})",
                 "the device needs a POSIX shell with coreutils",
             )
-        return int(text)
+        self._uid = int(text)
 
-    def check_trusted(self, *rels: str) -> None:
-        """Refuse unless ``root``, every folder above it and ``rels`` are safe from other
-        accounts: real folders (not symlinks), owned by this account or root, writable by
-        nobody else (a folder above ``root`` may be world-writable with the sticky bit, /tmp).
+    @property
+    def uid(self) -> int:
+        """The user id this session runs as on the device."""
+        if self._uid is None:
+            self._call(self._read_uid())
+        assert self._uid is not None
+        return self._uid
+
+    def check_trusted(self, *rels: str, create: bool = False) -> None:
+        """Refuse unless ``root``, every folder above it and the folders ``rels`` in it are
+        safe from other accounts: real folders (not symlinks), owned by this account or root,
+        writable by nobody else (a folder above ``root`` may be world-writable with the sticky
+        bit, like /tmp). ``create``: make missing ``rels`` (mode 0755), once the rest passed.
 
         Raises:
             OtaError: naming the first folder that fails, and why.
@@ -110,8 +135,17 @@ class SftpFiles:
             above.append(path)
         mine = [self.abs(r) for r in ("", *rels)]
         found = self.lstat_many(mine + above)
-        for path, attrs in zip(mine + above, found):
+        missing = []
+        for rel, path, attrs in zip(("", *rels, *above), mine + above, found):
+            if attrs is None and create and rel and path in mine:
+                missing.append(rel)
+                continue
             self._check_folder(path, attrs, sticky_ok=path in above)
+        for rel in missing:
+            self.makedirs(rel)
+        if missing:
+            for rel, attrs in zip(missing, self.lstat_many([self.abs(r) for r in missing])):
+                self._check_folder(self.abs(rel), attrs)
 
     def _check_folder(self, path: str, attrs, sticky_ok: bool = False, private: bool = False):
         where = f"{self.target.label}{path}"
@@ -139,18 +173,22 @@ class SftpFiles:
                 FIX_HINT,
             )
 
-    def private_tempdir(self) -> str:
-        """A new folder on the device only this account can use (``mktemp -d``: mode 0700),
+    def private_tempdir(self, parent: str = "/tmp") -> str:
+        """A new folder in ``parent`` on the device that only this account can use, like
+        ``mkdtemp``: a random name made by mkdir (fails if it exists) with mode 0700, then
         checked; its absolute path. The caller removes it (:meth:`remove_tree`)."""
-        result = self.run('mktemp -d "${TMPDIR:-/tmp}/tfedge-push.XXXXXXXX"')
-        path = (result.stdout or "").strip()
-        if result.exit_status != 0 or not path.startswith("/") or "\n" in path:
+        import asyncssh
+
+        path = posixpath.join(parent, f"tfedge-push.{secrets.token_hex(16)}")
+        try:
+            attrs = asyncssh.SFTPAttrs(permissions=0o700)
+            self._call(self.sftp.mkdir(path, attrs=attrs))
+        except asyncssh.SFTPError as exc:
             raise TargetError(
-                f"cannot make a private temporary folder on {self.target.label} "
-                f"(`mktemp -d`: {(result.stderr or path).strip()[-200:]})",
-                "check that /tmp (or $TMPDIR) on the device is writable and not full",
-            )
-        parent = posixpath.dirname(path)
+                f"cannot make a private temporary folder in {parent} on {self.target.label}: "
+                f"{exc.reason}",
+                f"check that {parent} on the device exists, is writable and is not full",
+            ) from exc
         attrs, parent_attrs = self.lstat_many([path, parent])
         try:
             self._check_folder(path, attrs, private=True)
@@ -159,6 +197,17 @@ class SftpFiles:
             self.remove_tree(path)
             raise
         return path
+
+    def put_many(self, pairs: Mapping[str, str | os.PathLike]) -> None:
+        """Copy local files to absolute device paths, concurrently and without fsync (for
+        files checked by their hash before use, never for the model directory)."""
+
+        async def put_all() -> None:
+            await asyncio.gather(
+                *(self.sftp.put(os.fspath(local), remote) for remote, local in pairs.items())
+            )
+
+        self._call(put_all())
 
     def remove_tree(self, path: str) -> None:
         """``rm -rf`` an absolute path on the device (a private folder this session made)."""
