@@ -313,3 +313,23 @@ def test_agent_never_deletes_outside_its_directory(tmp_path, ota_models):
     with pytest.raises(ModelDirError, match="outside"):
         model_dir.remove_version(sha)
     assert (victim / f"{sha}.tflite").exists() and outside.exists()
+
+
+def test_agent_installs_a_target_without_a_signature_and_does_not_hide_bugs(tmp_path, ota_models):
+    """A signed target whose metadata has no ``signature`` installs (it used to be reported as
+    "download rejected (KeyError ...)"): the agent catches only the repository's errors."""
+    from tfedge.ota import repository as repo_api
+
+    base = oh.installed_v1(tmp_path, ota_models)
+    custom = repo_api.model_metadata(ota_models["v2"], 2)
+    del custom["signature"]
+    with repo_api._locked(base / "repo") as state:
+        repo_api._add_target(state, "models/kws.tflite", ota_models["v2"], custom)
+        state.write_targets_chain()
+    server = oh.serve(base / "repo")
+    try:
+        result = oh.poll(server.url, base / "device", base / "repo")
+    finally:
+        server.stop()
+    assert result.state == "Success", result
+    assert oh.active_sha(base / "device") == sha256_file(ota_models["v2"])
