@@ -268,6 +268,12 @@ def _cast(detail: dict, value):
 
 
 def run_once(interp, values) -> None:
+    """One independent run: from the model's initial state, whatever ran before.
+
+    A converted Keras LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM) keeps its state in variable tensors
+    from one invocation to the next; a Keras model starts every sequence from zeros.
+    """
+    interp.reset_all_variables()
     for detail, value in zip(interp.get_input_details(), values):
         interp.set_tensor(detail["index"], value)
     interp.invoke()

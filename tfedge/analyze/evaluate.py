@@ -153,12 +153,15 @@ def predict_tflite(
     # Data values are real numbers, as for a Keras model: uint8 images are quantized with the
     # input's scale, never cast (200 would wrap to -56 in an int8 input).
     arrays = arrange_inputs(as_float32(x), tflite_input_specs(interp), "data")
-    results = []
-    for i in progress_iter(range(num_samples(x)), "Evaluating", progress):
-        device.run_once(
-            interp, [device.prepare_input(d, a[i : i + 1]) for d, a in zip(details, arrays)]
-        )
-        results.append(device.output_of(interp)[1][0])
+    # A model converted with a fixed batch size over 1 (``--batch-size``; its recurrent state
+    # is sized for it, so it cannot be resized) takes that many samples at a time, the last
+    # group padded with copies of its last sample.
+    batch = max(1, int(details[0]["shape"][0])) if len(details[0]["shape"]) else 1
+    count, results = num_samples(x), []
+    for i in progress_iter(range(0, count, batch), "Evaluating", progress):
+        take = np.minimum(np.arange(i, i + batch), count - 1)
+        device.run_once(interp, [device.prepare_input(d, a[take]) for d, a in zip(details, arrays)])
+        results.extend(device.output_of(interp)[1][: min(batch, count - i)])
     return np.stack(results)
 
 
