@@ -160,10 +160,15 @@ def convert_model(
                 check_integer_recurrent(model, quant)
             if batch is not None:
                 inputs = with_batch(inputs, batch)
-                path = stack.enter_context(tempfile.TemporaryDirectory(prefix="tfedge-batch-"))
-                fixed_batch_savedmodel(model, inputs, path + "/model")
-                path += "/model"
-        if isinstance(model, (str, os.PathLike)) or batch is not None:
+        if batch is not None and type(model).__module__.split(".")[0] != "keras":
+            traced = _fixed_batch_function(tf, model, inputs)  # tf_keras: trace, no export
+            make = lambda: tf.lite.TFLiteConverter.from_concrete_functions([traced], model)  # noqa: E731
+        elif batch is not None:  # Keras 3: export with the fixed signature
+            path = stack.enter_context(tempfile.TemporaryDirectory(prefix="tfedge-batch-"))
+            path += "/model"
+            fixed_batch_savedmodel(model, inputs, path)
+            make = lambda: tf.lite.TFLiteConverter.from_saved_model(path)  # noqa: E731
+        elif isinstance(model, (str, os.PathLike)):
             make = lambda: tf.lite.TFLiteConverter.from_saved_model(path)  # noqa: E731
         else:
             make = lambda: tf.lite.TFLiteConverter.from_keras_model(model)  # noqa: E731
@@ -195,12 +200,13 @@ def check_integer_recurrent(model, quant: str) -> None:
 
     A time loop the converter keeps as a WHILE op (every Keras 3 recurrent layer, a tf_keras
     GRU or SimpleRNN) crashes its calibration; a tf_keras LSTM becomes the fused
-    UNIDIRECTIONAL_SEQUENCE_LSTM op, which has an int8 kernel. Unrolled layers are plain ops.
+    UNIDIRECTIONAL_SEQUENCE_LSTM op, which has an int8 kernel but no int16x8 one. Unrolled
+    layers are plain ops.
     """
     blocked = [
         f"'{layer.name}' ({type(layer).__name__})"
         for layer in _all_layers(model)
-        if type(layer).__name__ in RECURRENT_LAYERS and not _integer_recurrent_ok(layer)
+        if type(layer).__name__ in RECURRENT_LAYERS and not _integer_recurrent_ok(layer, quant)
     ]
     if blocked:
         raise ConversionError(
@@ -212,14 +218,15 @@ def check_integer_recurrent(model, quant: str) -> None:
         )
 
 
-def _integer_recurrent_ok(layer) -> bool:
+def _integer_recurrent_ok(layer, quant: str) -> bool:
     if getattr(layer, "unroll", False):
         return True
     inner = getattr(layer, "forward_layer", None) or getattr(layer, "layer", None)
     if inner is not None and inner is not layer:  # Bidirectional / TimeDistributed
-        return _integer_recurrent_ok(inner)
+        return _integer_recurrent_ok(inner, quant)
     keras2 = type(layer).__module__.split(".")[0] == "tf_keras"
-    return keras2 and type(layer).__name__ == "LSTM"
+    # The fused LSTM op has int8 kernels only: int16x8 leaves it float, with float I/O.
+    return keras2 and type(layer).__name__ == "LSTM" and quant == "int8"
 
 
 def _all_layers(model) -> list:
@@ -242,16 +249,22 @@ def fixed_batch_savedmodel(model, inputs: list[InputSpec], path: str) -> None:
     from tfedge._tf import import_tf
 
     tf = import_tf()
-    specs = [tf.TensorSpec(i.shape, i.dtype, name=i.name) for i in inputs]
     if type(model).__module__.split(".")[0] == "keras":
+        specs = [tf.TensorSpec(i.shape, i.dtype, name=i.name) for i in inputs]
         model.export(path, verbose=False, input_signature=specs)
         return
+    tf.saved_model.save(model, path, signatures=_fixed_batch_function(tf, model, inputs))
+
+
+def _fixed_batch_function(tf, model, inputs: list[InputSpec]):
+    """A tf_keras model's inference traced for the shapes of ``inputs`` (named after them)."""
+    specs = [tf.TensorSpec(i.shape, i.dtype, name=i.name) for i in inputs]
 
     @tf.function(input_signature=specs)
     def serve(*args):
         return model(args[0] if len(args) == 1 else list(args), training=False)
 
-    tf.saved_model.save(model, path, signatures=serve.get_concrete_function())
+    return serve.get_concrete_function()
 
 
 def _convert_qat_ranges(tf, converter, io: str) -> bytes | None:
