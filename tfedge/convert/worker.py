@@ -182,17 +182,22 @@ def convert_model(
 
 
 def recurrent_layers(model) -> list[str]:
-    """``"name (Class)"`` of each recurrent layer of a Keras model, nested models included."""
+    """``"name (Class)"`` of each recurrent layer with a time loop (not unrolled) of a Keras
+    model, nested models included."""
     found = []
     for layer in getattr(model, "layers", []):
         kind = type(layer).__name__
-        if kind in RECURRENT_LAYERS:
+        inner = layer.layer if kind == "TimeDistributed" else layer
+        if type(inner).__name__ in RECURRENT_LAYERS and not _unrolled(inner):
             found.append(f"'{layer.name}' ({kind})")
         elif hasattr(layer, "layers"):
             found += recurrent_layers(layer)
-        elif kind == "TimeDistributed" and type(layer.layer).__name__ in RECURRENT_LAYERS:
-            found.append(f"'{layer.name}' ({kind})")
     return found
+
+
+def _unrolled(layer) -> bool:
+    inner = getattr(layer, "forward_layer", None)  # Bidirectional
+    return bool(getattr(inner if inner is not None else layer, "unroll", False))
 
 
 def check_integer_recurrent(model, quant: str) -> None:
