@@ -32,3 +32,6 @@ def test_demo_runs_end_to_end(run_cli, models_root, tmp_path):
     assert model.get_layer("stem_act").get_config()["activation"] == "hard_silu"
     assert "shipped to the stand-in device" in out and ": Success, model version 1" in out
     assert (tmp_path / "demo" / "device" / "current").resolve().is_file()
+    # the repository was made and published without its root key inside it
+    assert (tmp_path / "demo" / "offline-root-key" / "root.pem").is_file()
+    assert not (tmp_path / "demo" / "ota-repo" / "keys" / "root.pem").exists()

@@ -24,6 +24,7 @@ import pytest
 from tfedge.errors import DataError, OutputError, ProfileError, RecipeError, UsageError
 
 from .conftest import assert_one_error_line
+from .peak_memory import run_with_peak_rss
 
 REPO = Path(__file__).resolve().parents[1]
 RPI4 = REPO / "tfedge" / "targets" / "device_profiles" / "rpi4.yaml"
@@ -61,28 +62,11 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 def _child_wait4(code: str, timeout: float = 60.0, env: dict | None = None):
     """Run ``code`` in a fresh Python: (exit code, stderr, its own peak RSS in MB by wait4)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
+    argv = [sys.executable, "-c", textwrap.dedent(code)]
+    returncode, err, _, peak_mb = run_with_peak_rss(
+        argv, timeout, cwd=REPO, env={**os.environ, **(env or {})}
     )
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            os.wait4(proc.pid, 0)
-            pytest.fail(f"child still running after {timeout} s")
-        time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
-    return proc.returncode, err, usage.ru_maxrss / 1024
+    return returncode, err, peak_mb
 
 
 # ------------------------------------------------------------------ FIFOs, devices, folders

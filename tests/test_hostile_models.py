@@ -9,10 +9,6 @@ documented limits, in bounded time and memory (a child's peak RSS, from ``os.wai
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +18,7 @@ import pytest
 
 from tests import hostile_tflite as h
 from tests.conftest import assert_one_error_line
+from tests.peak_memory import run_with_peak_rss
 from tfedge.convert.tflite_model import LIMITS, read_tflite
 from tfedge.errors import BenchError, ModelLoadError
 
@@ -40,41 +37,9 @@ def _tiny_scale_add() -> h.s.ModelT:
     return m
 
 
-# The launcher forks and execs tfedge and reports its os.wait4 rusage. A child started
-# directly from pytest would count pytest's own RSS: Linux carries the peak RSS of the
-# process image an exec replaces (with vfork, the parent's) into the new program's ru_maxrss.
-_LAUNCHER = """
-import json, os, sys
-pid = os.fork()
-if pid == 0:
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.execv(sys.executable, [sys.executable, "-m", "tfedge", *sys.argv[1:]])
-_, status, usage = os.wait4(pid, 0)
-print(json.dumps({"code": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}))
-"""
-
-
 def _child_rss(args: list, cwd: Path) -> tuple[int, str, float, float]:
-    """Run ``tfedge ARGS`` in a child: exit code, stderr, seconds and its peak RSS in MB
-    (from ``os.wait4``; an RLIMIT_AS cap would break the runtime imports instead)."""
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _LAUNCHER, *map(str, args)],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=TIME_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"tfedge {' '.join(map(str, args))} ran past {TIME_LIMIT_S} s")
-    report = json.loads(out.strip().splitlines()[-1])
-    return report["code"], err, time.monotonic() - start, report["maxrss_kb"] / 1024
+    """Run ``tfedge ARGS`` in a child: exit code, stderr, seconds and its peak RSS in MB."""
+    return run_with_peak_rss([sys.executable, "-m", "tfedge", *args], TIME_LIMIT_S, cwd=cwd)
 
 
 class _Result:  # what assert_one_error_line reads

@@ -102,8 +102,8 @@ def run_demo(
         "emulated timings are qemu's: relative comparisons only, never a device's latency",
     ]
     say(
-        "6. ship: sign the compressed model into a TUF repository; "
-        "a device agent pulls, smoke-tests and installs it"
+        "6. ship: sign the compressed model into a TUF repository (its root key kept "
+        "offline); a device agent pulls, smoke-tests and installs it"
     )
     shipped = ship_to_stand_in_device(str(out / "optimized" / "model.tflite"), out)
     return DemoResult(rows=rows, bench=bench_rows, ship=shipped, notes=notes)
@@ -117,10 +117,13 @@ def ship_to_stand_in_device(model: str, out: Path) -> ShipResult:
     from tfedge.ota.repository import init_repository, make_server, publish
     from tfedge_device.agent import AgentConfig, poll_once
 
-    repo, device = out / "ota-repo", out / "device"
-    for d in (repo, device):
+    repo, device, offline = out / "ota-repo", out / "device", out / "offline-root-key"
+    for d in (repo, device, offline):
         shutil.rmtree(d, ignore_errors=True)
-    root_json = init_repository(repo).root_json
+    offline.mkdir(mode=0o700)
+    # the root key lives outside the repository (a removable disk in real life): publishing
+    # needs only the targets, snapshot and timestamp keys
+    root_json = init_repository(repo, root_keys=[offline / "root.pem"]).root_json
     assert root_json is not None  # a new repository always has its root metadata
     root = Path(root_json)
     publish(repo, model, "digits", 1)
