@@ -476,12 +476,22 @@ except Terminated as stop:
 """
 
 
+def _default_signals() -> None:
+    """A terminal's dispositions: a shell's background job (CI) starts with SIGQUIT and SIGINT
+    ignored, which tfedge rightly leaves alone (like ``nohup``)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT])
 def test_terminating_signal_cleans_up_like_ctrl_c(tmp_path, signum):
     out = tmp_path / "o.tflite"
     proc = subprocess.Popen(
-        [sys.executable, "-c", SIGNAL_CHILD, str(out)], stdout=subprocess.PIPE, cwd=REPO
+        [sys.executable, "-c", SIGNAL_CHILD, str(out)],
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+        preexec_fn=_default_signals,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
     assert any(p.name.endswith(".part") for p in tmp_path.iterdir())
@@ -496,7 +506,10 @@ def test_an_ignored_hangup_stays_ignored(tmp_path):
     out = tmp_path / "o.tflite"
     code = "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + SIGNAL_CHILD
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, cwd=REPO
+        [sys.executable, "-c", code, str(out)],
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+        preexec_fn=_default_signals,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
     proc.send_signal(signal.SIGHUP)
