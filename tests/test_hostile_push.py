@@ -4,7 +4,7 @@ agent against a journal that names files outside its directory (issue 12, part 3
 The device is this machine through a real OpenSSH server on loopback (the ``sshd`` fixture),
 with the device-only venv as the device's Python. The "device-side user" is a second OS
 account, ``tfedge-other`` (created once, as a system account without a home, when the tests
-run as root; the tests that need it are skipped otherwise). Races are set up with the push's
+run as root; the tests that need it fail otherwise, saying so). Races are set up with the push's
 ``on_step`` hook, which the push calls between its steps: the test changes the device at
 exactly that point, no sleeps.
 """
@@ -43,7 +43,7 @@ def other_user() -> pwd.struct_passwd:
     except KeyError:
         pass
     if os.geteuid() != 0 or not shutil.which("useradd"):
-        pytest.skip(f"needs root (or an existing {OTHER_USER} account) to act as another user")
+        pytest.fail(f"needs root (or an existing {OTHER_USER} account) to act as another user")
     subprocess.run(
         ["useradd", "--system", "--no-create-home", OTHER_USER], check=True, capture_output=True
     )

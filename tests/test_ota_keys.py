@@ -91,7 +91,7 @@ def _static_server_as_nobody(public: Path):
         port = probe.getsockname()[1]
     python = shutil.which("python3", path="/usr/bin:/bin")  # the venv's may be root-only
     if python is None:
-        pytest.skip("needs the system's python3 to serve as nobody")
+        pytest.fail("needs the system's python3 (/usr/bin) to serve as nobody")
     argv = [python, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
     proc = subprocess.Popen(
         [*argv, "--directory", str(public)],
@@ -304,13 +304,13 @@ def _legacy_agent(tmp_path: Path) -> Path:
     """The device package of LEGACY_AGENT_COMMIT, extracted from git into ``tmp_path``."""
     root = Path(__file__).resolve().parent.parent
     if shutil.which("git") is None or not (root / ".git").exists():
-        pytest.skip("needs the git history for the legacy agent")
+        pytest.fail("needs git and the clone's history for the legacy agent")
     check = subprocess.run(
         ["git", "-C", str(root), "cat-file", "-e", f"{LEGACY_AGENT_COMMIT}^{{commit}}"],
         capture_output=True,
     )
     if check.returncode != 0:
-        pytest.skip(f"commit {LEGACY_AGENT_COMMIT[:12]} is not in this clone")
+        pytest.fail(f"commit {LEGACY_AGENT_COMMIT[:12]} is not in this clone (a shallow clone?)")
     out = tmp_path / "legacy"
     out.mkdir()
     archive = subprocess.run(
