@@ -122,16 +122,9 @@ def _check_labels_array(y: np.ndarray, source: str) -> None:
             f"{source}: y is a single value, not one label per sample",
             "save one label per sample: np.savez(path, x=x, y=y) with y of shape (N,)",
         )
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
-        raise DataError(
-            f"{source}: labels have dtype {y.dtype}, not numbers",
-            "store labels as integers (classes) or floats (targets)",
-        )
-    if np.issubdtype(y.dtype, np.inexact) and not np.all(np.isfinite(y)):
-        bad = int(np.count_nonzero(~np.isfinite(y)))
-        raise DataError(
-            f"{source}: labels contain {bad} NaN or Inf values", "clean or drop those samples"
-        )
+    _check_finite_numbers(
+        y, f"{source}: labels", "store labels as integers (classes) or floats (targets)"
+    )
 
 
 def num_samples(x: Inputs) -> int:
@@ -295,16 +288,16 @@ def _check_sample_counts(ds: Dataset) -> None:
 def _check_numeric_finite(x: np.ndarray, source: str) -> None:
     if x.ndim == 0 or len(x) == 0:
         raise DataError(f"{source} holds no samples", "pass a file with at least one sample")
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DataError(
-            f"{source}: inputs have dtype {x.dtype}, not numbers",
-            "store inputs as float32 or uint8",
-        )
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-        bad = int(np.count_nonzero(~np.isfinite(x)))
-        raise DataError(
-            f"{source}: inputs contain {bad} NaN or Inf values", "clean or drop those samples"
-        )
+    _check_finite_numbers(x, f"{source}: inputs", "store inputs as float32 or uint8")
+
+
+def _check_finite_numbers(a: np.ndarray, what: str, dtype_hint: str) -> None:
+    """``a`` holds numbers (or booleans), none of them NaN or infinite."""
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise DataError(f"{what} have dtype {a.dtype}, not numbers", dtype_hint)
+    if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        raise DataError(f"{what} contain {bad} NaN or Inf values", "clean or drop those samples")
 
 
 def _load_image_folder(path: Path, image_size: tuple[int, int] | None) -> Dataset:
