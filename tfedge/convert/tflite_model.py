@@ -143,7 +143,7 @@ def parse_tflite(raw: bytes | _FileBytes, name: str = "<bytes>") -> TfliteModel:
             "tfedge reads models within the limits in tfedge/convert/tflite_model.py "
             "(LIMITS); this file is damaged or not a model for an edge device",
         ) from None
-    except Exception as exc:  # a bug here must still be one error, never a crash
+    except (struct.error, ValueError, OverflowError) as exc:  # bytes the bounds checks let by
         raise ModelLoadError(
             f"{name} is a damaged TFLite model ({type(exc).__name__})",
             "re-convert the model; the file may be truncated or corrupted",
