@@ -523,12 +523,18 @@ def test_an_ignored_hangup_stays_ignored(tmp_path):
 @pytest.mark.tf
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
-def test_signal_during_convert_leaves_nothing(digits, tmp_path, signum):
+@pytest.mark.parametrize(
+    ("signum", "delay"),
+    [(signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0), (signal.SIGKILL, 0.0)],
+    ids=["TERM", "KILL", "KILL-while-worker-starts"],
+)
+def test_signal_during_convert_leaves_nothing(digits, tmp_path, signum, delay):
     """The CLI (a real conversion in its worker child) on SIGTERM: no .part, no temp folder.
 
     Even SIGKILL, which tfedge cannot catch: the worker learns of it (PR_SET_PDEATHSIG),
-    removes the ``.part`` and the job folder, and ends instead of converting on.
+    removes the ``.part`` and the job folder, and ends instead of converting on. That holds
+    also when tfedge dies while its worker is still importing (``delay`` 0: the job file is
+    written just before the worker starts).
     """
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -543,7 +549,7 @@ def test_signal_during_convert_leaves_nothing(digits, tmp_path, signum):
     deadline = time.monotonic() + 120
     while not list(temp_root.glob("*/job.json")) and time.monotonic() < deadline:
         time.sleep(0.1)  # the worker's job exists: the conversion is under way
-    time.sleep(2.0)
+    time.sleep(delay)
     assert proc.poll() is None, "the conversion ended before the signal"
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
@@ -553,7 +559,8 @@ def test_signal_during_convert_leaves_nothing(digits, tmp_path, signum):
     deadline = time.monotonic() + 60  # the orphaned worker cleans up once the converter yields
     while (list(out_dir.iterdir()) or list(temp_root.iterdir())) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert list(out_dir.iterdir()) == [] and list(temp_root.iterdir()) == []
+    assert list(out_dir.iterdir()) == []
+    assert list(temp_root.iterdir()) == []
 
 
 @pytest.mark.tf

@@ -294,6 +294,7 @@ def _job(source: str, out: Path, quant: str, io: str, samples, work: Path, progr
         "calib": calib_path,
         "result": str(work / "result.json"),
         "progress": progress,
+        "parent_pid": os.getpid(),
     }
 
 

@@ -52,8 +52,8 @@ RECURRENT_LAYERS = {
 
 
 def main(job_path: str) -> int:
-    _die_with_parent(job_path)
     job = json.loads(Path(job_path).read_text())
+    _die_with_parent(job_path, job.get("parent_pid"))
     try:
         data = run(job)
     except TfedgeError as exc:
@@ -69,18 +69,20 @@ def main(job_path: str) -> int:
     return 0
 
 
-def _die_with_parent(job_path: str) -> None:
+def _die_with_parent(job_path: str, parent: int | None) -> None:
     """Linux: end this worker when tfedge ends, even by SIGKILL, and leave nothing behind.
 
     The kernel sends SIGTERM when the parent dies (``PR_SET_PDEATHSIG``); the parent can no
     longer clean up then, so the worker removes the ``.part`` output and the job folder.
+    ``parent`` is the pid tfedge wrote into the job: a parent that died while this worker was
+    still importing is noticed too (its own ``getppid()`` would already be the reaper's).
     """
     if not sys.platform.startswith("linux"):
         return
     import ctypes
     import signal
 
-    parent = os.getppid()
+    parent = parent or os.getppid()
 
     def orphaned(signum, frame):
         if os.getppid() != parent:
@@ -413,5 +415,16 @@ def _write_result(job: dict, result: dict) -> None:
     Path(job["result"]).write_text(json.dumps(result))
 
 
+def _exit_now(code: int) -> None:
+    """End without the interpreter's and TensorFlow's shutdown (a second or more).
+
+    The result is written; the parent is waiting on this exit, and until it comes the parent's
+    ``.part`` output would outlive a SIGKILL of the parent with no one left to remove it.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    _exit_now(main(sys.argv[1]))
