@@ -59,26 +59,35 @@ def test_unknown_name_lists_the_known_ones():
 
 
 @pytest.mark.parametrize(
-    "changes, fragment",
+    "changes, fragment, hint",
     [
-        ({"cpu": ...}, "missing cpu"),
-        ({"colour": "red"}, "unknown key(s) colour"),
-        ({"arch": "mips"}, "arch is 'mips'"),
-        ({"schema_version": 2}, "schema_version 2"),
-        ({"cores": "four"}, "cores must be a positive integer"),
-        ({"requires_full_integer": "yes"}, "requires_full_integer must be true or false"),
+        ({"cpu": ...}, "cpu is required", "add `cpu:`"),
+        ({"wifi": True}, "unknown option 'wifi'", "known options: arch, budgets"),
+        ({"defualt_threads": 2}, "unknown option 'defualt_threads'", "'default_threads'"),
+        ({"arch": "mips"}, "arch = 'mips' is not one of aarch64, x86_64", "known values"),
+        ({"schema_version": 2}, "schema_version = 2, but this tfedge reads 1", "upgrade tfedge"),
+        ({"cores": "four"}, "cores must be an integer, got 'four'", "plain number"),
+        ({"cores": 0}, "cores = 0 is out of range", "use a value > 0"),
+        ({"requires_full_integer": "yes"}, "requires_full_integer must be true or false", "true"),
         (
             {"budgets": {"max_model_bytes": -1, "max_ram_mb": None, "target_latency_ms": None}},
-            "max_model_bytes",
+            "budgets.max_model_bytes = -1 is out of range",
+            "> 0",
         ),
-        ({"budgets": {"max_flops": 1}}, "unknown budget(s) max_flops"),
-        ({"runtime": "onnxruntime"}, "runtime is 'onnxruntime'"),
+        ({"budgets": {"max_flops": 1}}, "unknown option 'max_flops'", "max_model_bytes"),
+        ({"budgets": {"max_ram_mb": "1 GB"}}, "budgets.max_ram_mb must be a number", "plain"),
+        ({"runtime": "onnxruntime"}, "runtime = 'onnxruntime' is not one of", "did you mean"),
+        ({"runtime": "ai_edge_litert"}, "runtime = 'ai_edge_litert'", "'ai-edge-litert'?"),
+        ({"name": "my board"}, "name must be letters, digits", "name: my-board"),
+        ({"description": " "}, "description must not be blank", "description:"),
+        ({"unsupported_ops": [3]}, "unsupported_ops[0] must be a string, got 3", "text"),
     ],
 )
-def test_invalid_profiles_are_rejected_naming_the_key(tmp_path, changes, fragment):
+def test_invalid_profiles_are_rejected_naming_the_key(tmp_path, changes, fragment, hint):
     with pytest.raises(ProfileError) as info:
         load_profile(write_profile(tmp_path, **changes))
-    assert fragment in str(info.value)
+    assert str(info.value).startswith(f"profile {tmp_path / 'mine.yaml'}: ")
+    assert fragment in str(info.value) and hint in info.value.hint, (info.value, info.value.hint)
 
 
 def test_model_over_size_budget_names_the_numbers():

@@ -1,7 +1,9 @@
 """Device profiles: what a target board is and what a model must fit into.
 
 A profile is a small YAML file with a versioned schema (``schema_version: 1``), validated
-on load. The shipped ones live in ``tfedge/targets/device_profiles/`` (installed with the package);
+on load by the shared layer of ``tfedge.config`` (unknown keys refused, the key path and a
+"did you mean" in every message; ``tfedge profiles schema`` prints the JSON Schema). The
+shipped ones live in ``tfedge/targets/device_profiles/`` (installed with the package);
 a path to a user's own file works wherever a name does.
 
 Example:
@@ -15,23 +17,26 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import re
 import reprlib
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from tfedge.config import Config, Names, json_schema, validate
 from tfedge.errors import ProfileError
 from tfedge.fsutil import check_regular_file
 from tfedge.safe_yaml import load_yaml_file
 
 SCHEMA_VERSION = 1
 PROFILES_DIR = Path(__file__).parent / "device_profiles"
-ARCHES = ("aarch64", "x86_64", "armv7l", "native")
-RUNTIMES = ("ai-edge-litert", "tflite-runtime")
+Arch = Literal["aarch64", "x86_64", "armv7l", "native"]
+Runtime = Literal["ai-edge-litert", "tflite-runtime"]
+ARCHES = get_args(Arch)
+RUNTIMES = get_args(Runtime)
 QEMU_CPUS = (
     "cortex-a35",
     "cortex-a53",
@@ -55,52 +60,89 @@ ARMV7_HINT = (
     "flash the 64-bit Raspberry Pi OS (Raspberry Pi Imager -> 'Raspberry Pi OS (64-bit)'), "
     "or check `uname -m` says aarch64 and `getconf LONG_BIT` says 64"
 )
+FORMAT_HINT = "see tfedge/targets/device_profiles/rpi4.yaml, or `tfedge profiles schema`"
 
-_REQUIRED = (
-    "schema_version",
-    "name",
-    "description",
-    "arch",
-    "cpu",
-    "cores",
-    "ram_mb",
-    "storage",
-    "runtime",
-    "requires_full_integer",
-    "budgets",
-    "default_threads",
-)
-_OPTIONAL = ("unsupported_ops",)
-_BUDGET_KEYS = ("max_model_bytes", "max_ram_mb", "target_latency_ms")
+# A profile name: letters, digits, '.', '_', '-' (no space or newline: reports show it).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN.rstrip("$") + r"\Z")
+
+Positive = Annotated[int, Field(gt=0)]
+# A budget in MB or ms: a finite number greater than 0 (NaN and infinity are not budgets).
+PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-@dataclass(frozen=True)
-class Budgets:
-    """Limits a model must respect on the device; ``None`` means no limit."""
+class Budgets(Config):
+    """Limits a model must respect on the device; ``None`` (``null``) means no limit."""
 
-    max_model_bytes: int | None = None
-    max_ram_mb: float | None = None
-    target_latency_ms: float | None = None
+    max_model_bytes: Positive | None = Field(None, description="Largest .tflite file, in bytes.")
+    max_ram_mb: PositiveNumber | None = Field(
+        None, description="Largest peak RSS of the benchmark on the device, in MB."
+    )
+    target_latency_ms: PositiveNumber | None = Field(
+        None, description="Largest median latency of one inference on the device, in ms."
+    )
 
 
-@dataclass(frozen=True)
-class DeviceProfile:
-    """One target board, loaded from a validated YAML file."""
+class DeviceProfile(Config):
+    """One target board, loaded from a validated YAML file (``source`` is that file)."""
 
-    name: str
-    description: str
-    arch: str
-    cpu: str
-    cores: int | None
-    ram_mb: int | None
-    storage: str | None
-    runtime: str
-    requires_full_integer: bool
-    budgets: Budgets
-    default_threads: int | None
-    unsupported_ops: tuple[str, ...] = ()
-    source: str = ""
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Literal[1] = Field(description="Version of this file format; must be 1.")
+    name: str = Field(
+        description="Letters, digits, '.', '_' or '-', up to 64.",
+        json_schema_extra={"pattern": NAME_PATTERN},
+    )
+    description: str = Field(
+        description="Shown by `profiles list`.", json_schema_extra={"minLength": 1}
+    )
+    arch: Arch = Field(
+        description="`uname -m` of the board; `native` is the machine tfedge runs on."
+    )
+    cpu: str = Field(
+        description="CPU core, e.g. cortex-a72 (qemu's -cpu).", json_schema_extra={"minLength": 1}
+    )
+    cores: Positive | None = Field(description="CPU cores of the board, or null if unknown.")
+    ram_mb: Positive | None = Field(description="RAM of the board in MB, or null if unknown.")
+    storage: str | None = Field(description="e.g. microSD, or null.")
+    runtime: Runtime = Field(description="The TFLite runtime installed on the board.")
+    requires_full_integer: bool = Field(
+        description="true if every op must compute in integers (e.g. no FPU to spare)."
+    )
+    default_threads: Positive | None = Field(
+        description="Interpreter threads on the board; null: its cores."
+    )
+    budgets: Budgets = Field(description="What a model must fit into; a null budget means no limit.")
+    unsupported_ops: Names = Field(
+        (), description="TFLite op names the board's runtime lacks, e.g. [CONV_3D]."
+    )
+    _source: str = PrivateAttr("")
+
+    @field_validator("unsupported_ops", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return () if value is None else value
+
+    @model_validator(mode="after")
+    def _check_text(self) -> DeviceProfile:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"name must be letters, digits, '.', '_' or '-' (up to 64), got {_short(self.name)}"
+                " (hint: e.g. name: my-board)"
+            )
+        for key in ("description", "cpu", "storage"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                raise ValueError(f"{key} must not be blank (hint: e.g. {key}: ...)")
+            if key != "description" and value is not None and _control(value):
+                raise ValueError(
+                    f"{key} must be one line without control characters, got {_short(value)}"
+                    f" (hint: write {key} on one line)"
+                )
+        return self
+
+    @property
+    def source(self) -> str:
+        """The file this profile was read from."""
+        return self._source
 
     @property
     def threads(self) -> int:
@@ -113,9 +155,19 @@ class DeviceProfile:
         return platform.machine() if self.arch == "native" else self.arch
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self.model_dump()
         data["unsupported_ops"] = list(self.unsupported_ops)
+        data["source"] = self.source
         return data
+
+
+def _control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def profile_schema() -> dict:
+    """JSON Schema of a device profile file (``tfedge profiles schema``)."""
+    return json_schema(DeviceProfile, "tfedge device profile")
 
 
 def list_profiles() -> list[DeviceProfile]:
@@ -137,12 +189,28 @@ def load_profile(name_or_path: str | os.PathLike | DeviceProfile) -> DeviceProfi
         return name_or_path
     path = _resolve(str(name_or_path))
     raw = load_yaml_file(
-        path,
-        "profile",
-        ProfileError,
-        "a profile is a small UTF-8 YAML file; see tfedge/targets/device_profiles/rpi4.yaml",
+        path, "profile", ProfileError, "a profile is a small UTF-8 YAML file; " + FORMAT_HINT
     )
-    return _build(raw, str(path))
+    return parse_profile(raw, str(path))
+
+
+def parse_profile(raw: Any, source: str) -> DeviceProfile:
+    """A profile from the mapping ``raw`` read from ``source`` (named in every error).
+
+    Example:
+        >>> parse_profile({**load_profile("rpi4").to_dict(), "arch": "mips"}, "b.yaml")
+        Traceback (most recent call last):
+        tfedge.errors.ProfileError: profile b.yaml: unknown option 'source'
+        >>> parse_profile({**yaml.safe_load(open("b.yaml")), "arch": "mips"}, "b.yaml")
+        Traceback (most recent call last):
+        tfedge.errors.ProfileError: profile b.yaml: arch = 'mips' is not one of aarch64, ...
+    """
+    if not isinstance(raw, dict):
+        raise ProfileError(f"profile {source} is not a mapping of keys to values", FORMAT_HINT)
+    _check_schema_version(raw.get("schema_version"), source)
+    profile = validate(DeviceProfile, raw, f"profile {source}", ProfileError)
+    profile._source = source
+    return profile
 
 
 def _resolve(name: str) -> Path:
@@ -160,170 +228,20 @@ def _resolve(name: str) -> Path:
     return path
 
 
-def _build(raw: Any, source: str) -> DeviceProfile:
-    if not isinstance(raw, dict):
-        raise ProfileError(
-            f"profile {source} is not a mapping of keys to values",
-            "see tfedge/targets/device_profiles/rpi4.yaml for the format",
-        )
-    _check_keys(raw, source)
-    _check_schema_version(raw["schema_version"], source)
-    return DeviceProfile(
-        name=_name(raw, source),
-        description=_required_string(raw, "description", source),
-        arch=_choice(raw, "arch", ARCHES, source),
-        cpu=_required_string(raw, "cpu", source, single_line=True),
-        cores=_positive(raw, "cores", source, optional=True),
-        ram_mb=_positive(raw, "ram_mb", source, optional=True),
-        storage=_single_line(raw, "storage", source, optional=True),
-        runtime=_choice(raw, "runtime", RUNTIMES, source),
-        requires_full_integer=_boolean(raw, "requires_full_integer", source),
-        budgets=_budgets(raw["budgets"], source),
-        default_threads=_positive(raw, "default_threads", source, optional=True),
-        unsupported_ops=tuple(_string_list(raw, "unsupported_ops", source)),
-        source=source,
-    )
-
-
-def _check_keys(raw: dict, source: str) -> None:
-    missing = [k for k in _REQUIRED if k not in raw]
-    if missing:
-        raise ProfileError(
-            f"profile {source} is missing {', '.join(missing)}",
-            "every profile needs: " + ", ".join(_REQUIRED),
-        )
-    unknown = sorted(set(raw) - set(_REQUIRED) - set(_OPTIONAL))
-    if unknown:
-        raise ProfileError(
-            f"profile {source} has unknown key(s) {', '.join(unknown)}",
-            "allowed keys: " + ", ".join(_REQUIRED + _OPTIONAL),
-        )
-
-
 def _check_schema_version(version: Any, source: str) -> None:
-    if version != SCHEMA_VERSION:
+    """A missing version is the schema's business; another number gets its own advice."""
+    if version is not None and (type(version) is not int or version != SCHEMA_VERSION):
         raise ProfileError(
-            f"profile {source} has schema_version {version!r}; this tfedge reads {SCHEMA_VERSION}",
+            f"profile {source}: schema_version = {version!r}, "
+            f"but this tfedge reads {SCHEMA_VERSION}",
             "upgrade tfedge, or rewrite the profile for schema_version 1",
         )
-
-
-def _string(raw: dict, key: str, source: str, optional: bool = False) -> str | None:
-    value = raw.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ProfileError(
-            f"profile {source}: {key} must be a non-empty string, got {_short(value)}",
-            f"e.g. {key}: ...",
-        )
-    return value
-
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-
-
-def _name(raw: dict, source: str) -> str:
-    """A profile name: letters, digits, '.', '_', '-' (no space or newline: reports show it)."""
-    value = _required_string(raw, "name", source)
-    if not _NAME.match(value):
-        raise ProfileError(
-            f"profile {source}: name must be letters, digits, '.', '_' or '-' (up to 64), "
-            f"got {_short(value)}",
-            "e.g. name: my-board",
-        )
-    return value
-
-
-def _single_line(raw: dict, key: str, source: str, optional: bool = False) -> str | None:
-    value = _string(raw, key, source, optional)
-    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ProfileError(
-            f"profile {source}: {key} must be one line without control characters, "
-            f"got {_short(value)}",
-            f"write {key} on one line",
-        )
-    return value
-
-
-def _required_string(raw: dict, key: str, source: str, single_line: bool = False) -> str:
-    value = _single_line(raw, key, source) if single_line else _string(raw, key, source)
-    assert value is not None  # _string raises for a missing required key
-    return value
-
-
-def _choice(raw: dict, key: str, choices: tuple[str, ...], source: str) -> str:
-    value = raw.get(key)
-    if value not in choices:
-        raise ProfileError(
-            f"profile {source}: {key} is {_short(value)}", f"use one of {', '.join(choices)}"
-        )
-    return value
-
-
-def _positive(raw: dict, key: str, source: str, optional: bool = False, number=int):
-    value = raw.get(key)
-    if value is None and optional:
-        return None
-    ok_types = (int, float) if number is float else (int,)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, ok_types)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        kind = "number" if number is float else "integer"
-        raise ProfileError(
-            f"profile {source}: {key} must be a positive {kind}"
-            f"{' or null' if optional else ''}, got {_short(value)}",
-            "write a number greater than 0 (NaN and infinity are not budgets)",
-        )
-    return value
-
-
-def _boolean(raw: dict, key: str, source: str) -> bool:
-    value = raw.get(key)
-    if not isinstance(value, bool):
-        raise ProfileError(
-            f"profile {source}: {key} must be true or false, got {_short(value)}",
-            f"e.g. {key}: false",
-        )
-    return value
-
-
-def _string_list(raw: dict, key: str, source: str) -> list[str]:
-    value = raw.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ProfileError(
-            f"profile {source}: {key} must be a list of op names, got {_short(value)}",
-            f"e.g. {key}: [CONV_2D]",
-        )
-    return value
 
 
 def _short(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters, for an error line."""
     text = reprlib.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _budgets(raw: Any, source: str) -> Budgets:
-    if not isinstance(raw, dict):
-        raise ProfileError(
-            f"profile {source}: budgets must be a mapping with {', '.join(_BUDGET_KEYS)}"
-        )
-    unknown = sorted(set(raw) - set(_BUDGET_KEYS))
-    if unknown:
-        raise ProfileError(
-            f"profile {source}: unknown budget(s) {', '.join(unknown)}",
-            f"allowed budgets: {', '.join(_BUDGET_KEYS)}",
-        )
-    where = f"{source} budgets"
-    return Budgets(
-        max_model_bytes=_positive(raw, "max_model_bytes", where, optional=True),
-        max_ram_mb=_positive(raw, "max_ram_mb", where, optional=True, number=float),
-        target_latency_ms=_positive(raw, "target_latency_ms", where, optional=True, number=float),
-    )
 
 
 def check_model_against_profile(
