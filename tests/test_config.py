@@ -51,7 +51,7 @@ class Prune(Config):
         ),
         (
             {"train": {"learnin_rate": 1}},
-            "unknown option 'learnin_rate'",
+            "train: unknown option 'learnin_rate'",
             "did you mean 'learning_rate'?",
         ),
         (

@@ -85,7 +85,9 @@ def describe(err: Any, cls: type[BaseModel], where: str) -> tuple[str, str]:
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
         known = _fields_at(cls, loc[:-1])
-        return f"{prefix}unknown option '{loc[-1]}'", did_you_mean(str(loc[-1]), known, "options")
+        inside = f"{_path(loc[:-1])}: " if len(loc) > 1 else ""  # e.g. "devices[2]: "
+        message = f"{prefix}{inside}unknown option '{loc[-1]}'"
+        return message, did_you_mean(str(loc[-1]), known, "options")
     if kind == "missing":
         return f"{prefix}{path} is required", f"add `{loc[-1]}:`"
     if kind == "literal_error":
