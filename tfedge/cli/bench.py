@@ -24,7 +24,10 @@ from tfedge.errors import UsageError
     "--profile", "-p", help="Device profile name or .yaml path: checks the model and its budgets."
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), help="Interpreter threads (default: the profile's)."
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Interpreter threads (default: the profile's; on local and qemu at most this host's "
+    "cores).",
 )
 @click.option(
     "--runs",
@@ -179,6 +182,8 @@ def format_result(r) -> str:
             f"{Path(r.model).name} is {r.speedup:.2f}x {'faster' if r.speedup >= 1 else 'as fast'}"
         )
     lines.append(_budget_line(r))
+    if r.threads_note:
+        lines.append(f"note        threads: {r.threads} ({r.threads_note})")
     if r.emulated:
         lines.append(f"note        {r.note}")
     return "\n".join(lines)

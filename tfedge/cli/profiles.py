@@ -1,4 +1,4 @@
-"""``tfedge profiles list|show``: the device profiles tfedge knows."""
+"""``tfedge profiles list|show|schema``: the device profiles tfedge knows, and their format."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def profiles_cmd() -> None:
     Example:
         tfedge profiles list
         tfedge profiles show rpi4
+        tfedge profiles schema > profile.schema.json
     """
 
 
@@ -28,28 +29,56 @@ def list_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in profiles], indent=2))
         return
-    click.echo(
-        f"{'NAME':16} {'ARCH':8} {'CPU':11} {'CORES':>5} {'RAM MB':>7} {'INT8':5} "
-        f"{'MAX MODEL':>11} {'MAX RAM':>8} {'TARGET':>8}  DESCRIPTION"
-    )
-    for p in profiles:
-        click.echo(_row(p))
+    click.echo(format_table(COLUMNS, [_row(p) for p in profiles]))
 
 
-def _row(p) -> str:
+# (header, right-aligned?) of `profiles list`; the last column is not padded.
+COLUMNS = (
+    ("NAME", False),
+    ("ARCH", False),
+    ("CPU", False),
+    ("CORES", True),
+    ("RAM MB", True),
+    ("INT8", False),
+    ("MAX MODEL", True),
+    ("MAX RAM", True),
+    ("TARGET", True),
+    ("DESCRIPTION", False),
+)
+
+
+def format_table(columns, rows: list[list[str]]) -> str:
+    """Columns as wide as their widest cell, two spaces apart; numbers aligned right."""
+    table = [[header for header, _ in columns], *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    lines = []
+    for row in table:
+        cells = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, (_, right) in zip(row, widths, columns)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _row(p) -> list[str]:
     b = p.budgets
-    full_integer = "yes" if p.requires_full_integer else "no"
-    max_bytes = _fmt(b.max_model_bytes, ",") + (" B" if b.max_model_bytes else "")
-    max_ram = _fmt(b.max_ram_mb, "g") + (" MB" if b.max_ram_mb else "")
-    latency = _fmt(b.target_latency_ms, "g") + (" ms" if b.target_latency_ms else "")
-    return (
-        f"{p.name:16} {p.arch:8} {p.cpu:11} {_fmt(p.cores):>5} {_fmt(p.ram_mb):>7} "
-        f"{full_integer:5} {max_bytes:>11} {max_ram:>8} {latency:>8}  {p.description}"
-    )
+    return [
+        p.name,
+        p.arch,
+        p.cpu,
+        _fmt(p.cores),
+        _fmt(p.ram_mb),
+        "yes" if p.requires_full_integer else "no",
+        _fmt(b.max_model_bytes, ",", " B"),
+        _fmt(b.max_ram_mb, "g", " MB"),
+        _fmt(b.target_latency_ms, "g", " ms"),
+        p.description,
+    ]
 
 
-def _fmt(value, spec: str = "") -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value, spec: str = "", unit: str = "") -> str:
+    return "-" if value is None else format(value, spec) + unit
 
 
 @profiles_cmd.command("show")
@@ -68,3 +97,31 @@ def show_cmd(name: str, as_json: bool) -> None:
     )
     if profile.arch == "armv7l":
         click.echo(f"Warning: {ARMV7_HINT}", err=True)
+
+
+@profiles_cmd.command("schema")
+@click.option(
+    "--inventory",
+    is_flag=True,
+    help="The schema of a `tfedge bench --inventory` file instead of a profile's.",
+)
+def schema_cmd(inventory: bool) -> None:
+    """Print the JSON Schema of a profile file (or an inventory file), for editors.
+
+    \b
+    Example:
+        tfedge profiles schema > profile.schema.json
+        tfedge profiles schema --inventory > inventory.schema.json
+    \b
+    Then, as the first line of a profile (YAML language server, e.g. VS Code's YAML):
+        # yaml-language-server: $schema=profile.schema.json
+    """
+    if inventory:
+        from tfedge.targets.bench import inventory_schema
+
+        schema = inventory_schema()
+    else:
+        from tfedge.targets.profiles import profile_schema
+
+        schema = profile_schema()
+    click.echo(json.dumps(schema, indent=2))

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
+from tfedge.config import Config, json_schema, validate
 from tfedge.errors import ProfileError, TfedgeError, UsageError
 from tfedge.fsutil import sha256_file
 from tfedge.targets.job import Job, check_model_file
@@ -69,6 +71,7 @@ class BenchResult:
     device: dict = field(default_factory=dict)
     budget: BudgetCheck = field(default_factory=lambda: BudgetCheck(False, "no profile"))
     note: str = ""
+    threads_note: str = ""
     compare: "BenchResult | None" = None
     speedup: float | None = None
     outputs: np.ndarray | None = field(default=None, repr=False)
@@ -84,6 +87,7 @@ class BenchResult:
             "arch": self.arch,
             "runtime": self.runtime,
             "threads": self.threads,
+            "threads_note": self.threads_note,
             "init_ms": self.init_ms,
             "first_us": self.first_us,
             "latency_us": self.latency_us.to_dict(),
@@ -121,7 +125,9 @@ def bench(
     Args:
         profile: a profile name or file; checks the model (size, full-integer, ops) before
             running, and on a real device its RAM and latency budgets after.
-        threads: interpreter threads (default: the profile's default threads).
+        threads: interpreter threads; always used when given. Else the profile's threads on
+            an ssh device; on ``local`` and ``qemu`` (which runs on this host) the profile's
+            threads capped at this host's cores, with ``threads_note`` saying so.
         runs, warmup, min_secs: like benchmark_model: at least ``runs`` runs and ``min_secs``.
         data: ``.npz`` (x, y) or ``.npy`` inputs; with labels the result has ``accuracy``.
         compare: a second model run the same way; ``speedup`` is its median over ours.
@@ -138,9 +144,10 @@ def bench(
     if profile is not None and prof is not None:
         check_tflite_against_profile(prof, model)
     _check_arch(prof, kind)
+    threads, threads_note = pick_threads(threads, prof, kind, cpus)
     job = Job(
         model=model,
-        threads=threads or (prof.threads if prof else None),
+        threads=threads,
         runs=runs,
         warmup=warmup,
         min_secs=min_secs,
@@ -152,11 +159,13 @@ def bench(
     )
     result = _run(job, target, kind, prof, ssh_options)
     result.budget = check_budgets(result, prof if profile is not None else None, kind)
+    result.threads_note = threads_note
     if compare is not None:
         other = Job(
             **{**vars(job), "model": check_model_file(Path(compare)), "keep_outputs": False}
         )
         result.compare = _run(other, target, kind, prof, ssh_options)
+        result.compare.threads_note = threads_note
         result.speedup = speedup(result.compare.latency_us.p50, result.latency_us.p50)
     return result
 
@@ -170,6 +179,37 @@ def target_kind(target: str) -> str:
     raise UsageError(
         f"unknown target {target!r}", "use local, qemu, or ssh://user@host[:port][/workdir]"
     )
+
+
+def pick_threads(
+    threads: int | None, prof: DeviceProfile | None, kind: str, cpus: str | None = None
+) -> tuple[int | None, str]:
+    """Interpreter threads for a run on a ``kind`` target, and a note when a profile asked more.
+
+    ``threads`` given by the user always wins. A profile's thread count applies on its
+    device (``ssh``). On ``local``, and under ``qemu`` (emulation on this host, one host
+    thread per guest thread), the profile's count is capped at this host's cores (or those
+    of ``cpus``): four threads on two cores measure the scheduler, not the model.
+
+    Example:
+        >>> pick_threads(None, load_profile("rpi4"), "local")  # on a 2-core host
+        (2, 'profile rpi4 asks for 4 threads; this host has 2 cores')
+        >>> pick_threads(None, load_profile("rpi4"), "ssh"), pick_threads(3, None, "local")
+        ((4, ''), (3, ''))
+    """
+    if threads is not None or prof is None:
+        return threads, ""  # no profile: the device script uses all the device's cores
+    if kind == "ssh":
+        return prof.threads, ""
+    from tfedge.targets.local import host_cores
+
+    host = host_cores(cpus)
+    asked = prof.default_threads or prof.cores
+    if asked is None or asked <= host:
+        return asked or host, ""
+    where = f"--cpus {cpus} gives" if cpus else "this host has"
+    cores = f"{host} core{'s' if host > 1 else ''}"
+    return host, f"profile {prof.name} asks for {asked} threads; {where} {cores}"
 
 
 def _resolve_profile(profile, kind: str) -> DeviceProfile | None:
@@ -309,45 +349,106 @@ class DeviceRow:
         }
 
 
+SSH_ONLY_KEYS = ("python", "key", "known_hosts", "connect_timeout")
+INVENTORY_HINT = "see `tfedge profiles schema --inventory` for the format"
+
+
+class InventoryDevice(Config):
+    """One device of an inventory file."""
+
+    name: str | None = Field(None, description="Row label (default: the target); unique.")
+    target: str = Field(description="local, qemu, or ssh://user@host[:port][/workdir]")
+    profile: str | None = Field(None, description="Device profile name or .yaml path.")
+    python: str | None = Field(None, description="Python on the device (ssh targets).")
+    key: str | None = Field(None, description="SSH private key file (ssh targets).")
+    known_hosts: str | None = Field(None, description="known_hosts file (ssh targets).")
+    threads: int | None = Field(
+        None, ge=1, description="Interpreter threads; wins over the profile's."
+    )
+    connect_timeout: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Seconds to wait for SSH (ssh targets)."
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        try:
+            target_kind(value)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.name or self.target
+
+
+class Inventory(Config):
+    """An inventory file: the devices `tfedge bench --inventory` runs on concurrently."""
+
+    devices: list[InventoryDevice] = Field(min_length=1, description="One entry per device.")
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> Inventory:
+        first: dict[str, int] = {}
+        for i, device in enumerate(self.devices):
+            if device.label in first:
+                raise ValueError(
+                    f"devices[{i}] is named {device.label!r} like devices[{first[device.label]}]"
+                    " (hint: give each device its own `name:`; without one, a device is named"
+                    " after its target)"
+                )
+            first[device.label] = i
+            ssh_only = [k for k in SSH_ONLY_KEYS if getattr(device, k) is not None]
+            if ssh_only and target_kind(device.target) != "ssh":
+                raise ValueError(
+                    f"devices[{i}]: {', '.join(ssh_only)} only appl{'y' if ssh_only[1:] else 'ies'}"
+                    f" to ssh:// targets"
+                    " (hint: drop them, or use target: ssh://user@host)"
+                )
+        return self
+
+
+def inventory_schema() -> dict:
+    """JSON Schema of an inventory file (``tfedge profiles schema --inventory``)."""
+    return json_schema(Inventory, "tfedge bench inventory")
+
+
 def load_inventory(path: str | os.PathLike) -> list[dict]:
-    """Read an inventory YAML: ``devices: [{name, target, profile?, python?, key?, threads?}]``."""
+    """Read an inventory YAML: ``devices: [{name, target, profile?, python?, key?, threads?}]``.
+
+    Every device is checked before any runs: keys, types, targets, unique names, profiles.
+
+    Raises:
+        UsageError: the file breaks the schema (the message has the key path, e.g.
+            ``devices[2].target``); ProfileError: a device's profile does not load.
+    """
     from tfedge.safe_yaml import load_yaml_file
 
-    raw = load_yaml_file(path, "inventory", UsageError, "see docs/harness.md for the format")
-    devices = raw.get("devices") if isinstance(raw, dict) else None
-    if not isinstance(devices, list) or not devices:
+    raw = load_yaml_file(path, "inventory", UsageError, INVENTORY_HINT)
+    if not isinstance(raw, dict) or raw.get("devices") in (None, []):
         raise UsageError(
             f"inventory {path} has no devices list",
             "write devices: [{name: pi1, target: ssh://...}]",
         )
-    return [_inventory_entry(d, i, path) for i, d in enumerate(devices)]
+    inventory = validate(Inventory, raw, f"inventory {path}", UsageError)
+    for i, device in enumerate(inventory.devices):
+        _check_profile(device, f"inventory {path}: devices[{i}].profile")
+    return [_inventory_entry(device) for device in inventory.devices]
 
 
-_ENTRY_KEYS = {
-    "name",
-    "target",
-    "profile",
-    "python",
-    "key",
-    "known_hosts",
-    "threads",
-    "connect_timeout",
-}
+def _check_profile(device: InventoryDevice, where: str) -> None:
+    """A misspelt profile fails before any device runs, like a misspelt target."""
+    if device.profile is None:
+        return
+    try:
+        load_profile(device.profile)
+    except ProfileError as exc:
+        raise ProfileError(f"{where}: {exc.message}", exc.hint) from None
 
 
-def _inventory_entry(entry, index: int, path) -> dict:
-    if not isinstance(entry, dict) or "target" not in entry:
-        raise UsageError(
-            f"inventory {path}: device #{index + 1} has no target", "give each device a target"
-        )
-    unknown = sorted(set(entry) - _ENTRY_KEYS)
-    if unknown:
-        raise UsageError(
-            f"inventory {path}: device #{index + 1} has unknown key(s) {', '.join(unknown)}",
-            f"known keys: {', '.join(sorted(_ENTRY_KEYS))}",
-        )
-    target_kind(str(entry["target"]))  # a typo fails before any device runs
-    return {"name": str(entry.get("name") or entry["target"]), **entry}
+def _inventory_entry(device: InventoryDevice) -> dict:
+    return {**device.model_dump(exclude_none=True), "name": device.label}
 
 
 def bench_inventory(
@@ -390,6 +491,10 @@ __all__ = [
     "LatencyStats",
     "check_budgets",
     "enforce_budgets",
+    "Inventory",
+    "InventoryDevice",
+    "inventory_schema",
     "load_inventory",
+    "pick_threads",
     "target_kind",
 ]

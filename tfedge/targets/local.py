@@ -60,5 +60,26 @@ def _call(
     return out.stdout, out.stderr, out.returncode
 
 
+def host_cores(cpus: str | None = None) -> int:
+    """CPUs a benchmark may use here: those of ``cpus`` (``"2,3"``, ``"0-3"``, like
+    ``taskset -c``), else those this process may run on (taskset and cpusets count)."""
+    if cpus:
+        try:
+            return len(_cpu_set(cpus)) or 1
+        except ValueError:
+            pass  # the device script refuses a bad spec with its own message
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def _cpu_set(spec: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def script_path() -> Path:
     return DEVICE_SCRIPT

@@ -72,7 +72,7 @@ PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class Budgets(Config):
-    """Limits a model must respect on the device; ``None`` (``null``) means no limit."""
+    """Limits a model must respect on the device; null means no limit."""
 
     max_model_bytes: Positive | None = Field(None, description="Largest .tflite file, in bytes.")
     max_ram_mb: PositiveNumber | None = Field(
@@ -84,7 +84,7 @@ class Budgets(Config):
 
 
 class DeviceProfile(Config):
-    """One target board, loaded from a validated YAML file (``source`` is that file)."""
+    """A device profile: one target board, its CPU, runtime and budgets."""
 
     schema_version: Literal[1] = Field(description="Version of this file format; must be 1.")
     name: str = Field(
@@ -110,7 +110,9 @@ class DeviceProfile(Config):
     default_threads: Positive | None = Field(
         description="Interpreter threads on the board; null: its cores."
     )
-    budgets: Budgets = Field(description="What a model must fit into; a null budget means no limit.")
+    budgets: Budgets = Field(
+        description="What a model must fit into; a null budget means no limit."
+    )
     unsupported_ops: Names = Field(
         (), description="TFLite op names the board's runtime lacks, e.g. [CONV_3D]."
     )
@@ -198,9 +200,6 @@ def parse_profile(raw: Any, source: str) -> DeviceProfile:
     """A profile from the mapping ``raw`` read from ``source`` (named in every error).
 
     Example:
-        >>> parse_profile({**load_profile("rpi4").to_dict(), "arch": "mips"}, "b.yaml")
-        Traceback (most recent call last):
-        tfedge.errors.ProfileError: profile b.yaml: unknown option 'source'
         >>> parse_profile({**yaml.safe_load(open("b.yaml")), "arch": "mips"}, "b.yaml")
         Traceback (most recent call last):
         tfedge.errors.ProfileError: profile b.yaml: arch = 'mips' is not one of aarch64, ...
