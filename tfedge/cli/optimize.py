@@ -24,16 +24,15 @@ from tfedge.cli.options import (
 )
 @click.option(
     "--data",
-    required=True,
     type=click.Path(exists=True),
-    help="Training and calibration data (.npz x, y; or one array per input and y).",
+    help="Training and calibration data (.npz x, y; or one array per input and y); "
+    "optional with --dry-run.",
 )
 @click.option(
     "--eval",
     "eval_data",
-    required=True,
     type=click.Path(exists=True),
-    help="Evaluation data (same layout as --data).",
+    help="Evaluation data (same layout as --data); optional with --dry-run.",
 )
 @click.option(
     "-o",
@@ -47,10 +46,18 @@ from tfedge.cli.options import (
     metavar="OUTDIR",
     help="Continue the run that failed in OUTDIR from its failed stage, with the edited recipe.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the recipe against the model (and --data, -o) and list, per pass, the layers it "
+    "touches and skips and why; no training, nothing written.",
+)
 @trust_model_option
 @profile_option
 @json_option
-def optimize_cmd(model, recipe, data, eval_data, output, resume, trust_model, profile, as_json):
+def optimize_cmd(
+    model, recipe, data, eval_data, output, resume, dry_run, trust_model, profile, as_json
+):
     """Compress a Keras model with a recipe, convert it to int8 TFLite and measure every stage.
 
     Writes OUTDIR/model.tflite, model.keras, report.json, report.md and recipe.yaml. When a
@@ -69,6 +76,14 @@ def optimize_cmd(model, recipe, data, eval_data, output, resume, trust_model, pr
     from tfedge.optimize.pipeline import optimize
     from tfedge.progress import progress_wanted
 
+    if dry_run:
+        _dry_run(model, recipe, data, eval_data, output, resume, trust_model, as_json)
+        return
+    for flag, value in (("--data", data), ("--eval", eval_data)):
+        if value is None:
+            raise UsageError(
+                f"missing option '{flag}'", "give --data TRAIN and --eval TEST (or use --dry-run)"
+            )
     if output is None and resume is None:
         raise UsageError("give the output directory with -o OUTDIR", "or --resume OUTDIR")
     result = optimize(
@@ -120,6 +135,23 @@ def optimize_cmd(model, recipe, data, eval_data, output, resume, trust_model, pr
         f"Wrote {result.model} (recipe {result.recipe}, sha256 {result.recipe_sha256[:12]}) "
         f"in {result.seconds:.1f} s"
     )
+
+
+def _dry_run(model, recipe, data, eval_data, output, resume, trust_model, as_json) -> None:
+    """``--dry-run``: the plan of the run (``tfedge.optimize.plan``), nothing trained or written."""
+    from tfedge.errors import UsageError
+    from tfedge.optimize.plan import format_plan, plan_optimize
+
+    if resume is not None:
+        raise UsageError(
+            "--dry-run plans a new run and cannot be combined with --resume",
+            "leave out --resume (give -o OUTDIR to check the output folder)",
+        )
+    plan = plan_optimize(model, recipe, data, eval_data, output, trust_model=trust_model)
+    if as_json:
+        echo_json(plan.to_dict())
+    else:
+        click.echo(format_plan(plan))
 
 
 def _pct(value) -> str:
