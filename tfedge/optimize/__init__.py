@@ -9,5 +9,6 @@ Example:
 from __future__ import annotations
 
 from tfedge.optimize.pipeline import OptimizeResult, optimize
+from tfedge.optimize.plan import OptimizePlan, format_plan, plan_optimize
 
-__all__ = ["OptimizeResult", "optimize"]
+__all__ = ["OptimizePlan", "OptimizeResult", "format_plan", "optimize", "plan_optimize"]
