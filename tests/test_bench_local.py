@@ -220,3 +220,120 @@ def test_inventory_runs_devices_concurrently_one_row_each(harness_models, tmp_pa
     inventory.write_text(yaml.safe_dump({"devices": [{"name": "typo", "target": "ftp://nowhere"}]}))
     with pytest.raises(UsageError, match="unknown target 'ftp://nowhere'"):
         bench_inventory(harness_models["int8"], inventory)
+
+
+# ---------------------------------------------------------------- inventory files (no TF)
+@pytest.mark.parametrize(
+    ("devices", "error", "fragment", "hint"),
+    [
+        (
+            [{"target": "local"}, {"name": "b", "target": "qemu"}, {"target": "ftp://x"}],
+            UsageError,
+            "devices[2].target: unknown target 'ftp://x'",
+            "ssh://user@host",
+        ),
+        (
+            [{"name": "pi", "target": "ssh://a@h"}, {"name": "pi", "target": "ssh://b@h"}],
+            UsageError,
+            "devices[1] is named 'pi' like devices[0]",
+            "its own `name:`",
+        ),
+        (
+            [{"target": "local"}, {"target": "local", "threads": 1}],
+            UsageError,
+            "devices[1] is named 'local' like devices[0]",
+            "named after its target",
+        ),
+        (
+            [{"target": "local", "thread": 2}],
+            UsageError,
+            "devices[0]: unknown option 'thread'",
+            "'threads'?",
+        ),
+        (
+            [{"target": "local", "threads": 0}],
+            UsageError,
+            "devices[0].threads = 0 is out of range",
+            ">= 1",
+        ),
+        (
+            [{"target": "local", "threads": "2"}],
+            UsageError,
+            "devices[0].threads must be an integer",
+            "quotes",
+        ),
+        (
+            [{"target": "local", "key": "id"}],
+            UsageError,
+            "devices[0]: key only applies to ssh://",
+            "drop",
+        ),
+        ([{"name": "pi"}], UsageError, "devices[0].target is required", "add `target:`"),
+        (["local"], UsageError, "devices[0] must be a mapping, got 'local'", "key: value"),
+        ([], UsageError, "has no devices list", "devices: [{name: pi1"),
+        (
+            [{"target": "local"}, {"name": "pi", "target": "ssh://pi@h", "profile": "rpi44"}],
+            ProfileError,
+            "devices[1].profile: unknown device profile 'rpi44'",
+            "rpi4",
+        ),
+    ],
+)
+def test_inventory_errors_name_the_device_and_key(tmp_path, devices, error, fragment, hint):
+    from tfedge.targets.bench import load_inventory
+
+    inventory = tmp_path / "devices.yaml"
+    inventory.write_text(yaml.safe_dump({"devices": devices}))
+    with pytest.raises(error) as info:
+        load_inventory(inventory)
+    assert info.value.message.startswith(f"inventory {inventory}")
+    assert fragment in info.value.message and hint in info.value.hint, info.value
+
+
+def test_inventory_entries_are_named_and_typed(tmp_path):
+    from tfedge.targets.bench import load_inventory
+
+    inventory = tmp_path / "devices.yaml"
+    inventory.write_text(
+        "devices:\n"
+        "  - {target: local, profile: rpi4, threads: 2}\n"
+        "  - {name: pi, target: 'ssh://pi@pi.local', key: id_ed25519, connect_timeout: 5}\n"
+    )
+    assert load_inventory(inventory) == [
+        {"name": "local", "target": "local", "profile": "rpi4", "threads": 2},
+        {"name": "pi", "target": "ssh://pi@pi.local", "key": "id_ed25519", "connect_timeout": 5.0},
+    ]
+
+
+# ---------------------------------------------------------------- a profile's threads here
+def test_profile_threads_are_capped_at_this_hosts_cores():
+    from tfedge.targets.bench import pick_threads
+    from tfedge.targets.local import host_cores
+    from tfedge.targets.profiles import load_profile
+
+    rpi4, here = load_profile("rpi4"), host_cores()
+    for kind in ("local", "qemu"):  # qemu runs the guest's threads on this host's cores
+        threads, note = pick_threads(None, rpi4, kind)
+        assert threads == min(4, here) and bool(note) == (here < 4)
+        assert pick_threads(None, rpi4, kind, cpus="0") == (
+            1,
+            "profile rpi4 asks for 4 threads; --cpus 0 gives 1 core",
+        )
+    assert pick_threads(None, rpi4, "ssh") == (4, "")  # on the device itself: the profile's
+    assert pick_threads(8, rpi4, "local") == (8, "")  # the user's --threads always wins
+    assert pick_threads(None, load_profile("local"), "local") == (here, "")
+    assert host_cores("0-1,3") == 3
+
+
+def test_local_bench_says_why_it_runs_fewer_threads_than_the_profile(tmp_path):
+    from tfedge.cli.bench import format_result
+
+    from . import hostile_tflite
+
+    model = hostile_tflite.write(tmp_path / "m.tflite", hostile_tflite.base())
+    r = bench(model, profile="rpi4", cpus="0", runs=2, warmup=0, min_secs=0)
+    assert r.threads == 1 and r.device["affinity"] == [0]
+    assert r.to_dict()["threads_note"] == "profile rpi4 asks for 4 threads; --cpus 0 gives 1 core"
+    assert "note        threads: 1 (profile rpi4 asks for 4 threads;" in format_result(r)
+    explicit = bench(model, profile="rpi4", cpus="0", threads=2, runs=2, warmup=0, min_secs=0)
+    assert explicit.threads == 2 and explicit.to_dict()["threads_note"] == ""

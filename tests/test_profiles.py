@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -11,13 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tfedge.cli.profiles import COLUMNS
 from tfedge.errors import ProfileError
 from tfedge.targets.profiles import (
     PROFILES_DIR,
     check_model_against_profile,
     list_profiles,
     load_profile,
+    parse_profile,
     profile_names,
+    profile_schema,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,6 +136,107 @@ def test_cli_profiles_list_and_show(run_cli):
     assert shown["cpu"] == "cortex-a72" and shown["budgets"]["max_model_bytes"] == 50_000_000
     failed = run_cli("profiles", "show", "nope", expect=1)
     assert failed.stderr.startswith("Error: unknown device profile 'nope'")
+
+
+def test_cli_profiles_list_columns_line_up(run_cli):
+    lines = run_cli("profiles", "list").stdout.splitlines()
+    header, rows = lines[0], lines[1:]
+    assert len(rows) == len(profile_names())
+    spans, at = [], 0
+    for name, right in COLUMNS:
+        start = header.index(name, at)
+        spans.append((start, start + len(name), right))
+        at = start + len(name)
+    for row in rows:
+        for start, end, right in spans[:-1]:  # a right-aligned cell ends where its header does
+            if right:
+                assert row[end - 1] != " " and row[end] == " ", (row, header[start:end])
+            else:
+                assert row[start] != " " and (start == 0 or row[start - 1] == " "), row
+        assert row[spans[-1][0] - 1] == " " and row[spans[-1][0]] != " "  # DESCRIPTION
+
+
+def _schema_errors(schema: dict, data) -> list[str]:
+    """Errors of ``data`` against ``schema``: jsonschema when installed, else a small subset
+    (type, enum/const, required, properties, additionalProperties, anyOf, items, bounds)."""
+    try:
+        import jsonschema
+    except ImportError:
+        return _subset_errors(schema, data, schema.get("$defs", {}), "")
+    return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(data)]
+
+
+def _subset_errors(schema: dict, data, defs: dict, where: str) -> list[str]:
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].split("/")[-1]]
+    if "anyOf" in schema:
+        options = [_subset_errors(s, data, defs, where) for s in schema["anyOf"]]
+        return [] if any(not e for e in options) else [f"{where}: no anyOf matches"]
+    types = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        ok = not isinstance(data, bool) and isinstance(
+            data, int if kind == "integer" else (int, float)
+        )
+        if not ok:
+            return [f"{where}: not {kind}"]
+        if data <= schema.get("exclusiveMinimum", float("-inf")) or data < schema.get(
+            "minimum", float("-inf")
+        ):
+            return [f"{where}: below the minimum"]
+    elif kind and not isinstance(data, types[kind]):
+        return [f"{where}: not {kind}"]
+    if "const" in schema and data != schema["const"]:
+        return [f"{where}: not {schema['const']!r}"]
+    if "enum" in schema and data not in schema["enum"]:
+        return [f"{where}: not one of {schema['enum']}"]
+    errors = []
+    if kind == "object":
+        props = schema.get("properties", {})
+        errors += [f"{where}.{k}: required" for k in schema.get("required", []) if k not in data]
+        if schema.get("additionalProperties") is False:
+            errors += [f"{where}.{k}: not allowed" for k in data if k not in props]
+        for key, value in data.items():
+            if key in props:
+                errors += _subset_errors(props[key], value, defs, f"{where}.{key}")
+    if kind == "array":
+        for i, item in enumerate(data):
+            errors += _subset_errors(schema.get("items", {}), item, defs, f"{where}[{i}]")
+    return errors
+
+
+def test_profile_schema_is_json_and_shipped_profiles_follow_it(run_cli):
+    schema = json.loads(run_cli("profiles", "schema").stdout)
+    assert schema == profile_schema() and schema["title"] == "tfedge device profile"
+    assert schema["additionalProperties"] is False
+    assert schema["$defs"]["Budgets"]["additionalProperties"] is False
+    assert schema["properties"]["arch"]["enum"] == ["aarch64", "x86_64", "armv7l", "native"]
+    assert {"name", "arch", "cpu", "budgets", "default_threads"} <= set(schema["required"])
+    assert "unsupported_ops" not in schema["required"] and "source" not in schema["properties"]
+    for path in sorted(PROFILES_DIR.glob("*.yaml")):
+        assert _schema_errors(schema, yaml.safe_load(path.read_text())) == [], path
+    rpi4 = yaml.safe_load((PROFILES_DIR / "rpi4.yaml").read_text())
+    for bad in (
+        {**rpi4, "colour": "red"},
+        {**rpi4, "arch": "mips"},
+        {**rpi4, "budgets": {"max_flops": 1}},
+        {**rpi4, "cores": 0},
+        {k: v for k, v in rpi4.items() if k != "cpu"},
+    ):
+        assert _schema_errors(schema, bad), bad  # and the loader refuses the same files
+        with pytest.raises(ProfileError):
+            parse_profile(bad, "bad.yaml")
+
+
+def test_inventory_schema_refuses_unknown_keys(run_cli):
+    schema = json.loads(run_cli("profiles", "schema", "--inventory").stdout)
+    assert schema["title"] == "tfedge bench inventory" and schema["required"] == ["devices"]
+    device = schema["$defs"]["InventoryDevice"]
+    assert device["additionalProperties"] is False and device["required"] == ["target"]
+    good = {"devices": [{"name": "pi", "target": "ssh://pi@pi.local", "threads": 2}]}
+    assert _schema_errors(schema, good) == []
+    assert _schema_errors(schema, {"devices": [{"target": "local", "thread": 2}]})
+    assert _schema_errors(schema, {"devices": [{"target": "local", "threads": 0}]})
 
 
 def test_cli_modules_do_not_import_tensorflow():
