@@ -1,14 +1,19 @@
 """Recipes: YAML files listing compression passes, validated whole before anything trains.
 
-A recipe names its passes in order, how to train and how to convert. Unknown passes or
-keys, bad values and orders that would undo earlier work are RecipeErrors, with a
-"did you mean" where one fits. Built-in recipes ship in ``tfedge/optimize/recipes/`` and are used by
-name.
+A recipe names its passes in order, how to train and how to convert. Every block is a
+pydantic model (``tfedge.config``): unknown passes or keys, bad values and orders that would
+undo earlier work are RecipeErrors naming the key path, with a "did you mean" where one fits.
+Built-in recipes ship in ``tfedge/optimize/recipes/`` and are used by name.
+
+A loaded recipe dumps back to YAML (``dump_recipe``: every option, defaults filled in) and
+loads again to an equal recipe; ``canonical_sha256`` hashes that normalised content, so
+comments, key order and spelt-out defaults do not change it. ``load_recipe(..., overrides)``
+changes single options (``prune.target_sparsity=0.6``) before the recipe is validated.
 
 Example:
-    >>> recipe = load_recipe("prune-cluster-qat")
-    >>> [p.pass_name for p in recipe.passes]
-    ['prune', 'cluster', 'qat']
+    >>> recipe = load_recipe("prune-cluster-qat", ["prune.target_sparsity=0.6"])
+    >>> [p.pass_name for p in recipe.passes], recipe.passes[0].target_sparsity
+    (['prune', 'cluster', 'qat'], 0.6)
 
     schema_version: 1
     passes:
@@ -23,32 +28,21 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
+from pydantic import ConfigDict, Field, PrivateAttr, WithJsonSchema
+
+from tfedge.config import Config, did_you_mean, json_schema, validate
 from tfedge.errors import RecipeError
-from tfedge.passes.base import (
-    TrainConfig,
-    build_config,
-    check_choice,
-    check_number,
-    did_you_mean,
-)
-from tfedge.passes.registry import build_pass
+from tfedge.passes.base import PassConfig, TrainConfig
+from tfedge.passes.registry import PASSES, build_pass, passes_json_schema
 
 SCHEMA_VERSION = 1
 RECIPE_DIR = Path(__file__).parent / "recipes"
-TOP_KEYS = (
-    "schema_version",
-    "name",
-    "description",
-    "passes",
-    "train",
-    "convert",
-    "max_accuracy_drop",
-    "seed",
-)
-QUANT_MODES = ("int8", "int16x8", "float16", "dynamic", "none")
 UNDOES = {  # pass -> earlier passes whose effect it would undo
     "prune": {"cluster": "pruning a clustered model breaks its clusters; put prune before cluster"},
     "distill": {
@@ -61,45 +55,107 @@ UNDOES = {  # pass -> earlier passes whose effect it would undo
     },
 }
 FILE_OPTIONS = ("student", "teacher")
+LABELS = ("name", "description")  # name the recipe; not part of its canonical hash
+SET_HINT = "use --set PASS.KEY=VALUE (e.g. prune.target_sparsity=0.6), train.KEY=VALUE, "
+SET_HINT += "convert.KEY=VALUE or a top-level KEY=VALUE"
 
 
-@dataclass(frozen=True)
-class ConvertConfig:
+class ConvertConfig(Config):
     """The recipe's ``convert:`` block, passed to ``tfedge.convert``."""
 
-    section = "convert"
-    quant: str = "int8"
-    io: str | None = None
-    calib_samples: int = 256
+    quant: Literal["int8", "int16x8", "float16", "dynamic", "none"] = "int8"
+    io: Literal["int8", "uint8", "int16", "float32"] | None = None
+    calib_samples: int = Field(256, ge=1, le=1 << 20)
 
-    def __post_init__(self):
-        check_choice(self, "quant", QUANT_MODES)
-        if self.io is not None:
-            check_choice(self, "io", ("int8", "uint8", "int16", "float32"))
-        check_number(self, "calib_samples", 1, 1 << 20, integer=True)
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """A validated recipe: passes built, settings checked, its text and hash kept."""
+class Recipe(Config):
+    """A validated recipe: the file's blocks, with each pass built; its source and text kept.
 
-    name: str
-    source: str
-    text: str
-    passes: tuple = ()
-    train: TrainConfig = field(default_factory=TrainConfig)
-    convert: ConvertConfig = field(default_factory=ConvertConfig)
-    max_accuracy_drop: float | None = None
-    seed: int = 0
+    ``passes`` holds the built passes (``recipe.passes[0].target_sparsity``); in the file
+    each is a one-key mapping ``- prune: {options}``, which is what the JSON Schema says.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False, title="tfedge recipe")
+
+    schema_version: Literal[1]
+    name: str = ""
     description: str = ""
+    passes: Annotated[tuple[PassConfig, ...], WithJsonSchema(passes_json_schema())] = ()
+    train: TrainConfig = TrainConfig()
+    convert: ConvertConfig = ConvertConfig()
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100)
+    seed: int = Field(0, ge=0)
+    _source: str = PrivateAttr("<recipe>")
+    _text: str = PrivateAttr("")
+
+    @property
+    def source(self) -> str:
+        """The file it came from, or ``builtin:NAME``."""
+        return self._source
+
+    @property
+    def text(self) -> str:
+        """The file's text; with overrides, the dumped recipe they produced."""
+        return self._text
 
     @property
     def sha256(self) -> str:
+        """sha256 of ``text`` (the recipe.yaml written beside a run's results)."""
         return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def canonical_sha256(self) -> str:
+        """sha256 of the normalised content: defaults filled in, key order, comments, name and
+        description irrelevant. Two recipes that run the same have the same hash."""
+        content = {k: v for k, v in self.to_dict().items() if k not in LABELS}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     @property
     def pass_names(self) -> list[str]:
         return [p.pass_name for p in self.passes]
+
+    def to_dict(self) -> dict:
+        """The recipe as a file would hold it, every option spelt out (JSON/YAML values)."""
+        data = self.model_dump(mode="json", exclude={"passes"})
+        data["passes"] = [{p.pass_name: p.to_dict()} for p in self.passes]
+        return {key: data[key] for key in type(self).model_fields}
+
+    def __eq__(self, other: object) -> bool:  # the content, not where it was read from
+        return isinstance(other, Recipe) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.canonical_sha256)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """``recipe`` as YAML that ``parse_recipe`` reads back to an equal recipe.
+
+    Every option is spelt out; each pass's options, ``train`` and ``convert`` on one line.
+    """
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(
+        _Flow, lambda d, m: d.represent_mapping("tag:yaml.org,2002:map", m, flow_style=True)
+    )
+    data = recipe.to_dict()
+    data["passes"] = [{n: _Flow(o) for n, o in entry.items()} for entry in data["passes"]]
+    data["train"], data["convert"] = _Flow(data["train"]), _Flow(data["convert"])
+    return yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+class _Flow(dict):
+    """A mapping written on one line, ``{key: value, ...}``."""
+
+
+def recipe_json_schema() -> dict:
+    """JSON Schema of a recipe file, for editors (``tfedge recipes schema``)."""
+    return json_schema(Recipe, "tfedge recipe")
 
 
 def builtin_recipes() -> list[str]:
@@ -107,16 +163,26 @@ def builtin_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
-def load_recipe(name_or_path) -> Recipe:
-    """Load and validate a recipe file, or a built-in recipe by name."""
+def load_recipe(name_or_path, overrides: Sequence[str] = ()) -> Recipe:
+    """Load and validate a recipe file, or a built-in recipe by name.
+
+    Args:
+        name_or_path: a file, a built-in recipe's name, or a ``Recipe``.
+        overrides: ``PASS.KEY=VALUE`` (``prune.target_sparsity=0.6``; ``prune[1].epochs=2``
+            for the second prune pass), ``train.KEY=VALUE``, ``convert.KEY=VALUE`` or a
+            top-level ``KEY=VALUE``; VALUE is YAML (``0.6``, ``true``, ``[conv*, fc1]``).
+            The recipe they produce is validated whole, like a file.
+    """
     if isinstance(name_or_path, Recipe):
-        return name_or_path
+        if not overrides:
+            return name_or_path
+        return _with_overrides(name_or_path.to_dict(), overrides, name_or_path.source, Path("."))
     path = Path(name_or_path)
     if _exists(path):
-        return parse_recipe(_read(path), str(path), path.parent)
+        return parse_recipe(_read(path), str(path), path.parent, overrides)
     if str(name_or_path) in builtin_recipes():
         builtin = RECIPE_DIR / f"{name_or_path}.yaml"
-        return parse_recipe(_read(builtin), f"builtin:{name_or_path}", builtin.parent)
+        return parse_recipe(_read(builtin), f"builtin:{name_or_path}", builtin.parent, overrides)
     raise RecipeError(
         f"no recipe file or built-in recipe named '{name_or_path}'",
         did_you_mean(str(name_or_path), builtin_recipes(), "built-in recipes")
@@ -124,31 +190,52 @@ def load_recipe(name_or_path) -> Recipe:
     )
 
 
-def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | str = ".") -> Recipe:
-    """Validate recipe ``text`` whole; RecipeError names the first problem."""
+def parse_recipe(
+    text: str,
+    source: str = "<recipe>",
+    base_dir: Path | str = ".",
+    overrides: Sequence[str] = (),
+) -> Recipe:
+    """Validate recipe ``text`` whole (after ``overrides``); RecipeError names the first problem."""
     data = _yaml(text, source)
+    if overrides:
+        return _with_overrides(data, overrides, source, Path(base_dir))
+    return _validated(data, text, source, Path(base_dir))
+
+
+def _with_overrides(data: dict, overrides: Sequence[str], source: str, base_dir: Path) -> Recipe:
+    for item in overrides:
+        apply_override(data, item)
+    recipe = _validated(data, "", source, base_dir)
+    listed = " ".join(f"--set {item}" for item in overrides).replace("\n", " ")
+    text = f"# {source} with {listed}\n" + dump_recipe(recipe)
+    recipe._text = text
+    return recipe
+
+
+def _validated(data: dict, text: str, source: str, base_dir: Path) -> Recipe:
     try:
-        return _build(data, text, source, Path(base_dir))
+        recipe = _build(data, source, base_dir)
     except RecipeError as err:
         raise RecipeError(f"recipe {source}: {err.message}", err.hint) from None
+    recipe._source, recipe._text = source, text
+    return recipe
 
 
-def _build(data: dict, text: str, source: str, base_dir: Path) -> Recipe:
+def _build(data: dict, source: str, base_dir: Path) -> Recipe:
     _check_top(data)
+    top = {k: v for k, v in data.items() if k != "passes" and not _empty_block(k, v)}
+    top.setdefault("name", Path(source.replace("builtin:", "")).stem)
+    recipe = validate(Recipe, top, "")
     passes = tuple(_build_pass(i, entry, base_dir) for i, entry in enumerate(_pass_list(data)))
-    recipe = Recipe(
-        name=str(data.get("name") or Path(source.replace("builtin:", "")).stem),
-        source=source,
-        text=text,
-        passes=passes,
-        train=build_config(TrainConfig, data.get("train"), "train"),
-        convert=build_config(ConvertConfig, data.get("convert"), "convert"),
-        max_accuracy_drop=_drop(data.get("max_accuracy_drop")),
-        seed=_seed(data.get("seed", 0)),
-        description=str(data.get("description") or ""),
-    )
+    recipe = recipe.model_copy(update={"passes": passes})
     _check_order(recipe)
     return recipe
+
+
+def _empty_block(key: str, value: Any) -> bool:
+    """``train:`` or ``description:`` left empty means the defaults."""
+    return value is None and key in ("name", "description", "train", "convert")
 
 
 def _yaml(text: str, source: str) -> dict:
@@ -166,11 +253,12 @@ def _yaml(text: str, source: str) -> dict:
 
 
 def _check_top(data: dict) -> None:
+    keys = list(Recipe.model_fields)
     for key in data:
-        if key not in TOP_KEYS:
-            raise RecipeError(f"unknown key '{key}'", did_you_mean(str(key), TOP_KEYS, "keys"))
+        if key not in keys:
+            raise RecipeError(f"unknown key '{key}'", did_you_mean(str(key), keys, "keys"))
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         raise RecipeError(
             f"schema_version must be {SCHEMA_VERSION}, got {version!r}",
             f"add `schema_version: {SCHEMA_VERSION}` at the top",
@@ -184,7 +272,7 @@ def _pass_list(data: dict) -> list:
     return passes
 
 
-def _build_pass(index: int, entry, base_dir: Path):
+def _build_pass(index: int, entry, base_dir: Path) -> PassConfig:
     if isinstance(entry, str):
         entry = {entry: {}}
     if not isinstance(entry, dict) or len(entry) != 1:
@@ -239,21 +327,101 @@ def _check_order(recipe: Recipe) -> None:
                 )
 
 
-def _drop(value) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+# ---- overrides (--set) --------------------------------------------------------------------
+
+_TARGET = re.compile(
+    r"^(?P<head>[A-Za-z_][\w-]*)(?:\[(?P<index>\d+)\])?(?:\.(?P<key>[A-Za-z_]\w*))?$"
+)
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Set one ``TARGET=VALUE`` in the raw recipe ``data`` (a mapping read from YAML).
+
+    Raises:
+        RecipeError: a malformed override, or a pass or key the recipe does not have.
+    """
+    from tfedge.safe_yaml import load_yaml
+
+    target, equals, raw = str(item).partition("=")
+    match = _TARGET.match(target.strip())
+    if not equals or match is None:
+        raise RecipeError(f"override '{item}' is not TARGET=VALUE", SET_HINT)
+    value = load_yaml(raw.strip() or "null", f"override '{item}'", RecipeError, SET_HINT)
+    head, index, key = match["head"], match["index"], match["key"]
+    if key is None:
+        _set_top(data, item, head, value, index)
+    elif head in ("train", "convert") and index is None:
+        _set_block(data, item, head, key, value)
+    else:
+        _set_pass(data, item, head, None if index is None else int(index), key, value)
+
+
+def _set_top(data: dict, item: str, key: str, value: Any, index: str | None) -> None:
+    keys = [k for k in Recipe.model_fields if k not in ("passes", "train", "convert")]
+    if key in PASSES or key in ("train", "convert"):
+        raise RecipeError(f"override '{item}' names {key} but no option", SET_HINT)
+    if key not in keys or index is not None:
         raise RecipeError(
-            f"max_accuracy_drop must be a number of percentage points from 0 to 100, got {value!r}",
-            "e.g. max_accuracy_drop: 1.5",
+            f"override '{item}': unknown key '{key}'",
+            did_you_mean(key, keys + ["PASS.KEY", "train.KEY", "convert.KEY"], "keys"),
         )
-    return float(value)
+    data[key] = value
 
 
-def _seed(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RecipeError(f"seed must be a non-negative integer, got {value!r}", "e.g. seed: 0")
-    return value
+def _set_block(data: dict, item: str, block: str, key: str, value: Any) -> None:
+    cls = TrainConfig if block == "train" else ConvertConfig
+    if key not in cls.model_fields:
+        raise RecipeError(
+            f"override '{item}': {block} has no option '{key}'",
+            did_you_mean(key, cls.model_fields, "options"),
+        )
+    current = data.get(block)
+    data[block] = {**(current if isinstance(current, dict) else {}), key: value}
+
+
+def _set_pass(data: dict, item: str, name: str, index: int | None, key: str, value: Any) -> None:
+    entries = data.get("passes") if isinstance(data.get("passes"), list) else []
+    where = [i for i, entry in enumerate(entries) if _entry_name(entry) == name]
+    if not where:
+        present = sorted({str(_entry_name(e)) for e in entries} | {"train", "convert"})
+        hint = did_you_mean(name, present, "passes and blocks of this recipe")
+        what = "pass" if name in PASSES else "pass or block"
+        raise RecipeError(f"override '{item}': the recipe has no {what} '{name}'", hint)
+    if index is None and len(where) > 1:
+        raise RecipeError(
+            f"override '{item}': the recipe has {len(where)} {name} passes "
+            f"(passes[{'], passes['.join(map(str, where))}])",
+            f"say which, counting from 0: {name}[0].{key}=... or {name}[1].{key}=...",
+        )
+    if index is not None and index >= len(where):
+        raise RecipeError(
+            f"override '{item}': the recipe has {len(where)} {name} pass(es)",
+            f"count from 0: {name}[0] is the first",
+        )
+    fields = PASSES[name].model_fields
+    if key not in fields:
+        raise RecipeError(
+            f"override '{item}': {name} has no option '{key}'",
+            did_you_mean(key, fields, "options"),
+        )
+    if isinstance(value, str) and key in FILE_OPTIONS:
+        value = str(Path(value).resolve())  # a path on the command line: from the current folder
+    position = where[index or 0]
+    entry = entries[position]
+    options = ({} if isinstance(entry, str) else entry[name]) or {}
+    if isinstance(options, dict):  # else validation reports the malformed options
+        entries[position] = {name: {**options, key: value}}
+
+
+def _entry_name(entry: Any) -> Any:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict) and len(entry) == 1:
+        return next(iter(entry))
+    return None
+
+
+# ---- files --------------------------------------------------------------------------------
 
 
 def _exists(path: Path) -> bool:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -194,9 +194,9 @@ def recipe_settings(recipe: Recipe) -> dict:
     """What the completed stages depend on: each pass's normalised options, train, convert, seed."""
     return _plain_json(
         {
-            "passes": [{"name": p.pass_name, "options": asdict(p)} for p in recipe.passes],
-            "train": asdict(recipe.train),
-            "convert": asdict(recipe.convert),
+            "passes": [{"name": p.pass_name, "options": p.to_dict()} for p in recipe.passes],
+            "train": recipe.train.to_dict(),
+            "convert": recipe.convert.to_dict(),
             "seed": recipe.seed,
         }
     )

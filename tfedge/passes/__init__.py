@@ -10,15 +10,15 @@ Example:
 
 from __future__ import annotations
 
-from tfedge.passes.base import PassContext, PassResult, TrainConfig, build_config
+from tfedge.passes.base import PassConfig, PassContext, PassResult, TrainConfig
 from tfedge.passes.registry import PASSES, build_pass, pass_names
 
 __all__ = [
     "PASSES",
+    "PassConfig",
     "PassContext",
     "PassResult",
     "TrainConfig",
-    "build_config",
     "build_pass",
     "pass_names",
 ]

@@ -1,7 +1,8 @@
 """The pass interface: a registry of named passes, the context they train in, what they return.
 
-A pass is a frozen dataclass of plain fields, validated when built (``RecipeError`` with a
-hint), with one ``apply(model, ctx) -> PassResult``. It never changes its input model and
+A pass is a ``PassConfig`` (a frozen pydantic model, ``tfedge.config``) of plain fields,
+validated when built (``RecipeError`` with the key path and a hint), with one
+``apply(model, ctx) -> PassResult``. It never changes its input model and
 returns a plain tf_keras model (tfmot wrappers stripped), except ``qat``, whose result is
 quantize-wrapped and goes straight to the converter.
 
@@ -13,135 +14,89 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import fnmatch
+import json
 import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
+from pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr, Strict, StrictStr
 
+from tfedge.config import Config, validate
 from tfedge.errors import RecipeError, TrainingError
 from tfedge.io.data import Inputs, arrange_inputs, as_float32, keras_input_specs, num_samples
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
-BATCHNORM = ("reestimate", "keep")
+DEFAULT_GUARD_HINT = "add fine-tuning epochs or make the pass gentler"
+P = TypeVar("P", bound="PassConfig")
 
 
-def build_config(cls: type, options: dict | None, where: str):
-    """``cls(**options)`` with unknown keys and wrong types reported as RecipeError."""
-    options = {} if options is None else options
-    if not isinstance(options, dict):
-        raise RecipeError(
-            f"{where}: options must be a mapping, got {type(options).__name__}",
-            "write options as `name: {key: value}`",
-        )
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    for key in options:
-        if key not in known:
-            raise RecipeError(
-                f"{where}: unknown option '{key}'", did_you_mean(str(key), known, "options")
-            )
-    config = cls(**{k: _plain(v) for k, v in options.items()})
-    object.__setattr__(config, "_where", where)
+class PassConfig(Config):
+    """Base of every pass: its options are validated fields; ``where`` names it in messages.
+
+    Options with a range or a set of values declare it on the field, so the recipe's JSON
+    Schema (``tfedge recipes schema``) knows it too; rules across options are validators that
+    raise ``ValueError("message (hint: ...)")``.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    pass_name: ClassVar[str] = ""
+    guard_hint: ClassVar[str] = DEFAULT_GUARD_HINT
+    _where: str = PrivateAttr("")
+
+    @property
+    def where(self) -> str:
+        """``passes[0] prune`` in a recipe, ``pass 'prune'`` alone."""
+        return self._where or f"pass '{self.pass_name}'"
+
+    def to_dict(self) -> dict:
+        """Every option, defaults included, as plain YAML/JSON values."""
+        return self.model_dump(mode="json")
+
+    def __eq__(self, other: object) -> bool:  # the options, not where the pass stands
+        return type(self) is type(other) and self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), json.dumps(self.to_dict(), sort_keys=True)))
+
+
+def build_config(cls: type[P], options: dict | None, where: str) -> P:
+    """``cls`` built from ``options``; a RecipeError names ``where`` and the option."""
+    config = validate(cls, options, where)
+    config._where = where
     return config
 
 
-def did_you_mean(word: str, choices, kind: str) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    if close:
-        return f"did you mean '{close[0]}'?"
-    return f"known {kind}: {', '.join(sorted(choices))}"
-
-
-def _plain(value):
-    return tuple(value) if isinstance(value, list) else value
-
-
-# ---- validation helpers (used in __post_init__) -------------------------------------------
-
-
 def where_of(config) -> str:
-    if hasattr(config, "_where"):
-        return config._where
-    if hasattr(config, "pass_name"):
-        return f"pass '{config.pass_name}'"
-    return getattr(config, "section", type(config).__name__)
+    return getattr(config, "where", type(config).__name__)
 
 
-def check_number(
-    config,
-    name: str,
-    lo: float,
-    hi: float,
-    *,
-    integer: bool = False,
-    lo_open: bool = False,
-    hi_open: bool = False,
-    optional: bool = False,
-) -> None:
-    """Raise RecipeError unless ``config.name`` is a number in the range (bools are not numbers)."""
-    value = getattr(config, name)
-    if value is None and optional:
-        return
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
-        raise RecipeError(
-            f"{where_of(config)}: {name} must be {kind}, got {value!r}",
-            _range_text(lo, hi, lo_open, hi_open),
+def _pairs(value: Any) -> Any:
+    """``[[a, b], ...]`` stays as it is for the type check; any other shape is refused here."""
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(p, (list, tuple)) and len(p) == 2 for p in value
+    ):
+        raise ValueError(
+            f"must be a list of [teacher_layer, student_layer] pairs, got {value!r} "
+            "(hint: e.g. features: [[fc1, fc1]])"
         )
-    too_low = value <= lo if lo_open else value < lo
-    too_high = value >= hi if hi_open else value > hi
-    if too_low or too_high:
-        raise RecipeError(
-            f"{where_of(config)}: {name} = {value} is out of range",
-            _range_text(lo, hi, lo_open, hi_open),
-        )
+    return value
 
 
-def _range_text(lo, hi, lo_open, hi_open) -> str:
-    hi_text = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi}"
-    return f"use a value {'>' if lo_open else '>='} {lo}{hi_text}"
-
-
-def check_choice(config, name: str, choices) -> None:
-    value = getattr(config, name)
-    if value not in choices:
-        raise RecipeError(
-            f"{where_of(config)}: {name} = {value!r} is not one of {', '.join(map(str, choices))}",
-            did_you_mean(str(value), [str(c) for c in choices], "values"),
-        )
-
-
-def check_bool(config, name: str, optional: bool = False) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, bool) and not (optional and value is None):
-        raise RecipeError(
-            f"{where_of(config)}: {name} must be true or false, got {value!r}",
-            "write true or false",
-        )
-
-
-def check_names(config, name: str) -> None:
-    """A tuple of strings (layer names, patterns or types)."""
-    value = getattr(config, name)
-    if isinstance(value, str):
-        object.__setattr__(config, name, (value,))
-        return
-    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-        raise RecipeError(
-            f"{where_of(config)}: {name} must be a list of names, got {value!r}",
-            f"e.g. {name}: [conv*, fc1]",
-        )
+# ``[[teacher_layer, student_layer], ...]`` (distill's features).
+Pairs = Annotated[
+    tuple[Annotated[tuple[StrictStr, StrictStr], Strict(False)], ...],
+    Strict(False),
+    BeforeValidator(_pairs),
+]
+# A learning rate that defaults to something derived from ``train.learning_rate``.
+OptionalRate = Annotated[float | None, Field(gt=0, le=1)]
 
 
 # ---- the accuracy guard -------------------------------------------------------------------
-
-DEFAULT_GUARD_HINT = "add fine-tuning epochs or make the pass gentler"
 
 
 def guard_hint_of(p) -> str:
@@ -157,25 +112,21 @@ def guard_hint_of(p) -> str:
 # ---- training -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """The recipe's ``train:`` block: how every fine-tuning run trains."""
 
-    section = "train"
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    validation_split: float = 0.1
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    batch_size: int = Field(32, ge=1, le=1 << 16)
+    validation_split: float = Field(0.1, ge=0, le=0.9)
     # after each pass that trains or replaces weights (not qat): re-estimate the moving
     # statistics of every BatchNormalization on the training data (passes/batchnorm.py)
-    batchnorm: str = "reestimate"
+    batchnorm: Literal["reestimate", "keep"] = "reestimate"
 
-    def __post_init__(self):
-        check_choice(self, "optimizer", OPTIMIZERS)
-        check_choice(self, "batchnorm", BATCHNORM)
-        check_number(self, "learning_rate", 0, 1, lo_open=True)
-        check_number(self, "batch_size", 1, 1 << 16, integer=True)
-        check_number(self, "validation_split", 0, 0.9)
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
 
 
 @dataclass

@@ -10,17 +10,16 @@ Example (recipe):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
+from tfedge.config import Names
 from tfedge.passes.base import (
+    OptionalRate,
+    PassConfig,
     PassResult,
-    check_bool,
-    check_choice,
-    check_names,
-    check_number,
     check_selection,
     clone_with_weights,
     import_tfmot,
@@ -36,8 +35,7 @@ INITS = {
 }
 
 
-@dataclass(frozen=True)
-class Cluster:
+class Cluster(PassConfig):
     """Share ``clusters`` centroids among the weights of each selected kernel.
 
     Args:
@@ -54,24 +52,14 @@ class Cluster:
     pass_name: ClassVar[str] = "cluster"
     guard_hint: ClassVar[str] = "use more clusters, add epochs, or cluster fewer layers (layers:)"
 
-    clusters: int = 16
-    init: str = "kmeans++"
+    clusters: int = Field(16, ge=2, le=256)
+    init: Literal["kmeans++", "linear", "density", "random"] = "kmeans++"
     preserve_sparsity: bool | None = None
     per_channel: bool = False
-    epochs: int = 1
-    learning_rate: float | None = None
-    layers: tuple = ()
-    layer_types: tuple = ()
-
-    def __post_init__(self):
-        check_number(self, "clusters", 2, 256, integer=True)
-        check_choice(self, "init", list(INITS))
-        check_bool(self, "preserve_sparsity", optional=True)
-        check_bool(self, "per_channel")
-        check_number(self, "epochs", 1, 1000, integer=True)
-        check_number(self, "learning_rate", 0, 1, lo_open=True, optional=True)
-        check_names(self, "layers")
-        check_names(self, "layer_types")
+    epochs: int = Field(1, ge=1, le=1000)
+    learning_rate: OptionalRate = None
+    layers: Names = ()
+    layer_types: Names = ()
 
     def selected(self, model) -> list[str]:
         return select_layers(

@@ -16,22 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import inspect as pyinspect
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pydantic import Field, field_validator, model_validator
+
+from tfedge.config import did_you_mean
 from tfedge.errors import RecipeError
 from tfedge.passes.base import (
+    OptionalRate,
+    Pairs,
+    PassConfig,
     PassResult,
-    check_bool,
-    check_choice,
-    check_number,
     where_of,
 )
 from tfedge.passes.rebuild import from_config, model_config
 
 
-@dataclass(frozen=True)
-class Distill:
+class Distill(PassConfig):
     """Knowledge distillation into a student model.
 
     Args:
@@ -55,45 +56,34 @@ class Distill:
 
     student: str | None = None
     builder: str | None = None
-    width: float | None = None
+    width: float | None = Field(None, gt=0, le=1)
     teacher: str | None = None
-    alpha: float = 0.1
-    temperature: float = 4.0
-    features: tuple = ()
-    feature_weight: float = 1.0
-    epochs: int = 10
-    learning_rate: float | None = None
+    alpha: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0, le=100)
+    features: Pairs = ()
+    feature_weight: float = Field(1.0, ge=0, le=1e6)
+    epochs: int = Field(10, ge=1, le=10000)
+    learning_rate: OptionalRate = None
     compare_alone: bool = False
 
-    def __post_init__(self):
-        if self.student is not None and (self.builder is not None or self.width is not None):
-            raise RecipeError(
-                f"{where_of(self)}: a student file cannot be combined with builder or width",
-                "give student, or builder (with an optional width), or width alone",
-            )
-        if self.builder is not None:
-            check_choice(self, "builder", tuple(sorted(_student_builders())))
-        check_number(self, "width", 0, 1, lo_open=True, optional=True)
-        check_number(self, "alpha", 0, 1)
-        check_number(self, "temperature", 0, 100, lo_open=True)
-        check_number(self, "feature_weight", 0, 1e6)
-        check_number(self, "epochs", 1, 10000, integer=True)
-        check_number(self, "learning_rate", 0, 1, lo_open=True, optional=True)
-        check_bool(self, "compare_alone")
-        self._check_features()
+    @field_validator("builder")
+    @classmethod
+    def _known_builder(cls, value: str | None) -> str | None:
+        known = sorted(_student_builders())
+        if value is not None and value not in known:
+            choices = ", ".join(known) or "none installed"
+            hint = did_you_mean(value, known, "builders") if known else "install tfedge"
+            raise ValueError(f"{value!r} is not one of {choices} (hint: {hint})")
+        return value
 
-    def _check_features(self) -> None:
-        pairs = self.features
-        if not isinstance(pairs, tuple) or not all(
-            isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(n, str) for n in p)
-            for p in pairs
-        ):
-            raise RecipeError(
-                f"{where_of(self)}: features must be a list of "
-                "[teacher_layer, student_layer] pairs",
-                "e.g. features: [[fc1, fc1]]",
+    @model_validator(mode="after")
+    def _one_student(self) -> Distill:
+        if self.student is not None and (self.builder is not None or self.width is not None):
+            raise ValueError(
+                "a student file cannot be combined with builder or width (hint: give student, "
+                "or builder (with an optional width), or width alone)"
             )
-        object.__setattr__(self, "features", tuple(tuple(p) for p in pairs))
+        return self
 
     def check(self, model, ctx) -> None:
         if not ctx.classification:

@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from tfedge.errors import RecipeError
+from tfedge.config import Names
 from tfedge.passes.base import (
+    OptionalRate,
+    PassConfig,
     PassResult,
-    check_bool,
-    check_names,
-    check_number,
     check_selection,
     select_layers,
-    where_of,
 )
 from tfedge.passes.rebuild import copy_weights, from_config, model_config, split_layer
 
@@ -49,8 +48,7 @@ class Factorisation:
         }
 
 
-@dataclass(frozen=True)
-class LowRank:
+class LowRank(PassConfig):
     """Factorise the selected layers.
 
     Args:
@@ -66,28 +64,20 @@ class LowRank:
     pass_name: ClassVar[str] = "low_rank"
     guard_hint: ClassVar[str] = "raise energy or param_ratio, add epochs, or factorise fewer layers"
 
-    energy: float | None = None
-    param_ratio: float | None = None
-    epochs: int = 2
+    energy: float | None = Field(None, gt=0, le=1)
+    param_ratio: float | None = Field(None, gt=0, lt=1)
+    epochs: int = Field(2, ge=0, le=1000)
     conv1x1: bool = True
     skip_output: bool = True
-    learning_rate: float | None = None
-    layers: tuple = ()
-    layer_types: tuple = ()
+    learning_rate: OptionalRate = None
+    layers: Names = ()
+    layer_types: Names = ()
 
-    def __post_init__(self):
+    @model_validator(mode="after")
+    def _one_target(self) -> LowRank:
         if self.energy is not None and self.param_ratio is not None:
-            raise RecipeError(
-                f"{where_of(self)}: give energy or param_ratio, not both", "remove one of them"
-            )
-        check_number(self, "energy", 0, 1, lo_open=True, optional=True)
-        check_number(self, "param_ratio", 0, 1, lo_open=True, hi_open=True, optional=True)
-        check_number(self, "epochs", 0, 1000, integer=True)
-        check_bool(self, "conv1x1")
-        check_bool(self, "skip_output")
-        check_number(self, "learning_rate", 0, 1, lo_open=True, optional=True)
-        check_names(self, "layers")
-        check_names(self, "layer_types")
+            raise ValueError("give energy or param_ratio, not both (hint: remove one of them)")
+        return self
 
     def selected(self, model) -> list[str]:
         outputs = set(model.output_names) if self.skip_output else set()

@@ -13,31 +13,27 @@ Example (recipe):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, Strict, field_validator, model_validator
 
-from tfedge.errors import RecipeError
+from tfedge.config import Names
 from tfedge.passes.base import (
+    PassConfig,
     PassResult,
-    check_choice,
-    check_names,
-    check_number,
     check_selection,
     clone_with_weights,
     import_tfmot,
     kernel_of,
     select_layers,
-    where_of,
 )
 
-SCHEDULES = ("polynomial", "constant")
-STRUCTURES = ("unstructured", "2:4")
+# ``[h, w]``: blocks of weights pruned together
+Block = Annotated[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]], Strict(False)]
 
 
-@dataclass(frozen=True)
-class Prune:
+class Prune(PassConfig):
     """Magnitude-prune the selected layers' kernels to ``target_sparsity`` while fine-tuning.
 
     Args:
@@ -58,50 +54,47 @@ class Prune:
     pass_name: ClassVar[str] = "prune"
     guard_hint: ClassVar[str] = "lower target_sparsity, add epochs, or prune fewer layers (layers:)"
 
-    target_sparsity: float = 0.5
-    schedule: str = "polynomial"
-    initial_sparsity: float = 0.0
-    ramp: float = 0.7
-    epochs: int = 2
-    structure: str = "unstructured"
-    block_size: tuple = (1, 1)
-    layers: tuple = ()
-    layer_types: tuple = ()
-    min_weights: int = 0
+    target_sparsity: float = Field(0.5, gt=0, lt=1)
+    schedule: Literal["polynomial", "constant"] = "polynomial"
+    initial_sparsity: float = Field(0.0, ge=0, lt=1)
+    ramp: float = Field(0.7, gt=0, le=1)
+    epochs: int = Field(2, ge=1, le=1000)
+    structure: Literal["unstructured", "2:4"] = "unstructured"
+    block_size: Block = (1, 1)
+    layers: Names = ()
+    layer_types: Names = ()
+    min_weights: int = Field(0, ge=0, le=10**9)
 
-    def __post_init__(self):
-        check_number(self, "target_sparsity", 0, 1, lo_open=True, hi_open=True)
-        check_choice(self, "schedule", SCHEDULES)
-        check_number(self, "initial_sparsity", 0, self.target_sparsity, hi_open=True)
-        check_number(self, "ramp", 0, 1, lo_open=True)
-        check_number(self, "epochs", 1, 1000, integer=True)
-        if self.structure == 124:  # YAML 1.1 reads an unquoted 2:4 as the base-60 number 124
-            raise RecipeError(
-                f'{where_of(self)}: structure must be the string "2:4"',
-                'quote it: structure: "2:4"',
+    @field_validator("structure", mode="before")
+    @classmethod
+    def _quoted_2_4(cls, value: Any) -> Any:
+        if value == 124 and not isinstance(value, bool):  # YAML 1.1 reads 2:4 as base-60 124
+            raise ValueError(
+                'YAML reads an unquoted 2:4 as the number 124 (hint: quote it: structure: "2:4")'
             )
-        check_choice(self, "structure", STRUCTURES)
-        check_names(self, "layers")
-        check_names(self, "layer_types")
-        check_number(self, "min_weights", 0, 10**9, integer=True)
-        self._check_block()
+        return value
 
-    def _check_block(self) -> None:
-        block = self.block_size
-        if not (
-            isinstance(block, tuple)
-            and len(block) == 2
-            and all(isinstance(b, int) and b >= 1 for b in block)
-        ):
-            raise RecipeError(
-                f"{where_of(self)}: block_size must be two positive integers, got {block!r}",
-                "e.g. block_size: [1, 4]",
+    @field_validator("block_size", mode="before")
+    @classmethod
+    def _two_numbers(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(
+                f"must be two positive integers, got {value!r} (hint: e.g. block_size: [1, 4])"
             )
-        if block != (1, 1) and self.structure == "2:4":
-            raise RecipeError(
-                f"{where_of(self)}: block_size and structure 2:4 cannot be combined",
-                "choose one of them",
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Prune:
+        if self.initial_sparsity >= self.target_sparsity:
+            raise ValueError(
+                f"initial_sparsity = {self.initial_sparsity} must be below target_sparsity = "
+                f"{self.target_sparsity} (hint: lower initial_sparsity or raise target_sparsity)"
             )
+        if self.block_size != (1, 1) and self.structure == "2:4":
+            raise ValueError(
+                "block_size and structure 2:4 cannot be combined (hint: choose one of them)"
+            )
+        return self
 
     def selected(self, model) -> list[str]:
         """The layers this pass prunes in ``model``."""

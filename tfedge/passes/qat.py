@@ -13,14 +13,15 @@ Example (recipe):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from tfedge.errors import RecipeError
 from tfedge.passes.base import (
+    OptionalRate,
+    PassConfig,
     PassResult,
-    check_choice,
-    check_number,
     clone_with_weights,
     import_tfmot,
     where_of,
@@ -36,12 +37,8 @@ from tfedge.passes.qat_configs import (
     quantize_config_for,
 )
 
-SCHEMES = ("auto", "default", "pqat", "cqat", "pcqat")
-POLICIES = ("stop", "skip")
 
-
-@dataclass(frozen=True)
-class Qat:
+class Qat(PassConfig):
     """Fine-tune with simulated 8-bit quantization.
 
     Args:
@@ -56,16 +53,10 @@ class Qat:
     pass_name: ClassVar[str] = "qat"
     guard_hint: ClassVar[str] = "add epochs or lower its learning_rate"
 
-    epochs: int = 1
-    scheme: str = "auto"
-    unsupported: str = "stop"
-    learning_rate: float | None = None
-
-    def __post_init__(self):
-        check_number(self, "epochs", 1, 1000, integer=True)
-        check_choice(self, "scheme", SCHEMES)
-        check_choice(self, "unsupported", POLICIES)
-        check_number(self, "learning_rate", 0, 1, lo_open=True, optional=True)
+    epochs: int = Field(1, ge=1, le=1000)
+    scheme: Literal["auto", "default", "pqat", "cqat", "pcqat"] = "auto"
+    unsupported: Literal["stop", "skip"] = "stop"
+    learning_rate: OptionalRate = None
 
     def check(self, model, ctx) -> None:
         """Stop before any training if tfmot cannot quantize some layers and the recipe says so."""

@@ -1,8 +1,9 @@
 """The passes a recipe can name, in one explicit table.
 
-A pass is a frozen dataclass with a ``pass_name`` and an ``apply(model, ctx)`` method (see
-``tfedge.passes.base``). Adding one means writing its module and one line here; the passes
-never import this module, and importing it runs nothing but the table.
+A pass is a ``PassConfig`` (a frozen pydantic model of its options) with a ``pass_name`` and
+an ``apply(model, ctx)`` method (see ``tfedge.passes.base``). Adding one means writing its
+module and one line here; the passes never import this module, and importing it runs
+nothing but the table.
 
 Example:
     >>> build_pass("prune", {"target_sparsity": 0.75}, where="passes[0] prune")
@@ -11,15 +12,18 @@ Example:
 
 from __future__ import annotations
 
+from tfedge.config import did_you_mean
 from tfedge.errors import RecipeError
-from tfedge.passes.base import build_config, did_you_mean
+from tfedge.passes.base import PassConfig, build_config
 from tfedge.passes.cluster import Cluster
 from tfedge.passes.distill import Distill
 from tfedge.passes.low_rank import LowRank
 from tfedge.passes.prune import Prune
 from tfedge.passes.qat import Qat
 
-PASSES: dict[str, type] = {cls.pass_name: cls for cls in (Prune, Cluster, Qat, Distill, LowRank)}
+PASSES: dict[str, type[PassConfig]] = {
+    cls.pass_name: cls for cls in (Prune, Cluster, Qat, Distill, LowRank)
+}
 
 
 def pass_names() -> list[str]:
@@ -27,13 +31,41 @@ def pass_names() -> list[str]:
     return sorted(PASSES)
 
 
-def build_pass(name: str, options: dict | None, where: str = ""):
+def pass_class(name: str, where: str = "") -> type[PassConfig]:
+    """The class of pass ``name``; RecipeError with "did you mean" for an unknown name."""
+    if name not in PASSES:
+        prefix = f"{where}: " if where else ""
+        raise RecipeError(f"{prefix}unknown pass '{name}'", did_you_mean(name, PASSES, "passes"))
+    return PASSES[name]
+
+
+def build_pass(name: str, options: dict | None, where: str = "") -> PassConfig:
     """The pass ``name`` built from ``options``.
 
     Raises:
         RecipeError: unknown pass name, unknown option or a bad value, naming ``where``.
     """
     where = where or f"pass '{name}'"
-    if name not in PASSES:
-        raise RecipeError(f"{where}: unknown pass '{name}'", did_you_mean(name, PASSES, "passes"))
-    return build_config(PASSES[name], options, where)
+    return build_config(pass_class(name, where), options, where)
+
+
+def passes_json_schema() -> dict:
+    """The schema of a recipe's ``passes:`` list: each item one ``{name: {options}}`` mapping
+    (options may be left empty) or a bare pass name."""
+    entries: list[dict] = [
+        {
+            "type": "object",
+            "properties": {name: {"anyOf": [_options_schema(cls), {"type": "null"}]}},
+            "required": [name],
+            "additionalProperties": False,
+        }
+        for name, cls in sorted(PASSES.items())
+    ]
+    entries.append({"enum": pass_names()})
+    return {"type": "array", "items": {"anyOf": entries}}
+
+
+def _options_schema(cls: type[PassConfig]) -> dict:
+    schema = cls.model_json_schema()
+    schema["title"] = f"{cls.pass_name} options"
+    return schema
