@@ -26,7 +26,14 @@ import difflib
 from collections.abc import Iterable
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Strict,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from tfedge.errors import RecipeError, TfedgeError
 
@@ -47,7 +54,12 @@ def _names(value: Any) -> Any:
 
 
 # Layer names, glob patterns or class names: `layers: conv*` or `layers: [conv1, fc*]`.
-Names = Annotated[tuple[str, ...], Strict(False), BeforeValidator(_names)]
+Names = Annotated[
+    tuple[str, ...],
+    Strict(False),
+    BeforeValidator(_names),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
 
 
 def validate(cls: type[C], data: Any, where: str, error: type[TfedgeError] = RecipeError) -> C:

@@ -1,10 +1,20 @@
-"""`tfedge recipes list|show|check`."""
+"""`tfedge recipes list|show|check|schema`."""
 
 from __future__ import annotations
 
 import click
 
 from tfedge.cli.options import echo_json, echo_table, json_option
+
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="PASS.KEY=VALUE",
+    help="Change one option of the recipe, e.g. prune.target_sparsity=0.6 (repeatable; also "
+    "train.KEY=VALUE, convert.KEY=VALUE, max_accuracy_drop=3; prune[1].epochs=2 for the "
+    "second prune pass).",
+)
 
 
 @click.group("recipes")
@@ -14,6 +24,7 @@ def recipes_cmd():
     \b
     Example:
         tfedge recipes show prune-cluster-qat > my.yaml
+        tfedge recipes schema > recipe.schema.json
     """
 
 
@@ -40,21 +51,59 @@ def list_cmd(as_json):
 
 @recipes_cmd.command("show")
 @click.argument("name", metavar="NAME|FILE")
-def show_cmd(name):
+@set_option
+@click.option(
+    "--full", is_flag=True, help="Print every option, defaults filled in (the normalised recipe)."
+)
+def show_cmd(name, overrides, full):
     """Print a recipe's YAML (a starting point for your own)."""
-    from tfedge.optimize.recipe import load_recipe
+    from tfedge.optimize.recipe import dump_recipe, load_recipe
 
-    click.echo(load_recipe(name).text, nl=False)
+    recipe = load_recipe(name, overrides)
+    click.echo(dump_recipe(recipe) if full else recipe.text, nl=False)
 
 
 @recipes_cmd.command("check")
 @click.argument("name", metavar="NAME|FILE")
-def check_cmd(name):
-    """Validate a recipe without training anything."""
+@set_option
+@json_option
+def check_cmd(name, overrides, as_json):
+    """Validate a recipe without training anything; print its canonical hash.
+
+    The hash is of the normalised content (defaults filled in): comments, key order, name and
+    description do not change it.
+    """
     from tfedge.optimize.recipe import load_recipe
 
-    recipe = load_recipe(name)
+    recipe = load_recipe(name, overrides)
+    if as_json:
+        echo_json(
+            {
+                "source": recipe.source,
+                "passes": recipe.pass_names,
+                "canonical_sha256": recipe.canonical_sha256,
+                "recipe": recipe.to_dict(),
+            }
+        )
+        return
     click.echo(
         f"{recipe.source}: ok ({' -> '.join(recipe.pass_names) or 'no passes'}), "
-        f"sha256 {recipe.sha256[:12]}"
+        f"canonical sha256 {recipe.canonical_sha256[:12]}"
     )
+
+
+@recipes_cmd.command("schema")
+def schema_cmd():
+    """Print the JSON Schema of a recipe file, for editors that validate YAML as you type.
+
+    \b
+    Example (VS Code with the YAML extension):
+        tfedge recipes schema > recipe.schema.json
+        # first line of my.yaml:
+        # yaml-language-server: $schema=recipe.schema.json
+    """
+    import json
+
+    from tfedge.optimize.recipe import recipe_json_schema
+
+    click.echo(json.dumps(recipe_json_schema(), indent=2))
