@@ -75,11 +75,27 @@ BAD = [
     ("schema_version: 1\nmax_accuracy_drop: lots\n", "max_accuracy_drop"),
     ("schema_version: 1\npasses: [prune: {a: 1}, 3]\n", "unknown option 'a'"),
     ("schema_version: 1\npasses:\n  - prune: {target_sparsity: 0.5\n", "not valid YAML"),
+    # rules across options, and values pydantic's strict types refuse
+    ("schema_version: 1\npasses:\n  - prune: {initial_sparsity: 0.5}\n", "must be below"),
+    (
+        'schema_version: 1\npasses:\n  - prune: {structure: "2:4", block_size: [1, 4]}\n',
+        "block_size and structure 2:4 cannot be combined",
+    ),
+    ("schema_version: 1\npasses:\n  - prune: {block_size: [4]}\n", "two positive integers"),
+    ("schema_version: 1\npasses:\n  - prune: {target_sparsity: .nan}\n", "finite number"),
+    ("schema_version: 1\npasses:\n  - qat: {epochs: true}\n", "epochs must be an integer"),
+    ("schema_version: 1\npasses:\n  - cluster: {per_channel: 1}\n", "true or false"),
+    ("schema_version: 1\npasses:\n  - distill: {builder: dgits}\n", "did you mean 'digits'"),
+    ("schema_version: 1\npasses:\n  - distill: {features: [fc1]}\n", "[teacher_layer, "),
+    ("schema_version: 1\npasses:\n  - distill: {student: s.keras, width: 0.5}\n", "student file"),
+    ("schema_version: 1\nconvert: {quant: int9}\n", "did you mean 'int8'"),
+    ("schema_version: 1\nseed: -1\n", "seed = -1 is out of range"),
 ]
 
 
 @pytest.mark.parametrize("text,fragment", BAD)
 def test_bad_recipes_are_rejected_with_a_clear_error(text, fragment, tmp_path):
+    (tmp_path / "s.keras").write_bytes(b"PK")
     with pytest.raises(RecipeError) as info:
         parse_recipe(text, "r.yaml", tmp_path)
     assert fragment.lower() in str(info.value).lower()

@@ -23,6 +23,7 @@ The device package keeps its own dependency-free checks (it runs on boards witho
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from typing import Annotated, Any, TypeVar
 
@@ -111,7 +112,7 @@ def describe(err: Any, cls: type[BaseModel], where: str) -> tuple[str, str]:
     if kind in _RANGE:
         return f"{prefix}{path} = {value} is out of range", _range_hint(cls, loc, ctx)
     if kind in _TYPES:
-        return f"{prefix}{path} must be {_TYPES[kind]}, got {value!r}", _type_hint(kind)
+        return f"{prefix}{path} must be {_TYPES[kind]}, got {value!r}", _type_hint(kind, value)
     if kind in ("value_error", "assertion_error"):
         text = str(ctx.get("error", err.get("msg", "")))
         message, _, hint = text.partition(" (hint: ")
@@ -142,7 +143,9 @@ _TYPES = {
 }
 
 
-def _type_hint(kind: str) -> str:
+def _type_hint(kind: str, value: Any = None) -> str:
+    if kind == "float_type" and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        return f"YAML reads {value} as text: write it with a dot, e.g. {_with_dot(value.strip())}"
     return {
         "bool_type": "write true or false",
         "string_type": "write text, e.g. a layer name",
@@ -152,6 +155,14 @@ def _type_hint(kind: str) -> str:
         "model_type": "write `key: value` lines",
         "model_attributes_type": "write `key: value` lines",
     }.get(kind, "write a plain number, without quotes")
+
+
+_EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")  # 1e-4: a string to YAML 1.1
+
+
+def _with_dot(text: str) -> str:
+    mantissa, _, exponent = text.lower().partition("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
 
 
 def _path(loc: tuple) -> str:
