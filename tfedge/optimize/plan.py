@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,14 @@ class OptimizePlan:
 
 
 def plan_optimize(
-    model, recipe, data=None, eval_data=None, output=None, *, trust_model: bool = False
+    model,
+    recipe,
+    data=None,
+    eval_data=None,
+    output=None,
+    *,
+    overrides: Sequence[str] = (),
+    trust_model: bool = False,
 ) -> OptimizePlan:
     """Check ``recipe`` against ``model`` and list, per pass, the layers it touches and skips.
 
@@ -89,6 +97,7 @@ def plan_optimize(
             the recipe (labels for training passes).
         eval_data: evaluation data (optional, needs ``data``): checked the same way.
         output: OUTDIR (optional): checked as the run checks it; never created.
+        overrides: ``PASS.KEY=VALUE`` changes to the recipe (as ``load_recipe`` takes them).
         trust_model: load Keras layers that carry Python code (Lambda).
 
     Returns:
@@ -103,7 +112,7 @@ def plan_optimize(
     if eval_data is not None and data is None:
         raise UsageError("--eval without --data", "give the training data with --data too")
     with trusting(trust_model):
-        return _plan(model, load_recipe(recipe), data, eval_data, output)
+        return _plan(model, load_recipe(recipe, overrides), data, eval_data, output)
 
 
 def _plan(model, recipe: Recipe, data, eval_data, output) -> OptimizePlan:
