@@ -65,7 +65,7 @@ class ConvertConfig(Config):
 
     quant: Literal["int8", "int16x8", "float16", "dynamic", "none"] = "int8"
     io: Literal["int8", "uint8", "int16", "float32"] | None = None
-    calib_samples: int = Field(256, ge=1, le=1 << 20)
+    calib_samples: int = Field(default=256, ge=1, le=1 << 20)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -86,8 +86,8 @@ class Recipe(Config):
     passes: Annotated[tuple[PassConfig, ...], WithJsonSchema(passes_json_schema())] = ()
     train: TrainConfig = TrainConfig()
     convert: ConvertConfig = ConvertConfig()
-    max_accuracy_drop: float | None = Field(None, ge=0, le=100)
-    seed: int = Field(0, ge=0)
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=100)
+    seed: int = Field(default=0, ge=0)
     _source: str = PrivateAttr("<recipe>")
     _text: str = PrivateAttr("")
 
@@ -380,7 +380,7 @@ def _set_block(data: dict, item: str, block: str, key: str, value: Any) -> None:
 
 
 def _set_pass(data: dict, item: str, name: str, index: int | None, key: str, value: Any) -> None:
-    entries = data.get("passes") if isinstance(data.get("passes"), list) else []
+    entries: list = data["passes"] if isinstance(data.get("passes"), list) else []
     where = [i for i, entry in enumerate(entries) if _entry_name(entry) == name]
     if not where:
         present = sorted({str(_entry_name(e)) for e in entries} | {"train", "convert"})

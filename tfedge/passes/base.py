@@ -52,12 +52,23 @@ class PassConfig(Config):
         """``passes[0] prune`` in a recipe, ``pass 'prune'`` alone."""
         return self._where or f"pass '{self.pass_name}'"
 
+    def check(self, model, ctx) -> None:
+        """RecipeError if the pass cannot work on ``model``, before anything trains."""
+
+    def apply(self, model, ctx) -> PassResult:
+        """The compressed model; ``model`` itself is left unchanged."""
+        raise NotImplementedError
+
     def to_dict(self) -> dict:
         """Every option, defaults included, as plain YAML/JSON values."""
         return self.model_dump(mode="json")
 
     def __eq__(self, other: object) -> bool:  # the options, not where the pass stands
-        return type(self) is type(other) and self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
+        return (
+            isinstance(other, PassConfig)
+            and type(self) is type(other)
+            and (self.to_dict() == other.to_dict())
+        )
 
     def __hash__(self) -> int:
         return hash((type(self), json.dumps(self.to_dict(), sort_keys=True)))
@@ -118,9 +129,9 @@ class TrainConfig(Config):
     model_config = ConfigDict(allow_inf_nan=False)
 
     optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
-    learning_rate: float = Field(1e-3, gt=0, le=1)
-    batch_size: int = Field(32, ge=1, le=1 << 16)
-    validation_split: float = Field(0.1, ge=0, le=0.9)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1)
+    batch_size: int = Field(default=32, ge=1, le=1 << 16)
+    validation_split: float = Field(default=0.1, ge=0, le=0.9)
     # after each pass that trains or replaces weights (not qat): re-estimate the moving
     # statistics of every BatchNormalization on the training data (passes/batchnorm.py)
     batchnorm: Literal["reestimate", "keep"] = "reestimate"

@@ -52,11 +52,11 @@ class Cluster(PassConfig):
     pass_name: ClassVar[str] = "cluster"
     guard_hint: ClassVar[str] = "use more clusters, add epochs, or cluster fewer layers (layers:)"
 
-    clusters: int = Field(16, ge=2, le=256)
+    clusters: int = Field(default=16, ge=2, le=256)
     init: Literal["kmeans++", "linear", "density", "random"] = "kmeans++"
     preserve_sparsity: bool | None = None
     per_channel: bool = False
-    epochs: int = Field(1, ge=1, le=1000)
+    epochs: int = Field(default=1, ge=1, le=1000)
     learning_rate: OptionalRate = None
     layers: Names = ()
     layer_types: Names = ()

@@ -56,13 +56,13 @@ class Distill(PassConfig):
 
     student: str | None = None
     builder: str | None = None
-    width: float | None = Field(None, gt=0, le=1)
+    width: float | None = Field(default=None, gt=0, le=1)
     teacher: str | None = None
-    alpha: float = Field(0.1, ge=0, le=1)
-    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(default=0.1, ge=0, le=1)
+    temperature: float = Field(default=4.0, gt=0, le=100)
     features: Pairs = ()
-    feature_weight: float = Field(1.0, ge=0, le=1e6)
-    epochs: int = Field(10, ge=1, le=10000)
+    feature_weight: float = Field(default=1.0, ge=0, le=1e6)
+    epochs: int = Field(default=10, ge=1, le=10000)
     learning_rate: OptionalRate = None
     compare_alone: bool = False
 

@@ -64,9 +64,9 @@ class LowRank(PassConfig):
     pass_name: ClassVar[str] = "low_rank"
     guard_hint: ClassVar[str] = "raise energy or param_ratio, add epochs, or factorise fewer layers"
 
-    energy: float | None = Field(None, gt=0, le=1)
-    param_ratio: float | None = Field(None, gt=0, lt=1)
-    epochs: int = Field(2, ge=0, le=1000)
+    energy: float | None = Field(default=None, gt=0, le=1)
+    param_ratio: float | None = Field(default=None, gt=0, lt=1)
+    epochs: int = Field(default=2, ge=0, le=1000)
     conv1x1: bool = True
     skip_output: bool = True
     learning_rate: OptionalRate = None

@@ -54,16 +54,16 @@ class Prune(PassConfig):
     pass_name: ClassVar[str] = "prune"
     guard_hint: ClassVar[str] = "lower target_sparsity, add epochs, or prune fewer layers (layers:)"
 
-    target_sparsity: float = Field(0.5, gt=0, lt=1)
+    target_sparsity: float = Field(default=0.5, gt=0, lt=1)
     schedule: Literal["polynomial", "constant"] = "polynomial"
-    initial_sparsity: float = Field(0.0, ge=0, lt=1)
-    ramp: float = Field(0.7, gt=0, le=1)
-    epochs: int = Field(2, ge=1, le=1000)
+    initial_sparsity: float = Field(default=0.0, ge=0, lt=1)
+    ramp: float = Field(default=0.7, gt=0, le=1)
+    epochs: int = Field(default=2, ge=1, le=1000)
     structure: Literal["unstructured", "2:4"] = "unstructured"
     block_size: Block = (1, 1)
     layers: Names = ()
     layer_types: Names = ()
-    min_weights: int = Field(0, ge=0, le=10**9)
+    min_weights: int = Field(default=0, ge=0, le=10**9)
 
     @field_validator("structure", mode="before")
     @classmethod

@@ -53,7 +53,7 @@ class Qat(PassConfig):
     pass_name: ClassVar[str] = "qat"
     guard_hint: ClassVar[str] = "add epochs or lower its learning_rate"
 
-    epochs: int = Field(1, ge=1, le=1000)
+    epochs: int = Field(default=1, ge=1, le=1000)
     scheme: Literal["auto", "default", "pqat", "cqat", "pcqat"] = "auto"
     unsupported: Literal["stop", "skip"] = "stop"
     learning_rate: OptionalRate = None
