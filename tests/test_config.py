@@ -91,3 +91,22 @@ def test_json_schema_forbids_unknown_keys():
     assert schema["title"] == "prune options"
     assert schema["additionalProperties"] is False
     assert schema["properties"]["target_sparsity"]["exclusiveMaximum"] == 1
+
+
+class Named(Config):
+    name: str = Field("x", min_length=1, max_length=4, pattern=r"^[a-z]+$")
+
+
+@pytest.mark.parametrize(
+    ("value", "message", "hint"),
+    [
+        ("", "name = '' is too short", "at least 1 character"),
+        ("abcdef", "name = 'abcdef' is too long", "at most 4 characters"),
+        ("A1", "name = 'A1' has a wrong form", "match ^[a-z]+$"),
+    ],
+)
+def test_string_limits_are_described(value, message, hint):
+    with pytest.raises(RecipeError) as err:
+        validate(Named, {"name": value}, "profile p")
+    assert err.value.message == f"profile p: {message}"
+    assert hint in err.value.hint

@@ -109,6 +109,14 @@ def describe(err: Any, cls: type[BaseModel], where: str) -> tuple[str, str]:
             f"{prefix}{path} = {value!r} is not one of {', '.join(choices)}",
             did_you_mean(str(value), choices, "values"),
         )
+    if kind in ("string_too_short", "string_too_long"):
+        short = kind == "string_too_short"
+        limit = ctx.get("min_length" if short else "max_length")
+        plural = "" if limit == 1 else "s"
+        hint = f"write {'at least' if short else 'at most'} {limit} character{plural}"
+        return f"{prefix}{path} = {value!r} is too {'short' if short else 'long'}", hint
+    if kind == "string_pattern_mismatch":
+        return f"{prefix}{path} = {value!r} has a wrong form", f"match {ctx.get('pattern')}"
     if kind in _RANGE:
         return f"{prefix}{path} = {value} is out of range", _range_hint(cls, loc, ctx)
     if kind in _TYPES:
