@@ -32,9 +32,9 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, PrivateAttr, WithJsonSchema
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from tfedge.config import Config, did_you_mean, json_schema, validate
 from tfedge.errors import RecipeError
@@ -83,7 +83,7 @@ class Recipe(Config):
     schema_version: Literal[1]
     name: str = ""
     description: str = ""
-    passes: Annotated[tuple[PassConfig, ...], WithJsonSchema(passes_json_schema())] = ()
+    passes: tuple[PassConfig, ...] = ()  # the schema is passes_json_schema(): see below
     train: TrainConfig = TrainConfig()
     convert: ConvertConfig = ConvertConfig()
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=100)
@@ -154,8 +154,15 @@ class _Flow(dict):
 
 
 def recipe_json_schema() -> dict:
-    """JSON Schema of a recipe file, for editors (``tfedge recipes schema``)."""
-    return json_schema(Recipe, "tfedge recipe")
+    """JSON Schema of a recipe file, for editors (``tfedge recipes schema``).
+
+    ``passes`` is described as the file writes it (a list of ``{name: {options}}``), built
+    here rather than when the module is imported.
+    """
+    schema = json_schema(Recipe, "tfedge recipe")
+    schema["properties"]["passes"] = {**passes_json_schema(), "default": []}
+    schema["$defs"].pop("PassConfig", None)
+    return schema
 
 
 def builtin_recipes() -> list[str]:
