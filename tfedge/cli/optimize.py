@@ -71,6 +71,7 @@ def optimize_cmd(
             --data models/digits/train.npz --eval models/digits/test.npz -o out/digits
         tfedge optimize models/digits/model.keras --resume out/digits -r edited.yaml \\
             --data models/digits/train.npz --eval models/digits/test.npz
+        tfedge optimize models/digits/model.keras -r prune-cluster-qat --dry-run
     """
     from tfedge.errors import UsageError
     from tfedge.optimize.pipeline import optimize
