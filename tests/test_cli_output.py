@@ -1,0 +1,95 @@
+"""What the CLI prints for scripts and people: ``--json`` errors, stage lines, status tables.
+
+The CLI runs in-process (``run_cli``); none of these tests needs TensorFlow unless marked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import signal
+
+import pytest
+
+from tfedge.fsutil import Terminated
+
+ERROR_KEYS = {"error", "hint", "kind", "exit_code"}
+
+
+def json_error(result, kind: str, code: int) -> dict:
+    """``result`` is one JSON error object on stdout, nothing on stderr, exit ``code``."""
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    obj = json.loads(result.stdout)
+    assert set(obj) == ERROR_KEYS, obj
+    assert obj["kind"] == kind and obj["exit_code"] == code, obj
+    assert obj["error"] and "Error:" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "fragment"),
+    [
+        (["recipes", "check", "nosuch", "--json"], "RecipeError", "nosuch"),
+        (["profiles", "show", "nosuch", "--json"], "ProfileError", "nosuch"),
+    ],
+)
+def test_json_error_is_one_object(run_cli, args, kind, fragment):
+    obj = json_error(run_cli(*args, expect=None), kind, 1)
+    assert fragment in obj["error"] and obj["hint"]
+
+
+def test_json_error_raised_before_tensorflow(run_cli, tmp_path):
+    """A file that is no model: ModelLoadError, and a recipe error from deep in optimize."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    obj = json_error(run_cli("inspect", text, "--json", expect=None), "ModelLoadError", 1)
+    assert "notes.txt" in obj["error"] and obj["hint"]
+    out = tmp_path / "out"
+    result = run_cli(
+        "optimize", text, "-r", "nosuch", "--data", text, "--eval", text, "-o", out, "--json",
+        expect=None,
+    )  # fmt: skip
+    json_error(result, "RecipeError", 1)
+    assert not out.exists()
+
+
+def test_json_usage_errors(run_cli, tmp_path):
+    """click's own usage errors (a bad option, a missing file) are JSON too, exit code 2."""
+    obj = json_error(run_cli("recipes", "list", "--json", "--bogus", expect=None), "UsageError", 2)
+    assert "--bogus" in obj["error"] and "recipes list --help" in obj["hint"]
+    missing = tmp_path / "missing.keras"
+    obj = json_error(run_cli("convert", missing, "--json", expect=None), "UsageError", 2)
+    assert "missing.keras" in obj["error"]
+
+
+def test_without_json_errors_stay_one_line(run_cli):
+    from tests.conftest import assert_one_error_line
+
+    result = run_cli("recipes", "check", "nosuch", expect=1)
+    assert result.stdout == ""
+    assert_one_error_line(result, "nosuch", "hint:")
+    # a command without --json keeps click's usage text for the word --json
+    result = run_cli("demo", "--json", expect=2)
+    assert "No such option" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("stop", "kind", "code"),
+    [
+        (KeyboardInterrupt(), "Interrupted", 130),
+        (Terminated(signal.SIGTERM), "Terminated", 128 + signal.SIGTERM),
+    ],
+)
+def test_json_interrupt(run_cli, monkeypatch, stop, kind, code):
+    """Ctrl-C, or SIGTERM (made an interrupt by the CLI), under --json: one object."""
+    recipe = importlib.import_module("tfedge.optimize.recipe")  # tfedge.optimize is a function
+
+    def interrupted(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr(recipe, "builtin_recipes", interrupted)
+    obj = json_error(run_cli("recipes", "list", "--json", expect=None), kind, code)
+    assert "nothing half-written was kept" in obj["error"]
+    result = run_cli("recipes", "list", expect=code)
+    assert result.stderr.startswith("Aborted: ") and result.stdout == ""
