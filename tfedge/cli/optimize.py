@@ -74,6 +74,7 @@ def optimize_cmd(
         tfedge optimize models/digits/model.keras -r prune-cluster-qat --dry-run
     """
     from tfedge.errors import UsageError
+    from tfedge.fsutil import sha256_file
     from tfedge.optimize.pipeline import optimize
     from tfedge.progress import progress_wanted
 
@@ -111,7 +112,7 @@ def optimize_cmd(
             "unique/ch",
             "tflite B",
             "gzip B",
-            "vs float32",
+            "float32/gzip",
         ],
         [
             [
@@ -127,13 +128,14 @@ def optimize_cmd(
             for s in result.stages
         ],
     )
+    click.echo("float32/gzip: the float32 stage's .tflite bytes / this stage's gzip bytes")
     for note in result.notes:
         click.echo(f"Note: {note}", err=True)
     if result.resumed:
         reused = ", ".join(result.resumed["reused"])
         click.echo(f"Resumed from stage '{result.resumed['from_stage']}' (reused {reused})")
     click.echo(
-        f"Wrote {result.model} (recipe {result.recipe}, sha256 {result.recipe_sha256[:12]}) "
+        f"Wrote {result.model} (sha256 {sha256_file(result.model)[:12]}, recipe {result.recipe}) "
         f"in {result.seconds:.1f} s"
     )
 
