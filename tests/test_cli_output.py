@@ -93,3 +93,29 @@ def test_json_interrupt(run_cli, monkeypatch, stop, kind, code):
     assert "nothing half-written was kept" in obj["error"]
     result = run_cli("recipes", "list", expect=code)
     assert result.stderr.startswith("Aborted: ") and result.stdout == ""
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_optimize_prints_stage_lines_the_ratio_and_the_models_hash(digits, run_cli, tmp_path):
+    """Not a terminal (CliRunner): one line per stage on stderr, no bars; the table's ratio
+    column says what it divides; "Wrote" carries model.tflite's own sha256."""
+    import hashlib
+
+    out = tmp_path / "out"
+    result = run_cli(
+        "optimize", digits.model, "-r", "int8", "--data", digits.train, "--eval", digits.test,
+        "-o", out,
+    )  # fmt: skip
+    lines = result.stderr.splitlines()
+    assert lines[0] == "[1/2] float32" and lines[-1].startswith("[2/2] int8: done in ")
+    assert any(ln.startswith("[1/2] float32: done in ") and "accuracy" in ln for ln in lines)
+    assert "vs float32" not in result.stdout
+    header = result.stdout.splitlines()[0].split()
+    assert header[-1] == "float32/gzip"
+    assert "float32/gzip: the float32 stage's .tflite bytes / this stage's gzip bytes" in (
+        result.stdout
+    )
+    digest = hashlib.sha256((out / "model.tflite").read_bytes()).hexdigest()
+    wrote = result.stdout.splitlines()[-1]
+    assert wrote.startswith(f"Wrote {out / 'model.tflite'} (sha256 {digest[:12]}, recipe int8)")

@@ -76,7 +76,7 @@ def optimize_cmd(
     from tfedge.errors import UsageError
     from tfedge.fsutil import sha256_file
     from tfedge.optimize.pipeline import optimize
-    from tfedge.progress import progress_wanted
+    from tfedge.progress import progress_wanted, stage_log
 
     if dry_run:
         _dry_run(model, recipe, data, eval_data, output, resume, trust_model, as_json)
@@ -96,6 +96,7 @@ def optimize_cmd(
         output,
         profile=profile,
         progress=progress_wanted(as_json),
+        log=stage_log(as_json),
         resume=resume,
         trust_model=trust_model,
     )

@@ -295,7 +295,9 @@ class _Runner:
             if any(p.pass_name == "qat" for p in passes):
                 self._take(self._call("fold"))
         for i in range(first, len(passes)):
-            self._step(i + 3, total, passes[i].pass_name)
+            epochs = getattr(passes[i], "epochs", 0)
+            doing = f": training {epochs} epoch{'s' if epochs != 1 else ''} ..." if epochs else ""
+            self._step(i + 3, total, passes[i].pass_name + doing)
             self._take(self._call("apply", index=i, last=i == len(passes) - 1))
         self._take(self._call("collect"))
 
@@ -416,6 +418,7 @@ class _Runner:
         for stage in rows:
             self.stages.append(stage)
             index = len(self.stages) - 1
+            self._step(index + 1, len(self.recipe.passes) + 2, _done(stage))
             try:
                 guard(self.recipe, self.stages[0], stage, self._pass_of(index))
             except TrainingError as exc:
@@ -460,6 +463,21 @@ class _Runner:
             facts = {"accuracy": keras_accuracy_of(model, ctx), "params": model.count_params()}
         self.direct = model
         return str(path), facts
+
+
+def _done(stage: Stage) -> str:
+    """The stage line for a measured row: its time, accuracy (or MSE) and size."""
+    score = (
+        f"accuracy {100 * stage.accuracy:.2f}%"
+        if stage.accuracy is not None
+        else f"mse {stage.mse:.4g}"
+        if stage.mse is not None
+        else "no labels"
+    )
+    return (
+        f"{stage.name}: done in {stage.seconds:.1f} s, {score}, "
+        f"{stage.tflite_bytes:,} B (gzip {stage.gzip_bytes:,} B)"
+    )
 
 
 def _explain_keras3(model) -> None:
