@@ -119,3 +119,22 @@ def test_optimize_prints_stage_lines_the_ratio_and_the_models_hash(digits, run_c
     digest = hashlib.sha256((out / "model.tflite").read_bytes()).hexdigest()
     wrote = result.stdout.splitlines()[-1]
     assert wrote.startswith(f"Wrote {out / 'model.tflite'} (sha256 {digest[:12]}, recipe int8)")
+
+
+def test_ota_status_prints_tables_and_json_on_request(run_cli, tmp_path):
+    from tests import hostile_tflite
+    from tfedge.ota import repository
+
+    repo = tmp_path / "repo"
+    repository.init_repository(repo)
+    empty = run_cli("ota", "status", repo).stdout
+    assert "role" in empty and "no targets yet" in empty and not empty.lstrip().startswith("{")
+    model = hostile_tflite.write(tmp_path / "kws.tflite", hostile_tflite.base())
+    repository.publish(repo, model, "kws", 1)
+    table = run_cli("ota", "status", repo).stdout.splitlines()
+    assert table[1].split() == ["role", "version", "expires"]
+    assert ["targets", "2"] == table[4].split()[:2]
+    assert table[-1].split() == ["models/kws.tflite", "1"]
+    data = json.loads(run_cli("ota", "status", repo, "--json").stdout)
+    assert data["versions"]["targets_list"] == {"models/kws.tflite": 1}
+    assert data["versions"]["targets"] == 2

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from tfedge.cli.options import echo_json
+from tfedge.cli.options import echo_json, echo_table
 
 _ssh_options = [
     click.option("--key", help="SSH private key file (default: ssh-agent and ~/.ssh keys)."),
@@ -406,11 +405,39 @@ def ota_serve(repo, port, host):
 
 @ota_cmd.command("status")
 @click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def ota_status(repo):
-    """Metadata versions, expiry dates and targets of REPO."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def ota_status(repo, as_json):
+    """Metadata versions, expiry dates and targets of REPO.
+
+    \b
+    Example:
+        tfedge ota status repo
+    """
     from tfedge.ota.repository import repo_status
 
-    click.echo(json.dumps(repo_status(repo).to_dict(), indent=2))
+    status = repo_status(repo)
+    if as_json:
+        return echo_json(status.to_dict())
+    print_repo_status(status)
+
+
+def print_repo_status(status) -> None:
+    """The roles' versions and expiry dates, then the targets and their model versions."""
+    versions = dict(status.versions)
+    targets = versions.pop("targets_list", {})
+    click.echo(f"{status.repo} (root metadata {status.root_json})")
+    echo_table(
+        ["role", "version", "expires"],
+        [[role, version, status.expires.get(role, "-")] for role, version in versions.items()],
+    )
+    click.echo("")
+    if not targets:
+        click.echo("no targets yet (add one: tfedge ota publish REPO MODEL --name NAME)")
+        return
+    echo_table(
+        ["target", "model version"],
+        [[path, "-" if version is None else version] for path, version in targets.items()],
+    )
 
 
 # ---------------------------------------------------------------- the device agent
