@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,43 @@ def test_ota_status_prints_tables_and_json_on_request(run_cli, tmp_path):
     data = json.loads(run_cli("ota", "status", repo, "--json").stdout)
     assert data["versions"]["targets_list"] == {"models/kws.tflite": 1}
     assert data["versions"]["targets"] == 2
+
+
+def _installed(model_dir: Path, models: list[Path]) -> list[str]:
+    """``model_dir`` as push and the agent lay it out, each of ``models`` installed in turn."""
+    from tfedge.fsutil import sha256_file
+    from tfedge_device.modeldir import ModelDir, add_record, make_record
+
+    device = ModelDir(model_dir).ensure()
+    manifest = device.manifest("kws")
+    shas = []
+    for model in models:
+        sha = sha256_file(model)
+        device.add_version(model, sha)
+        manifest = add_record(manifest, make_record(sha, str(model)))
+        device.save_manifest(manifest)
+        device.switch_to(sha)
+        shas.append(sha)
+    return shas
+
+
+def test_status_reads_a_local_model_directory(run_cli, tmp_path):
+    from tests import hostile_tflite
+
+    v1 = hostile_tflite.write(tmp_path / "v1.tflite", hostile_tflite.base())
+    v2 = tmp_path / "v2.tflite"
+    v2.write_bytes(v1.read_bytes() + b"\0" * 8)
+    old, new = _installed(tmp_path / "kws", [v1, v2])
+    data = json.loads(run_cli("status", tmp_path / "kws", "--json").stdout)
+    assert data["target"] == "local" and data["name"] == "kws"
+    assert data["current"]["sha256"] == new and data["previous"]["sha256"] == old
+    assert sorted(data["versions"]) == sorted([old, new])
+    text = run_cli("status", tmp_path / "kws").stdout.splitlines()
+    assert text[0] == f"{(tmp_path / 'kws').resolve()}  model: kws"
+    assert text[1].split()[:2] == ["current", new[:12]]
+    assert text[2].split()[:2] == ["previous", old[:12]]
+    # a folder that is no model directory, and SSH options with a local folder
+    obj = json.loads(run_cli("status", tmp_path, "--json", expect=1).stdout)
+    assert obj["kind"] == "OtaError" and "not a model directory" in obj["error"]
+    result = run_cli("status", tmp_path / "kws", "--key", v1, expect=2)
+    assert "ssh://" in result.stderr

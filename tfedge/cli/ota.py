@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from tfedge.cli.options import echo_json, echo_table
+from tfedge.errors import UsageError
 
 _ssh_options = [
     click.option("--key", help="SSH private key file (default: ssh-agent and ~/.ssh keys)."),
@@ -129,16 +130,30 @@ def rollback_cmd(target, name, key, known_hosts, remote_python, as_json):
 def status_cmd(target, key, known_hosts, remote_python, as_json):
     """Show the active and previous model in the directory at TARGET.
 
+    TARGET is ssh://user@host/path/to/model_dir on a device, or a model directory on this
+    machine (as `tfedge push` or the device agent lay it out), read without SSH.
+
     \b
     Example:
         tfedge status ssh://pi@raspberrypi.local/srv/models/kws --json
+        tfedge status /srv/models/kws
     """
-    from tfedge.ota.push import device_status
+    from tfedge.ota.push import device_status, local_status
 
-    status = device_status(target, **_overrides(key, known_hosts, remote_python))
+    if _is_local(target):
+        if key or known_hosts or remote_python:
+            raise UsageError(
+                f"{target} is a local directory: --key, --known-hosts and --remote-python "
+                "are for an ssh:// target",
+                "leave them out, or give ssh://user@host/path",
+            )
+        status = local_status(target)
+    else:
+        status = device_status(target, **_overrides(key, known_hosts, remote_python))
     if as_json:
         return echo_json(status.to_dict())
-    click.echo(f"{status.target}{status.model_dir}  model: {status.name or '-'}")
+    where = status.model_dir if status.target == "local" else f"{status.target}{status.model_dir}"
+    click.echo(f"{where}  model: {status.name or '-'}")
     for label, entry in (("current", status.current), ("previous", status.previous)):
         text = (
             f"{entry['sha256'][:12]}  {entry.get('time', '')}  {entry.get('source', '')}"
@@ -150,6 +165,11 @@ def status_cmd(target, key, known_hosts, remote_python, as_json):
         f"  versions {len(status.versions)} kept"
         + (f", {len(status.leftovers)} leftover(s)" if status.leftovers else "")
     )
+
+
+def _is_local(target: str) -> bool:
+    """A TARGET without a URL scheme that names a directory here."""
+    return "://" not in target and Path(target).is_dir()
 
 
 # ---------------------------------------------------------------- the signed repository

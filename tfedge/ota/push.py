@@ -58,6 +58,7 @@ from tfedge.targets import ssh
 from tfedge.targets.job import DEVICE_FILES, DEVICE_SCRIPT, last_json
 from tfedge_device.modeldir import (
     DEFAULT_KEEP,
+    MANIFEST,
     VERSIONS,
     ModelDir,
     ModelDirError,
@@ -162,7 +163,24 @@ def rollback(url: str, name: str | None = None, **ssh_overrides) -> PushResult:
 def device_status(url: str, **ssh_overrides) -> DeviceStatus:
     """Read the model directory at ``url`` without changing anything."""
     with _model_dir(_target(url, ssh_overrides)) as device:
-        return _status(device)
+        return _status(device.dir, device.label, device.files.root)
+
+
+def local_status(path: str | Path) -> DeviceStatus:
+    """Read a model directory on this machine (as ``push`` and the agent lay it out), no SSH."""
+    root = Path(path)
+    if not (root / VERSIONS).is_dir() and not (root / MANIFEST).is_file():
+        raise OtaError(
+            f"{root} is not a model directory (no {VERSIONS}/ or {MANIFEST})",
+            "give the folder `tfedge push` or `tfedge agent --model-dir` writes, or "
+            "ssh://user@host/path/to/model_dir for one on a device",
+        )
+    try:
+        return _status(ModelDir(root), "local", str(root.resolve()))
+    except ModelDirError as err:
+        raise OtaError(err.message, err.hint) from err
+    except OSError as err:
+        raise OtaError(f"cannot read {root}: {err}", "check the folder and its files") from err
 
 
 def _target(url: str, overrides: dict) -> ssh.SshTarget:
@@ -458,19 +476,19 @@ def _rollback(device: _Device, name: str | None) -> PushResult:
     return PushResult(device.label, device.files.root, previous, current, switched=True)
 
 
-def _status(device: _Device) -> DeviceStatus:
-    manifest = device.dir.manifest(strict=True)
-    current = device.dir.current_sha(strict=True)
-    present = device.dir.version_shas()
+def _status(model_dir: ModelDir, label: str, root: str) -> DeviceStatus:
+    manifest = model_dir.manifest(strict=True)
+    current = model_dir.current_sha(strict=True)
+    present = model_dir.version_shas()
     previous = previous_sha(manifest, current, exists=lambda s: s in present)
     return DeviceStatus(
-        device.label,
-        device.files.root,
+        label,
+        root,
         manifest.get("name") or None,
         _entry(manifest, current),
         _entry(manifest, previous),
         present,
-        device.dir.leftovers(),
+        model_dir.leftovers(),
         manifest.get("history", [])[-10:],
     )
 
