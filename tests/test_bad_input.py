@@ -176,3 +176,22 @@ def test_help_does_not_import_tensorflow(args):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (42, "type int"),
+        ([np.zeros((2, 8, 8, 1)), np.zeros(2)], "type list"),
+        ((np.full((2, 8, 8, 1), np.nan), np.zeros(2, int)), "NaN"),
+        ((np.zeros((3, 8, 8, 1)), np.zeros(2, int)), "3 inputs but 2 labels"),
+    ],
+)
+def test_evaluate_api_data_of_the_wrong_form(tmp_path, data, fragment):
+    """Not a TypeError: a DataError with a hint, raised before any model is loaded."""
+    import tfedge
+    from tfedge.errors import DataError
+
+    with pytest.raises(DataError, match=fragment) as failed:
+        tfedge.evaluate(tmp_path / "never-read.tflite", data)
+    assert failed.value.hint

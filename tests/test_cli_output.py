@@ -1,4 +1,5 @@
-"""What the CLI prints for scripts and people: ``--json`` errors, stage lines, status tables.
+"""What the CLI prints for scripts and people: ``--json`` errors, stage lines, status tables;
+the data forms ``tfedge.evaluate`` takes.
 
 The CLI runs in-process (``run_cli``); none of these tests needs TensorFlow unless marked.
 """
@@ -179,3 +180,18 @@ def test_status_reads_a_local_model_directory(run_cli, tmp_path):
     assert obj["kind"] == "OtaError" and "not a model directory" in obj["error"]
     result = run_cli("status", tmp_path / "kws", "--key", v1, expect=2)
     assert "ssh://" in result.stderr
+
+
+def test_evaluate_api_takes_x_y_arrays(digits, digits_int8):
+    """``tfedge.evaluate(path, (x, y))`` scores like the .npz path it came from."""
+    import numpy as np
+
+    import tfedge
+
+    arrays = np.load(digits.test)
+    x, y = arrays["x"], arrays["y"]
+    from_file = tfedge.evaluate(digits_int8, digits.test)
+    from_tuple = tfedge.evaluate(digits_int8, (x, y))
+    assert from_tuple.samples == from_file.samples == len(y)
+    assert from_tuple.accuracy == from_file.accuracy
+    assert tfedge.evaluate(digits_int8, x).task == "unlabelled"

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tfedge.io.data import (
     InputSpec,
     arrange_inputs,
     as_float32,
+    check_dataset,
     check_labels,
     keras_input_specs,
     load_data,
@@ -74,14 +76,18 @@ def evaluate(
     isolate: bool = True,
     trust_model: bool = False,
 ) -> EvalResult:
-    """Run ``model`` on ``data`` (path or Dataset) and score it against the labels.
+    """Run ``model`` on ``data`` and score it against the labels.
+
+    ``data`` is a path (.npz, .npy, image folder), a ``Dataset``, a tuple ``(x, y)`` of
+    arrays (``x`` a dict of arrays for several inputs; ``y`` None for outputs only), or the
+    inputs ``x`` alone.
 
     A ``.tflite`` runs in a fresh child with a timeout (``tfedge.analyze.isolated``), so a
     model that crashes or hangs the runtime is one error; ``isolate=False`` runs it here
     (only for models tfedge has just written itself, e.g. in the optimize worker). A Keras
     model whose layers carry Python code (Lambda) is refused unless ``trust_model``.
     """
-    ds = data if isinstance(data, Dataset) else load_data(data)
+    ds = as_dataset(data)
     with trusting(trust_model):
         outputs = predict(model, ds.x, progress=progress, isolate=isolate)
     return _score(str(model), ds, outputs)
@@ -95,8 +101,9 @@ def compare(
     progress: bool = False,
     trust_model: bool = False,
 ) -> CompareResult:
-    """Evaluate two models on the same data and measure how far apart their outputs are."""
-    ds = data if isinstance(data, Dataset) else load_data(data)
+    """Evaluate two models on the same data (as for :func:`evaluate`) and measure how far
+    apart their outputs are."""
+    ds = as_dataset(data)
     a = evaluate(model_a, ds, progress=progress, trust_model=trust_model)
     b = evaluate(model_b, ds, progress=progress, trust_model=trust_model)
     out_a, out_b = a.outputs, b.outputs
@@ -110,6 +117,30 @@ def compare(
     if out_a.ndim == 2 and out_a.shape[1] > 1:
         agreement = float(np.mean(out_a.argmax(1) == out_b.argmax(1)))
     return CompareResult(a, b, agreement, float(np.max(np.abs(out_a - out_b))))
+
+
+def as_dataset(data) -> Dataset:
+    """``data`` as a checked Dataset: a path, a Dataset, ``(x, y)``, or the inputs ``x``."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_data(data)
+    if isinstance(data, tuple) and len(data) == 2:
+        x, y = data
+        labels = None if y is None else np.asarray(y)
+        return check_dataset(Dataset(_arrays(x), labels, "data (x, y)"))
+    if isinstance(data, (np.ndarray, dict)):
+        return check_dataset(Dataset(_arrays(data), None, "data x"))
+    raise DataError(
+        f"data of type {type(data).__name__} is not something tfedge can evaluate on",
+        "pass a .npz path, a tuple (x, y) of arrays, or the input array x",
+    )
+
+
+def _arrays(x):
+    if isinstance(x, dict):
+        return {str(name): np.asarray(a) for name, a in x.items()}
+    return np.asarray(x)
 
 
 def predict(

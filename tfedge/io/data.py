@@ -83,6 +83,12 @@ def load_data(path: str | Path, image_size: tuple[int, int] | None = None) -> Da
             f"{path}: unknown data format '{path.suffix}'",
             "use .npz (arrays x, y), .npy (inputs) or a folder with one sub-folder per class",
         )
+    return check_dataset(ds)
+
+
+def check_dataset(ds: Dataset) -> Dataset:
+    """``ds`` after the checks ``load_data`` makes: non-empty, numeric, finite, as many labels
+    as samples (for data given in memory)."""
     for name, array in _named_arrays(ds.x):
         _check_numeric_finite(array, ds.source if name is None else f"{ds.source}, array '{name}'")
     if ds.y is not None:
