@@ -124,7 +124,7 @@ def as_dataset(data) -> Dataset:
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (str, os.PathLike)):
-        return load_data(data)
+        return load_data(Path(data))
     if isinstance(data, tuple) and len(data) == 2:
         x, y = data
         labels = None if y is None else np.asarray(y)
