@@ -11,11 +11,11 @@ one JSON object on stdout instead (``error``, ``hint``, ``kind``, ``exit_code``;
 from __future__ import annotations
 
 import importlib
-import json
 import os
 
 import click
 
+from tfedge.cli.options import echo_json
 from tfedge.errors import TfedgeError
 from tfedge.fsutil import Terminated, signals_as_interrupt
 
@@ -87,7 +87,7 @@ def fail(ctx: click.Context, code: int, kind: str, message: str, hint: str, line
     left to warnings and progress lines.
     """
     if ctx.meta.get(JSON_META):
-        click.echo(json.dumps(error_object(message, hint, kind, code), indent=2))
+        echo_json(error_object(message, hint, kind, code))  # as a command's --json result
     else:
         click.echo(line, err=True)
     ctx.exit(code)
