@@ -72,7 +72,7 @@ class TfedgeGroup(click.Group):
             hint = f"see `{err.ctx.command_path} --help`" if err.ctx else ""
             fail(ctx, err.exit_code, "UsageError", err.format_message(), hint, "")
         except Terminated as stop:
-            what = f"terminated by {stop}; nothing half-written was kept"
+            what = f"{stop}; nothing half-written was kept"  # e.g. SIGTERM
             fail(ctx, 128 + stop.signum, "Terminated", what, "", f"Aborted: {what}.")
         except KeyboardInterrupt:
             what = "interrupted; nothing half-written was kept"
