@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from tfedge.errors import OutputError
-from tfedge.fsutil import atomic_path, replace_dir, sha256_file, write_bytes_atomic
+from tfedge.fsutil import atomic_path, made_parents, replace_dir, sha256_file, write_bytes_atomic
 
 
 def _mode(path) -> int:
@@ -76,3 +76,17 @@ def test_sha256_file_matches_hashlib_across_blocks(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_made_parents_creates_and_removes_only_what_it_made(tmp_path):
+    (tmp_path / "kept").mkdir()
+    with made_parents(tmp_path / "kept" / "a" / "b") as folder:
+        assert folder.is_dir()
+    assert (tmp_path / "kept" / "a" / "b").is_dir()  # success keeps them
+    with pytest.raises(RuntimeError), made_parents(tmp_path / "kept" / "x" / "y"):
+        raise RuntimeError("the run failed")
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["a"]
+    with pytest.raises(KeyboardInterrupt), made_parents(tmp_path / "kept" / "z" / "w") as folder:
+        (folder / "partial-report").write_text("kept: the folder is not empty")
+        raise KeyboardInterrupt
+    assert (tmp_path / "kept" / "z" / "w" / "partial-report").exists()

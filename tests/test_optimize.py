@@ -186,14 +186,16 @@ def test_accuracy_guard_names_the_stage(digits, tmp_path):
 
 
 def test_interrupt_leaves_nothing_behind(digits, tmp_path):
+    """Not even the missing parents of OUTDIR that the run created (``mkdir -p``)."""
+
     def interrupt(message):
         if message.startswith("[2/"):
+            assert (tmp_path / "new" / "deeper").is_dir()
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        tfedge.optimize(
-            digits.model, "int8", digits.train, digits.test, tmp_path / "out", log=interrupt
-        )
+        out = tmp_path / "new" / "deeper" / "out"
+        tfedge.optimize(digits.model, "int8", digits.train, digits.test, out, log=interrupt)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -257,6 +257,33 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+@contextlib.contextmanager
+def made_parents(folder: str | os.PathLike) -> Iterator[Path]:
+    """Create ``folder`` and its missing parents (``mkdir -p``) for the block; if the block
+    fails, remove again those it created that are still empty."""
+    folder = Path(folder)
+    missing = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for created in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it over ``path``.

@@ -62,7 +62,13 @@ from tfedge.errors import (
     TfedgeError,
     TrainingError,
 )
-from tfedge.fsutil import check_not_input, replace_dir, write_bytes_atomic
+from tfedge.fsutil import (
+    check_not_input,
+    made_parents,
+    nearest_existing,
+    replace_dir,
+    write_bytes_atomic,
+)
 from tfedge.io.data import Dataset, load_data
 from tfedge.optimize.recipe import Recipe, load_recipe
 from tfedge.optimize.resume import (
@@ -164,7 +170,11 @@ def _optimize(
     _check_labels(recipe, train)
     previous = None if resume is None else read_state(out, model, recipe, train, evals)
     say = log or (_stderr_log if progress else None)
-    with staging_dir(out) as work, OptimizeWorker(say, progress) as worker:
+    with (
+        made_parents(out.parent),
+        staging_dir(out) as work,
+        OptimizeWorker(say, progress) as worker,
+    ):
         runner = _Runner(recipe, worker, work, say, out, previous)
         try:
             runner.load(model, train, evals, profile)
@@ -550,13 +560,14 @@ def _stderr_log(message: str) -> None:
 
 
 def check_outdir(output) -> Path:
-    """OUTDIR may be new, empty, or an earlier optimize output (it is then replaced on success)."""
+    """OUTDIR may be new, empty, or an earlier optimize output (it is then replaced on success).
+
+    Missing parents are created by the run (``mkdir -p``) and removed again if it fails.
+    """
     out = Path(output)
-    parent = out.parent if str(out.parent) else Path(".")
+    parent = nearest_existing(out.parent if str(out.parent) else Path("."))
     if not parent.is_dir():
-        raise OutputError(
-            f"the parent of {out} does not exist", f"create it first: mkdir -p {parent}"
-        )
+        raise OutputError(f"{parent} is not a directory", "give -o a path inside a directory")
     if not os.access(parent, os.W_OK):
         raise OutputError(
             f"cannot write to {parent}", "choose an output directory in a writable place"
