@@ -325,3 +325,21 @@ def test_the_schema_rejects_what_the_loader_rejects(text):
 def test_schema_help_names_the_editor_hook(run_cli):
     out = run_cli("recipes", "schema", "--help").stdout
     assert re.search(r"yaml-language-server: \$schema=", out)
+
+
+def test_every_option_is_described_for_the_editor():
+    """Each pass option's description comes from its docstring's ``Args:`` line."""
+    schema = recipe_json_schema()
+    blocks = [schema["$defs"]["TrainConfig"], schema["$defs"]["ConvertConfig"], schema]
+    for entry in schema["properties"]["passes"]["items"]["anyOf"]:
+        for options in entry.get("properties", {}).values():
+            blocks.append(options["anyOf"][0])
+    undescribed = [
+        f"{block['title']}.{name}"
+        for block in blocks
+        for name, prop in block["properties"].items()
+        if not prop.get("description")
+    ]
+    assert len(blocks) == 8 and undescribed == []
+    prune = blocks[3 + sorted(["cluster", "distill", "low_rank", "prune", "qat"]).index("prune")]
+    assert prune["properties"]["min_weights"]["description"].startswith("prune only kernels")

@@ -63,9 +63,15 @@ SET_HINT += "convert.KEY=VALUE or a top-level KEY=VALUE"
 class ConvertConfig(Config):
     """The recipe's ``convert:`` block, passed to ``tfedge.convert``."""
 
-    quant: Literal["int8", "int16x8", "float16", "dynamic", "none"] = "int8"
-    io: Literal["int8", "uint8", "int16", "float32"] | None = None
-    calib_samples: int = Field(default=256, ge=1, le=1 << 20)
+    quant: Literal["int8", "int16x8", "float16", "dynamic", "none"] = Field(
+        default="int8", description="quantization of the .tflite (as `tfedge convert --quant`)"
+    )
+    io: Literal["int8", "uint8", "int16", "float32"] | None = Field(
+        default=None, description="type of the model's inputs and outputs; default: the quant's"
+    )
+    calib_samples: int = Field(
+        default=256, ge=1, le=1 << 20, description="training samples that calibrate int8"
+    )
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -80,14 +86,23 @@ class Recipe(Config):
 
     model_config = ConfigDict(allow_inf_nan=False, title="tfedge recipe")
 
-    schema_version: Literal[1]
-    name: str = ""
-    description: str = ""
+    schema_version: Literal[1] = Field(description="always 1")
+    name: str = Field(default="", description="default: the file's name without .yaml")
+    description: str = Field(default="", description="one line for `tfedge recipes list`")
     passes: tuple[PassConfig, ...] = ()  # the schema is passes_json_schema(): see below
-    train: TrainConfig = TrainConfig()
-    convert: ConvertConfig = ConvertConfig()
-    max_accuracy_drop: float | None = Field(default=None, ge=0, le=100)
-    seed: int = Field(default=0, ge=0)
+    train: TrainConfig = Field(
+        default=TrainConfig(), description="how every fine-tuning run trains"
+    )
+    convert: ConvertConfig = Field(
+        default=ConvertConfig(), description="how each stage is converted to .tflite"
+    )
+    max_accuracy_drop: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="percentage points a stage may lose against the float model",
+    )
+    seed: int = Field(default=0, ge=0, description="seed of every random choice")
     _source: str = PrivateAttr("<recipe>")
     _text: str = PrivateAttr("")
 
@@ -160,7 +175,11 @@ def recipe_json_schema() -> dict:
     here rather than when the module is imported.
     """
     schema = json_schema(Recipe, "tfedge recipe")
-    schema["properties"]["passes"] = {**passes_json_schema(), "default": []}
+    schema["properties"]["passes"] = {
+        **passes_json_schema(),
+        "default": [],
+        "description": "the passes in order, each `- name: {options}`",
+    }
     schema["$defs"].pop("PassConfig", None)
     return schema
 

@@ -128,13 +128,22 @@ class TrainConfig(Config):
 
     model_config = ConfigDict(allow_inf_nan=False)
 
-    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
-    learning_rate: float = Field(default=1e-3, gt=0, le=1)
-    batch_size: int = Field(default=32, ge=1, le=1 << 16)
-    validation_split: float = Field(default=0.1, ge=0, le=0.9)
+    optimizer: Literal["adam", "sgd", "rmsprop"] = Field(
+        default="adam", description="optimizer of every fine-tuning run"
+    )
+    learning_rate: float = Field(
+        default=1e-3, gt=0, le=1, description="learning rate (passes may default to a tenth)"
+    )
+    batch_size: int = Field(default=32, ge=1, le=1 << 16, description="samples per step")
+    validation_split: float = Field(
+        default=0.1, ge=0, le=0.9, description="share of the training data held out"
+    )
     # after each pass that trains or replaces weights (not qat): re-estimate the moving
     # statistics of every BatchNormalization on the training data (passes/batchnorm.py)
-    batchnorm: Literal["reestimate", "keep"] = "reestimate"
+    batchnorm: Literal["reestimate", "keep"] = Field(
+        default="reestimate",
+        description="after each pass but qat, re-estimate BatchNormalization statistics",
+    )
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

@@ -12,6 +12,9 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+import re
+
 from tfedge.config import did_you_mean
 from tfedge.errors import RecipeError
 from tfedge.passes.base import PassConfig, build_config
@@ -66,6 +69,31 @@ def passes_json_schema() -> dict:
 
 
 def _options_schema(cls: type[PassConfig]) -> dict:
+    """The pass's schema, each option described by its line under ``Args:`` (editors show it)."""
     schema = cls.model_json_schema()
-    schema["title"] = f"{cls.pass_name} options"
+    summary, args = _docstring(cls.__doc__ or "")
+    schema.update(title=f"{cls.pass_name} options", description=summary)
+    for name, text in args.items():
+        if name in schema["properties"]:
+            schema["properties"][name]["description"] = text
     return schema
+
+
+def _docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """(first paragraph, {option: its text}) of a Google-style class docstring."""
+    head, _, rest = inspect.cleandoc(doc).partition("Args:")
+    args: dict[str, str] = {}
+    name = ""
+    for line in rest.splitlines():
+        match = re.match(r"^    (\w+): (.*)", line)
+        if match:
+            name = match[1]
+            args[name] = match[2]
+        elif name and line.strip():
+            args[name] += " " + line.strip()
+    for key, text in list(args.items()):  # "layers: a; layer_types: b" names two options
+        first, _, second = text.partition("; ")
+        other = re.match(r"^(\w+): (.*)", second)
+        if other:
+            args[key], args[other[1]] = first, other[2]
+    return " ".join(head.split("\n\n")[0].split()), args
