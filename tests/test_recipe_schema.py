@@ -180,8 +180,8 @@ BAD_OVERRIDES = [
     ("qat.epochs=two", "passes[2] qat: epochs must be an integer", "plain number"),
     ("convert.quant=float16", "qat trains for int8", "drop the qat pass"),
     ("train.optimizer=adm", "train.optimizer = 'adm' is not one of", "did you mean 'adam'"),
-    # YAML 1.1 (PyYAML) reads 1e-4 as a string: the hint says how to write it
-    ("train.learning_rate=1e-4", "must be a number, got '1e-4'", "with a dot, e.g. 1.0e-4"),
+    # a quoted number is text
+    ("train.learning_rate='1e-4'", "must be a number, got '1e-4'", "write 1e-4 without quotes"),
 ]
 
 
@@ -343,3 +343,12 @@ def test_every_option_is_described_for_the_editor():
     assert len(blocks) == 8 and undescribed == []
     prune = blocks[3 + sorted(["cluster", "distill", "low_rank", "prune", "qat"]).index("prune")]
     assert prune["properties"]["min_weights"]["description"].startswith("prune only kernels")
+
+
+def test_exponent_numbers_are_numbers_as_in_yaml_1_2():
+    """PyYAML (YAML 1.1) reads `1e-4` as text; learning rates are written that way."""
+    text = "schema_version: 1\npasses: [{prune: {target_sparsity: 5e-1}}]\n"
+    recipe = parse_recipe(text + "train: {learning_rate: 1e-4}")
+    assert recipe.train.learning_rate == 1e-4 and recipe.passes[0].target_sparsity == 0.5
+    assert load_recipe("int8", ["train.learning_rate=3E-5"]).train.learning_rate == 3e-5
+    assert parse_recipe(text + "name: 1e3x").name == "1e3x"  # not a number: still text

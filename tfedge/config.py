@@ -153,7 +153,7 @@ _TYPES = {
 
 def _type_hint(kind: str, value: Any = None) -> str:
     if kind == "float_type" and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
-        return f"YAML reads {value} as text: write it with a dot, e.g. {_with_dot(value.strip())}"
+        return f"write {value.strip()} without quotes"
     return {
         "bool_type": "write true or false",
         "string_type": "write text, e.g. a layer name",
@@ -165,12 +165,7 @@ def _type_hint(kind: str, value: Any = None) -> str:
     }.get(kind, "write a plain number, without quotes")
 
 
-_EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")  # 1e-4: a string to YAML 1.1
-
-
-def _with_dot(text: str) -> str:
-    mantissa, _, exponent = text.lower().partition("e")
-    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
+_EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")  # '1e-4', quoted
 
 
 def _path(loc: tuple) -> str:

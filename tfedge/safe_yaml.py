@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import yaml
@@ -66,6 +67,15 @@ class _Loader(yaml.SafeLoader):
             return None
         check_expanded_size(node)
         return self.construct_document(node)
+
+
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e-4` and `1e4` as text, which users write for
+# learning rates. The resolver is added after 1.1's, so every other scalar reads as before.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def check_expanded_size(root: yaml.Node, limit: int = MAX_NODES) -> int:
