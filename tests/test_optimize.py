@@ -58,6 +58,8 @@ def test_prune_cluster_qat_cli_end_to_end(digits, run_cli, tmp_path):
         digits.model,
         "--recipe",
         "prune-cluster-qat",
+        "--set",
+        "prune.target_sparsity=0.7",
         "--data",
         digits.train,
         "--eval",
@@ -77,12 +79,15 @@ def test_prune_cluster_qat_cli_end_to_end(digits, run_cli, tmp_path):
     assert not find_float_ops(model)  # still full-integer after PCQAT
     for layer in ("conv1", "conv2", "fc1", "logits"):  # measured in the final int8 file
         stats = final["layers"][layer]
-        assert abs(stats["sparsity"] - 0.75) <= 0.02, (layer, stats)
+        assert abs(stats["sparsity"] - 0.7) <= 0.02, (layer, stats)  # --set
         assert stats["max_unique_per_channel"] <= 16 + 1, (layer, stats)
     assert report["stages"][0]["tflite_bytes"] / final["gzip_bytes"] >= 10
     assert report["stages"][0]["accuracy"] - final["accuracy"] <= 0.02
     recipe_text = (out / "recipe.yaml").read_bytes()
     assert hashlib.sha256(recipe_text).hexdigest() == report["recipe"]["sha256"]
+    written = load_recipe(out / "recipe.yaml")  # the recipe as run, --set included
+    assert written.passes[0].target_sparsity == 0.7
+    assert written.canonical_sha256 == report["recipe"]["canonical_sha256"]
     assert "| qat |" in (out / "report.md").read_text()
     assert (out / "model.keras").exists() and not (out / "INCOMPLETE").exists()
     assert _leftovers(tmp_path) == []

@@ -9,6 +9,7 @@ from tfedge.cli.options import (
     echo_table,
     json_option,
     profile_option,
+    set_option,
     trust_model_option,
 )
 
@@ -52,11 +53,22 @@ from tfedge.cli.options import (
     help="Check the recipe against the model (and --data, -o) and list, per pass, the layers it "
     "touches and skips and why; no training, nothing written.",
 )
+@set_option
 @trust_model_option
 @profile_option
 @json_option
 def optimize_cmd(
-    model, recipe, data, eval_data, output, resume, dry_run, trust_model, profile, as_json
+    model,
+    recipe,
+    data,
+    eval_data,
+    output,
+    resume,
+    dry_run,
+    overrides,
+    trust_model,
+    profile,
+    as_json,
 ):
     """Compress a Keras model with a recipe, convert it to int8 TFLite and measure every stage.
 
@@ -71,15 +83,17 @@ def optimize_cmd(
             --data models/digits/train.npz --eval models/digits/test.npz -o out/digits
         tfedge optimize models/digits/model.keras --resume out/digits -r edited.yaml \\
             --data models/digits/train.npz --eval models/digits/test.npz
-        tfedge optimize models/digits/model.keras -r prune-cluster-qat --dry-run
+        tfedge optimize models/digits/model.keras -r prune-cluster-qat --dry-run \
+            --set prune.target_sparsity=0.6 --set qat.epochs=2
     """
     from tfedge.errors import UsageError
     from tfedge.fsutil import sha256_file
     from tfedge.optimize.pipeline import optimize
+    from tfedge.optimize.recipe import load_recipe
     from tfedge.progress import progress_wanted, stage_log
 
     if dry_run:
-        _dry_run(model, recipe, data, eval_data, output, resume, trust_model, as_json)
+        _dry_run(model, recipe, overrides, data, eval_data, output, resume, trust_model, as_json)
         return
     for flag, value in (("--data", data), ("--eval", eval_data)):
         if value is None:
@@ -90,7 +104,7 @@ def optimize_cmd(
         raise UsageError("give the output directory with -o OUTDIR", "or --resume OUTDIR")
     result = optimize(
         model,
-        recipe,
+        load_recipe(recipe, overrides),
         data,
         eval_data,
         output,
@@ -141,7 +155,9 @@ def optimize_cmd(
     )
 
 
-def _dry_run(model, recipe, data, eval_data, output, resume, trust_model, as_json) -> None:
+def _dry_run(
+    model, recipe, overrides, data, eval_data, output, resume, trust_model, as_json
+) -> None:
     """``--dry-run``: the plan of the run (``tfedge.optimize.plan``), nothing trained or written."""
     from tfedge.errors import UsageError
     from tfedge.optimize.plan import format_plan, plan_optimize
@@ -151,7 +167,9 @@ def _dry_run(model, recipe, data, eval_data, output, resume, trust_model, as_jso
             "--dry-run plans a new run and cannot be combined with --resume",
             "leave out --resume (give -o OUTDIR to check the output folder)",
         )
-    plan = plan_optimize(model, recipe, data, eval_data, output, trust_model=trust_model)
+    plan = plan_optimize(
+        model, recipe, data, eval_data, output, overrides=overrides, trust_model=trust_model
+    )
     if as_json:
         echo_json(plan.to_dict())
     else:

@@ -57,3 +57,14 @@ def _default(obj):
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
+
+
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="PASS.KEY=VALUE",
+    help="Change one option of the recipe, e.g. prune.target_sparsity=0.6 (repeatable; also "
+    "train.KEY=VALUE, convert.KEY=VALUE, max_accuracy_drop=3; prune[1].epochs=2 for the "
+    "second prune pass).",
+)

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tfedge.cli.options import echo_json, echo_table, json_option
-
-set_option = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="PASS.KEY=VALUE",
-    help="Change one option of the recipe, e.g. prune.target_sparsity=0.6 (repeatable; also "
-    "train.KEY=VALUE, convert.KEY=VALUE, max_accuracy_drop=3; prune[1].epochs=2 for the "
-    "second prune pass).",
-)
+from tfedge.cli.options import echo_json, echo_table, json_option, set_option
 
 
 @click.group("recipes")

@@ -623,6 +623,7 @@ def _write_reports(
             "name": recipe.name,
             "source": recipe.source,
             "sha256": recipe.sha256,
+            "canonical_sha256": recipe.canonical_sha256,
             "passes": recipe.pass_names,
         },
         "model": None if failed else "model.tflite",
@@ -679,7 +680,8 @@ def markdown_report(
             "",
         ]
     lines += [
-        f"Recipe sha256 `{recipe.sha256}` ({recipe.source}); "
+        f"Recipe sha256 `{recipe.sha256}` ({recipe.source}), canonical "
+        f"`{recipe.canonical_sha256[:16]}`; "
         f"passes: {' -> '.join(recipe.pass_names) or 'none'}.",
         "",
         "| stage | accuracy | params | non-zero | sparsity | unique/ch | tflite B | gzip B | "
