@@ -221,3 +221,28 @@ def test_activation_written_inside_a_layer_moves_out_and_quantizes(tmp_path):
     assert "quant_conv_activation" in names and "quant_fc_activation" in names
     ops = _int8_ops(result.model, x, tmp_path)  # verified full-int8
     assert ops["HARD_SWISH"] == 1, ops
+
+
+def test_resnet_projection_block_batchnorms_fold_where_the_graph_says(tmp_path):
+    """ResNet50 lists ``0_conv, 3_conv, 0_bn, 3_bn``: each BN follows its conv in the graph,
+    not in the layer list. Both fold (tfmot's Conv2D + BatchNormalization transform)."""
+    from tfedge._tf import import_keras
+    from tfedge.passes.compat import qat_unsupported
+
+    k = import_keras()
+    inp = k.Input((8, 8, 3))
+    h = k.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inp)
+    shortcut = k.layers.Conv2D(8, 1, name="block_0_conv")(h)
+    main = k.layers.Conv2D(8, 1, name="block_3_conv")(h)
+    shortcut = k.layers.BatchNormalization(name="block_0_bn")(shortcut)
+    main = k.layers.BatchNormalization(name="block_3_bn")(main)
+    h = k.layers.ReLU(name="block_out")(k.layers.Add(name="block_add")([shortcut, main]))
+    h = k.layers.GlobalAveragePooling2D()(h)
+    model = k.Model(inp, k.layers.Dense(2, name="logits")(h))
+    order = [layer.name for layer in model.layers]
+    assert order.index("block_0_bn") == order.index("block_3_conv") + 1  # as in ResNet50
+    assert qat_unsupported(model) == []
+    x, y = _data((8, 8, 3), n=64, classes=2)
+    result = build_pass("qat", {"epochs": 1}).apply(model, _ctx(x, y))
+    ops = _int8_ops(result.model, x, tmp_path)
+    assert ops["CONV_2D"] == 3 and ops["ADD"] == 1, ops  # BNs folded, nothing left in float

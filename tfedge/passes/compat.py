@@ -36,7 +36,24 @@ class LayerCompat:
 def layer_compat(model) -> list[LayerCompat]:
     """One row per layer of a tf_keras ``model``."""
     previous = [None] + list(model.layers[:-1])
-    return [_row(layer, prev) for layer, prev in zip(model.layers, previous)]
+    return [_row(layer, producer(layer, prev)) for layer, prev in zip(model.layers, previous)]
+
+
+def producer(layer, previous=None):
+    """The one layer whose output ``layer`` takes, from the model's graph (None for several).
+
+    A Functional model lists its layers in an order where a layer's input need not come just
+    before it (ResNet50 lists ``conv2_block1_0_conv, conv2_block1_3_conv, conv2_block1_0_bn,
+    conv2_block1_3_bn``); ``previous`` in the list is the answer only for a layer without graph
+    nodes (a Sequential model never built on an input).
+    """
+    nodes = getattr(layer, "inbound_nodes", None) or getattr(layer, "_inbound_nodes", None)
+    if not nodes:
+        return previous
+    inbound = nodes[0].inbound_layers
+    if isinstance(inbound, (list, tuple)):
+        return inbound[0] if len(inbound) == 1 else None
+    return inbound
 
 
 def qat_unsupported(model) -> list[str]:
