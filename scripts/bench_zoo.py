@@ -214,7 +214,10 @@ def run_child(cmd: list[str], env: dict, timeout: float) -> subprocess.Completed
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def error_line(stderr: str, returncode: int) -> str:
+def error_line(stderr: str, returncode: int, stdout: str = "") -> str:
+    """The run's error: the JSON error object under --json, else the last ``Error:`` line."""
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        return ("Error: " + json.loads(stdout)["error"])[:400]
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("Error:")]
     if errors:
@@ -265,17 +268,28 @@ def full_integer(path: Path) -> bool:
     return not find_float_ops(model) and not float_io(model)
 
 
-def run_recipe(built: dict, recipe: Path, out: Path, args) -> dict:
+QAT_SKIP = "qat.unsupported=skip"  # what tfedge's hint says when qat refuses some layers
+
+
+def run_recipe(built: dict, recipe: Path, out: Path, args, overrides: tuple = ()) -> dict:
+    """One optimize run. When qat refuses layers tfmot has no rule for, run again as the hint
+    says (``--set qat.unsupported=skip``) and record it in ``set``."""
     cmd = [sys.executable, "-m", "tfedge", "optimize", str(built["model"]), "--recipe", str(recipe)]
     cmd += ["--data", str(built["train"]), "--eval", str(built["test"]), "-o", str(out), "--json"]
+    for item in overrides:
+        cmd += ["--set", item]
     start = time.perf_counter()
     try:
         proc = run_child(cmd, child_env("3"), args.timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {args.timeout} s", "seconds": args.timeout}
-    row: dict = {"seconds": round(time.perf_counter() - start, 1)}
+    row: dict = {"seconds": round(time.perf_counter() - start, 1), "set": list(overrides)}
     if proc.returncode:
-        return {**row, "ok": False, "error": error_line(proc.stderr, proc.returncode)}
+        error = error_line(proc.stderr, proc.returncode, proc.stdout)
+        if "tfmot cannot quantize" in error and QAT_SKIP not in overrides:
+            again = run_recipe(built, recipe, out, args, (*overrides, QAT_SKIP))
+            return {**again, "seconds": round(row["seconds"] + again["seconds"], 1)}
+        return {**row, "ok": False, "error": error}
     report = json.loads(proc.stdout)
     first, last = report["stages"][0], report["stages"][-1]
     final = Path(report["model"])
@@ -311,7 +325,8 @@ COLUMNS = (
 
 
 def cells(r: dict) -> list[str]:
-    head = [r["family"], KERAS[r["keras"]], r["recipe"]]
+    recipe = r["recipe"] + "".join(f" (--set {item})" for item in r.get("set", []))
+    head = [r["family"], KERAS[r["keras"]], recipe]
     if not r.get("ok"):
         message = r.get("error", "?").replace("|", "\\|")
         return head + [f"FAIL: {message}"] + ["-"] * 7 + [f"{r.get('seconds', 0):.0f}"]
