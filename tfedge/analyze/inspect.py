@@ -21,6 +21,23 @@ from tfedge.errors import TfedgeError
 from tfedge.io.models import detect_format, load_keras_model, trusting
 from tfedge.passes.compat import compat_rows
 
+# Ops whose integer constants past their first input are biases, and so parameters (int32 in
+# an int8 model, int64 in an int16x8 one); integer constants elsewhere are shapes and axes.
+# (A TRANSPOSE_CONV's first input is its output shape.)
+BIASED_OPS = {
+    "CONV_2D",
+    "CONV_3D",
+    "DEPTHWISE_CONV_2D",
+    "FULLY_CONNECTED",
+    "TRANSPOSE_CONV",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM",
+    "BIDIRECTIONAL_SEQUENCE_LSTM",
+    "UNIDIRECTIONAL_SEQUENCE_RNN",
+    "SVDF",
+}
+INDEX_TYPES = {"int32", "int64"}
+INTEGER_ACTIVATIONS = {"int8", "uint8", "int16"}
+
 
 @dataclass
 class OpRow:
@@ -53,6 +70,8 @@ class TfliteReport:
     macs: int
     min_runtime_version: str | None
     parameters: int
+    # no integer activations: float compute throughout (--quant none, float16 or dynamic)
+    float_model: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,9 +134,8 @@ def inspect_tflite(path: str | Path) -> TfliteReport:
         float_ops=float_ops,
         macs=sum(estimate_macs(op) for op in model.ops),
         min_runtime_version=model.min_runtime_version,
-        parameters=sum(
-            t.data.size for t in model.tensors if t.data is not None and t.dtype != "int32"
-        ),
+        parameters=count_parameters(model),
+        float_model=not any(t.dtype in INTEGER_ACTIVATIONS for op in model.ops for t in op.outputs),
     )
 
 
@@ -145,6 +163,25 @@ def inspect_keras(fmt) -> KerasReport:
         compat=compat,
         compat_unavailable=unavailable,
     )
+
+
+def count_parameters(model: TfliteModel) -> int:
+    """Weights and biases: the constant inputs of ops, whatever their dtype (an int8 model's
+    biases are int32, a float16 model's weights float16), so one network counts the same in
+    every conversion. Integer constants that are not biases (shapes, axes, paddings) are left
+    out. A constant counts once per op that reads it: the float converter shares one tensor
+    between equal constants (the zero biases of an untrained network), which the int8 one
+    keeps apart (each with its own scale)."""
+    return sum(
+        int(t.data.size)
+        for op in model.ops
+        for position, t in enumerate(op.inputs)
+        if t.data is not None and _is_parameter(op, position, t)
+    )
+
+
+def _is_parameter(op: Op, position: int, t: Tensor) -> bool:
+    return t.dtype not in INDEX_TYPES or (op.name in BIASED_OPS and position > 0)
 
 
 def estimate_macs(op: Op) -> int:

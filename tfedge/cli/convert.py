@@ -6,6 +6,8 @@ import click
 
 from tfedge.cli.options import echo_json, json_option, profile_option, trust_model_option
 
+FLOAT_OPS_SHOWN = 10  # per-op lines printed for a full-integer conversion that kept float ops
+
 
 @click.command("convert")
 @click.argument("model", type=click.Path(exists=True), metavar="MODEL")
@@ -90,14 +92,38 @@ def convert_cmd(
     if as_json:
         echo_json(result.to_dict())
         return
-    verdict = (
-        "full-integer"
-        if result.full_integer
-        else f"NOT full-integer ({len(result.float_ops)} float ops)"
-    )
     click.echo(
         f"Wrote {result.output}: {result.size_bytes:,} bytes, {result.quant}, "
-        f"io {result.io}, {verdict}, {result.seconds:.1f} s"
+        f"io {result.io}, {_verdict(result)}, {result.seconds:.1f} s"
     )
-    for op in result.float_ops:
-        click.echo(f"  float op: {op.describe()}")
+    for line in float_op_lines(result.float_ops, _integer_asked(result)):
+        click.echo(f"  {line}")
+
+
+def _integer_asked(result) -> bool:
+    from tfedge.convert.converter import FULL_INTEGER_MODES
+
+    return result.quant in FULL_INTEGER_MODES
+
+
+def _verdict(result) -> str:
+    if result.full_integer:
+        return "full-integer"
+    if not _integer_asked(result):
+        return "float (as --quant asks)"
+    return f"NOT full-integer ({len(result.float_ops)} float ops)"
+
+
+def float_op_lines(float_ops, integer_asked: bool, shown: int = FLOAT_OPS_SHOWN) -> list[str]:
+    """The float ops to print: one summary line for a model that was asked to be float, else
+    one line per op, the first ``shown`` of them (``--json`` lists them all)."""
+    from tfedge.convert.verify import summarize_float_ops
+
+    if not float_ops:
+        return []
+    if not integer_asked:
+        return [f"float model: {summarize_float_ops(float_ops)}"]
+    lines = [f"float op: {op.describe()}" for op in float_ops[:shown]]
+    if len(float_ops) > shown:
+        lines.append(f"... and {len(float_ops) - shown} more float ops (--json lists them all)")
+    return lines

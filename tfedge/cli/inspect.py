@@ -47,8 +47,12 @@ def _print_tflite(r) -> None:
             )
     if r.full_integer:
         click.echo("full-integer: yes")
-    else:
-        click.echo("full-integer: NO, float ops: " + "; ".join(op.describe() for op in r.float_ops))
+        return
+    from tfedge.cli.convert import float_op_lines
+
+    click.echo("full-integer: no, a float model" if r.float_model else "full-integer: NO")
+    for line in float_op_lines(r.float_ops, integer_asked=not r.float_model):
+        click.echo(f"  {line}")
 
 
 def _print_keras(r) -> None:

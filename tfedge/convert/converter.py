@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tfedge import errors
+from tfedge.convert.layer_names import KerasLayers, keras_layers
 from tfedge.convert.tflite_model import read_tflite
 from tfedge.convert.verify import FloatOp, find_float_ops, float_io
 from tfedge.errors import ConversionError, UsageError, VerificationError
@@ -161,7 +162,9 @@ def _convert(
             job["batch_size"] = batch_size
             _run_worker(job, Path(work))
         report = read_tflite(tmp_out)
-        float_ops = verify_converted(report, quant, io, allow_float_ops, device_profile)
+        float_ops = verify_converted(
+            report, quant, io, allow_float_ops, device_profile, keras_layers(model)
+        )
     return ConvertResult(
         output=str(output),
         size_bytes=report.size_bytes,
@@ -357,17 +360,23 @@ def _check_full_integer(quant: str, float_ops: list[FloatOp], allow_float_ops: b
 
 
 def verify_converted(
-    report, quant: str, io: str, allow_float_ops: bool = False, profile=None
+    report,
+    quant: str,
+    io: str,
+    allow_float_ops: bool = False,
+    profile=None,
+    layers: KerasLayers | None = None,
 ) -> list[FloatOp]:
     """What ``convert`` (and so ``optimize``) checks on a converted model before keeping it.
 
-    Returns the float ops (empty for a full-integer model).
+    Returns the float ops (empty for a full-integer model), named after the Keras ``layers``
+    when given (``keras_layers(model)``).
 
     Raises:
         VerificationError: a full-integer mode left float compute or float I/O.
         ProfileError: the model breaks ``profile``'s size, full-integer or op limits.
     """
-    float_ops = find_float_ops(report)
+    float_ops = find_float_ops(report, layers)
     _check_full_integer(quant, float_ops, allow_float_ops)
     _check_io(quant, io, report)
     if profile is not None:

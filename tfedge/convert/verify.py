@@ -15,12 +15,17 @@ Example:
     []
     >>> [op.describe() for op in find_float_ops(read_tflite("island.tflite"))]
     ["DEQUANTIZE (layer 'dense')", "QUANTIZE (layer 'dense')"]
+
+Ops are named after the user's Keras layers when ``layers`` (``keras_layers(model)``) is given,
+else after the best guess from their tensor names (see ``tfedge.convert.layer_names``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
+from tfedge.convert.layer_names import KerasLayers, op_layers, op_tensor
 from tfedge.convert.tflite_model import FLOAT_TYPES, Op, Tensor, TfliteModel
 
 BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
@@ -28,24 +33,39 @@ BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
 @dataclass
 class FloatOp:
-    """An op that still computes in float, and the layer it came from."""
+    """An op that still computes in float, the Keras layer it came from ('' when unknown) and
+    its output tensor's name (shown when no layer is known)."""
 
     op: str
     layer: str
     dtypes: list[str]
+    tensor: str = ""
 
     def describe(self) -> str:
-        return f"{self.op} (layer '{self.layer}')" if self.layer else self.op
+        if self.layer:
+            return f"{self.op} (layer '{self.layer}')"
+        return f"{self.op} (tensor '{self.tensor}')" if self.tensor else self.op
 
 
-def find_float_ops(model: TfliteModel) -> list[FloatOp]:
-    """Ops of ``model`` that compute in float; empty for a full-integer model."""
+def find_float_ops(model: TfliteModel, layers: KerasLayers | None = None) -> list[FloatOp]:
+    """Ops of ``model`` that compute in float; empty for a full-integer model.
+
+    ``layers``: the Keras model's layers (``keras_layers``), to name each op's layer.
+    """
     found = [
-        FloatOp(op.name, op.layer, _op_dtypes(op))
-        for op in model.ops
+        FloatOp(op.name, layer, _op_dtypes(op), op_tensor(op))
+        for op, layer in zip(model.ops, op_layers(model.ops, layers), strict=True)
         if _touches_float(op) and not _is_float_io(op, model)
     ]
     return _drop_island_edges(found)
+
+
+def summarize_float_ops(float_ops: list[FloatOp], kinds: int = 6) -> str:
+    """One line for many float ops: '108 float ops (CONV_2D 52, ADD 20, ... 3 more kinds)'."""
+    counts = Counter(f.op for f in float_ops).most_common()
+    shown = ", ".join(f"{name} {n}" for name, n in counts[:kinds])
+    more = f", {len(counts) - kinds} more kinds" if len(counts) > kinds else ""
+    return f"{len(float_ops)} float op{'s' if len(float_ops) != 1 else ''} ({shown}{more})"
 
 
 def float_io(model: TfliteModel) -> list[Tensor]:
