@@ -34,26 +34,23 @@ class LayerCompat:
 
 
 def layer_compat(model) -> list[LayerCompat]:
-    """One row per layer of a tf_keras ``model``."""
-    previous = [None] + list(model.layers[:-1])
-    return [_row(layer, producer(layer, prev)) for layer, prev in zip(model.layers, previous)]
+    """One row per layer of a tf_keras ``model``.
 
-
-def producer(layer, previous=None):
-    """The one layer whose output ``layer`` takes, from the model's graph (None for several).
-
-    A Functional model lists its layers in an order where a layer's input need not come just
-    before it (ResNet50 lists ``conv2_block1_0_conv, conv2_block1_3_conv, conv2_block1_0_bn,
-    conv2_block1_3_bn``); ``previous`` in the list is the answer only for a layer without graph
-    nodes (a Sequential model never built on an input).
+    A layer's input comes from the model's graph, not from the layer listed before it: ResNet50
+    lists ``conv2_block1_0_conv, conv2_block1_3_conv, conv2_block1_0_bn, conv2_block1_3_bn``.
     """
-    nodes = getattr(layer, "inbound_nodes", None) or getattr(layer, "_inbound_nodes", None)
-    if not nodes:
-        return previous
-    inbound = nodes[0].inbound_layers
-    if isinstance(inbound, (list, tuple)):
-        return inbound[0] if len(inbound) == 1 else None
-    return inbound
+    from tfedge.passes.qat_configs import model_graph
+
+    previous = dict(zip([layer.name for layer in model.layers[1:]], model.layers))
+    try:
+        graph = model_graph(model)
+    except NotImplementedError:  # a subclassed model has no config: its layers' list order
+        return [_row(layer, previous.get(layer.name)) for layer in model.layers]
+    producers = {}
+    for layer in model.layers:
+        source = graph.only_input(layer.name)
+        producers[layer.name] = graph.layer(source) if source else None
+    return [_row(layer, producers[layer.name]) for layer in model.layers]
 
 
 def qat_unsupported(model) -> list[str]:

@@ -205,6 +205,11 @@ def noop_config():
     return NoOpQuantizeConfig()
 
 
+def model_graph(model) -> _Graph:
+    """Which layer feeds which in ``model`` (see ``_Graph``)."""
+    return _Graph(model)
+
+
 class _Graph:
     """Which layer feeds which in ``model``, read from its config: a layer object may also
     belong to earlier clones of the model (tfmot's strip functions reuse them), so its own
