@@ -55,9 +55,18 @@ def test_int16x8_uses_int16_activations(digits, tmp_path):
 
 
 @pytest.mark.parametrize("quant", ["float16", "dynamic", "none"])
-def test_float_modes_convert_without_calibration(digits, tmp_path, quant):
+def test_float_modes_convert_without_calibration(digits, digits_int8, tmp_path, quant):
+    """Also: inspect counts the same parameters as for the int8 file (its int32 biases
+    included) and as Keras; the float ops name the digits layers."""
+    from tfedge.analyze.inspect import inspect
+    from tfedge.io.models import detect_format, load_keras_model
+
     result = tfedge.convert(digits.model, tmp_path / f"{quant}.tflite", quant=quant)
     assert result.size_bytes > 0 and not result.full_integer
+    keras_params = load_keras_model(detect_format(digits.model)).count_params()
+    assert inspect(result.output).parameters == inspect(digits_int8).parameters == keras_params
+    layers = {f.layer for f in result.float_ops if f.op in ("CONV_2D", "FULLY_CONNECTED")}
+    assert layers == {"conv1", "conv2", "fc1", "logits"}
 
 
 def test_float_op_is_named_and_no_file_left(run_cli, float_op_model, tmp_path):

@@ -51,6 +51,12 @@ def test_keras3_renamed_scopes_map_back_to_the_saved_names():
         _op("FULLY_CONNECTED", "sequential_1/dense_1_2/MatMul1"),
     ]
     assert op_layers(ops, layers) == ["conv2d", "dense", "dense_1"]
+    # The last component is the TensorFlow op, even where a layer is called 'add' too.
+    nested = KerasLayers("functional", {"backbone": "Functional", "rescaling": "Rescaling"})
+    ops = [_op("ADD", "functional_1/backbone_1/rescaling_1/add")]
+    assert op_layers(ops, KerasLayers("functional", {**nested.kinds, "add": "Add"})) == [
+        "rescaling"
+    ]
     # Not renamed (tf_keras): the names are taken as they are.
     ops = [_op("FULLY_CONNECTED", "sequential/dense_1/MatMul1")]
     assert op_layers(ops, layers) == ["dense_1"]

@@ -79,7 +79,8 @@ def op_layers(ops: list[Op], layers: KerasLayers | None) -> list[str]:
 
     With ``layers``, an op whose tensors name no layer (a fused LSTM writes
     'tfl.unidirectional_sequence_lstm') is named after the only layer of its kind, else after
-    the op that produced its input (the slice that takes an LSTM's last step is the LSTM's).
+    the op that produced its weights or its input (the slice that takes an LSTM's last step is
+    the LSTM's).
     """
     if layers is None:
         return [_guess(op) for op in ops]
@@ -87,8 +88,9 @@ def op_layers(ops: list[Op], layers: KerasLayers | None) -> list[str]:
     producers: dict[int, str] = {}
     for op in ops:
         name = op_layer(op, layers) or _only_layer_of_kind(op, layers)
-        if not name:
-            name = next((producers[id(t)] for t in op.inputs if id(t) in producers), "")
+        if not name:  # weights (a float16 model's come from a DEQUANTIZE) before data
+            inputs = op.inputs[1:] + op.inputs[:1]
+            name = next((producers[id(t)] for t in inputs if id(t) in producers), "")
         names.append(name)
         producers.update((id(t), name) for t in op.outputs if name)
     return names
@@ -151,7 +153,8 @@ def _layers_in(part: str, layers: KerasLayers) -> list[str]:
     components = [c for c in part.split("/") if c]
     renamed = bool(components) and _renamed(components[0], layers.model)
     found: list[str] = []
-    for end in range(len(components), 0, -1):
+    # The last component is the TensorFlow op ('.../rescaling/add'), not a layer named 'add'.
+    for end in range(max(len(components) - 1, 1), 0, -1):
         for start in range(end):
             match = _match("/".join(components[start:end]), layers, renamed)
             if match is not None and match not in found:

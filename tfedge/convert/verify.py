@@ -61,10 +61,11 @@ def find_float_ops(model: TfliteModel, layers: KerasLayers | None = None) -> lis
 
 
 def summarize_float_ops(float_ops: list[FloatOp], kinds: int = 6) -> str:
-    """One line for many float ops: '108 float ops (CONV_2D 52, ADD 20, ... 3 more kinds)'."""
+    """One line for many float ops: '108 float ops (CONV_2D 52, ADD 20, ..., 3 more kinds)'."""
     counts = Counter(f.op for f in float_ops).most_common()
     shown = ", ".join(f"{name} {n}" for name, n in counts[:kinds])
-    more = f", {len(counts) - kinds} more kinds" if len(counts) > kinds else ""
+    extra = len(counts) - kinds
+    more = f", {extra} more kind{'s' if extra > 1 else ''}" if extra > 0 else ""
     return f"{len(float_ops)} float op{'s' if len(float_ops) != 1 else ''} ({shown}{more})"
 
 
