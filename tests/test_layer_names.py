@@ -16,7 +16,8 @@ import pytest
 
 from tfedge.analyze.inspect import count_parameters
 from tfedge.cli.convert import float_op_lines
-from tfedge.convert.layer_names import KerasLayers, keras_layers, op_layers
+from tfedge.convert.keras_layers import keras_layers
+from tfedge.convert.layer_names import KerasLayers, op_layers
 from tfedge.convert.tflite_model import Op, Tensor, TfliteModel
 from tfedge.convert.verify import FloatOp, find_float_ops, summarize_float_ops
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from tfedge import errors
-from tfedge.convert.layer_names import KerasLayers, keras_layers
+from tfedge.convert.keras_layers import keras_layers
+from tfedge.convert.layer_names import KerasLayers
 from tfedge.convert.tflite_model import read_tflite
 from tfedge.convert.verify import FloatOp, find_float_ops, float_io
 from tfedge.errors import ConversionError, UsageError, VerificationError

@@ -13,19 +13,17 @@ guess from the op's output tensor name, and an output tensor name without a laye
 no layer at all: the raw tensor name is shown instead.
 
 Example:
-    >>> layers = keras_layers("model.keras")
+    >>> layers = keras_layers("model.keras")  # tfedge.convert.keras_layers
     >>> op_layer(op, layers)  # CONV_2D writing 'sequential/re_lu_1/Relu;sequential/conv2d/...'
     'conv2d'
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 
 from tfedge.convert.tflite_model import Op
-from tfedge.errors import TfedgeError
 
 # Keras layer classes each TFLite op kind comes from, to pick the right one of fused layers.
 OP_LAYER_KINDS = {
@@ -59,19 +57,6 @@ class KerasLayers:
 
     model: str
     kinds: dict[str, str] = field(default_factory=dict)
-
-
-def keras_layers(model) -> KerasLayers | None:
-    """The layers of ``model`` (a path, or an in-memory Keras model); None when unknown.
-
-    A path's layers come from its JSON config, read as data (nothing is loaded): ``.keras``,
-    ``.h5`` and tf_keras SavedModels. A Keras 3 export (SavedModel) keeps no layer names.
-    """
-    if isinstance(model, (str, os.PathLike)):
-        return _layers_from_file(model)
-    kinds: dict[str, str] = {}
-    _walk_layers(model, kinds)
-    return KerasLayers(str(getattr(model, "name", "")), kinds) if kinds else None
 
 
 def op_layers(ops: list[Op], layers: KerasLayers | None) -> list[str]:
@@ -170,48 +155,3 @@ def _match(span: str, layers: KerasLayers, renamed: bool) -> str | None:
 
 def _renamed(component: str, model: str) -> bool:
     return bool(model) and component != model and _SUFFIX.sub("", component) == model
-
-
-def _walk_layers(model, kinds: dict[str, str]) -> None:
-    for layer in getattr(model, "layers", []):
-        kinds[layer.name] = type(layer).__name__
-        inner = getattr(layer, "layer", None)  # wrappers (TimeDistributed, QAT, prune)
-        if inner is not None and hasattr(inner, "name"):
-            kinds.setdefault(inner.name, type(inner).__name__)
-        _walk_layers(layer, kinds)
-
-
-def _layers_from_file(path) -> KerasLayers | None:
-    from tfedge.io.models import _model_configs, detect_format
-
-    try:
-        fmt = detect_format(path)
-        configs = _model_configs(fmt) if fmt.kind != "tflite" else []
-    except TfedgeError:
-        return None
-    kinds: dict[str, str] = {}
-    for config in configs:
-        _walk_config(config, kinds)
-    if not configs or not kinds:
-        return None
-    root = configs[0]
-    model = root.get("name") or (root.get("config") or {}).get("name") or ""
-    kinds.pop(model, None)
-    return KerasLayers(str(model), kinds)
-
-
-def _walk_config(node, kinds: dict[str, str]) -> None:
-    """Record ``name -> class`` for each layer config under ``node``."""
-    if isinstance(node, list):
-        for item in node:
-            _walk_config(item, kinds)
-        return
-    if not isinstance(node, dict):
-        return
-    kind, config = node.get("class_name"), node.get("config")
-    if isinstance(kind, str) and isinstance(config, dict):
-        name = node.get("name") or config.get("name")
-        if isinstance(name, str) and name and not kind.endswith("Policy"):
-            kinds.setdefault(name, kind)
-    for value in node.values():
-        _walk_config(value, kinds)
