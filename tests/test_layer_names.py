@@ -187,11 +187,13 @@ def test_parameters_count_biases_of_any_dtype_but_not_shapes():
 
 @pytest.mark.tf
 @pytest.mark.slow
-def test_convert_names_keras3_layers(tmp_path):
+def test_convert_names_keras3_layers(tmp_path, run_cli):
     """A Keras 3 model with a nested block, converted the CLI's way (in a worker, from the
-    saved file): every float op names a layer the user built, of the op's kind."""
-    import tfedge
+    saved file): every float op names a layer the user built, of the op's kind; `--quant none`
+    prints one summary line, and so does `inspect`."""
     from tfedge._tf import import_keras3
+    from tfedge.convert.converter import verify_converted
+    from tfedge.convert.tflite_model import read_tflite
 
     keras = import_keras3()
     layers = keras.layers
@@ -203,11 +205,20 @@ def test_convert_names_keras3_layers(tmp_path):
     x = layers.Dense(3)(layers.Dense(5)(layers.Flatten()(x)))
     model = keras.Model(inp, x, name="net")
     model.save(tmp_path / "net.keras")
+    out = tmp_path / "net.tflite"
+    text = run_cli("convert", tmp_path / "net.keras", "--quant", "none", "-o", out).stdout
+    assert "float (as --quant asks)" in text and "float op:" not in text
+    indented = [line for line in text.splitlines() if line.startswith("  ")]
+    assert len(indented) == 1 and indented[0].startswith("  float model: ")
+    assert "float ops (CONV_2D 2, FULLY_CONNECTED 2" in indented[0]
+    float_ops = verify_converted(read_tflite(out), "none", "float32", layers=keras_layers(model))
     names = {layer.name for layer in model.layers} | {layer.name for layer in block.layers}
-    result = tfedge.convert(tmp_path / "net.keras", tmp_path / "net.tflite", quant="none")
-    assert {f.layer for f in result.float_ops} <= names
-    convs = [f.layer for f in result.float_ops if f.op == "CONV_2D"]
-    denses = [f.layer for f in result.float_ops if f.op == "FULLY_CONNECTED"]
+    assert {f.layer for f in float_ops} <= names
+    convs = [f.layer for f in float_ops if f.op == "CONV_2D"]
+    denses = [f.layer for f in float_ops if f.op == "FULLY_CONNECTED"]
     dense_names = [layer.name for layer in model.layers if isinstance(layer, layers.Dense)]
     assert convs == ["stem", block.layers[0].name] and denses == dense_names
-    assert float_op_lines(result.float_ops, integer_asked=False)[0].startswith("float model: ")
+    in_memory, saved = keras_layers(model), keras_layers(tmp_path / "net.keras")
+    assert in_memory.kinds.items() <= saved.kinds.items() and in_memory.model == saved.model
+    text = run_cli("inspect", out).stdout
+    assert f"full-integer: no, a float model\n{indented[0]}\n" in text
