@@ -246,3 +246,26 @@ def test_resnet_projection_block_batchnorms_fold_where_the_graph_says(tmp_path):
     result = build_pass("qat", {"epochs": 1}).apply(model, _ctx(x, y))
     ops = _int8_ops(result.model, x, tmp_path)
     assert ops["CONV_2D"] == 3 and ops["ADD"] == 1, ops  # BNs folded, nothing left in float
+
+
+def test_separable_convolutions_qat_through_tfmots_split(tmp_path):
+    """NASNet and Xception are SeparableConv2D + BatchNormalization: tfmot's layout transform
+    splits each into a depthwise and a pointwise convolution and folds the BN."""
+    from tfedge._tf import import_keras
+    from tfedge.passes.compat import layer_compat, qat_unsupported
+
+    k = import_keras()
+    inp = k.Input((8, 8, 3))
+    h = k.layers.SeparableConv2D(8, 3, padding="same", name="sep")(inp)
+    h = k.layers.BatchNormalization(name="sep_bn")(h)
+    h = k.layers.ReLU(name="relu")(h)
+    h = k.layers.SeparableConv2D(8, 3, padding="same", activation="relu", name="sep_relu")(h)
+    h = k.layers.GlobalAveragePooling2D()(h)
+    model = k.Model(inp, k.layers.Dense(2, name="logits")(h))
+    assert qat_unsupported(model) == []
+    notes = {row.layer: row.notes for row in layer_compat(model)}
+    assert "folded into 'sep'" in notes["sep_bn"] and "splits it" in notes["sep"]
+    x, y = _data((8, 8, 3), n=64, classes=2)
+    result = build_pass("qat", {"epochs": 1}).apply(model, _ctx(x, y))
+    ops = _int8_ops(result.model, x, tmp_path)
+    assert ops["DEPTHWISE_CONV_2D"] == 2 and ops["CONV_2D"] == 2, ops

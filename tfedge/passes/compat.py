@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-FOLDED_INTO = ("Conv2D", "DepthwiseConv2D", "Dense", "Conv1D")
+FOLDED_INTO = ("Conv2D", "DepthwiseConv2D", "Dense", "Conv1D", "SeparableConv2D")
 NORMALISATION = ("BatchNormalization", "LayerNormalization")
 NO_WEIGHTS = "-"
 
@@ -46,11 +46,8 @@ def layer_compat(model) -> list[LayerCompat]:
         graph = model_graph(model)
     except NotImplementedError:  # a subclassed model has no config: its layers' list order
         return [_row(layer, previous.get(layer.name)) for layer in model.layers]
-    producers = {}
-    for layer in model.layers:
-        source = graph.only_input(layer.name)
-        producers[layer.name] = graph.layer(source) if source else None
-    return [_row(layer, producers[layer.name]) for layer in model.layers]
+    by_name = {layer.name: layer for layer in model.layers}  # a Sequential's input is not one
+    return [_row(layer, by_name.get(graph.only_input(layer.name) or "")) for layer in model.layers]
 
 
 def qat_unsupported(model) -> list[str]:
@@ -120,6 +117,8 @@ def _qat_status(layer, previous, reasons: list[str]) -> str:
         return "yes"
     how, reason = qat_rule(layer)
     if how != NO:
+        if reason:  # what tfedge or tfmot does differently (a moved activation, a split)
+            reasons.append(f"qat: {reason}")
         return "yes"
     reasons.append(
         f"qat: {reason}; use `unsupported: skip` in the qat pass to leave it to post-training "

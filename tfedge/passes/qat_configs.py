@@ -40,6 +40,8 @@ FLOAT_ONLY_ACTIVATIONS = {
     "softplus": "TFLite has no int8 softplus (log(exp(x) + 1))",
     "mish": "TFLite has no int8 softplus, which mish uses",
 }
+# Layers tfmot's 8-bit layout transform replaces (depthwise + pointwise) before quantizing.
+SPLIT_BY_TFMOT = frozenset({"SeparableConv2D", "SeparableConv1D"})
 # Layers with no weights whose output tfedge quantizes.
 OUTPUT_LAYERS = frozenset(
     {
@@ -153,6 +155,14 @@ def qat_rule(layer) -> tuple[str, str]:
         return OUTPUT, ""
     if kind in OUTPUT_LAYERS:
         return OUTPUT, ""
+    if kind in SPLIT_BY_TFMOT:
+        name = activation_name(layer.activation)
+        if name not in LAYER_ACTIVATIONS:
+            return NO, (
+                f"tfmot cannot quantize activation '{name}' inside a {kind}; "
+                "move it to its own Activation layer"
+            )
+        return TFMOT, "tfmot splits it into a depthwise and a pointwise convolution for qat"
     if Default8BitQuantizeRegistry().supports(layer):
         inner = getattr(layer, "activation", None)
         name = activation_name(inner) if inner is not None else "linear"
