@@ -206,3 +206,8 @@ def test_in_memory_quantization_aware_model_converts(digits, tmp_path):
         "quant_conv1",
         "quant_conv2",
     }  # tfmot wrappers
+    from tfedge.convert.keras_layers import keras_layers
+    from tfedge.convert.layer_names import op_layers
+
+    named = op_layers(read_tflite(result.output).ops, keras_layers(qat))
+    assert {"conv1", "conv2", "fc1", "logits"} <= set(named)  # the user's names, unwrapped

@@ -63,6 +63,20 @@ def test_keras3_renamed_scopes_map_back_to_the_saved_names():
     assert op_layers(ops, layers) == ["dense_1"]
 
 
+def test_a_wrapped_layer_is_named_as_the_user_built_it():
+    """tfedge's QAT wraps 'conv1' as 'quant_conv1' (an in-memory model from optimize)."""
+    layers = KerasLayers(
+        "digits_cnn",
+        {"quant_conv1": "Conv2D", "conv1": "Conv2D", "quant_fc": "Dense", "fc": "Dense"},
+        {"quant_conv1": "conv1", "quant_fc": "fc"},
+    )
+    ops = [
+        _op("CONV_2D", "digits_cnn/quant_conv1/Relu;digits_cnn/quant_conv1/BiasAdd"),
+        _op("FULLY_CONNECTED", "tfl.fully_connected"),
+    ]
+    assert op_layers(ops, layers) == ["conv1", "fc"]
+
+
 def test_nested_model_names_the_inner_layer():
     """tf_keras MobileNetV3 layer names hold a '/'; the nested model's own name is not taken."""
     layers = KerasLayers(

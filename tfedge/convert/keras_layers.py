@@ -16,6 +16,10 @@ from tfedge.convert.layer_names import KerasLayers
 from tfedge.errors import TfedgeError
 from tfedge.io.models import _model_configs, detect_format  # the config, read as data
 
+# Wrappers tfedge's passes put around a user's layer (QAT, pruning, clustering): an op is
+# named after the wrapped layer.
+TFMOT_WRAPPERS = {"QuantizeWrapper", "QuantizeWrapperV2", "PruneLowMagnitude", "ClusterWeights"}
+
 
 def keras_layers(model) -> KerasLayers | None:
     """The layers of ``model`` (a path, or an in-memory Keras model); None when unknown.
@@ -26,17 +30,21 @@ def keras_layers(model) -> KerasLayers | None:
     if isinstance(model, (str, os.PathLike)):
         return _layers_from_file(model)
     kinds: dict[str, str] = {}
-    _walk_layers(model, kinds)
-    return KerasLayers(str(getattr(model, "name", "")), kinds) if kinds else None
+    aliases: dict[str, str] = {}
+    _walk_layers(model, kinds, aliases)
+    return KerasLayers(str(getattr(model, "name", "")), kinds, aliases) if kinds else None
 
 
-def _walk_layers(model, kinds: dict[str, str]) -> None:
+def _walk_layers(model, kinds: dict[str, str], aliases: dict[str, str]) -> None:
     for layer in getattr(model, "layers", []):
         kinds[layer.name] = type(layer).__name__
         inner = getattr(layer, "layer", None)  # wrappers (TimeDistributed, QAT, prune)
         if inner is not None and hasattr(inner, "name"):
             kinds.setdefault(inner.name, type(inner).__name__)
-        _walk_layers(layer, kinds)
+            if type(layer).__name__ in TFMOT_WRAPPERS:  # 'quant_conv1' is the user's 'conv1'
+                kinds[layer.name] = type(inner).__name__
+                aliases[layer.name] = inner.name
+        _walk_layers(layer, kinds, aliases)
 
 
 def _layers_from_file(path) -> KerasLayers | None:

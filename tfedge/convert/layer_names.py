@@ -57,6 +57,8 @@ class KerasLayers:
 
     model: str
     kinds: dict[str, str] = field(default_factory=dict)
+    # a wrapper's name -> the user's layer it wraps ('quant_conv1' -> 'conv1')
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 def op_layers(ops: list[Op], layers: KerasLayers | None) -> list[str]:
@@ -98,13 +100,16 @@ def op_layer(op: Op, layers: KerasLayers | None) -> str:
         ]
         if found:
             wanted = OP_LAYER_KINDS.get(op.name, set())
-            return next((name for name in found if layers.kinds[name] in wanted), found[0])
+            name = next((name for name in found if layers.kinds[name] in wanted), found[0])
+            return layers.aliases.get(name, name)
     return ""
 
 
 def _only_layer_of_kind(op: Op, layers: KerasLayers) -> str:
     wanted = OP_LAYER_KINDS.get(op.name, set())
-    of_kind = [name for name, kind in layers.kinds.items() if kind in wanted]
+    of_kind = [
+        name for name, kind in layers.kinds.items() if kind in wanted and name not in layers.aliases
+    ]
     return of_kind[0] if len(of_kind) == 1 else ""
 
 
