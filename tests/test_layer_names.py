@@ -129,6 +129,7 @@ def test_keras_layers_read_from_a_keras3_file_without_loading_it(tmp_path):
             "layers": [{"class_name": "Conv2D", "config": {"name": "conv2d"}}, inner],
             "dtype": {"class_name": "DTypePolicy", "config": {"name": "float32"}},
         },
+        "compile_config": {"optimizer": {"class_name": "Adam", "config": {"name": "adam"}}},
     }
     path = tmp_path / "m.keras"
     with zipfile.ZipFile(path, "w") as zf:

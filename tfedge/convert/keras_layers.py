@@ -78,5 +78,6 @@ def _walk_config(node, kinds: dict[str, str]) -> None:
         name = node.get("name") or config.get("name")
         if isinstance(name, str) and name and not kind.endswith("Policy"):
             kinds.setdefault(name, kind)
-    for value in node.values():
-        _walk_config(value, kinds)
+    for key, value in node.items():
+        if key != "compile_config":  # the optimizer's, loss's and metrics' names
+            _walk_config(value, kinds)
