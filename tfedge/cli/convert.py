@@ -111,7 +111,8 @@ def _verdict(result) -> str:
         return "full-integer"
     if not _integer_asked(result):
         return "float (as --quant asks)"
-    return f"NOT full-integer ({len(result.float_ops)} float ops)"
+    count = len(result.float_ops)
+    return f"NOT full-integer ({count} float op{'s' if count != 1 else ''})"
 
 
 def float_op_lines(float_ops, integer_asked: bool, shown: int = FLOAT_OPS_SHOWN) -> list[str]:
