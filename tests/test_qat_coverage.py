@@ -269,3 +269,26 @@ def test_separable_convolutions_qat_through_tfmots_split(tmp_path):
     result = build_pass("qat", {"epochs": 1}).apply(model, _ctx(x, y))
     ops = _int8_ops(result.model, x, tmp_path)
     assert ops["DEPTHWISE_CONV_2D"] == 2 and ops["CONV_2D"] == 2, ops
+
+
+def test_densenet_pre_activation_batchnorm_is_quantized_at_its_output(tmp_path):
+    """DenseNet: Concatenate -> BatchNormalization -> ReLU -> Conv2D. tfmot has no rule for a
+    BN with no convolution before it; tfedge quantizes its output, so qat needs no skip."""
+    from tfedge._tf import import_keras
+    from tfedge.passes.compat import qat_unsupported, standalone_batchnorms
+
+    k = import_keras()
+    inp = k.Input((8, 8, 3))
+    h = k.layers.Conv2D(8, 3, padding="same", name="stem")(inp)
+    grown = k.layers.Conv2D(4, 1, name="grow")(h)
+    h = k.layers.Concatenate(name="concat")([h, grown])
+    h = k.layers.BatchNormalization(name="pre_bn")(h)
+    h = k.layers.ReLU(name="pre_relu")(h)
+    h = k.layers.Conv2D(8, 1, name="transition")(h)
+    h = k.layers.GlobalAveragePooling2D()(h)
+    model = k.Model(inp, k.layers.Dense(2, name="logits")(h))
+    assert qat_unsupported(model) == [] and standalone_batchnorms(model) == {"pre_bn"}
+    x, y = _data((8, 8, 3), n=64, classes=2)
+    result = build_pass("qat", {"epochs": 1}).apply(model, _ctx(x, y))
+    ops = _int8_ops(result.model, x, tmp_path)  # verified full-integer
+    assert ops["CONV_2D"] == 3 and ops["CONCATENATION"] == 1, ops

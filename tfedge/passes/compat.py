@@ -15,6 +15,16 @@ from dataclasses import asdict, dataclass
 
 FOLDED_INTO = ("Conv2D", "DepthwiseConv2D", "Dense", "Conv1D", "SeparableConv2D")
 NORMALISATION = ("BatchNormalization", "LayerNormalization")
+# tfmot has no rule for a BatchNormalization that does not follow a convolution or Dense: tfedge
+# quantizes its output (the converter turns it into an int8 MUL and ADD).
+STANDALONE_BN = "quantized at its output (not after a convolution, so nothing to fold it into)"
+
+
+def standalone_batchnorms(model) -> set[str]:
+    """Names of the BatchNormalization layers of ``model`` that qat quantizes at their output."""
+    return {r.layer for r in layer_compat(model) if STANDALONE_BN in r.notes}
+
+
 NO_WEIGHTS = "-"
 
 
@@ -114,6 +124,9 @@ def _qat_status(layer, previous, reasons: list[str]) -> str:
         return NO_WEIGHTS
     if kind == "BatchNormalization" and type(previous).__name__ in FOLDED_INTO:
         reasons.append(f"qat: folded into '{previous.name}'")
+        return "yes"
+    if kind == "BatchNormalization":  # e.g. DenseNet's pre-activation BN after a Concatenate
+        reasons.append(f"qat: {STANDALONE_BN}")
         return "yes"
     how, reason = qat_rule(layer)
     if how != NO:

@@ -26,13 +26,14 @@ from tfedge.passes.base import (
     import_tfmot,
     where_of,
 )
-from tfedge.passes.compat import qat_unsupported
+from tfedge.passes.compat import qat_unsupported, standalone_batchnorms
 from tfedge.passes.qat_configs import (
     annotate_scope,
     hard_swish_inner,
     input_preprocessing,
     noop_config,
     ops_as_layers,
+    output_config,
     qat_rule,
     quantize_config_for,
 )
@@ -121,11 +122,17 @@ def _annotate(tfmot, model, skip: set[str]):
     quant = tfmot.quantization.keras
     inner = hard_swish_inner(model)
     calibrated = set(input_preprocessing(model))
+    standalone = standalone_batchnorms(model)
 
     def annotate(layer):
         if layer.name in skip or layer.name in calibrated:
             return layer
-        config = noop_config() if layer.name in inner else quantize_config_for(layer)
+        if layer.name in inner:
+            config = noop_config()
+        elif layer.name in standalone:
+            config = output_config()
+        else:
+            config = quantize_config_for(layer)
         return quant.quantize_annotate_layer(layer, quantize_config=config)
 
     return import_keras().models.clone_model(model, clone_function=annotate)

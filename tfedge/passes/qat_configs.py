@@ -200,11 +200,16 @@ def moved_activations(model) -> list[str]:
 def quantize_config_for(layer):
     """The ``QuantizeConfig`` tfedge gives ``layer``, or None (tfmot's own rule, or none at all:
     ``qat_rule`` says which and why)."""
+    return output_config() if qat_rule(layer)[0] == OUTPUT else None
+
+
+def output_config():
+    """tfmot's config that quantizes a layer's output only (its weights stay float in QAT)."""
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs import (  # noqa: E501 (a module path)
         Default8BitOutputQuantizeConfig,
     )
 
-    return Default8BitOutputQuantizeConfig() if qat_rule(layer)[0] == OUTPUT else None
+    return Default8BitOutputQuantizeConfig()
 
 
 def noop_config():
