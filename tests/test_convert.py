@@ -21,6 +21,7 @@ def test_int8_default_is_full_integer(run_cli, digits, tmp_path):
     result = run_cli("convert", digits.model, "--calib", digits.train, "-o", out, "--json")
     report = json.loads(result.stdout)
     assert report["full_integer"] is True and report["float_ops"] == []
+    assert "converting" not in result.stderr  # --json is quiet
     model = read_tflite(out)
     assert model.inputs[0].dtype == "int8" and model.outputs[0].dtype == "int8"
     assert {op.name for op in model.ops} >= {"CONV_2D", "FULLY_CONNECTED"}
@@ -143,6 +144,7 @@ def test_converter_crash_is_a_clear_error(run_cli, tmp_path):
         expect=1,
     )
     assert_one_error_line(result, "converter crashed (SIGSEGV)")
+    assert "converting" in result.stderr  # the stage line, terminal or not
     assert not (tmp_path / "c.tflite").exists()
 
 

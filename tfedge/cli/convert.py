@@ -73,8 +73,11 @@ def convert_cmd(
         tfedge convert models/digits/model.keras --calib models/digits/train.npz -o digits.tflite
     """
     from tfedge.convert.converter import convert
-    from tfedge.progress import progress_wanted
+    from tfedge.progress import progress_wanted, stage_log
 
+    log = stage_log(as_json)  # a log or CI job sees the conversion start (it takes a while)
+    if log:
+        log(f"converting {model} to {quant} ...")
     result = convert(
         model,
         output,
