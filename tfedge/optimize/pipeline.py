@@ -167,7 +167,7 @@ def _optimize(
     out = check_outdir(_output_of(output, resume))
     check_not_input(out, [model, data, eval_data, recipe.source], folder=True)
     train, evals = load_data(data), load_data(eval_data)
-    _check_labels(recipe, train)
+    require_labels(recipe, train)
     previous = None if resume is None else read_state(out, model, recipe, train, evals)
     say = log or (_stderr_log if progress else None)
     with (
@@ -518,7 +518,8 @@ def _is_keras3(model) -> bool:
     return type(model).__module__.split(".")[0] == "keras"
 
 
-def _check_labels(recipe: Recipe, train: Dataset) -> None:
+def require_labels(recipe: Recipe, train: Dataset) -> None:
+    """DataError unless the training data has labels when the recipe has passes (they train)."""
     if recipe.passes and train.y is None:
         raise DataError(
             f"{train.source} has no labels (y); the passes of recipe '{recipe.name}' train",

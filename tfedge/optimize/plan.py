@@ -116,7 +116,7 @@ def plan_optimize(
 
 
 def _plan(model, recipe: Recipe, data, eval_data, output) -> OptimizePlan:
-    from tfedge.optimize.pipeline import _check_labels, check_outdir  # the run's own checks
+    from tfedge.optimize.pipeline import check_outdir, require_labels  # the run's own checks
 
     checks = ["recipe ok"]
     if output is not None:
@@ -129,7 +129,7 @@ def _plan(model, recipe: Recipe, data, eval_data, output) -> OptimizePlan:
     train = load_data(data) if data is not None else None
     evals = load_data(eval_data) if eval_data is not None else None
     if train is not None:
-        _check_labels(recipe, train)
+        require_labels(recipe, train)
     keras_model = _load(model, recipe)
     ctx = _context(recipe, keras_model, train, evals)
     checks.append(_data_check(train, evals))
@@ -160,21 +160,21 @@ def _plan(model, recipe: Recipe, data, eval_data, output) -> OptimizePlan:
 def _load(model, recipe: Recipe):
     """The model the worker would start from (a tf_keras model for passes; see the worker)."""
     from tfedge.io.models import load_tf_keras_model
-    from tfedge.optimize.worker import _load_model
+    from tfedge.optimize.worker import load_model_for
 
     if isinstance(model, (str, os.PathLike)):
-        return _load_model(str(model), recipe)
+        return load_model_for(str(model), recipe)
     return load_tf_keras_model(model) if recipe.passes else model
 
 
 def _context(recipe: Recipe, model, train, evals):
     """The passes' context: the worker's own (which checks the data against the model's
     inputs), or one without data when none was given."""
-    from tfedge.optimize.worker import _context as worker_context
+    from tfedge.optimize.worker import pass_context
     from tfedge.passes.base import PassContext
 
     if train is not None:
-        return worker_context(recipe, model, train, evals or train, False, None)
+        return pass_context(recipe, model, train, evals or train, False, None)
     empty = np.zeros((0, 1), np.float32)
     return PassContext(x=empty, y=np.zeros(0, np.int64), train=recipe.train, seed=recipe.seed)
 

@@ -224,9 +224,9 @@ class Session:
         if resume and resume["checkpoint"]:
             self.model = load_tf_keras_model(resume["checkpoint"])
         else:
-            self.model = _load_model(model, recipe)
+            self.model = load_model_for(model, recipe)
         self.plain = self.model
-        self.ctx = _context(recipe, self.model, train, evals, self.progress, self.say)
+        self.ctx = pass_context(recipe, self.model, train, evals, self.progress, self.say)
         self.ctx.applied = tuple(recipe.pass_names[:done])
         for p in recipe.passes[done:]:
             p.check(self.model, self.ctx)
@@ -447,7 +447,7 @@ def _qat_savedmodel(model, work: Path) -> str:
     return str(path)
 
 
-def _load_model(model, recipe):
+def load_model_for(model, recipe):
     """A tf_keras model for tfmot passes; a post-training-only recipe loads any Keras file.
 
     A SavedModel directory the caller exported (the direct Keras 3 path) stays a path: it is
@@ -475,7 +475,7 @@ def check_inputs(model, train, evals) -> None:
             check_labels(y, int(classes), f"{what} data {ds.source}")  # 999 or -1: not a class
 
 
-def _context(recipe, model, train, evals, progress: bool, say):
+def pass_context(recipe, model, train, evals, progress: bool, say):
     from tfedge.io.data import as_float32
     from tfedge.passes.base import PassContext
 
