@@ -254,10 +254,11 @@ def _prune_reason(p, layer, compat: dict[str, str]) -> str:
 
 def _plan_cluster(p, model, ctx, applied):
     from tfedge.passes.base import kernel_of
-    from tfedge.passes.cluster import cluster_count, clusterable
+    from tfedge.passes.cluster import clusterable
 
     selected = set(p.selected(model))
     keep_zeros = p.keeps_sparsity(applied)
+    counts, skipped = p.layer_counts(model, selected, applied)
     compat = _compat_notes(model, "cluster")
     touch, skip = [], []
     for layer in _layers(model):
@@ -271,13 +272,11 @@ def _plan_cluster(p, model, ctx, applied):
                 reason = f"{size} weights: not more than clusters ({p.clusters})"
             skip.append(_note(layer, reason))
             continue
-        # as Cluster.apply decides, on the weights the model has now
-        per_channel = p.per_channel and type(layer).__name__ == "Conv2D"
-        k, why = cluster_count(kernel_of(layer).numpy(), p.clusters, keep_zeros, per_channel)
-        if k:
+        if layer.name in counts:  # as Cluster.apply decides, on the weights the model has now
+            k = counts[layer.name]
             touch.append(_note(layer, f"{k} clusters" if k != p.clusters else ""))
         else:
-            skip.append(_note(layer, why))
+            skip.append(_note(layer, skipped[layer.name]))
     notes = []
     if keep_zeros:
         notes.append("zeros kept (preserve_sparsity)")

@@ -69,6 +69,21 @@ class Cluster(PassConfig):
     def check(self, model, ctx) -> None:
         check_selection(self, model, self.selected(model), "clustered")
 
+    def layer_counts(self, model, names, applied) -> tuple[dict[str, int], dict[str, str]]:
+        """``({layer: clusters}, {layer: why skipped})`` for the layers ``names`` of ``model``,
+        on the weights it has now (``cluster_count``)."""
+        keep_zeros = self.keeps_sparsity(applied)
+        counts, skipped = {}, {}
+        for name in names:
+            layer = model.get_layer(name)
+            per_channel = self.per_channel and type(layer).__name__ == "Conv2D"
+            k, why = cluster_count(kernel_of(layer).numpy(), self.clusters, keep_zeros, per_channel)
+            if k:
+                counts[name] = k
+            else:
+                skipped[name] = why
+        return counts, skipped
+
     def keeps_sparsity(self, applied) -> bool:
         return self.preserve_sparsity if self.preserve_sparsity is not None else "prune" in applied
 
@@ -77,16 +92,7 @@ class Cluster(PassConfig):
         selected = self.selected(model)
         check_selection(self, model, sorted(selected), "clustered")
         params = self._params(tfmot, ctx.applied)
-        keep_zeros = self.keeps_sparsity(ctx.applied)
-        counts, skipped = {}, {}
-        for name in selected:
-            layer = model.get_layer(name)
-            per_channel = self.per_channel and type(layer).__name__ == "Conv2D"
-            k, why = cluster_count(kernel_of(layer).numpy(), self.clusters, keep_zeros, per_channel)
-            if k:
-                counts[name] = k
-            else:
-                skipped[name] = why
+        counts, skipped = self.layer_counts(model, selected, ctx.applied)
         base = clone_with_weights(model)
 
         def wrap(layer):
@@ -105,7 +111,7 @@ class Cluster(PassConfig):
                 "unique_by_layer": unique_values(plain, selected),
                 "clusters_by_layer": counts,
                 "skipped_layers": skipped,
-                "preserve_sparsity": keep_zeros,
+                "preserve_sparsity": self.keeps_sparsity(ctx.applied),
             },
         )
 
