@@ -1,0 +1,185 @@
+"""The channel graph and removal (``tfedge.passes.channel_graph``, ``tfedge.passes.channels``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tf
+
+# group widths of the bookkeeping model: stem (tied by an Add), branch, side, separable, head
+WIDTHS = {"stem": 16, "branch": 8, "side": 12, "sep": 8, "head": 10}
+
+
+def _keras():
+    from tfedge._tf import import_keras
+
+    return import_keras()
+
+
+def bookkeeping_model(stem=16, branch=8, side=12, sep=8, head=10):
+    """Residual Adds, a Concatenate tied by an Add, a depthwise block, BatchNormalization, a
+    SeparableConv2D and a Flatten -> Dense head."""
+    k = _keras()
+    L = k.layers
+    x = L.Input((8, 8, 3), name="image")
+    a = L.ReLU(name="a_relu")(
+        L.BatchNormalization(name="a_bn")(L.Conv2D(stem, 3, padding="same", name="a")(x))
+    )
+    b = L.ReLU(name="b_relu")(L.BatchNormalization(name="b_bn")(L.Conv2D(stem, 1, name="b")(a)))
+    add1 = L.Add(name="add1")([a, b])
+    dw = L.DepthwiseConv2D(3, padding="same", name="dw")(add1)
+    dw = L.ReLU(6.0, name="dw_relu")(L.BatchNormalization(name="dw_bn")(dw))
+    c = L.Conv2D(branch, 1, name="c")(dw)
+    d = L.Conv2D(side, 1, activation="relu", name="d")(add1)
+    cat = L.Concatenate(name="cat")([c, d])
+    e = L.BatchNormalization(name="e_bn")(L.Conv2D(branch + side, 1, name="e")(cat))
+    add2 = L.Add(name="add2")([cat, e])
+    s = L.SeparableConv2D(sep, 3, padding="same", name="sep")(add2)
+    pooled = L.MaxPooling2D(2, name="pool")(L.Activation("relu", name="sep_relu")(s))
+    h = L.Dense(head, activation="relu", name="fc")(L.Flatten(name="flat")(pooled))
+    out = L.Dense(4, name="out")(L.Dropout(0.1, name="drop")(h))
+    return k.Model(x, out, name="bookkeeping")
+
+
+def _randomise(model, rng) -> None:
+    for layer in model.layers:
+        weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()]
+        if type(layer).__name__ == "BatchNormalization":
+            weights[2] = rng.normal(0, 0.3, weights[2].shape).astype(np.float32)  # mean
+            weights[3] = rng.uniform(0.5, 2.0, weights[3].shape).astype(np.float32)  # variance
+        if weights:
+            layer.set_weights(weights)
+
+
+def _kill(model, graph, dead_labels: set[int]) -> None:
+    """Make every position carrying a dead label emit exactly 0: producers' filters and
+    biases, depthwise biases, and BatchNormalization shifts (beta = gamma mean / sqrt(var+eps))."""
+    for layer in model.layers:
+        labels = graph.outputs.get(layer.name, [])
+        dead = np.array([label in dead_labels for label in labels], dtype=bool)
+        if not dead.any() or not layer.weights:
+            continue
+        kind, weights = type(layer).__name__, layer.get_weights()
+        if kind == "BatchNormalization":
+            gamma, beta, mean, var = weights
+            beta[dead] = (gamma * mean / np.sqrt(var + layer.epsilon))[dead]
+        elif kind == "DepthwiseConv2D":
+            weights[1][dead] = 0
+        else:
+            weights[-2 if kind != "SeparableConv2D" else 1][..., dead] = 0
+            weights[-1][dead] = 0
+        layer.set_weights(weights)
+
+
+def _group_of(graph, layer: str):
+    return next(g for g in graph.groups if layer in g.members)
+
+
+def test_graph_groups_coupled_channels() -> None:
+    from tfedge.passes.channel_graph import ChannelGraph
+
+    graph = ChannelGraph(bookkeeping_model())
+    stem = _group_of(graph, "a")
+    assert set(stem.members) == {"a", "b"} and stem.size == 16 and stem.prunable
+    # the Concatenate's inputs are tied to 'e' through add2, by offset
+    tied = _group_of(graph, "e")
+    assert set(tied.members) == {"c", "d", "e"} and tied.size == 20 and tied.prunable
+    assert tied.members["e"] == tied.members["c"] + tied.members["d"]
+    assert _group_of(graph, "sep").prunable and _group_of(graph, "fc").prunable
+    out = _group_of(graph, "out")
+    assert not out.prunable and "'out' is a model output" in out.reasons
+    assert len(graph.groups) == 5
+
+
+def test_graph_leaves_unknown_layers_whole() -> None:
+    from tfedge.passes.channel_graph import ChannelGraph
+
+    k = _keras()
+    L = k.layers
+    x = L.Input((8, 8, 3))
+    a = L.Conv2D(8, 1, name="a")(x)
+    b = L.Conv2D(8, 1, name="b")(x)
+    odd = L.Lambda(lambda t: t * 2.0, name="odd")(a)
+    moved = L.Reshape((8, 64), name="moved")(b)  # the channel axis goes
+    y = L.Dense(3, name="y")(L.Flatten()(L.Concatenate()([L.Flatten()(odd), L.Flatten()(moved)])))
+    graph = ChannelGraph(k.Model(x, y))
+    assert not _group_of(graph, "a").prunable
+    assert any("'odd' is a Lambda" in r for r in _group_of(graph, "a").reasons)
+    assert any("'moved' moves the channel axis" in r for r in _group_of(graph, "b").reasons)
+
+
+def test_removing_dead_channels_keeps_outputs(seed) -> None:
+    """The index bookkeeping test: channels made exactly dead, then removed, change nothing."""
+    from tfedge.passes.channel_graph import ChannelGraph
+    from tfedge.passes.channels import prune_channels
+
+    rng = np.random.default_rng(seed)
+    model = bookkeeping_model()
+    _randomise(model, rng)
+    graph = ChannelGraph(model)
+    removed = {"a": 5, "e": 7, "sep": 3, "fc": 4}  # channels removed per group
+    keep, dead = {}, set()
+    for layer, count in removed.items():
+        group = _group_of(graph, layer)
+        gone = set(rng.choice(group.size, count, replace=False).tolist())
+        keep[group.id] = sorted(set(range(group.size)) - gone)
+        for name, channels in group.members.items():
+            dead |= {graph.producers[name][i] for i, c in enumerate(channels) if c in gone}
+    _kill(model, graph, dead)
+    x = rng.normal(size=(6, 8, 8, 3)).astype(np.float32)
+    before = model(x, training=False).numpy()
+    weights_before = [w.copy() for w in model.get_weights()]
+
+    thinner = prune_channels(model, keep, graph)
+
+    after = thinner(x, training=False).numpy()
+    assert after.shape == before.shape == (6, 4)
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
+    assert np.abs(before).max() > 0.1  # not trivially zero
+    assert all(
+        np.array_equal(a, b) for a, b in zip(model.get_weights(), weights_before, strict=True)
+    )
+    tied = _group_of(graph, "e")
+    gone_c = sum(1 for c in tied.members["c"] if c not in keep[tied.id])
+    expected = bookkeeping_model(
+        stem=16 - 5, branch=8 - gone_c, side=12 - (7 - gone_c), sep=8 - 3, head=10 - 4
+    )
+    assert thinner.count_params() == expected.count_params() < model.count_params()
+    for small, ref in zip(thinner.layers, expected.layers, strict=True):
+        assert [w.shape for w in small.weights] == [w.shape for w in ref.weights], small.name
+
+
+def test_removal_changes_outputs_when_channels_are_alive(seed) -> None:
+    """The check above can fail: removing live channels changes the outputs."""
+    from tfedge.passes.channel_graph import ChannelGraph
+    from tfedge.passes.channels import prune_channels
+
+    rng = np.random.default_rng(seed)
+    model = bookkeeping_model()
+    _randomise(model, rng)
+    graph = ChannelGraph(model)
+    group = _group_of(graph, "sep")
+    x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    thinner = prune_channels(model, {group.id: [0, 1, 2, 3]}, graph)
+    assert not np.allclose(thinner(x).numpy(), model(x).numpy(), atol=1e-4)
+
+
+def test_bad_plans_are_refused() -> None:
+    from tfedge.errors import RecipeError
+    from tfedge.passes.channel_graph import ChannelGraph
+    from tfedge.passes.channels import kept_count, prune_channels
+
+    model = bookkeeping_model()
+    graph = ChannelGraph(model)
+    out = _group_of(graph, "out")
+    with pytest.raises(RecipeError, match="cannot be pruned"):
+        prune_channels(model, {out.id: [0, 1]}, graph)
+    with pytest.raises(RecipeError, match="must keep 1 to"):
+        prune_channels(model, {_group_of(graph, "sep").id: []}, graph)
+    with pytest.raises(RecipeError, match="no channel group"):
+        prune_channels(model, {99: [0]}, graph)
+    with pytest.raises(RecipeError, match="outside"):
+        kept_count(16, 1.5)
+    assert kept_count(96, 0.5) == 48 and kept_count(16, 0.3) == 8 and kept_count(20, 0.5) == 16
+    assert kept_count(4, 0.5) == 4

@@ -1,0 +1,160 @@
+"""Remove whole output channels from a tf_keras model and rebuild it thinner (no masks).
+
+``ChannelGraph`` (``channel_graph.py``) groups the channels that must go together (across
+residual Adds, Concatenates, depthwise blocks, BatchNormalization and Flatten). ``prune_channels``
+rebuilds the model from its config with fewer filters/units and copies the surviving weights:
+kernels sliced on their output axis and on their consumers' input axis, biases, BatchNormalization
+statistics, depthwise kernels, and the rows of a Dense after a Flatten.
+
+Example:
+    >>> graph = ChannelGraph(model)
+    >>> keep = plan_keep(model, graph, ratio=0.5, round_to=8)
+    >>> thinner = prune_channels(model, keep, graph)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from tfedge.errors import RecipeError
+from tfedge.passes.channel_graph import ChannelGraph, ChannelGroup
+from tfedge.passes.rebuild import from_config, layer_entry, model_config
+
+_CRITERIA = ("l1", "l2")
+
+
+def prune_channels(model, keep: dict[int, Iterable[int]], graph: ChannelGraph | None = None):
+    """A new, thinner model: group ``g`` keeps the group channels ``keep[g]`` (see
+    ``ChannelGroup.members``); groups absent from ``keep`` stay whole. ``model`` is unchanged."""
+    graph = graph or ChannelGraph(model)
+    chosen = _checked_keep(graph, keep)
+    survives = graph.label_kept(chosen)
+
+    def mask(labels) -> np.ndarray:
+        return np.array([survives(label) for label in labels], dtype=bool)
+
+    in_masks = {name: [mask(labels) for labels in ins] for name, ins in graph.inputs.items()}
+    out_masks = {name: mask(labels) for name, labels in graph.outputs.items()}
+    config = model_config(model)
+    for name in graph.inputs:
+        _resize(layer_entry(config, name), int(out_masks[name].sum()))
+    thinner = from_config(model, config)
+    for layer in thinner.layers:
+        if layer.weights:
+            old = model.get_layer(layer.name)
+            kind = type(old).__name__
+            layer.set_weights(_sliced(kind, old, in_masks[layer.name], out_masks[layer.name]))
+    return thinner
+
+
+def _checked_keep(graph: ChannelGraph, keep: dict[int, Iterable[int]]) -> dict[int, set[int]]:
+    by_id = {group.id: group for group in graph.groups}
+    chosen = {}
+    for group_id, channels in keep.items():
+        group = by_id.get(group_id)
+        if group is None:
+            raise RecipeError(
+                f"channels: no channel group {group_id}", f"groups: 0..{len(by_id) - 1}"
+            )
+        kept = set(int(c) for c in channels)
+        if not group.prunable and len(kept) < group.size:
+            raise RecipeError(
+                f"channels: group {group_id} ({', '.join(group.members)}) cannot be pruned",
+                "; ".join(group.reasons),
+            )
+        if not kept or not kept <= set(range(group.size)):
+            raise RecipeError(
+                f"channels: group {group_id} must keep 1 to {group.size} of its channels "
+                f"(0..{group.size - 1})",
+                "give the indices of the channels to keep",
+            )
+        chosen[group_id] = kept
+    return chosen
+
+
+def _resize(entry: dict, channels: int) -> None:
+    options = entry["config"]
+    kind = entry["class_name"]
+    if kind in ("Conv1D", "Conv2D", "SeparableConv2D"):
+        options["filters"] = channels
+    elif kind == "Dense":
+        options["units"] = channels
+    elif kind == "Reshape" and options["target_shape"][-1] != -1:
+        options["target_shape"] = [*options["target_shape"][:-1], channels]
+
+
+def _sliced(kind: str, layer, in_masks: list[np.ndarray], out_mask: np.ndarray) -> list:
+    weights = layer.get_weights()
+    keep_in = in_masks[0] if in_masks else np.ones(0, dtype=bool)
+    if kind in ("Conv1D", "Conv2D", "Dense"):
+        kernel = np.compress(keep_in, weights[0], axis=-2)
+        return [np.compress(out_mask, kernel, axis=-1), *_bias(weights[1:], out_mask)]
+    if kind == "DepthwiseConv2D":
+        return [np.compress(keep_in, weights[0], axis=2), *_bias(weights[1:], out_mask)]
+    if kind == "SeparableConv2D":
+        expanded = np.repeat(keep_in, layer.depth_multiplier)
+        pointwise = np.compress(expanded, weights[1], axis=2)
+        return [
+            np.compress(keep_in, weights[0], axis=2),
+            np.compress(out_mask, pointwise, axis=-1),
+            *_bias(weights[2:], out_mask),
+        ]
+    if kind in ("BatchNormalization", "PReLU"):
+        return [np.compress(keep_in, w, axis=-1) for w in weights]
+    return weights  # no channel axis in its weights (e.g. LayerNormalization over other axes)
+
+
+def _bias(rest: list, out_mask: np.ndarray) -> list:
+    return [np.compress(out_mask, w, axis=-1) for w in rest]
+
+
+# -- importance and plans ----------------------------------------------------------------------
+def importance(
+    model, graph: ChannelGraph, group: ChannelGroup, criterion: str = "l1"
+) -> np.ndarray:
+    """Per group channel: the norm of its filters, summed over the group's producers."""
+    if criterion not in _CRITERIA:
+        raise RecipeError(f"channels: unknown criterion '{criterion}'", f"one of {_CRITERIA}")
+    scores = np.zeros(group.size)
+    for name, channels in group.members.items():
+        layer = model.get_layer(name)
+        kernel = layer.get_weights()[1 if type(layer).__name__ == "SeparableConv2D" else 0]
+        flat = np.abs(kernel.reshape(-1, kernel.shape[-1]))
+        norms = flat.sum(axis=0) if criterion == "l1" else np.sqrt((flat**2).sum(axis=0))
+        np.add.at(scores, np.array(channels), norms / max(flat.shape[0], 1))
+    return scores
+
+
+def kept_count(size: int, ratio: float, round_to: int = 8, minimum: int = 8) -> int:
+    """Channels a group of ``size`` keeps at ``ratio``: rounded up to a multiple of
+    ``round_to``, at least ``minimum``, at most ``size``."""
+    if not 0 < ratio <= 1:
+        raise RecipeError(f"channels: keep ratio {ratio} is outside (0, 1]", "e.g. keep: 0.5")
+    wanted = (
+        math.ceil(size * ratio / round_to) * round_to if round_to > 1 else math.ceil(size * ratio)
+    )
+    return min(size, max(wanted, minimum, 1))
+
+
+def plan_keep(
+    model,
+    graph: ChannelGraph,
+    ratio: float,
+    round_to: int = 8,
+    minimum: int = 8,
+    criterion: str = "l1",
+) -> dict[int, list[int]]:
+    """``{group: channels to keep}`` keeping the most important ``ratio`` of every prunable
+    group (see ``kept_count``)."""
+    plan = {}
+    for group in graph.groups:
+        if not group.prunable:
+            continue
+        count = kept_count(group.size, ratio, round_to, minimum)
+        if count < group.size:
+            scores = importance(model, graph, group, criterion)
+            plan[group.id] = sorted(np.argsort(-scores, kind="stable")[:count].tolist())
+    return plan
