@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfedge.analyze.memory import plan_memory
 from tfedge.convert.tflite_model import Op, Tensor, TfliteModel, read_tflite
 from tfedge.convert.verify import FloatOp, find_float_ops
 from tfedge.errors import TfedgeError
@@ -72,6 +73,11 @@ class TfliteReport:
     parameters: int
     # no integer activations: float compute throughout (--quant none, float16 or dynamic)
     float_model: bool = False
+    # memory (tfedge.analyze.memory): the activation arena as LiteRT's planner lays it out,
+    # the most activation bytes live at once, and the constant buffers
+    arena_bytes: int = 0
+    activation_peak_bytes: int = 0
+    weights_bytes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +128,7 @@ def inspect(path: str | Path, *, trust_model: bool = False) -> TfliteReport | Ke
 def inspect_tflite(path: str | Path) -> TfliteReport:
     model = read_tflite(path)
     float_ops = find_float_ops(model)
+    memory = plan_memory(model)
     return TfliteReport(
         path=str(path),
         format="tflite",
@@ -136,6 +143,9 @@ def inspect_tflite(path: str | Path) -> TfliteReport:
         min_runtime_version=model.min_runtime_version,
         parameters=count_parameters(model),
         float_model=not any(t.dtype in INTEGER_ACTIVATIONS for op in model.ops for t in op.outputs),
+        arena_bytes=memory.arena_bytes,
+        activation_peak_bytes=memory.activation_peak_bytes,
+        weights_bytes=memory.weights_bytes,
     )
 
 

@@ -4,29 +4,70 @@ from __future__ import annotations
 
 import click
 
-from tfedge.cli.options import echo_json, echo_table, json_option, trust_model_option
+from tfedge.cli.options import (
+    echo_json,
+    echo_table,
+    json_option,
+    profile_option,
+    trust_model_option,
+)
 
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(exists=True), metavar="MODEL")
 @trust_model_option
+@profile_option
 @json_option
-def inspect_cmd(model, trust_model, as_json):
-    """Show what a .tflite or Keras model holds: ops, dtypes, sizes, full-integer verdict.
+def inspect_cmd(model, trust_model, profile, as_json):
+    """Show what a .tflite or Keras model holds: ops, dtypes, sizes, full-integer verdict,
+    and the memory it needs (activation arena, weights).
+
+    With --profile, a .tflite's memory estimate (arena + weights) is checked against the
+    profile's RAM budget and its size against the model budget: exit 1 when over.
 
     \b
     Example:
         tfedge inspect digits.tflite --json
+        tfedge inspect digits_int8.tflite --profile rpi-zero-2w
     """
     from tfedge.analyze.inspect import inspect
 
     report = inspect(model, trust_model=trust_model)
+    verdicts, prof = _budget_verdicts(report, profile)
     if as_json:
-        echo_json(report.to_dict())
+        data = report.to_dict()
+        if prof is not None:
+            data["profile"] = prof.name
+            data["budgets"] = [v.to_dict() for v in verdicts]
+        echo_json(data)
     elif report.format == "tflite":
         _print_tflite(report)
     else:
         _print_keras(report)
+    if prof is not None:
+        from tfedge.analyze.memory import enforce_memory_budgets
+
+        if not as_json:
+            for v in verdicts:
+                click.echo(v.line(prof.name))
+        enforce_memory_budgets(prof, verdicts)
+
+
+def _budget_verdicts(report, profile: str | None):
+    if profile is None:
+        return [], None
+    from tfedge.errors import UsageError
+    from tfedge.targets.profiles import load_profile
+
+    if report.format != "tflite":
+        raise UsageError(
+            "--profile checks a .tflite model's memory and size",
+            "convert the model first (tfedge convert), then inspect the .tflite",
+        )
+    from tfedge.analyze.memory import memory_verdicts
+
+    prof = load_profile(profile)
+    return memory_verdicts(prof, report.size_bytes, report.arena_bytes, report.weights_bytes), prof
 
 
 def _print_tflite(r) -> None:
@@ -39,6 +80,10 @@ def _print_tflite(r) -> None:
         [[o.op, o.count, ",".join(o.input_dtypes), ",".join(o.output_dtypes)] for o in r.ops],
     )
     click.echo("bytes by dtype: " + ", ".join(f"{k} {v:,}" for k, v in r.bytes_by_dtype.items()))
+    click.echo(
+        f"memory: activations ~{_kib(r.arena_bytes)} KiB (arena, greedy plan; "
+        f"{_kib(r.activation_peak_bytes)} KiB live at most), weights {_kib(r.weights_bytes)} KiB"
+    )
     for kind, tensors in (("input", r.inputs), ("output", r.outputs)):
         for t in tensors:
             click.echo(
@@ -72,3 +117,7 @@ def _print_keras(r) -> None:
         )
     elif getattr(r, "compat_unavailable", ""):
         click.echo(f"\ncompression: not available: {r.compat_unavailable}")
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.1f}"
