@@ -142,3 +142,16 @@ def test_inspect_profile_over_budget_is_one_error(run_cli, chain_file, tmp_path)
     assert "ram: arena + weights 1,984 bytes is over tiny-board's budget" in result.stdout
     assert chain_file.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.tflite", "tiny.yaml"]
+
+
+def test_inspect_profile_of_a_keras_model_is_a_usage_error(run_cli, tmp_path):
+    """Refused from the file's header, before the model is loaded (no TensorFlow)."""
+    import zipfile
+
+    keras_file = tmp_path / "m.keras"
+    with zipfile.ZipFile(keras_file, "w") as zf:
+        zf.writestr("config.json", "{}")
+        zf.writestr("metadata.json", '{"keras_version": "3.6.0"}')
+    result = run_cli("inspect", keras_file, "--profile", "rpi4", expect=2)
+    assert_one_error_line(result, "--profile checks a .tflite")
+    assert "tfedge convert" in result.stderr

@@ -32,8 +32,9 @@ def inspect_cmd(model, trust_model, profile, as_json):
     """
     from tfedge.analyze.inspect import inspect
 
+    prof = _tflite_profile(model, profile)
     report = inspect(model, trust_model=trust_model)
-    verdicts, prof = _budget_verdicts(report, profile)
+    verdicts = _budget_verdicts(report, prof)
     if as_json:
         data = report.to_dict()
         if prof is not None:
@@ -53,21 +54,29 @@ def inspect_cmd(model, trust_model, profile, as_json):
         enforce_memory_budgets(prof, verdicts)
 
 
-def _budget_verdicts(report, profile: str | None):
+def _tflite_profile(model: str, profile: str | None):
+    """The profile to check a .tflite against (loaded before any work), or None."""
     if profile is None:
-        return [], None
+        return None
     from tfedge.errors import UsageError
+    from tfedge.io.models import detect_format
     from tfedge.targets.profiles import load_profile
 
-    if report.format != "tflite":
+    prof = load_profile(profile)
+    if detect_format(model).kind != "tflite":
         raise UsageError(
             "--profile checks a .tflite model's memory and size",
             "convert the model first (tfedge convert), then inspect the .tflite",
         )
+    return prof
+
+
+def _budget_verdicts(report, prof) -> list:
+    if prof is None:
+        return []
     from tfedge.analyze.memory import memory_verdicts
 
-    prof = load_profile(profile)
-    return memory_verdicts(prof, report.size_bytes, report.arena_bytes, report.weights_bytes), prof
+    return memory_verdicts(prof, report.size_bytes, report.arena_bytes, report.weights_bytes)
 
 
 def _print_tflite(r) -> None:
