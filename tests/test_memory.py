@@ -155,3 +155,11 @@ def test_inspect_profile_of_a_keras_model_is_a_usage_error(run_cli, tmp_path):
     result = run_cli("inspect", keras_file, "--profile", "rpi4", expect=2)
     assert_one_error_line(result, "--profile checks a .tflite")
     assert "tfedge convert" in result.stderr
+
+
+def test_the_plan_is_plain_json(chain_file):
+    import json
+
+    data = json.loads(json.dumps(plan_memory(read_tflite(chain_file)).to_dict(), allow_nan=False))
+    lasts = {t["name"]: t["last"] for t in data["tensors"]}
+    assert lasts == {"x": None, "a": 1, "b": 2, "y": None}

@@ -77,7 +77,11 @@ class MemoryPlan:
     tensors: list[Placement]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON: a tensor live to the end has ``last`` None (not infinity)."""
+        data = asdict(self)
+        for t in data["tensors"]:
+            t["last"] = None if t["last"] == FOREVER else int(t["last"])
+        return data
 
 
 def plan_memory(model: TfliteModel) -> MemoryPlan:
