@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 Label = int | None
@@ -156,6 +157,8 @@ class ChannelGraph:
         if kind in PRODUCERS:
             labels = [self.uf.add() for _ in range(_channels(layer.output.shape))]
             self.producers[name] = labels
+            if layer.get_config().get("activation") in _CROSS_CHANNEL_ACTIVATIONS:
+                self._block(labels, f"'{name}' applies {layer.activation.__name__} across channels")
             return list(labels)
         if kind in COUPLING:
             for other in ins[1:]:
@@ -186,7 +189,7 @@ class ChannelGraph:
     def _tie(self, a: Label, b: Label) -> None:
         self.uf.union(self.fixed if a is None else a, self.fixed if b is None else b)
 
-    def _block(self, labels: list[Label], reason: str) -> None:
+    def _block(self, labels: Sequence[Label], reason: str) -> None:
         for label in labels:
             if label is not None:
                 reasons = self.blocked.setdefault(label, [])
@@ -274,7 +277,7 @@ def _unsupported(kind: str, layer, ins: list[list[Label]]) -> str | None:
     if options.get("groups", 1) != 1:
         return "is a grouped convolution"
     activation = options.get("activation")
-    if activation in _CROSS_CHANNEL_ACTIVATIONS or kind == "Softmax":
+    if (activation in _CROSS_CHANNEL_ACTIVATIONS and kind not in PRODUCERS) or kind == "Softmax":
         return f"applies {activation} across channels"
     if kind in COUPLING and len({len(labels) for labels in ins}) != 1:
         return "broadcasts its inputs over the channel axis"

@@ -158,3 +158,24 @@ def plan_keep(
             scores = importance(model, graph, group, criterion)
             plan[group.id] = sorted(np.argsort(-scores, kind="stable")[:count].tolist())
     return plan
+
+
+def keras_macs(model) -> int:
+    """Multiply-accumulates of ``model``'s convolutions and Dense layers for one sample,
+    counted as ``tfedge inspect`` counts them in the ``.tflite`` (before converting)."""
+    total = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind not in ("Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"):
+            continue
+        out = int(np.prod([d or 1 for d in layer.output.shape[1:]]))
+        channels_in = int(layer.input.shape[-1])
+        window = int(np.prod(getattr(layer, "kernel_size", (1,))))
+        if kind == "DepthwiseConv2D":
+            total += out * window
+        elif kind == "SeparableConv2D":
+            depthwise = out // layer.filters * channels_in * layer.depth_multiplier
+            total += depthwise * window + out * channels_in * layer.depth_multiplier
+        else:
+            total += out * window * channels_in
+    return total
