@@ -138,6 +138,15 @@ def test_a_selection_emptied_by_an_earlier_pass_is_the_runs_error(tiny):
     assert "dense_lr" in info.value.hint
 
 
+def test_default_low_rank_is_planned_on_the_data_when_given(tiny):
+    """low_rank's default ranks come from the data (max_drop): the plan says which it used."""
+    recipe = _recipe(tiny, [{"low_rank": {"epochs": 1}}], "lr.yaml")
+    with_data = plan_optimize(tiny / "tiny.keras", recipe, tiny / "data.npz")
+    assert "chosen on the training data" in with_data.passes[0].notes[0]
+    without = plan_optimize(tiny / "tiny.keras", recipe)
+    assert "without --data shown for energy 0.9" in without.passes[0].notes[0]
+
+
 def test_data_of_the_wrong_shape_is_the_runs_data_error(tiny):
     with pytest.raises(DataError, match="training data"):
         plan_optimize(tiny / "tiny.keras", "prune-cluster-qat", tiny / "wide.npz")

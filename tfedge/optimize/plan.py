@@ -316,9 +316,11 @@ def _plan_qat(p, model, ctx, applied):
 
 
 def _plan_low_rank(p, model, ctx, applied):
-    from tfedge.passes.low_rank import factorise
+    from tfedge.io.data import num_samples
+    from tfedge.passes.low_rank import DEFAULT_MAX_DROP, factorise
 
-    plans = {f.layer: f for f in p.plan(model)}
+    on_data = p.by_data and num_samples(ctx.x) > 0  # ranks chosen on the training data
+    plans = {f.layer: f for f in p.plan(model, ctx if on_data else None)}
     selected = set(p.selected(model))
     outputs = set(model.output_names)
     touch, skip = [], []
@@ -337,7 +339,14 @@ def _plan_low_rank(p, model, ctx, applied):
         elif not reason:
             reason = "only Dense and 1x1 Conv2D layers are factorised"
         skip.append(_note(layer, reason))
-    notes = ["ranks from the current weights; a later pass sees the split layers (NAME_lr)"]
+    if on_data:
+        budget = DEFAULT_MAX_DROP if p.max_drop is None else p.max_drop
+        source = f"ranks chosen on the training data (max_drop {budget} points)"
+    elif p.by_data:
+        source = "ranks chosen on data at run time; without --data shown for energy 0.9"
+    else:
+        source = "ranks from the current weights"
+    notes = [f"{source}; a later pass sees the split layers (NAME_lr)"]
     return PassPlan(0, "low_rank", {}, touch, skip, notes), factorise(model, list(plans.values()))
 
 
