@@ -207,3 +207,44 @@ def test_mobilenetv2_keep_half_converts_to_int8_with_fewer_macs(tmp_path) -> Non
     assert result.full_integer
     macs = tfedge.inspect(tmp_path / "thin.tflite").macs
     assert macs == keras_macs(thinner) < 0.6 * keras_macs(model)
+
+
+def test_channels_pass_in_a_recipe_thins_digits_and_converts_to_int8(digits, tmp_path):
+    """`channels -> int8` through `tfedge.optimize`: fewer MACs in the verified int8 file."""
+    import json
+
+    import yaml
+
+    import tfedge
+    from tfedge.analyze.inspect import inspect_tflite
+
+    recipe = tmp_path / "channels.yaml"
+    passes = [{"channels": {"keep": 0.5, "round_to": 4, "minimum": 4, "epochs": 1}}]
+    recipe.write_text(yaml.safe_dump({"schema_version": 1, "passes": passes, "seed": 0}))
+    out = tmp_path / "out"
+    result = tfedge.optimize(digits.model, recipe, digits.train, digits.test, out)
+    report = json.loads((out / "report.json").read_text())
+    stage = report["stages"][-1]
+    assert stage["name"] == "channels"
+    metrics = stage["metrics"]
+    assert metrics["groups_pruned"] >= 2 and metrics["macs_after"] < 0.6 * metrics["macs_before"]
+    assert metrics["params_after"] < metrics["params_before"]
+    float_int8 = inspect_tflite(out / "stages" / "01-int8.tflite")  # the unpruned int8
+    final = inspect_tflite(result.model)
+    assert final.full_integer and final.macs < 0.6 * float_int8.macs
+    assert final.outputs[0].shape == float_int8.outputs[0].shape
+
+
+def test_channels_pass_refuses_bad_options_and_unprunable_models():
+    from tfedge.errors import RecipeError
+    from tfedge.passes import PassContext, build_pass
+
+    with pytest.raises(RecipeError, match=r"keep = 1.5 is out of range"):
+        build_pass("channels", {"keep": 1.5})
+    k = _keras()
+    inp = k.Input((4,))
+    model = k.Model(inp, k.layers.Dense(3, name="only")(inp))  # its units are the output
+    ctx = PassContext(x=np.zeros((4, 4), np.float32), y=np.zeros(4, np.int64))
+    with pytest.raises(RecipeError, match="no channel of the model can be removed") as err:
+        build_pass("channels", {}).apply(model, ctx)
+    assert "output" in err.value.hint

@@ -175,3 +175,12 @@ def test_cli_dry_run_usage(tiny, run_cli):
     assert_one_error_line(both, "--resume")
     missing = run_cli("optimize", model, "-r", "int8", "-o", tiny / "o2", expect=2)
     assert_one_error_line(missing, "missing option '--data'")
+
+
+def test_channels_pass_is_planned_with_its_groups(tiny):
+    recipe = _recipe(tiny, [{"channels": {"keep": 0.5, "round_to": 4, "minimum": 4}}], "ch.yaml")
+    plan = plan_optimize(tiny / "tiny.keras", recipe)
+    channels = plan.passes[0]
+    assert channels.touch and all("->" in n.reason for n in channels.touch)
+    assert any("model output" in n.reason for n in channels.skip)
+    assert channels.notes[0].startswith("MACs ")

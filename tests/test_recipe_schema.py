@@ -29,6 +29,7 @@ name: everything
 description: "all passes: the round trip's worst case"
 passes:
   - distill: {student: student.keras, features: [[fc1, fc1]], alpha: 0.5, compare_alone: true}
+  - channels: {keep: 0.75, round_to: 4, criterion: l2, epochs: 1}
   - low_rank: {energy: 0.95, epochs: 0, layer_types: Dense}
   - prune: {structure: "2:4", layers: [conv*, fc1], min_weights: 10}
   - cluster: {clusters: 8, preserve_sparsity: false, learning_rate: 1.0e-5}
@@ -64,12 +65,20 @@ def test_builtin_recipes_round_trip(name):
 
 def test_a_recipe_with_every_pass_round_trips(every_pass, tmp_path):
     recipe = load_recipe(every_pass)
-    assert sorted(recipe.pass_names) == ["cluster", "distill", "low_rank", "prune", "qat"]
+    assert sorted(recipe.pass_names) == [
+        "channels",
+        "cluster",
+        "distill",
+        "low_rank",
+        "prune",
+        "qat",
+    ]
     again = _round_trip(recipe)
     assert again.passes[0].student == str(tmp_path / "student.keras")
     assert again.passes[0].features == (("fc1", "fc1"),)
-    assert again.passes[2].structure == "2:4" and again.passes[2].layers == ("conv*", "fc1")
-    assert again.passes[1].layer_types == ("Dense",)
+    assert again.passes[1].keep == 0.75 and again.passes[1].criterion == "l2"
+    assert again.passes[3].structure == "2:4" and again.passes[3].layers == ("conv*", "fc1")
+    assert again.passes[2].layer_types == ("Dense",)
     assert again.convert.io == "uint8" and again.seed == 7 and again.max_accuracy_drop == 2.5
 
 
@@ -225,7 +234,7 @@ def test_schema_is_json_and_forbids_unknown_keys(run_cli):
     }
     entries = schema["properties"]["passes"]["items"]["anyOf"]
     names = {name for e in entries for name in e.get("properties", {})}
-    assert names == {"prune", "cluster", "qat", "distill", "low_rank"}
+    assert names == {"channels", "prune", "cluster", "qat", "distill", "low_rank"}
     assert all(e["additionalProperties"] is False for e in entries if "properties" in e)
 
 
@@ -340,8 +349,10 @@ def test_every_option_is_described_for_the_editor():
         for name, prop in block["properties"].items()
         if not prop.get("description")
     ]
-    assert len(blocks) == 8 and undescribed == []
-    prune = blocks[3 + sorted(["cluster", "distill", "low_rank", "prune", "qat"]).index("prune")]
+    assert len(blocks) == 9 and undescribed == []
+    prune = blocks[
+        3 + sorted(["channels", "cluster", "distill", "low_rank", "prune", "qat"]).index("prune")
+    ]
     assert prune["properties"]["min_weights"]["description"].startswith("prune only kernels")
 
 

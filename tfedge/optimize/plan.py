@@ -366,11 +366,34 @@ def _plan_distill(p, model, ctx, applied):
     return PassPlan(0, "distill", {}, touch, [], notes), student
 
 
+def _plan_channels(p, model, ctx, applied):
+    from tfedge.passes.channel_graph import ChannelGraph
+    from tfedge.passes.channels import keras_macs, plan_keep, prune_channels
+
+    p.check(model, ctx)  # as the run: a model with nothing to remove is its RecipeError
+    graph = ChannelGraph(model)
+    keep = plan_keep(model, graph, p.keep, p.round_to, p.minimum, p.criterion)
+    touch, skip = [], []
+    for group in graph.groups:
+        for name in group.members:
+            layer = model.get_layer(name)
+            if group.id in keep:
+                touch.append(_note(layer, f"{group.size} -> {len(keep[group.id])} channels"))
+            elif group.prunable:
+                skip.append(_note(layer, f"{group.size} channels: at the minimum already"))
+            else:
+                skip.append(_note(layer, "; ".join(group.reasons)))
+    thinner = prune_channels(model, keep, graph)
+    notes = [f"MACs {keras_macs(model):,} -> {keras_macs(thinner):,} (before fine-tuning)"]
+    return PassPlan(0, "channels", {}, touch, skip, notes), thinner
+
+
 def _plan_other(p, model, ctx, applied):
     return PassPlan(0, p.pass_name, {}, [], [], ["no layer plan for this pass"]), model
 
 
 PLANNERS = {
+    "channels": _plan_channels,
     "prune": _plan_prune,
     "cluster": _plan_cluster,
     "qat": _plan_qat,

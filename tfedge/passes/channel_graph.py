@@ -130,10 +130,12 @@ class ChannelGraph:
                 refs, many_nodes = previous, False
             previous = [name]
             self.order.append(name)
-            layer = model.get_layer(name)
-            if entry["class_name"] == "InputLayer":
-                self.outputs[name] = [None] * _channels(layer.output.shape)
+            if entry["class_name"] == "InputLayer":  # a Sequential's is not in model.layers
+                options = entry["config"]
+                shape = options.get("batch_input_shape") or options.get("batch_shape")
+                self.outputs[name] = [None] * _channels(shape)
                 continue
+            layer = model.get_layer(name)
             fresh: list[Label] = [None] * (0 if refs else _in_channels(layer))
             ins = [self.outputs[r] for r in refs] if refs else [fresh]
             self.inputs[name] = ins

@@ -6,27 +6,36 @@ rebuilds the model from its config with fewer filters/units and copies the survi
 kernels sliced on their output axis and on their consumers' input axis, biases, BatchNormalization
 statistics, depthwise kernels, and the rows of a Dense after a Flatten.
 
+The ``channels`` pass of a recipe keeps the most important ``keep`` share of every prunable
+group (filter norm), rounded to ``round_to``, then fine-tunes the thinner model.
+
 Example:
     >>> graph = ChannelGraph(model)
     >>> keep = plan_keep(model, graph, ratio=0.5, round_to=8)
     >>> thinner = prune_channels(model, keep, graph)
+
+    passes:
+      - channels: {keep: 0.5, round_to: 8, criterion: l1, epochs: 2}
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from tfedge.errors import RecipeError
+from tfedge.passes.base import OptionalRate, PassConfig, PassResult
 from tfedge.passes.channel_graph import ChannelGraph, ChannelGroup
 from tfedge.passes.rebuild import from_config, layer_entry, model_config
 
 _CRITERIA = ("l1", "l2")
 
 
-def prune_channels(model, keep: dict[int, Iterable[int]], graph: ChannelGraph | None = None):
+def prune_channels(model, keep: Mapping[int, Iterable[int]], graph: ChannelGraph | None = None):
     """A new, thinner model: group ``g`` keeps the group channels ``keep[g]`` (see
     ``ChannelGroup.members``); groups absent from ``keep`` stay whole. ``model`` is unchanged."""
     graph = graph or ChannelGraph(model)
@@ -50,7 +59,7 @@ def prune_channels(model, keep: dict[int, Iterable[int]], graph: ChannelGraph | 
     return thinner
 
 
-def _checked_keep(graph: ChannelGraph, keep: dict[int, Iterable[int]]) -> dict[int, set[int]]:
+def _checked_keep(graph: ChannelGraph, keep: Mapping[int, Iterable[int]]) -> dict[int, set[int]]:
     by_id = {group.id: group for group in graph.groups}
     chosen = {}
     for group_id, channels in keep.items():
@@ -179,3 +188,74 @@ def keras_macs(model) -> int:
         else:
             total += out * window * channels_in
     return total
+
+
+class Channels(PassConfig):
+    """Remove whole output channels (filters, units) and fine-tune the thinner model.
+
+    Args:
+        keep: share of each prunable group's channels to keep, in (0, 1].
+        round_to: channel counts are rounded up to a multiple of this (8: the int8 kernels'
+            SIMD width).
+        minimum: no group keeps fewer channels than this.
+        criterion: importance of a channel: l1 or l2 norm of its filters (summed over the
+            layers that share it).
+        epochs: fine-tuning epochs after the removal (0: none).
+        learning_rate: defaults to ``train.learning_rate``.
+    """
+
+    pass_name: ClassVar[str] = "channels"
+    guard_hint: ClassVar[str] = "raise keep, add epochs, or raise minimum"
+
+    keep: float = Field(default=0.5, gt=0, le=1)
+    round_to: int = Field(default=8, ge=1, le=1024)
+    minimum: int = Field(default=8, ge=1, le=1 << 16)
+    criterion: Literal["l1", "l2"] = "l1"
+    epochs: int = Field(default=2, ge=0, le=1000)
+    learning_rate: OptionalRate = None
+
+    def check(self, model, ctx) -> None:
+        graph = ChannelGraph(model)
+        if not any(group.prunable for group in graph.groups):
+            raise RecipeError(
+                f"{self.where}: no channel of the model can be removed",
+                f"every group reaches a model output or a layer the pass cannot follow: "
+                f"{_blocked(graph)}",
+            )
+
+    def apply(self, model, ctx) -> PassResult:
+        self.check(model, ctx)
+        graph = ChannelGraph(model)
+        plan = plan_keep(model, graph, self.keep, self.round_to, self.minimum, self.criterion)
+        thinner = prune_channels(model, plan, graph)
+        if plan and self.epochs:
+            ctx.compile(thinner, learning_rate=self.learning_rate)
+            ctx.fit(thinner, self.epochs, "channels")
+        return PassResult(thinner, _metrics(model, thinner, graph, plan))
+
+
+def _blocked(graph: ChannelGraph, shown: int = 3) -> str:
+    reasons = [reason for group in graph.groups for reason in group.reasons]
+    more = f" (and {len(reasons) - shown} more)" if len(reasons) > shown else ""
+    return "; ".join(reasons[:shown]) + more
+
+
+def _metrics(model, thinner, graph: ChannelGraph, plan: dict[int, list[int]]) -> dict:
+    groups: list[dict] = []
+    pruned = 0
+    for group in graph.groups:
+        kept = len(plan.get(group.id, range(group.size)))
+        pruned += kept < group.size
+        row = {"layers": list(group.members), "channels_before": group.size}
+        row["channels_after"] = kept
+        if not group.prunable:
+            row["left_whole"] = "; ".join(group.reasons)
+        groups.append(row)
+    return {
+        "groups": groups,
+        "groups_pruned": pruned,
+        "params_before": int(model.count_params()),
+        "params_after": int(thinner.count_params()),
+        "macs_before": keras_macs(model),
+        "macs_after": keras_macs(thinner),
+    }

@@ -18,6 +18,7 @@ import re
 from tfedge.config import did_you_mean
 from tfedge.errors import RecipeError
 from tfedge.passes.base import PassConfig, build_config
+from tfedge.passes.channels import Channels
 from tfedge.passes.cluster import Cluster
 from tfedge.passes.distill import Distill
 from tfedge.passes.low_rank import LowRank
@@ -25,7 +26,7 @@ from tfedge.passes.prune import Prune
 from tfedge.passes.qat import Qat
 
 PASSES: dict[str, type[PassConfig]] = {
-    cls.pass_name: cls for cls in (Prune, Cluster, Qat, Distill, LowRank)
+    cls.pass_name: cls for cls in (Channels, Prune, Cluster, Qat, Distill, LowRank)
 }
 
 
