@@ -271,11 +271,13 @@ def test_separable_convolutions_qat_through_tfmots_split(tmp_path):
     assert ops["DEPTHWISE_CONV_2D"] == 2 and ops["CONV_2D"] == 2, ops
 
 
-def test_densenet_pre_activation_batchnorm_is_quantized_at_its_output(tmp_path):
+def test_densenet_pre_activation_batchnorm_and_transition_pool_to_full_int8(tmp_path):
     """DenseNet: Concatenate -> BatchNormalization -> ReLU -> Conv2D. tfmot has no rule for a
-    BN with no convolution before it; tfedge quantizes its output, so qat needs no skip."""
+    BN with no convolution before it; tfedge quantizes its output, so qat needs no skip. The
+    transition's ``Conv2D -> AveragePooling2D`` keeps one scale: tfmot would quantize the pool's
+    output too, and the converter refuses an AVERAGE_POOL_2D whose two scales differ."""
     from tfedge._tf import import_keras
-    from tfedge.passes.compat import qat_unsupported, standalone_batchnorms
+    from tfedge.passes.compat import layer_compat, qat_unsupported, standalone_batchnorms
 
     k = import_keras()
     inp = k.Input((8, 8, 3))
@@ -284,11 +286,20 @@ def test_densenet_pre_activation_batchnorm_is_quantized_at_its_output(tmp_path):
     h = k.layers.Concatenate(name="concat")([h, grown])
     h = k.layers.BatchNormalization(name="pre_bn")(h)
     h = k.layers.ReLU(name="pre_relu")(h)
-    h = k.layers.Conv2D(8, 1, name="transition")(h)
+    h = k.layers.Conv2D(8, 1, use_bias=False, name="transition")(h)
+    pooled = k.layers.AveragePooling2D(2, strides=2, name="transition_pool")(h)
+    h = k.layers.BatchNormalization(name="block_bn")(pooled)
+    h = k.layers.ReLU(name="block_relu")(h)
+    h = k.layers.Conv2D(4, 3, padding="same", name="block_conv")(h)
+    h = k.layers.Concatenate(name="block_concat")([pooled, h])
     h = k.layers.GlobalAveragePooling2D()(h)
     model = k.Model(inp, k.layers.Dense(2, name="logits")(h))
-    assert qat_unsupported(model) == [] and standalone_batchnorms(model) == {"pre_bn"}
+    assert qat_unsupported(model) == []
+    assert standalone_batchnorms(model) == {"pre_bn", "block_bn"}
+    notes = {row.layer: row.notes for row in layer_compat(model)}
+    assert "keeps its input's scale" in notes["transition_pool"]
     x, y = _data((8, 8, 3), n=64, classes=2)
     result = build_pass("qat", {"epochs": 1}).apply(model, _ctx(x, y))
     ops = _int8_ops(result.model, x, tmp_path)  # verified full-integer
-    assert ops["CONV_2D"] == 3 and ops["CONCATENATION"] == 1, ops
+    assert ops["CONV_2D"] == 4 and ops["CONCATENATION"] == 2, ops
+    assert ops["AVERAGE_POOL_2D"] == 1, ops

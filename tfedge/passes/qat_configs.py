@@ -56,6 +56,14 @@ OUTPUT_LAYERS = frozenset(
         "TfedgeScalarOp",
     }
 )
+# Layers TFLite runs as one int8 op with the same scale in and out (``AVERAGE_POOL_2D``): tfmot
+# quantizes their output, so the output's range differs a little from the input's and the
+# converter refuses the model ("violate the same scale constraint", DenseNet's transition
+# ``Conv2D -> AveragePooling2D``). tfedge leaves their output alone: it keeps the input's scale.
+INPUT_SCALE_LAYERS = frozenset({"AveragePooling1D", "AveragePooling2D"})
+INPUT_SCALE_REASON = (
+    "its output keeps its input's scale (TFLite's AVERAGE_POOL_2D needs the same scale in and out)"
+)
 # TFOpLambda symbols (``tf.<symbol>``) tfedge quantizes when every argument but the first is a
 # Python number: elementwise ops with a scalar constant, and unary activations.
 SCALAR_OPS = frozenset(
@@ -80,6 +88,7 @@ SCALAR_OPS = frozenset(
 
 TFMOT = "tfmot"  # tfmot's own registry quantizes it
 OUTPUT = "output"  # tfedge's output-only config
+INPUT_SCALE = "input-scale"  # not quantized: the converter gives the output its input's scale
 NO = "no"
 
 
@@ -123,8 +132,9 @@ def _is_number(value) -> bool:
 
 
 def qat_rule(layer) -> tuple[str, str]:
-    """``(how, reason)``: ``how`` is ``tfmot``, ``output`` (tfedge's output-only config) or
-    ``no``; ``reason`` says why not (``no``) or what tfedge does differently."""
+    """``(how, reason)``: ``how`` is ``tfmot``, ``output`` (tfedge's output-only config),
+    ``input-scale`` (left unquantized, the input's scale carries through) or ``no``; ``reason``
+    says why not (``no``) or what tfedge does differently."""
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (  # noqa: E501 (a module path)
         Default8BitQuantizeRegistry,
     )
@@ -155,6 +165,8 @@ def qat_rule(layer) -> tuple[str, str]:
         return OUTPUT, ""
     if kind in OUTPUT_LAYERS:
         return OUTPUT, ""
+    if kind in INPUT_SCALE_LAYERS:
+        return INPUT_SCALE, INPUT_SCALE_REASON
     if kind in SPLIT_BY_TFMOT:
         name = activation_name(layer.activation)
         if name not in LAYER_ACTIVATIONS:
@@ -200,7 +212,10 @@ def moved_activations(model) -> list[str]:
 def quantize_config_for(layer):
     """The ``QuantizeConfig`` tfedge gives ``layer``, or None (tfmot's own rule, or none at all:
     ``qat_rule`` says which and why)."""
-    return output_config() if qat_rule(layer)[0] == OUTPUT else None
+    how = qat_rule(layer)[0]
+    if how == INPUT_SCALE:
+        return noop_config()
+    return output_config() if how == OUTPUT else None
 
 
 def output_config():
