@@ -248,3 +248,45 @@ def test_channels_pass_refuses_bad_options_and_unprunable_models():
     with pytest.raises(RecipeError, match="no channel of the model can be removed") as err:
         build_pass("channels", {}).apply(model, ctx)
     assert "output" in err.value.hint
+
+
+# -- sensitivity, targets, criteria ------------------------------------------------------------
+def _dead_half(graph, model, layer: str, rng) -> tuple[object, list[int]]:
+    """Make half of ``layer``'s group exactly dead; returns the group and its live channels."""
+    group = _group_of(graph, layer)
+    gone = set(rng.choice(group.size, group.size // 2, replace=False).tolist())
+    dead = {
+        graph.producers[name][i]
+        for name, channels in group.members.items()
+        for i, c in enumerate(channels)
+        if c in gone
+    }
+    _kill(model, graph, dead)
+    return group, sorted(set(range(group.size)) - gone)
+
+
+def test_sensitivity_of_dead_channels_is_zero_and_of_live_ones_is_not(seed) -> None:
+    from tfedge.passes.channel_graph import ChannelGraph
+    from tfedge.passes.channel_sensitivity import channel_sensitivity
+    from tfedge.passes.channels import keras_macs, prune_channels
+
+    rng = np.random.default_rng(seed)
+    model = bookkeeping_model()
+    _randomise(model, rng)
+    graph = ChannelGraph(model)
+    group, alive = _dead_half(graph, model, "a", rng)  # the stem, tied through add1
+    x = rng.normal(size=(48, 8, 8, 3)).astype(np.float32)
+    y = model.predict(x, verbose=0) + rng.normal(0, 0.1, (48, 4)).astype(np.float32)
+
+    table = channel_sensitivity(model, graph, x, y, ratios=(0.5, 0.25), round_to=1, minimum=1)
+
+    assert [s.group for s in table] == [g.id for g in graph.groups if g.prunable]
+    stem = next(s for s in table if s.group == group.id)
+    assert stem.metric == "mse" and stem.baseline > 0 and stem.criterion == "l1"
+    half, quarter = stem.rows
+    assert half.channels == 8 and abs(half.drop) < 1e-3  # only the dead channels went
+    assert quarter.channels == 4 and quarter.drop > 1.0  # live ones went too
+    thinner = prune_channels(model, {group.id: alive}, graph)
+    assert half.macs == keras_macs(thinner) < keras_macs(model)
+    assert 0 < stem.macs_share <= 1 and quarter.macs_fraction < half.macs_fraction < 1
+    assert stem.to_json()["rows"][0]["channels"] == 8

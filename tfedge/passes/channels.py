@@ -32,7 +32,7 @@ from tfedge.passes.base import OptionalRate, PassConfig, PassResult
 from tfedge.passes.channel_graph import ChannelGraph, ChannelGroup
 from tfedge.passes.rebuild import from_config, layer_entry, model_config
 
-_CRITERIA = ("l1", "l2")
+_CRITERIA = ("l1", "l2", "bn")
 
 
 def prune_channels(model, keep: Mapping[int, Iterable[int]], graph: ChannelGraph | None = None):
@@ -124,9 +124,14 @@ def _bias(rest: list, out_mask: np.ndarray) -> list:
 def importance(
     model, graph: ChannelGraph, group: ChannelGroup, criterion: str = "l1"
 ) -> np.ndarray:
-    """Per group channel: the norm of its filters, summed over the group's producers."""
+    """Per group channel: the norm of its filters summed over the group's producers (``l1``,
+    ``l2``), or the |gamma| of the BatchNormalization right after them (``bn``; a group
+    without one falls back to ``l1``, see ``criterion_used``)."""
     if criterion not in _CRITERIA:
         raise RecipeError(f"channels: unknown criterion '{criterion}'", f"one of {_CRITERIA}")
+    if criterion == "bn":
+        scores = _bn_scores(model, graph, group)
+        return scores if scores is not None else importance(model, graph, group, "l1")
     scores = np.zeros(group.size)
     for name, channels in group.members.items():
         layer = model.get_layer(name)
@@ -134,6 +139,37 @@ def importance(
         flat = np.abs(kernel.reshape(-1, kernel.shape[-1]))
         norms = flat.sum(axis=0) if criterion == "l1" else np.sqrt((flat**2).sum(axis=0))
         np.add.at(scores, np.array(channels), norms / max(flat.shape[0], 1))
+    return scores
+
+
+def criterion_used(model, graph: ChannelGraph, group: ChannelGroup, criterion: str) -> str:
+    """``criterion``, or ``l1`` where ``bn`` finds no BatchNormalization after the group."""
+    if criterion == "bn" and not _bn_after(model, graph, group):
+        return "l1"
+    return criterion
+
+
+def _bn_after(model, graph: ChannelGraph, group: ChannelGroup) -> dict[str, str]:
+    """``{producer: BatchNormalization with a scale reading exactly its output}``."""
+    found = {}
+    for name, ins in graph.inputs.items():
+        layer = model.get_layer(name)
+        if type(layer).__name__ != "BatchNormalization" or not layer.scale:
+            continue
+        for member in group.members:
+            if ins and ins[0] == graph.producers[member]:
+                found[member] = name
+    return found
+
+
+def _bn_scores(model, graph: ChannelGraph, group: ChannelGroup) -> np.ndarray | None:
+    after = _bn_after(model, graph, group)
+    if not after:
+        return None
+    scores = np.zeros(group.size)
+    for member, bn in after.items():
+        gamma = np.abs(model.get_layer(bn).get_weights()[0])
+        np.add.at(scores, np.array(group.members[member]), gamma)
     return scores
 
 
@@ -148,6 +184,25 @@ def kept_count(size: int, ratio: float, round_to: int = 8, minimum: int = 8) -> 
     return min(size, max(wanted, minimum, 1))
 
 
+def allowed_counts(size: int, round_to: int = 8, minimum: int = 8) -> list[int]:
+    """Every channel count a group of ``size`` may keep (see ``kept_count``), ascending."""
+    return sorted({kept_count(size, c / size, round_to, minimum) for c in range(1, size + 1)})
+
+
+def plan_counts(
+    model, graph: ChannelGraph, counts: Mapping[int, int], criterion: str = "l1"
+) -> dict[int, list[int]]:
+    """``{group: channels to keep}``: the ``counts[group]`` most important channels of each
+    group (groups whose count is their size are left out)."""
+    plan = {}
+    for group in graph.groups:
+        count = counts.get(group.id, group.size)
+        if count < group.size:
+            scores = importance(model, graph, group, criterion)
+            plan[group.id] = sorted(np.argsort(-scores, kind="stable")[:count].tolist())
+    return plan
+
+
 def plan_keep(
     model,
     graph: ChannelGraph,
@@ -158,36 +213,80 @@ def plan_keep(
 ) -> dict[int, list[int]]:
     """``{group: channels to keep}`` keeping the most important ``ratio`` of every prunable
     group (see ``kept_count``)."""
-    plan = {}
-    for group in graph.groups:
-        if not group.prunable:
-            continue
-        count = kept_count(group.size, ratio, round_to, minimum)
-        if count < group.size:
-            scores = importance(model, graph, group, criterion)
-            plan[group.id] = sorted(np.argsort(-scores, kind="stable")[:count].tolist())
-    return plan
+    counts = {
+        g.id: kept_count(g.size, ratio, round_to, minimum) for g in graph.groups if g.prunable
+    }
+    return plan_counts(model, graph, counts, criterion)
+
+
+MAC_LAYERS = ("Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+
+
+def layer_macs(layer, channels_in: int, channels_out: int) -> int:
+    """Multiply-accumulates of one convolution or Dense ``layer`` for one sample with
+    ``channels_in`` input and ``channels_out`` output channels (0 for other layers)."""
+    kind = type(layer).__name__
+    if kind not in MAC_LAYERS:
+        return 0
+    positions = int(np.prod([d or 1 for d in layer.output.shape[1:-1]]))
+    window = int(np.prod(getattr(layer, "kernel_size", (1,))))
+    if kind == "DepthwiseConv2D":
+        return positions * window * channels_out
+    if kind == "SeparableConv2D":
+        depthwise = positions * channels_in * layer.depth_multiplier
+        return depthwise * window + depthwise * channels_out
+    return positions * window * channels_in * channels_out
 
 
 def keras_macs(model) -> int:
     """Multiply-accumulates of ``model``'s convolutions and Dense layers for one sample,
     counted as ``tfedge inspect`` counts them in the ``.tflite`` (before converting)."""
-    total = 0
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind not in ("Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"):
-            continue
-        out = int(np.prod([d or 1 for d in layer.output.shape[1:]]))
-        channels_in = int(layer.input.shape[-1])
-        window = int(np.prod(getattr(layer, "kernel_size", (1,))))
-        if kind == "DepthwiseConv2D":
-            total += out * window
-        elif kind == "SeparableConv2D":
-            depthwise = out // layer.filters * channels_in * layer.depth_multiplier
-            total += depthwise * window + out * channels_in * layer.depth_multiplier
-        else:
-            total += out * window * channels_in
-    return total
+    return sum(
+        layer_macs(layer, int(layer.input.shape[-1]), int(layer.output.shape[-1]))
+        for layer in model.layers
+        if type(layer).__name__ in MAC_LAYERS
+    )
+
+
+class MacCounter:
+    """``keras_macs`` of the model ``prune_channels`` would build from a plan, without
+    building it: every layer's channels in and out counted from the surviving labels."""
+
+    def __init__(self, model, graph: ChannelGraph) -> None:
+        offset, self._where, self._spans = 0, {}, {}
+        for group in graph.groups:
+            for name, channels in group.members.items():
+                for label, channel in zip(graph.producers[name], channels, strict=True):
+                    self._where[label] = offset + channel
+            self._spans[group.id] = (offset, group.size)
+            offset += group.size
+        self._total = offset
+        self._layers = [
+            (
+                layer,
+                self._index(graph.inputs[layer.name][0]),
+                self._index(graph.outputs[layer.name]),
+            )
+            for layer in model.layers
+            if type(layer).__name__ in MAC_LAYERS
+        ]
+
+    def _index(self, labels) -> np.ndarray:
+        """Positions in the flat survival vector; -1 (its last entry, always alive) for
+        positions that never change."""
+        return np.array([self._where.get(label, -1) for label in labels], dtype=np.int64)
+
+    def macs(self, keep: Mapping[int, Iterable[int]]) -> int:
+        alive = np.ones(self._total + 1, dtype=bool)
+        for group_id, channels in keep.items():
+            start, size = self._spans[group_id]
+            block = np.zeros(size, dtype=bool)
+            block[list(channels)] = True
+            alive[start : start + size] = block
+        return sum(
+            layer_macs(layer, int(alive[ins].sum()), int(alive[outs].sum()))
+            for layer, ins, outs in self._layers
+        )
 
 
 class Channels(PassConfig):
