@@ -14,6 +14,8 @@ Usage:
     python3 bench.py model.tflite --data eval.npz        # also reports accuracy
     python3 bench.py model.tflite --smoke golden.npz     # exit 0 if outputs match
     python3 bench.py --probe                             # which runtime works here?
+    python3 bench.py model.tflite --alternates a.tflite b.tflite --rounds 5
+                                  # also time a and b, alternating with model, 5 rounds
 
 On error it still prints one JSON object, ``{"error": ..., "kind": ..., "hint": ...}``,
 and exits with status 2 (runtime missing or broken) or 3 (bad model or data).
@@ -166,8 +168,15 @@ def benchmark(
     save_outputs: str | None = None,
     xnnpack: bool = True,
     prefer: str | None = None,
+    alternates: list | None = None,
+    rounds: int = 1,
 ) -> dict:
-    """Benchmark ``model`` and return the report as a dict (what the script prints)."""
+    """Benchmark ``model`` and return the report as a dict (what the script prints).
+
+    With ``alternates`` (models with the same inputs, e.g. prefixes of ``model``), the report
+    also has ``sweep``: ``p50_us[r]`` is, for round ``r``, the p50 of ``model`` then of each
+    alternate, each timed in turn on the same inputs (``runs`` and ``min_secs`` each).
+    """
     module, runtime = rt.find_runtime(prefer)
     runtime = dict(runtime, xnnpack=xnnpack)
     threads = threads or os.cpu_count() or 1
@@ -185,6 +194,10 @@ def benchmark(
     }
     inputs = _timing_inputs(interp, data, report, save_outputs)
     report.update(_run_timings(interp, inputs, runs, warmup, min_secs, warmup_min_secs, max_secs))
+    if alternates:
+        others = [rt.create_interpreter(module, runtime, m, threads, xnnpack) for m in alternates]
+        timing = (max(runs, 1), min_secs, max_secs)
+        report["sweep"] = sweep([interp, *others], inputs, rounds, max(warmup, 1), timing)
     report.update(
         peak_rss_mb=rt.peak_rss_mb(),
         rss_init_delta_mb=_delta(rss_init, rss_start),
@@ -225,6 +238,19 @@ def _run_timings(interp, inputs, runs, warmup, min_secs, warmup_min_secs, max_se
     }
 
 
+def sweep(interps: list, inputs: list, rounds: int, warmup: int, timing: tuple) -> dict:
+    """Time every interpreter in turn, ``rounds`` times; the p50 (µs) of each, per round."""
+    np = rt.import_numpy()
+    per_round = []
+    for _ in range(max(rounds, 1)):
+        p50s = []
+        for interp in interps:
+            timed_loop(interp, inputs, warmup, 0.0, timing[2])
+            p50s.append(float(np.percentile(timed_loop(interp, inputs, *timing), 50)))
+        per_round.append(p50s)
+    return {"rounds": len(per_round), "p50_us": per_round}
+
+
 def _delta(after, before):
     return None if after is None or before is None else after - before
 
@@ -255,6 +281,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--no-xnnpack", action="store_true", help="use the builtin kernels without XNNPACK"
     )
     p.add_argument("--cpus", help="pin to these CPUs, like taskset -c (e.g. 2,3 or 0-3)")
+    p.add_argument(
+        "--alternates",
+        nargs="+",
+        metavar="MODEL",
+        help="also time these models (same inputs), alternating with MODEL (see --rounds)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="rounds over MODEL and --alternates (default 1)"
+    )
     p.add_argument("--runtime", choices=[c[0] for c in rt.RUNTIMES], help="prefer this runtime")
     p.add_argument(
         "--smoke", metavar="GOLDEN.npz", help="compare outputs on golden x with y; exit 0 or 1"
@@ -294,6 +329,8 @@ def run(args: argparse.Namespace) -> tuple[dict, int]:
         args.save_outputs,
         not args.no_xnnpack,
         args.runtime,
+        args.alternates,
+        args.rounds,
     ), 0
 
 

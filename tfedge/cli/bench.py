@@ -79,6 +79,22 @@ from tfedge.errors import UsageError
     show_default=True,
     help="Seconds before a run is abandoned.",
 )
+@click.option(
+    "--op-profile",
+    type=click.Choice(["layers", "ops"]),
+    is_flag=False,
+    flag_value="layers",
+    default=None,
+    help="Where the time goes: per Keras layer (default) or per op, measured by timing "
+    "prefixes of the graph; --runs and --min-secs are split over the rounds.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="--op-profile: rounds over the prefixes (the noise is their spread).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench_cmd(
     model: Path,
@@ -97,6 +113,8 @@ def bench_cmd(
     key: str | None,
     known_hosts: str | None,
     timeout: float,
+    op_profile: str | None,
+    rounds: int,
     as_json: bool,
 ) -> None:
     """Benchmark MODEL like TFLite's benchmark_model, on the local CPU, emulated ARM, or a board.
@@ -107,6 +125,8 @@ def bench_cmd(
         tfedge bench model_int8.tflite --target qemu --profile rpi4
         tfedge bench model_int8.tflite --target ssh://pi@raspberrypi.local --profile rpi4 \\
             --data eval.npz
+        tfedge bench model_int8.tflite --op-profile          # time per Keras layer
+        tfedge bench model_int8.tflite --op-profile ops --target qemu
     """
     from tfedge.targets.bench import bench, enforce_budgets
 
@@ -125,6 +145,8 @@ def bench_cmd(
         key=key,
         known_hosts=known_hosts,
     )
+    if op_profile is not None:
+        _check_op_profile(inventory, compare)
     if inventory is not None:
         return _inventory(model, inventory, target, options, as_json)
     ssh_options = {k: options.pop(k) for k in ("python", "key", "known_hosts")}
@@ -133,9 +155,40 @@ def bench_cmd(
             "--remote-python, --key and --known-hosts only apply to ssh:// targets",
             "drop them, or use --target ssh://user@host",
         )
-    result = bench(model, target=target, **options, **{k: v for k, v in ssh_options.items() if v})
+    ssh_given = {k: v for k, v in ssh_options.items() if v}
+    if op_profile is not None:
+        return _op_profile(model, target, op_profile == "ops", rounds, options, ssh_given, as_json)
+    result = bench(model, target=target, **options, **ssh_given)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_result(result))
     enforce_budgets(result)
+
+
+def _check_op_profile(inventory: Path | None, compare: Path | None) -> None:
+    if inventory is not None or compare is not None:
+        raise UsageError(
+            "--op-profile profiles one model on one target: it cannot be combined with "
+            f"{'--inventory' if inventory is not None else '--compare'}",
+            "run --op-profile once per model and per target",
+        )
+
+
+def _op_profile(model, target, per_op, rounds, options, ssh_given, as_json) -> None:
+    from tfedge.analyze.op_profile import format_profile
+    from tfedge.analyze.op_profile import op_profile as profile_ops
+
+    options = {k: v for k, v in options.items() if k != "compare"}
+    # A normal bench's budget for each model, split over the rounds.
+    options["runs"] = max(1, options["runs"] // rounds)
+    options["min_secs"] = options["min_secs"] / rounds
+    result = profile_ops(model, target, per_op=per_op, rounds=rounds, **options, **ssh_given)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    r = result.bench
+    click.echo("\n".join(format_result(r).splitlines()[:3]))
+    click.echo(format_profile(result))
+    if r.emulated:
+        click.echo(f"note        {r.note}")
 
 
 def _inventory(model, inventory, target, options, as_json) -> None:

@@ -75,6 +75,7 @@ class BenchResult:
     compare: "BenchResult | None" = None
     speedup: float | None = None
     outputs: np.ndarray | None = field(default=None, repr=False)
+    sweep: dict | None = field(default=None, repr=False)  # p50s of the alternates, per round
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``tfedge bench --json``)."""
@@ -118,6 +119,8 @@ def bench(
     cpus: str | None = None,
     keep_outputs: bool = False,
     timeout: float = 600.0,
+    alternates: list[Path] | tuple[Path, ...] = (),
+    rounds: int = 1,
     **ssh_options,
 ) -> BenchResult:
     """Benchmark ``model`` on ``target`` (``local``, ``qemu`` or ``ssh://user@host...``).
@@ -133,6 +136,9 @@ def bench(
         compare: a second model run the same way; ``speedup`` is its median over ours.
         xnnpack, cpus: XNNPACK on/off; pin to CPUs like ``taskset -c``.
         keep_outputs: return the raw outputs for ``data`` in ``result.outputs``.
+        alternates, rounds: more models with the same inputs (prefixes of ``model``, see
+            :mod:`tfedge.analyze.op_profile`), timed in turn with ``model`` for ``rounds``
+            rounds in the same run; their p50s per round are in ``result.sweep``.
         ssh_options: python, key, known_hosts, connect_timeout for ssh targets.
 
     Raises:
@@ -156,13 +162,20 @@ def bench(
         cpus=cpus,
         keep_outputs=keep_outputs,
         timeout=timeout,
+        alternates=tuple(check_model_file(Path(p)) for p in alternates),
+        rounds=rounds,
     )
     result = _run(job, target, kind, prof, ssh_options)
     result.budget = check_budgets(result, prof if profile is not None else None, kind)
     result.threads_note = threads_note
     if compare is not None:
         other = Job(
-            **{**vars(job), "model": check_model_file(Path(compare)), "keep_outputs": False}
+            **{
+                **vars(job),
+                "model": check_model_file(Path(compare)),
+                "keep_outputs": False,
+                "alternates": (),
+            }
         )
         result.compare = _run(other, target, kind, prof, ssh_options)
         result.compare.threads_note = threads_note
@@ -282,6 +295,7 @@ def _result(job: Job, report: dict, outputs, label: str, prof: DeviceProfile | N
         device=report.get("device", {}),
         note=report.get("emulation_note", ""),
         outputs=outputs,
+        sweep=report.get("sweep"),
     )
 
 

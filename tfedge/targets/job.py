@@ -36,11 +36,18 @@ class Job:
     cpus: str | None = None
     keep_outputs: bool = False
     timeout: float = 600.0
+    alternates: tuple[Path, ...] = ()  # more models timed in turn with ``model`` (op profile)
+    rounds: int = 1
 
     def script_args(
-        self, model: str, data: str | None = None, outputs: str | None = None
+        self,
+        model: str,
+        data: str | None = None,
+        outputs: str | None = None,
+        alternates: list[str] | None = None,
     ) -> list[str]:
-        """Arguments for the device script, given where model/data/outputs live on the target."""
+        """Arguments for the device script, given where model/data/outputs (and the
+        alternates) live on the target."""
         args = [
             model,
             "--runs",
@@ -62,6 +69,8 @@ class Job:
             args.append("--no-xnnpack")
         if self.cpus:
             args += ["--cpus", self.cpus]
+        if alternates:
+            args += ["--rounds", str(self.rounds), "--alternates", *alternates]
         return args
 
 

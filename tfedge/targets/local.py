@@ -32,7 +32,12 @@ def run(job: Job, python: str | None = None) -> tuple[dict, np.ndarray | None]:
         argv = [
             python or sys.executable,
             str(DEVICE_SCRIPT),
-            *job.script_args(str(job.model), str(job.data) if job.data else None, outputs),
+            *job.script_args(
+                str(job.model),
+                str(job.data) if job.data else None,
+                outputs,
+                [str(path) for path in job.alternates],
+            ),
         ]
         report = parse_report(*_call(argv, job.timeout, _env()), job.model, WHERE)
         return report, (np.load(outputs) if outputs else None)

@@ -37,7 +37,12 @@ def run(job: Job, cpu: str = "cortex-a72") -> tuple[dict, np.ndarray | None]:
         outputs = os.path.join(tmp, "outputs.npy") if job.keep_outputs and job.data else None
         args = [
             str(DEVICE_SCRIPT),
-            *job.script_args(str(job.model.resolve()), _abs(job.data), outputs),
+            *job.script_args(
+                str(job.model.resolve()),
+                _abs(job.data),
+                outputs,
+                [str(path.resolve()) for path in job.alternates],
+            ),
         ]
         where = f"qemu {cpu} ({env.runtime} {env.runtime_version})"
         report = parse_report(

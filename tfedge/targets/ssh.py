@@ -200,7 +200,7 @@ def _keyscan_hint(target: SshTarget) -> str:
 def _files(job: Job) -> dict[str, Path]:
     """Remote name -> local path; names carry the content hash so boards cache them."""
     files = {f"{SCRIPT_DIR}/{name}": path for name, path in DEVICE_FILES.items()}
-    for path in (job.model, job.data):
+    for path in (job.model, job.data, *job.alternates):
         if path:
             files[f"{sha256_file(path)[:16]}-{path.name}"] = path
     return files
@@ -282,7 +282,8 @@ async def _run_script(
     conn, job: Job, target: SshTarget, remote: dict[str, str], outputs: str | None
 ) -> dict:
     data = remote.get(str(job.data)) if job.data else None
-    args = job.script_args(remote[str(job.model)], data, outputs)
+    alternates = [remote[str(path)] for path in job.alternates]
+    args = job.script_args(remote[str(job.model)], data, outputs, alternates)
     command = " ".join(
         [
             quote_python(target.python),

@@ -1,0 +1,154 @@
+"""``tfedge bench --op-profile``: prefix models built on the host, timed by the real device
+script with the real LiteRT interpreter, differences aggregated per Keras layer or per op."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_one_error_line
+from tfedge.analyze.op_profile import aggregate, op_profile, plan_groups, write_prefixes
+from tfedge.convert.tflite_model import read_tflite
+from tfedge.errors import BenchError
+
+FAST = dict(runs=4, min_secs=0.01, threads=1)
+KWS_LAYERS = ["conv0"] + [f"{kind}{i}" for i in range(1, 5) for kind in ("dw", "pw")] + ["gap"]
+
+
+@pytest.fixture(scope="module")
+def kws_int8(tmp_path_factory) -> Path:
+    """The kws reference's DS-CNN (depthwise blocks, fused BatchNorm, a mean), untrained,
+    full-int8 from random calibration: the op mix of a real keyword spotter in seconds."""
+    import tensorflow as tf
+
+    from tests.harness_helpers import convert_int8
+    from tfedge.zoo.reference import kws_model
+
+    tf.random.set_seed(0)
+    calib = np.random.default_rng(0).normal(size=(16, 49, 10, 1)).astype(np.float32)
+    path = tmp_path_factory.mktemp("kws") / "kws_int8.tflite"
+    path.write_bytes(convert_int8(tf, kws_model(), calib))
+    return path
+
+
+def _interpreter(path: Path, **kwargs):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=1, **kwargs)
+    interp.allocate_tensors()
+    return interp
+
+
+def _run(interp, x: np.ndarray):
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    return interp
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("model", ["kws", "digits_float"])
+def test_every_prefix_outputs_the_full_models_tensor_bit_exactly(
+    model, kws_int8, harness_models, tmp_path
+):
+    path = kws_int8 if model == "kws" else harness_models["float"]
+    tflite = read_tflite(path)
+    groups = plan_groups(tflite, per_op=True)
+    prefixes = write_prefixes(path, groups, tmp_path)  # each re-read by the checked reader
+    assert len(prefixes) == len(tflite.ops)
+    detail = _interpreter(path).get_input_details()[0]
+    rng = np.random.default_rng(0)
+    if detail["dtype"] == np.int8:
+        x = rng.integers(-128, 128, size=detail["shape"]).astype(np.int8)
+    else:
+        x = rng.random(detail["shape"], dtype=np.float32)
+    full = _run(_interpreter(path, experimental_preserve_all_tensors=True), x)
+    for op, prefix in zip(tflite.ops, prefixes):
+        out = _run(_interpreter(prefix), x)
+        (detail,) = out.get_output_details()
+        assert detail["index"] == op.outputs[0].index
+        assert np.array_equal(out.get_tensor(detail["index"]), full.get_tensor(detail["index"]))
+    last = _run(_interpreter(prefixes[-1]), x)
+    whole = full.get_output_details()[0]["index"]
+    assert np.array_equal(last.get_tensor(whole), full.get_tensor(whole))
+    # The first prefix keeps only the weights its op reads.
+    assert prefixes[0].stat().st_size < path.stat().st_size * 0.75
+
+
+@pytest.mark.tf
+def test_layers_group_consecutive_ops_and_cover_every_op_once(kws_int8):
+    groups = plan_groups(read_tflite(kws_int8))
+    assert [g.name for g in groups][:-1] == KWS_LAYERS
+    assert groups[-1].name.startswith("FULLY_CONNECTED ")  # the output names no layer
+    assert [i for g in groups for i in g.ops] == list(range(len(read_tflite(kws_int8).ops)))
+    per_op = plan_groups(read_tflite(kws_int8), per_op=True)
+    assert per_op[1].name == "DEPTHWISE_CONV_2D dw1"
+
+
+@pytest.mark.tf
+def test_op_profile_on_the_local_cpu_accounts_for_every_op(kws_int8):
+    profile = op_profile(kws_int8, target="local", rounds=3, **FAST)
+    ops = len(read_tflite(kws_int8).ops)
+    assert sorted(i for row in profile.rows for i in row.ops) == list(range(ops))
+    assert {row.name for row in profile.rows} >= set(KWS_LAYERS)
+    assert profile.rounds == 3 and profile.total_us > 0
+    # The groups' times add up to the whole model's, within the noise of a shared machine.
+    assert 0.5 < profile.sum_ratio < 2.0
+    assert sum(row.share for row in profile.rows) == pytest.approx(profile.sum_ratio)
+    p50s = [row.p50_us for row in profile.sorted_rows()]
+    assert p50s == sorted(p50s, reverse=True)
+    assert all(row.min_us <= row.p50_us <= row.max_us for row in profile.rows)
+    data = profile.to_dict()
+    assert data["target"] == "local" and data["runtime"]["name"]
+    assert len(data["rows"]) == len(profile.rows)
+
+
+@pytest.mark.tf
+def test_cli_op_profile_table_and_json(run_cli, harness_models):
+    model = harness_models["int8"]
+    ops = len(read_tflite(model).ops)
+    fast = ("--rounds", "2", "--runs", "8", "--min-secs", "0.02", "--threads", "1")
+    text = run_cli("bench", model, "--op-profile", *fast).stdout
+    assert "LAYER" in text and "SHARE" in text
+    assert "vs whole model" in text and "noise" in text
+    data = json.loads(run_cli("bench", model, "--op-profile", "ops", "--json", *fast).stdout)
+    assert data["mode"] == "ops" and data["rounds"] == 2
+    assert sorted(i for row in data["rows"] for i in row["ops"]) == list(range(ops))
+    assert 0.3 < data["sum_ratio"] < 3.0
+
+
+def test_aggregate_takes_per_round_differences():
+    from tfedge.analyze.op_profile import OpGroup
+
+    groups = [OpGroup("a", (0,), ("CONV_2D",)), OpGroup("b", (1, 2), ("ADD", "RELU"))]
+    sweep = {"p50_us": [[100.0, 30.0, 90.0], [110.0, 40.0, 100.0], [100.0, 20.0, 100.0]]}
+    profile = aggregate("m.tflite", groups, sweep)
+    a, b = profile.rows
+    assert (a.p50_us, a.min_us, a.max_us) == (30.0, 20.0, 40.0)
+    assert (b.p50_us, b.min_us, b.max_us) == (60.0, 60.0, 80.0)
+    assert profile.total_us == 100.0 and profile.sum_ratio == pytest.approx(0.9)
+    assert [r.name for r in profile.sorted_rows()] == ["b", "a"]
+    with pytest.raises(BenchError, match="expected 3"):
+        aggregate("m.tflite", groups, {"p50_us": [[100.0, 30.0]]})
+
+
+def test_op_profile_of_a_file_that_is_no_model_is_one_error(run_cli, tmp_path):
+    bad = tmp_path / "notes.tflite"
+    bad.write_bytes(b"this is not a flatbuffer" * 10)
+    before = sorted(tmp_path.iterdir())
+    result = run_cli("bench", bad, "--op-profile", expect=1)
+    assert_one_error_line(result, "not a tflite model")
+    assert sorted(tmp_path.iterdir()) == before
+    assert bad.read_bytes() == b"this is not a flatbuffer" * 10
+
+
+@pytest.mark.parametrize("option", ["--inventory", "--compare"])
+def test_op_profile_with_inventory_or_compare_is_a_usage_error(run_cli, tmp_path, option):
+    other = tmp_path / "other.yaml"
+    other.write_text("devices: [{target: local}]\n")
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\0\0\0\0TFL3" + b"\0" * 32)
+    result = run_cli("bench", model, "--op-profile", option, other, expect=2)
+    assert_one_error_line(result, "--op-profile", option)
