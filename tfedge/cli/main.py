@@ -30,6 +30,7 @@ COMMANDS = {
     "emulator": "emulator:emulator_cmd",
     "optimize": "optimize:optimize_cmd",
     "recipes": "recipes:recipes_cmd",
+    "search": "search:search_cmd",
     "push": "ota:push_cmd",
     "rollback": "ota:rollback_cmd",
     "status": "ota:status_cmd",

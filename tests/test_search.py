@@ -1,0 +1,271 @@
+"""``tfedge search``: the space, the study (storage, resume, deduplication, workers, killed
+trials), the feasible Pareto front, bad input; and one real search on digits.
+
+The study tests use real Optuna and real storages with a cheap measurement
+(``tests/search_helpers.py``: figures computed from the recipe, no TensorFlow); the last test
+runs real trials (optimize + bench on the local target).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_one_error_line
+from tests.search_helpers import CALLS, cheap_measure
+from tfedge.errors import RecipeError, UsageError
+from tfedge.optimize.recipe import parse_recipe
+from tfedge.search import search
+from tfedge.search.pareto import dominates, feasible, pareto_front
+from tfedge.search.space import Space, dimensions, parse_space, recipe_data
+
+CHEAP_SPACE = """
+channels: false
+low_rank: false
+prune: {target_sparsity: [0.3, 0.9]}
+cluster: {clusters: [8, 16]}
+quant: [int8, float16]
+epochs: [1, 1]
+budgets: {latency: 0.95, size: 0.2}
+"""
+
+
+@pytest.fixture
+def inputs(tmp_path) -> dict:
+    """Stand-in model and data files: the cheap measurement only hashes them."""
+    files = {}
+    for name in ("model.keras", "train.npz", "test.npz"):
+        (tmp_path / name).write_bytes(name.encode())
+        files[name] = tmp_path / name
+    return {
+        "model": files["model.keras"],
+        "data": files["train.npz"],
+        "eval_data": files["test.npz"],
+    }
+
+
+@pytest.fixture
+def calls(tmp_path, monkeypatch) -> Path:
+    """A file with one line per measured recipe (written by the cheap measurement)."""
+    path = tmp_path / "calls.txt"
+    monkeypatch.setenv(CALLS, str(path))
+    return path
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def cheap_search(inputs, out, **options):
+    options.setdefault("space", parse_space(CHEAP_SPACE))
+    return search(**inputs, output=out, measure=cheap_measure, **options)
+
+
+# ---- the space -----------------------------------------------------------------------------
+
+
+def test_every_pass_on_makes_a_valid_recipe():
+    space = Space(qat=True)
+    params = {name: values[-1] for name, (kind, values) in dimensions(space).items()}
+    params.update({"quant": "int8", "epochs": 0})
+    recipe = parse_recipe(json.dumps(recipe_data(params, space)))
+    assert recipe.pass_names == ["channels", "low_rank", "prune", "cluster", "qat"]
+    assert recipe.passes[2].epochs == 1  # prune needs one epoch even when epochs is 0
+    floats = recipe_data({"quant": "float32"}, space)
+    assert floats == {"schema_version": 1, "passes": [], "convert": {"quant": "none"}}
+
+
+def test_space_errors_name_the_key():
+    with pytest.raises(RecipeError, match="unknown option 'prnue'") as err:
+        parse_space("prnue: {target_sparsity: [0.3, 0.9]}")
+    assert "did you mean 'prune'" in err.value.hint
+    with pytest.raises(RecipeError, match=r"target_sparsity = \[0.9, 0.3\] is empty"):
+        parse_space("prune: {target_sparsity: [0.9, 0.3]}")
+    empty = "channels: false\nlow_rank: false\nprune: false\ncluster: false\nquant: [int8]\n"
+    with pytest.raises(RecipeError, match="the search space is empty"):
+        dimensions(parse_space(empty + "epochs: [1, 1]"))
+
+
+def test_front_is_feasible_and_not_dominated():
+    def row(n, score, p50, gzip, excess):
+        return dict(
+            number=n,
+            recipe_sha256=str(n),
+            score=score,
+            p50_ms=p50,
+            gzip_bytes=gzip,
+            excess=[excess],
+        )
+
+    rows = [
+        row(0, 0.99, 1.0, 900, 0.5),  # the most accurate, but over budget
+        row(1, 0.95, 1.0, 500, -0.1),
+        row(2, 0.94, 1.1, 600, -0.1),  # dominated by 1
+        row(3, 0.90, 0.5, 400, 0.0),  # exactly on the budget: feasible
+    ]
+    front = pareto_front(rows)
+    assert [r["number"] for r in front] == [1, 3]
+    assert dominates(rows[1], rows[2]) and not dominates(rows[1], rows[3])
+    assert not feasible(rows[0]) and feasible(rows[3])
+
+
+# ---- the study -----------------------------------------------------------------------------
+
+
+def test_search_writes_the_front_and_a_rerun_resumes(inputs, tmp_path, calls):
+    out = tmp_path / "out"
+    first = cheap_search(inputs, out, trials=4)
+    assert (out / "study.db").is_file() and not (out / "study.journal").exists()
+    assert len(first.trials) + len(first.failed) == 4
+    assert first.budget_kind == "relative" and [b["name"] for b in first.budgets] == [
+        "latency",
+        "size",
+    ]
+    report = json.loads((out / "pareto.json").read_text())
+    front = report["front"]
+    assert front and all(feasible(r) for r in front)
+    assert not any(dominates(a, b) for a in front for b in front)
+    best = report["best"]
+    assert best == front[0] and (out / "best" / "model.tflite").is_file()
+    again = parse_recipe((out / "best" / "recipe.yaml").read_text())
+    assert again.canonical_sha256 == best["recipe_sha256"]
+    assert "| trial | recipe | accuracy |" in (out / "pareto.md").read_text()
+    measured = len(_lines(calls))
+
+    second = cheap_search(inputs, out, trials=6)  # the same search, two more trials
+    numbers = sorted(r["number"] for r in second.trials)
+    assert numbers == list(range(6))  # the first four kept, two added
+    assert len(_lines(calls)) - measured <= 2  # at most the two new ones measured
+    third = cheap_search(inputs, out, trials=6)  # nothing left to do
+    assert len(third.trials) == 6 and len(_lines(calls)) - measured <= 2
+
+
+def test_a_duplicate_recipe_is_not_measured_again(inputs, tmp_path, calls):
+    only_quant = "channels: false\nlow_rank: false\nprune: false\ncluster: false\n"
+    space = parse_space(only_quant + "quant: [int8, float16]\nepochs: [1, 1]\n")
+    result = cheap_search(inputs, tmp_path / "out", trials=5, space=space)
+    # two recipes (int8, float16); the int8 one is the baseline's, measured before the trials
+    assert len(result.trials) == 5
+    assert sorted(_lines(calls)) == sorted(set(_lines(calls))) and len(_lines(calls)) == 2
+    duplicates = [r for r in result.trials if r["duplicate_of"] is not None]
+    assert len(duplicates) >= 3
+    assert len({r["recipe_sha256"] for r in result.trials}) == 2
+
+
+def test_budgets_exclude_trials_from_the_front(inputs, tmp_path):
+    tight = CHEAP_SPACE.replace("size: 0.2", "size: 0.1")  # gzip <= 10 kB
+    result = cheap_search(inputs, tmp_path / "out", trials=6, space=parse_space(tight))
+    over = [r for r in result.trials if r["gzip_bytes"] > 10_000]
+    assert over and all(not feasible(r) for r in over)
+    front_numbers = {r["number"] for r in result.front}
+    assert not front_numbers & {r["number"] for r in over}
+    impossible = parse_space(CHEAP_SPACE.replace("size: 0.2", "size: 0.001"))
+    none = cheap_search(inputs, tmp_path / "none", trials=3, space=impossible)
+    assert none.best is None and not (tmp_path / "none" / "best").exists()
+    assert none.closest and any("size" in o for o in none.closest[0]["over"])
+
+
+def test_two_workers_share_a_journal_study(inputs, tmp_path, calls):
+    out = tmp_path / "out"
+    result = cheap_search(inputs, out, trials=4, workers=2)
+    assert (out / "study.journal").is_file() and not (out / "study.db").exists()
+    assert len(result.trials) + len(result.failed) >= 4
+    assert len({r["number"] for r in result.trials}) == len(result.trials)
+    with pytest.raises(UsageError, match="SQLite"):
+        cheap_search(inputs, out, trials=4, workers=2, storage=f"sqlite:///{tmp_path}/x.db")
+
+
+def test_a_killed_trial_is_failed_and_retried(inputs, tmp_path):
+    import optuna
+
+    from tfedge.search.space import suggest
+
+    out = tmp_path / "out"
+    space = parse_space(CHEAP_SPACE)
+    cheap_search(inputs, out, trials=2, space=space, study="s")
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{out}/study.db")
+    killed = study.ask()  # left RUNNING, as by a worker killed mid-trial
+    params = suggest(killed, space)
+    result = cheap_search(inputs, out, trials=3, space=space, study="s")
+    assert result.recovered == [killed.number]
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{out}/study.db").trials
+    assert trials[killed.number].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert retried[0].params == params
+    assert len(result.trials) == 3
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "space_text", "code", "fragments"),
+    [
+        ((), "prnue: {target_sparsity: [0.3, 0.9]}\n", 1, ("unknown option 'prnue'", "prune")),
+        (("--profile", "rpi9"), None, 1, ("rpi9",)),
+        (("--trials", "0"), None, 2, ("--trials must be at least 1",)),
+        (("--timeout", "soon"), None, 2, ("not a duration",)),
+        (("--storage", "postgresql://u@127.0.0.1:9/db"), None, 1, ("cannot open the study",)),
+    ],
+)
+def test_bad_input_is_one_error_line(run_cli, inputs, tmp_path, extra, space_text, code, fragments):
+    out = tmp_path / "out"
+    args = ["search", inputs["model"], "--data", inputs["data"], "--eval", inputs["eval_data"]]
+    if space_text is not None:
+        (tmp_path / "space.yaml").write_text(space_text)
+        args += ["--space", tmp_path / "space.yaml"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli(*args, *extra, "-o", out, expect=code)
+    assert_one_error_line(result, *fragments)
+    assert "hint:" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+# ---- a real search -------------------------------------------------------------------------
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_real_search_on_digits(digits, tmp_path, run_cli):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "channels: false\nlow_rank: false\ncluster: false\nprune: false\n"
+        "quant: [int8, float16]\nepochs: [0, 0]\n"
+        "budgets: {latency: 10.0, size: 0.5}\n"
+        "measure: {runs: 5, warmup: 1, min_secs: 0.1}\n"
+    )
+    out = tmp_path / "out"
+    result = run_cli(
+        "search",
+        digits.model,
+        "--data",
+        digits.train,
+        "--eval",
+        digits.test,
+        "--space",
+        space,
+        "--trials",
+        "2",
+        "--profile",
+        "rpi4",
+        "--json",
+        "-o",
+        out,
+    )
+    report = json.loads(result.stdout)
+    assert report["budget_kind"] == "relative"  # rpi4 measured on this host: a stand-in
+    assert {r["recipe"]["convert"]["quant"] for r in report["trials"]} <= {
+        "int8",
+        "none",
+        "float16",
+    }
+    best = report["best"]
+    assert best is not None and best["accuracy"] > 0.8
+    size = next(b for b in report["budgets"] if b["name"] == "size")
+    assert best["gzip_bytes"] <= size["limit"] and "float32" in size["how"]
+    bench = json.loads((out / "best" / "bench.json").read_text())
+    assert bench["latency_us"]["p50"] > 0 and bench["target"] == "local"
+    assert (out / "best" / "model.tflite").read_bytes()[4:8] == b"TFL3"

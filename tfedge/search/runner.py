@@ -1,0 +1,264 @@
+"""``search``: the most accurate model within a device's budgets, and the trade-off around it.
+
+Each trial is a recipe built from the space (``tfedge.search.space``), run through the
+``optimize`` pipeline into ``OUTDIR/trials/NNNN`` and measured on the target
+(``tfedge.search.objectives``); Optuna (``tfedge.search.study``) picks the next one. At the
+end OUTDIR holds:
+
+- ``pareto.json``: the budgets (and their kind), every trial (recipe, figures, feasible),
+  the failed trials with their reasons, the feasible Pareto front and the best trial;
+- ``pareto.md``: the front and then every trial as tables;
+- ``best/``: ``model.tflite``, ``recipe.yaml`` (reproduce it with ``tfedge optimize``) and
+  ``bench.json`` of the most accurate trial within every budget (absent when none is);
+- the study: ``study.db`` (or ``study.journal`` with several workers), ``baseline/`` (the int8
+  post-training reference on a stand-in target), ``trials/``.
+
+Example:
+    >>> result = search("models/digits/model.keras", "models/digits/train.npz",
+    ...                 "models/digits/test.npz", "out/search", profile="rpi4", trials=20)
+    >>> result.budget_kind, len(result.front) >= 1
+    ('relative', True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tfedge.errors import OutputError, UsageError
+from tfedge.search import pareto
+from tfedge.search.objectives import (
+    Budget,
+    Inputs,
+    MeasureFn,
+    absolute_budgets,
+    budget_kind,
+    relative_budgets,
+)
+from tfedge.search.space import Space, dimensions, for_profile, load_space
+from tfedge.search.study import (
+    Settings,
+    check_space,
+    failures,
+    measure_baseline,
+    open_storage,
+    open_study,
+    recover_killed,
+    rows,
+    run_workers,
+    search_lock,
+    shown_url,
+    storage_url,
+    study_name,
+)
+
+MARKERS = ("study.db", "study.journal", "pareto.json", ".search.lock")
+
+
+@dataclass
+class SearchResult:
+    """What ``search`` found and wrote."""
+
+    output_dir: str
+    study: str
+    storage: str
+    budget_kind: str
+    budgets: list[dict]
+    trials: list[dict]
+    failed: list[dict]
+    front: list[dict]
+    best: dict | None
+    closest: list[dict] = field(default_factory=list)
+    recovered: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def search(
+    model,
+    data,
+    eval_data,
+    output,
+    *,
+    target: str = "local",
+    profile: str | None = None,
+    space=None,
+    trials: int = 20,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    trust_model: bool = False,
+    progress: bool = False,
+    measure: MeasureFn | None = None,
+) -> SearchResult:
+    """Search ``space`` for ``trials`` trials; write the front and ``best/`` in ``output``.
+
+    Args:
+        model, data, eval_data: as ``tfedge optimize`` (a model file, .npz training and
+            evaluation data).
+        output: OUTDIR (created; an earlier search's OUTDIR continues its study).
+        target: ``local``, ``qemu`` or ``ssh://user@host...`` (as ``tfedge bench``).
+        profile: a device profile name or file: its budgets (absolute on its own device,
+            else the space's relative ones) and its full-integer rule.
+        space: a ``Space``, a space .yaml file, or None for the default space.
+        trials: finished trials wanted in the study (a re-run runs only those missing).
+        timeout: seconds after which no new trial starts.
+        storage: an SQLAlchemy URL (``postgresql://...``) instead of the file in OUTDIR.
+        study: the study's name (default: derived from the model, data, target, profile).
+        workers: local worker processes (a journal file storage when more than one).
+        seed: seed of the sampler.
+        progress: a line per trial on stderr.
+        measure: ``measure(recipe, trial_dir) -> Measured`` instead of optimize + bench
+            (tests and benchmarks of the search itself).
+
+    Raises:
+        UsageError, RecipeError, ProfileError, OutputError; and the errors of the reference
+        (int8 post-training) run. A failed trial is recorded, not raised.
+    """
+    started = time.time()
+    _check_counts(trials, workers, timeout)
+    inputs = Inputs(str(model), str(data), str(eval_data), target, profile, trust_model)
+    space, prof, notes = _checked_space(space, target, profile)
+    kind = budget_kind(target, prof)
+    out = _check_outdir(Path(output))
+    url = storage_url(out, storage, workers)
+    remote = open_storage(url) if storage else None  # an unreachable server fails here
+    out.mkdir(parents=True, exist_ok=True)
+    with search_lock(out):
+        settings = Settings(
+            inputs=inputs,
+            space=space,
+            outdir=str(out),
+            trials=trials,
+            study_name=study or study_name(inputs, prof.name if prof else None),
+            storage=url,
+            budgets=[],
+            seed=seed,
+            timeout=timeout,
+            measure=measure,
+            progress=progress,
+            started=started,
+        )
+        handle = remote if remote is not None else open_storage(url)
+        opened = open_study(settings, handle, create=True)
+        check_space(opened, space)
+        recovered = [] if storage else recover_killed(opened, handle)
+        settings.budgets = _budgets(kind, prof, space, settings, opened)
+        run_workers(settings, workers)
+        opened = open_study(settings, handle)
+        result = _result(opened, settings, kind, url, recovered, notes, started)
+        write_outputs(out, result)
+    return result
+
+
+def _check_counts(trials: int, workers: int, timeout: float | None) -> None:
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {trials}", "e.g. --trials 20")
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}", "e.g. --workers 2")
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be positive, got {timeout}", "e.g. --timeout 2h")
+
+
+def _checked_space(space, target: str, profile) -> tuple[Space, Any, list[str]]:
+    from tfedge.targets.bench import target_kind
+    from tfedge.targets.profiles import load_profile
+
+    target_kind(target)  # UsageError for an unknown target
+    space = space if isinstance(space, Space) else load_space(space)
+    prof = load_profile(profile) if profile is not None else None
+    space, notes = for_profile(space, bool(prof and prof.requires_full_integer))
+    dimensions(space)  # RecipeError when nothing is left to search
+    return space, prof, notes
+
+
+def _check_outdir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is a file", "give a directory for -o")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in MARKERS):
+        raise OutputError(
+            f"{out} exists and holds other files",
+            "give a new or empty directory, or the OUTDIR of an earlier search to continue it",
+        )
+    return out
+
+
+def _budgets(kind: str, prof, space: Space, settings: Settings, study) -> list[Budget]:
+    if kind == "absolute":
+        return absolute_budgets(prof)
+    baseline = measure_baseline(settings, study)
+    return relative_budgets(space.budgets, baseline, settings.inputs.target)
+
+
+def _result(study, settings, kind, url, recovered, notes, started) -> SearchResult:
+    trial_rows = rows(study)
+    budgets = [b.to_dict() for b in settings.budgets]
+    front = pareto.pareto_front(trial_rows)
+    best = front[0] if front else None
+    if not budgets:
+        notes = notes + [f"no budgets: the profile sets none ({kind})"]
+    return SearchResult(
+        output_dir=settings.outdir,
+        study=settings.study_name,
+        storage=shown_url(url),
+        budget_kind=kind,
+        budgets=budgets,
+        trials=trial_rows,
+        failed=failures(study),
+        front=front,
+        best=best,
+        closest=[] if best else pareto.closest(trial_rows, budgets),
+        recovered=recovered,
+        notes=notes,
+        seconds=round(time.time() - started, 2),
+    )
+
+
+def write_outputs(out: Path, result: SearchResult) -> None:
+    """pareto.json, pareto.md and best/ (each replaced whole)."""
+    from tfedge.fsutil import write_bytes_atomic
+
+    write_bytes_atomic(out / "pareto.json", json.dumps(result.to_dict(), indent=2).encode())
+    notes = [
+        f"budget ({b['kind']}): {b['name']} <= {b['limit']:.6g} {b['unit']}, {b['how']}"
+        for b in result.budgets
+    ] + result.notes
+    text = pareto.markdown(result.front, "Pareto front (feasible trials)", notes)
+    text += "\n" + pareto.markdown(result.trials, "All trials", [])
+    write_bytes_atomic(out / "pareto.md", text.encode())
+    if result.best is not None:
+        _write_best(out, result.best)
+
+
+def _write_best(out: Path, best: dict) -> None:
+    """best/: the model, the recipe that reproduces it, its bench figures."""
+    import yaml
+
+    from tfedge.fsutil import replace_dir
+
+    model = out / best["model"]
+    if not model.is_file():
+        raise OutputError(
+            f"the best trial's model {model} is missing",
+            "it was removed after the trial; re-run the search in a new OUTDIR",
+        )
+    stage = out / f".best.tmp-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    shutil.copyfile(model, stage / "model.tflite")
+    recipe = {"name": f"search-trial-{best['number']}", **best["recipe"]}
+    (stage / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    bench = model.parent / "bench.json"
+    if bench.is_file():
+        shutil.copyfile(bench, stage / "bench.json")
+    replace_dir(stage, out / "best")
