@@ -4,6 +4,7 @@ script with the real LiteRT interpreter, differences aggregated per Keras layer 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,15 @@ from tfedge.analyze.op_profile import aggregate, op_profile, plan_groups, write_
 from tfedge.convert.tflite_model import read_tflite
 from tfedge.errors import BenchError
 
-FAST = dict(runs=4, min_secs=0.01, threads=1)
+FAST = dict(runs=10, min_secs=0.02, threads=1)
 KWS_LAYERS = ["conv0"] + [f"{kind}{i}" for i in range(1, 5) for kind in ("dw", "pw")] + ["gap"]
 
 
 @pytest.fixture(scope="module")
-def kws_int8(tmp_path_factory) -> Path:
+def kws_files(tmp_path_factory) -> dict[str, Path]:
     """The kws reference's DS-CNN (depthwise blocks, fused BatchNorm, a mean), untrained,
-    full-int8 from random calibration: the op mix of a real keyword spotter in seconds."""
+    full-int8 from random calibration: the op mix of a real keyword spotter in seconds;
+    and its Keras file."""
     import tensorflow as tf
 
     from tests.harness_helpers import convert_int8
@@ -29,9 +31,16 @@ def kws_int8(tmp_path_factory) -> Path:
 
     tf.random.set_seed(0)
     calib = np.random.default_rng(0).normal(size=(16, 49, 10, 1)).astype(np.float32)
-    path = tmp_path_factory.mktemp("kws") / "kws_int8.tflite"
-    path.write_bytes(convert_int8(tf, kws_model(), calib))
-    return path
+    out = tmp_path_factory.mktemp("kws")
+    model = kws_model()
+    model.save(out / "kws.h5")
+    (out / "kws_int8.tflite").write_bytes(convert_int8(tf, model, calib))
+    return {"int8": out / "kws_int8.tflite", "keras": out / "kws.h5"}
+
+
+@pytest.fixture(scope="module")
+def kws_int8(kws_files) -> Path:
+    return kws_files["int8"]
 
 
 def _interpreter(path: Path, **kwargs):
@@ -89,11 +98,11 @@ def test_layers_group_consecutive_ops_and_cover_every_op_once(kws_int8):
 
 @pytest.mark.tf
 def test_op_profile_on_the_local_cpu_accounts_for_every_op(kws_int8):
-    profile = op_profile(kws_int8, target="local", rounds=3, **FAST)
+    profile = op_profile(kws_int8, target="local", rounds=5, **FAST)
     ops = len(read_tflite(kws_int8).ops)
     assert sorted(i for row in profile.rows for i in row.ops) == list(range(ops))
     assert {row.name for row in profile.rows} >= set(KWS_LAYERS)
-    assert profile.rounds == 3 and profile.total_us > 0
+    assert profile.rounds == 5 and profile.total_us > 0
     # The groups' times add up to the whole model's, within the noise of a shared machine.
     assert 0.5 < profile.sum_ratio < 2.0
     assert sum(row.share for row in profile.rows) == pytest.approx(profile.sum_ratio)
@@ -109,25 +118,70 @@ def test_op_profile_on_the_local_cpu_accounts_for_every_op(kws_int8):
 def test_cli_op_profile_table_and_json(run_cli, harness_models):
     model = harness_models["int8"]
     ops = len(read_tflite(model).ops)
-    fast = ("--rounds", "2", "--runs", "8", "--min-secs", "0.02", "--threads", "1")
+    fast = ("--rounds", "3", "--runs", "24", "--min-secs", "0.06", "--threads", "1")
     text = run_cli("bench", model, "--op-profile", *fast).stdout
     assert "LAYER" in text and "SHARE" in text
-    assert "vs whole model" in text and "noise" in text
+    assert "of the whole model" in text and "noise" in text
     data = json.loads(run_cli("bench", model, "--op-profile", "ops", "--json", *fast).stdout)
-    assert data["mode"] == "ops" and data["rounds"] == 2
+    assert data["mode"] == "ops" and data["rounds"] == 3
     assert sorted(i for row in data["rows"] for i in row["ops"]) == list(range(ops))
     assert 0.3 < data["sum_ratio"] < 3.0
 
 
+@pytest.mark.tf
+def test_cli_op_profile_names_ops_after_the_keras_models_layers(run_cli, kws_files):
+    fast = ("--rounds", "1", "--runs", "2", "--min-secs", "0", "--threads", "1", "--json")
+    guessed = json.loads(run_cli("bench", kws_files["int8"], "--op-profile", *fast).stdout)
+    named = json.loads(
+        run_cli(
+            "bench", kws_files["int8"], "--op-profile", "--keras", kws_files["keras"], *fast
+        ).stdout
+    )
+    assert "logits" not in {row["name"] for row in guessed["rows"]}
+    assert {row["name"] for row in named["rows"]} == set(KWS_LAYERS) | {"logits"}
+
+
+@pytest.mark.slow
+def test_op_profile_under_qemu(emulator_env, harness_models):
+    profile = op_profile(harness_models["int8"], target="qemu", rounds=2, runs=3, min_secs=0)
+    assert profile.bench.emulated and profile.bench.arch == "aarch64"
+    assert profile.bench.runtime["version"] == emulator_env.runtime_version
+    ops = len(read_tflite(harness_models["int8"]).ops)
+    assert sorted(i for row in profile.rows for i in row.ops) == list(range(ops))
+    assert profile.total_us > 0 and np.isfinite(profile.sum_ratio)  # emulated: no ratio
+
+
+@pytest.mark.slow
+def test_op_profile_over_ssh_ships_the_prefixes(sshd, harness_models, tmp_path, ssh_home):
+    workdir = tmp_path / "device-workdir"
+    profile = op_profile(
+        harness_models["int8"],
+        target=sshd.url(str(workdir)),
+        rounds=2,
+        runs=2,
+        min_secs=0,
+        python=sys.executable,
+        key=str(sshd.user_key),
+        known_hosts=str(sshd.known_hosts),
+    )
+    assert not profile.bench.emulated and profile.bench.target.startswith("ssh://")
+    ops = len(read_tflite(harness_models["int8"]).ops)
+    assert sorted(i for row in profile.rows for i in row.ops) == list(range(ops))
+    shipped = [p.name for p in workdir.iterdir() if "-prefix-" in p.name]
+    assert len(shipped) == len(profile.rows)
+
+
 def test_aggregate_takes_per_round_differences():
-    from tfedge.analyze.op_profile import OpGroup
+    from tfedge.analyze.op_profile import OpGroup, ProfileRow
 
     groups = [OpGroup("a", (0,), ("CONV_2D",)), OpGroup("b", (1, 2), ("ADD", "RELU"))]
     sweep = {"p50_us": [[100.0, 30.0, 90.0], [110.0, 40.0, 100.0], [100.0, 20.0, 100.0]]}
     profile = aggregate("m.tflite", groups, sweep)
     a, b = profile.rows
-    assert (a.p50_us, a.min_us, a.max_us) == (30.0, 20.0, 40.0)
-    assert (b.p50_us, b.min_us, b.max_us) == (60.0, 60.0, 80.0)
+    assert (a.p50_us, a.min_us, a.max_us, a.noise_us) == (30.0, 20.0, 40.0, 10.0)
+    assert (b.p50_us, b.min_us, b.max_us, b.noise_us) == (60.0, 60.0, 80.0, 0.0)
+    assert a.resolved and b.resolved
+    assert not ProfileRow("c", (3,), ("ADD",), (1.0, 5.0, -3.0), 0.0).resolved  # 1 ± 4
     assert profile.total_us == 100.0 and profile.sum_ratio == pytest.approx(0.9)
     assert [r.name for r in profile.sorted_rows()] == ["b", "a"]
     with pytest.raises(BenchError, match="expected 3"):

@@ -51,20 +51,37 @@ class OpGroup:
 
 @dataclass
 class ProfileRow:
-    """One group's time: p50 of its per-round differences, their spread, share of the model."""
+    """One group's time: its per-round differences, their p50 and spread, share of the model."""
 
     name: str
     ops: tuple[int, ...]
     op_types: tuple[str, ...]
-    p50_us: float
-    min_us: float
-    max_us: float
+    rounds_us: tuple[float, ...]  # t(prefix ending here) - t(previous prefix), per round
     share: float
 
     @property
+    def p50_us(self) -> float:
+        return statistics.median(self.rounds_us)
+
+    @property
+    def min_us(self) -> float:
+        return min(self.rounds_us)
+
+    @property
+    def max_us(self) -> float:
+        return max(self.rounds_us)
+
+    @property
     def noise_us(self) -> float:
-        """Half the range of this group's differences over the rounds."""
-        return (self.max_us - self.min_us) / 2.0
+        """The median distance of the rounds from their p50 (one disturbed round does not
+        count); ``min_us`` and ``max_us`` give the whole range."""
+        p50 = self.p50_us
+        return statistics.median(abs(value - p50) for value in self.rounds_us)
+
+    @property
+    def resolved(self) -> bool:
+        """Whether this group's time stands out of its noise (more than twice it)."""
+        return abs(self.p50_us) > 2 * self.noise_us
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,9 +89,11 @@ class ProfileRow:
             "ops": list(self.ops),
             "op_types": list(self.op_types),
             "p50_us": self.p50_us,
+            "rounds_us": list(self.rounds_us),
             "min_us": self.min_us,
             "max_us": self.max_us,
             "noise_us": self.noise_us,
+            "resolved": self.resolved,
             "share": self.share,
         }
 
@@ -298,43 +317,47 @@ def aggregate(
     total = statistics.median(r[0] for r in rounds)
     rows = []
     for k, group in enumerate(groups):
-        deltas = [r[k + 1] - (r[k] if k else 0.0) for r in rounds]
-        p50 = statistics.median(deltas)
-        rows.append(
-            ProfileRow(
-                group.name,
-                group.ops,
-                group.op_types,
-                p50,
-                min(deltas),
-                max(deltas),
-                p50 / total if total > 0 else float("nan"),
-            )
-        )
+        deltas = tuple(r[k + 1] - (r[k] if k else 0.0) for r in rounds)
+        share = statistics.median(deltas) / total if total > 0 else float("nan")
+        rows.append(ProfileRow(group.name, group.ops, group.op_types, deltas, share))
     return OpProfile(model, "ops" if per_op else "layers", len(rounds), rows, total, bench_result)
 
 
+SUM_TOLERANCE = 0.2  # the groups' sum this far off the whole model's time: not trustworthy
+
+
 def format_profile(profile: OpProfile, limit: int | None = None) -> str:
-    """The table: groups sorted by time, then the sum against the whole model and the noise."""
+    """The table: groups sorted by time (``~`` marks a time within its noise), then the sum
+    against the whole model and the noise."""
     rows = profile.sorted_rows()
     shown = rows[:limit] if limit else rows
-    width = max(
-        [len("LAYER" if profile.mode == "layers" else "OP LAYER")] + [len(r.name) for r in shown]
-    )
-    head = "LAYER" if profile.mode == "layers" else "OP LAYER"
-    lines = [f"{head:{width}}  {'OPS':>3}  {'MS P50':>8}  {'± MS':>7}  {'SHARE':>6}"]
+    layers = profile.mode == "layers"
+    head = "LAYER" if layers else "OP LAYER"
+    width = max([len(head)] + [len(r.name) for r in shown])
+    lines = [
+        f"{head:{width}}  {'OPS':>3}  {'MS P50':>8}  {'± MS':>7}  {'SHARE':>6}"
+        + ("  KINDS" if layers else "")
+    ]
     for r in shown:
+        mark = " " if r.resolved else "~"
+        kinds = "  " + ",".join(dict.fromkeys(r.op_types)) if layers else ""
         lines.append(
-            f"{r.name:{width}}  {len(r.ops):>3}  {r.p50_us / 1000:8.3f}  "
-            f"{r.noise_us / 1000:7.3f}  {r.share:6.1%}"
+            f"{r.name:{width}}  {len(r.ops):>3}  {mark}{r.p50_us / 1000:7.3f}  "
+            f"{r.noise_us / 1000:7.3f}  {r.share:6.1%}{kinds}"
         )
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} more")
     lines += [
-        f"sum {profile.sum_us / 1000:.3f} ms vs whole model {profile.total_us / 1000:.3f} ms "
-        f"({profile.sum_ratio:.0%}), p50 over {profile.rounds} rounds; noise ± "
-        f"{profile.noise_us / 1000:.3f} ms per row (half the range over the rounds)",
+        f"sum         {profile.sum_us / 1000:.3f} ms = {profile.sum_ratio:.0%} of the whole "
+        f"model's {profile.total_us / 1000:.3f} ms (p50s over {profile.rounds} rounds)",
+        f"noise       ± {profile.noise_us / 1000:.3f} ms per row (the rounds' median distance "
+        "from their p50); ~ marks a time within its noise",
     ]
+    if not abs(profile.sum_ratio - 1) <= SUM_TOLERANCE:
+        lines.append(
+            f"warning     the sum is {abs(profile.sum_ratio - 1):.0%} off the whole model's "
+            "time: rerun with more --rounds or --min-secs, on a quieter machine"
+        )
     return "\n".join(lines)
 
 

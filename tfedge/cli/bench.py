@@ -89,6 +89,12 @@ from tfedge.errors import UsageError
     "prefixes of the graph; --runs and --min-secs are split over the rounds.",
 )
 @click.option(
+    "--keras",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="--op-profile: the Keras model the .tflite came from (.keras, .h5), to name ops "
+    "after its layers exactly (its config is read as data, nothing is loaded).",
+)
+@click.option(
     "--rounds",
     type=click.IntRange(min=1),
     default=5,
@@ -114,6 +120,7 @@ def bench_cmd(
     known_hosts: str | None,
     timeout: float,
     op_profile: str | None,
+    keras: Path | None,
     rounds: int,
     as_json: bool,
 ) -> None:
@@ -145,6 +152,8 @@ def bench_cmd(
         key=key,
         known_hosts=known_hosts,
     )
+    if op_profile is None and keras is not None:
+        raise UsageError("--keras only applies with --op-profile", "add --op-profile")
     if op_profile is not None:
         _check_op_profile(inventory, compare)
     if inventory is not None:
@@ -157,7 +166,8 @@ def bench_cmd(
         )
     ssh_given = {k: v for k, v in ssh_options.items() if v}
     if op_profile is not None:
-        return _op_profile(model, target, op_profile == "ops", rounds, options, ssh_given, as_json)
+        per_op = op_profile == "ops"
+        return _op_profile(model, target, per_op, rounds, keras, options, ssh_given, as_json)
     result = bench(model, target=target, **options, **ssh_given)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_result(result))
     enforce_budgets(result)
@@ -172,15 +182,26 @@ def _check_op_profile(inventory: Path | None, compare: Path | None) -> None:
         )
 
 
-def _op_profile(model, target, per_op, rounds, options, ssh_given, as_json) -> None:
+def _op_profile(model, target, per_op, rounds, keras, options, ssh_given, as_json) -> None:
     from tfedge.analyze.op_profile import format_profile
     from tfedge.analyze.op_profile import op_profile as profile_ops
+    from tfedge.convert.keras_layers import keras_layers
 
     options = {k: v for k, v in options.items() if k != "compare"}
     # A normal bench's budget for each model, split over the rounds.
     options["runs"] = max(1, options["runs"] // rounds)
     options["min_secs"] = options["min_secs"] / rounds
-    result = profile_ops(model, target, per_op=per_op, rounds=rounds, **options, **ssh_given)
+    layers = keras_layers(keras) if keras is not None else None
+    if keras is not None and layers is None:
+        from tfedge.errors import ModelLoadError
+
+        raise ModelLoadError(
+            f"{keras} has no Keras layer names tfedge can read",
+            "pass the .keras or .h5 file the .tflite was converted from, or drop --keras",
+        )
+    result = profile_ops(
+        model, target, per_op=per_op, rounds=rounds, layers=layers, **options, **ssh_given
+    )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
