@@ -295,6 +295,8 @@ def _worker_main(settings: Settings) -> None:
     except TfedgeError as err:
         print(f"Error: worker {settings.worker}: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker: the parent reports it
+        sys.exit(130)
 
 
 def run_worker(settings: Settings) -> None:
@@ -380,10 +382,25 @@ class Objective:
         elapsed = time.time() - self.settings.started
         eta = f", ETA {elapsed / max(done, 1) * left / 60:.1f} min" if left else ""
         print(
-            f"trial {trial.number}: {describe_trial(trial)} [{done}/{self.settings.trials}{eta}]",
+            f"trial {trial.number}: {describe_trial(trial)} [{done}/{self.settings.trials} done, "
+            f"{_front_summary(study)}{eta}]",
             file=sys.stderr,
             flush=True,
         )
+
+
+def _front_summary(study) -> str:
+    """``front 3, best 97.2%`` (the feasible front so far)."""
+    from tfedge.search.pareto import pareto_front
+
+    front = pareto_front(rows(study))
+    if not front:
+        return "no trial within the budgets yet"
+    best = front[0]
+    score = (
+        f"{100 * best['accuracy']:.2f}%" if best["accuracy"] is not None else f"{best['score']:.4g}"
+    )
+    return f"front {len(front)}, best {score} (trial {best['number']})"
 
 
 def measured_before(study, sha: str) -> tuple[int, Measured] | None:
