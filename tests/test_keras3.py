@@ -157,6 +157,70 @@ def test_custom_layer_is_named(keras3):
         bridge_keras3_model(model)
 
 
+def _convnext_block(keras):
+    """ConvNeXt as ``keras.applications`` writes it: a patchify stem with LayerNormalization,
+    one block (grouped 7x7 convolution, LayerNormalization, Dense, GELU, Dense, ``LayerScale``,
+    identity, residual ``+``), then the downsampling LayerNormalization and strided conv."""
+    from keras.src.applications.convnext import LayerScale
+
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    h = L.Normalization(mean=[120.0, 115.0, 100.0], variance=[3000.0, 3000.0, 3000.0])(inp)
+    h = L.Conv2D(16, 2, strides=2, name="stem")(h)
+    h = L.LayerNormalization(epsilon=1e-6, name="stem_ln")(h)
+    x = L.Conv2D(16, 7, padding="same", groups=16, name="depthwise_conv")(h)
+    x = L.LayerNormalization(epsilon=1e-6, name="layernorm")(x)
+    x = L.Dense(64, name="pointwise_conv_1")(x)
+    x = L.Activation("gelu", name="gelu")(x)
+    x = L.Dense(16, name="pointwise_conv_2")(x)
+    x = LayerScale(1e-6, 16, name="layer_scale")(x)
+    h = h + L.Activation("linear", name="identity")(x)
+    h = L.LayerNormalization(epsilon=1e-6, name="down_ln")(h)
+    h = L.Conv2D(32, 2, strides=2, name="down")(h)
+    model = keras.Model(inp, L.Dense(4, name="logits")(L.GlobalAveragePooling2D()(h)))
+    gamma = np.linspace(0.2, 1.0, 16, dtype="float32")  # trained: not the 1e-6 start
+    model.get_layer("layer_scale").set_weights([gamma])
+    return model
+
+
+def test_convnext_layer_scale_bridges_to_a_registered_twin(keras3, tmp_path):
+    from tfedge._tf import import_keras
+
+    model3 = _convnext_block(keras3)
+    model2 = bridge_keras3_model(model3)  # verified on seeded inputs
+    twin = model2.get_layer("layer_scale")
+    assert type(twin).__name__ == "LayerScale" and type(twin).__module__.startswith("tfedge")
+    np.testing.assert_array_equal(twin.get_weights()[0], np.linspace(0.2, 1.0, 16, dtype="float32"))
+    model2.save(tmp_path / "tf_keras.keras")  # a later tfedge process loads it again
+    again = import_keras().models.load_model(tmp_path / "tf_keras.keras", compile=False)
+    x = np.random.default_rng(0).uniform(0, 255, size=(4, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(again(x), model3(x), rtol=1e-4, atol=1e-5)
+
+
+def test_convnext_block_qat_to_full_int8(keras3, tmp_path):
+    """LayerNormalization and LayerScale get their output quantized (the converter calibrates
+    the mean / variance / rsqrt ops inside the norm): no `unsupported: skip` needed."""
+    import collections
+
+    from tfedge.convert.tflite_model import read_tflite
+    from tfedge.passes import PassContext, TrainConfig, build_pass
+    from tfedge.passes.compat import qat_unsupported
+
+    model2 = bridge_keras3_model(_convnext_block(keras3))
+    assert qat_unsupported(model2) == []
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, size=(32, 8, 8, 3)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 127.5).astype("int64")
+    ctx = PassContext(x=x, y=y, train=TrainConfig(batch_size=32), seed=0)
+    result = build_pass("qat", {"epochs": 1}).apply(model2, ctx)
+    assert "quant_layer_scale" in {layer.name for layer in result.model.layers}
+    out = tmp_path / "convnext.tflite"
+    converted = tfedge.convert(result.model, out, calib=x, calib_samples=16, in_process=True)
+    assert converted.full_integer, converted.float_ops
+    ops = collections.Counter(op.name for op in read_tflite(out).ops)
+    assert ops["GELU"] == 1 and ops["RSQRT"] == 3 and ops["CONV_2D"] == 3, ops
+
+
 def _residual_mobilenet_like(keras):
     L = keras.layers
     inp = keras.Input((16, 16, 3), name="image")

@@ -111,17 +111,17 @@ def test_qat_lists_unsupported_layers_before_training_then_skips_them(ctx):
             k.layers.InputLayer(input_shape=(8, 8, 1)),
             k.layers.Flatten(name="flat"),
             k.layers.Dense(16, activation="relu", name="fc"),
-            k.layers.LayerNormalization(name="norm"),
+            k.layers.UnitNormalization(name="norm"),
             k.layers.Dense(10, name="out"),
         ]
     )
     with pytest.raises(
-        RecipeError, match=r"cannot quantize 1 layer\(s\): norm \(LayerNormalization\)"
+        RecipeError, match=r"cannot quantize 1 layer\(s\): norm \(UnitNormalization\)"
     ):
         build_pass("qat", {}).check(model, ctx)
     result = build_pass("qat", {"unsupported": "skip", "epochs": 1}).apply(model, ctx)
     assert result.quantize_wrapped and result.metrics["skipped_layers"] == [
-        "norm (LayerNormalization)"
+        "norm (UnitNormalization)"
     ]
 
 

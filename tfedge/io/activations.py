@@ -58,6 +58,9 @@ def register(tf_keras=None) -> None:
 
         tf_keras = import_keras()  # registers through this function
         return
+    from tfedge.io import keras3_layers
+
+    keras3_layers.register(tf_keras)  # and the layer twins (ConvNeXt's LayerScale)
     registered = tf_keras.saving.get_custom_objects()
     for full_name, fn in CUSTOM_ACTIVATIONS.items():
         if registered.get(full_name) is not fn:

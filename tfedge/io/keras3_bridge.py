@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tfedge.errors import ModelLoadError
-from tfedge.io import activations
+from tfedge.io import activations, keras3_layers
 from tfedge.io.flatten import AUGMENTATION_LAYERS
 
 SUPPORTED_LAYERS = frozenset(
@@ -173,6 +173,8 @@ def _untranslatable(model3, inside: str) -> list[str]:
         elif module == OPS_MODULE:
             if cls not in OP_LAYERS:
                 unknown.append(f"{op.name} (keras.ops {cls}){where}")
+        elif cls in keras3_layers.TWINS and module.startswith("keras"):
+            continue  # tfedge's tf_keras twin (ConvNeXt's LayerScale)
         elif cls not in SUPPORTED_LAYERS or not module.startswith("keras"):
             unknown.append(f"{op.name} ({cls}){where}")
     return unknown
@@ -236,9 +238,10 @@ def _layer_entry(entry: dict, k2) -> dict:
         return {"class_name": "Functional", "config": _functional_config(entry["config"], k2)}
     if cls_name == "Sequential":
         return {"class_name": "Sequential", "config": _sequential_config(entry["config"], k2)}
-    cls = getattr(k2.layers, cls_name)
+    twin = keras3_layers.twin_class(cls_name, k2)
+    cls = twin or getattr(k2.layers, cls_name)
     config = _layer_config(cls_name, entry["config"], cls, k2)
-    return {"class_name": cls_name, "config": config}
+    return {"class_name": keras3_layers.TWINS[cls_name] if twin else cls_name, "config": config}
 
 
 def _layer_config(cls_name: str, config: dict, cls, k2) -> dict:

@@ -3,8 +3,10 @@
 tfmot's 8-bit scheme has no rule for the layers today's architectures use: preprocessing
 (``Rescaling``, ``Normalization``, ``Resizing``, ``CenterCrop``), ``Multiply`` (squeeze-and-excite),
 hard-swish / hard-sigmoid activations and the ``TFOpLambda`` layers tf_keras's MobileNetV3 builds
-them from (``x + 3``, ``x * (1/6)``). tfedge gives those an output-only ``QuantizeConfig`` (the
-layer's output gets a fake-quant; TFLite runs it as an int8 op). Inside a hard-swish written
+them from (``x + 3``, ``x * (1/6)``), ConvNeXt's ``LayerNormalization`` and ``LayerScale``.
+tfedge gives those an output-only ``QuantizeConfig`` (the layer's output gets a fake-quant;
+TFLite runs it as int8 ops). ``AveragePooling2D`` gets none at all: TFLite's int8
+``AVERAGE_POOL_2D`` needs its input's scale at its output. Inside a hard-swish written
 out as ops (``x * relu6(x + 3) * (1/6)``) the three inner layers get a no-op config, so that the
 converter sees the whole pattern and fuses it into one int8 ``HARD_SWISH``.
 
@@ -42,7 +44,7 @@ FLOAT_ONLY_ACTIVATIONS = {
 }
 # Layers tfmot's 8-bit layout transform replaces (depthwise + pointwise) before quantizing.
 SPLIT_BY_TFMOT = frozenset({"SeparableConv2D", "SeparableConv1D"})
-# Layers with no weights whose output tfedge quantizes.
+# Layers whose output tfedge quantizes (their weights, if any, stay float in QAT).
 OUTPUT_LAYERS = frozenset(
     {
         "Rescaling",
@@ -54,6 +56,12 @@ OUTPUT_LAYERS = frozenset(
         "Maximum",
         "Minimum",
         "TfedgeScalarOp",
+        # ConvNeXt's x * gamma (tfedge.io.keras3_layers): gamma stays float in QAT and the
+        # converter quantizes it as the constant of an int8 MUL
+        "LayerScale",
+        # mean, variance, rsqrt, scale and shift: its output gets QAT's range, the converter
+        # calibrates the ops inside (each an int8 TFLite op)
+        "LayerNormalization",
     }
 )
 # Layers TFLite runs as one int8 op with the same scale in and out (``AVERAGE_POOL_2D``): tfmot
