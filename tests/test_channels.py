@@ -290,3 +290,152 @@ def test_sensitivity_of_dead_channels_is_zero_and_of_live_ones_is_not(seed) -> N
     assert half.macs == keras_macs(thinner) < keras_macs(model)
     assert 0 < stem.macs_share <= 1 and quarter.macs_fraction < half.macs_fraction < 1
     assert stem.to_json()["rows"][0]["channels"] == 8
+
+
+def _labelled(model, rng, n=160):
+    """Random inputs labelled by the model itself (every class the model predicts)."""
+    x = rng.normal(size=(n, 8, 8, 3)).astype(np.float32)
+    return x, model.predict(x, verbose=0).argmax(1).astype(np.int64)
+
+
+def test_target_macs_spreads_the_cut_by_sensitivity_and_lands_on_the_target(seed) -> None:
+    from tfedge.passes import PassContext, build_pass
+    from tfedge.passes.channels import keras_macs
+
+    rng = np.random.default_rng(seed)
+    model = bookkeeping_model(stem=32, branch=16, side=24, sep=16, head=16)
+    _randomise(model, rng)
+    x, y = _labelled(model, rng)
+    weights = [w.copy() for w in model.get_weights()]
+    options = {"target_macs": 0.5, "round_to": 2, "minimum": 2, "epochs": 0}
+    result = build_pass("channels", options).apply(model, PassContext(x=x, y=y))
+
+    reached = keras_macs(result.model) / keras_macs(model)
+    assert abs(reached - 0.5) <= 0.05 * 0.5, reached
+    metrics = result.metrics
+    assert metrics["target_macs"] == 0.5 and metrics["macs_fraction"] == round(reached, 4)
+    assert len(metrics["sensitivity"]) == 4  # every prunable group analysed
+    keeps = [g["keep"] for g in metrics["groups"] if "left_whole" not in g]
+    assert len(set(keeps)) > 1  # not one ratio everywhere
+    assert result.model.output_shape == model.output_shape
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights, strict=True))
+
+
+def test_bn_criterion_keeps_the_channels_with_the_largest_gamma() -> None:
+    from tfedge.passes.channel_graph import ChannelGraph
+    from tfedge.passes.channels import criterion_used, plan_keep
+
+    model = bookkeeping_model()
+    graph = ChannelGraph(model)
+    stem = _group_of(graph, "a")
+    gammas = {"a_bn": np.linspace(0.1, 1.6, 16), "b_bn": np.zeros(16)}
+    gammas["b_bn"][[0, 1]] = 5.0  # the shared channels 0 and 1 matter through b's BN
+    for name, gamma in gammas.items():
+        layer = model.get_layer(name)
+        weights = layer.get_weights()
+        weights[0] = -gamma.astype(np.float32)  # |gamma| counts, not its sign
+        layer.set_weights(weights)
+    for name in ("a", "b"):  # filter norms ranked the other way round
+        layer = model.get_layer(name)
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel * 0 + np.linspace(2, 1, 16, dtype=np.float32), bias])
+
+    plan = plan_keep(model, graph, 0.5, round_to=1, minimum=1, criterion="bn")
+
+    assert plan[stem.id] == [0, 1, 10, 11, 12, 13, 14, 15]
+    assert plan_keep(model, graph, 0.5, round_to=1, minimum=1)[stem.id] == list(range(8))
+    assert criterion_used(model, graph, stem, "bn") == "bn"
+    assert criterion_used(model, graph, _group_of(graph, "sep"), "bn") == "l1"  # no BN after
+
+
+def test_channels_pass_refuses_bad_targets_and_ratios(seed) -> None:
+    from tfedge.errors import RecipeError
+    from tfedge.passes import PassContext, build_pass
+
+    cases = [
+        ({"keep": 0.5, "target_macs": 0.5}, "keep and target_macs exclude each other"),
+        ({"ratios": {"fc": 1.5}}, r"ratios.fc = 1.5 is out of range"),
+        ({"ratios": {"fc": 0}}, r"ratios.fc = 0 is out of range"),
+        ({"target_macs": 0}, r"target_macs = 0 is out of range"),
+        ({"distill": True, "epochs": 0}, "distill needs training"),
+    ]
+    for options, message in cases:
+        with pytest.raises(RecipeError, match=message) as err:
+            build_pass("channels", options)
+        assert err.value.hint, options
+    model = bookkeeping_model()
+    x = np.zeros((4, 8, 8, 3), np.float32)
+    ctx = PassContext(x=x, y=np.zeros(4, np.int64))
+    checks = [
+        ({"ratios": {"fcc": 0.5}}, "ratios names no layer 'fcc'", "did you mean 'fc'"),
+        ({"ratios": {"a_bn": 0.5}}, "'a_bn' is a BatchNormalization", "DepthwiseConv2D"),
+        ({"ratios": {"out": 0.5}}, "the channels of 'out' cannot be removed", "model output"),
+        ({"ratios": {"a": 0.5, "b": 0.25}}, "'a' and 'b' share their channels", "same ratio"),
+        ({"target_macs": 0.01}, "target_macs 0.01 cannot be reached", "raise target_macs to"),
+    ]
+    for options, message, hint in checks:
+        with pytest.raises(RecipeError, match=message) as err:
+            build_pass("channels", options).check(model, ctx)
+        assert hint in err.value.hint, (options, err.value.hint)
+    regression = PassContext(x=x, y=np.zeros((4, 4), np.float32))
+    with pytest.raises(RecipeError, match="distill needs class labels"):
+        build_pass("channels", {"distill": True}).check(model, regression)
+
+
+def test_iterative_distilled_ratios_meet_the_target_and_keep_the_override(seed) -> None:
+    """steps: 2 with distill and bn: two removals, each fine-tuned against the unpruned model;
+    the layer given in ratios keeps its share, the others make up the MACs."""
+    from tfedge.passes import PassContext, build_pass
+    from tfedge.passes.channels import keras_macs
+
+    rng = np.random.default_rng(seed)
+    model = bookkeeping_model(stem=32, branch=16, side=24, sep=16, head=16)
+    _randomise(model, rng)
+    x, y = _labelled(model, rng)
+    options = {
+        "target_macs": 0.5,
+        "ratios": {"fc": 0.25},
+        "round_to": 2,
+        "minimum": 2,
+        "criterion": "bn",
+        "epochs": 1,
+        "distill": True,
+        "steps": 2,
+    }
+    result = build_pass("channels", options).apply(model, PassContext(x=x, y=y, seed=seed))
+
+    reached = keras_macs(result.model) / keras_macs(model)
+    assert abs(reached - 0.5) <= 0.05 * 0.5, reached
+    fc = next(g for g in result.metrics["groups"] if g["layers"] == ["fc"])
+    assert fc["channels_after"] == 4 and result.model.get_layer("fc").units == 4
+    assert result.metrics["steps"] == 2 and result.metrics["distilled"]
+    assert result.metrics["criterion"] == "bn"
+    sep = next(g for g in result.metrics["groups"] if g["layers"] == ["sep"])
+    assert sep["criterion"] == "l1"  # no BatchNormalization after it
+    assert np.isfinite(result.model.predict(x[:4], verbose=0)).all()
+
+
+def test_dry_run_plans_target_macs_and_ratios(seed) -> None:
+    """Without data the counts of target_macs wait for the run; with data they are the
+    sensitivity's, and the planned model meets the target; ratios are planned either way."""
+    from tfedge.optimize.plan import _plan_channels
+    from tfedge.passes import PassContext, build_pass
+    from tfedge.passes.channels import keras_macs
+
+    rng = np.random.default_rng(seed)
+    model = bookkeeping_model(stem=32, branch=16, side=24, sep=16, head=16)
+    _randomise(model, rng)
+    options = {"target_macs": 0.5, "ratios": {"fc": 0.25}, "round_to": 2, "minimum": 2}
+    p = build_pass("channels", options)
+    empty = PassContext(x=np.zeros((0, 8, 8, 3), np.float32), y=np.zeros(0, np.int64))
+    plan, planned = _plan_channels(p, model, empty, ())
+    reasons = {note.layer: note.reason for note in plan.touch}
+    assert reasons["fc"] == "16 -> 4 channels"
+    assert reasons["sep"] == "16 channels: count chosen at run time"
+    assert any("at run time by sensitivity" in note for note in plan.notes)
+
+    x, y = _labelled(model, rng, 64)
+    plan, planned = _plan_channels(p, model, PassContext(x=x, y=y), ())
+    assert any("chosen by sensitivity on the data" in note for note in plan.notes)
+    assert abs(keras_macs(planned) / keras_macs(model) - 0.5) <= 0.025
+    assert planned.get_layer("fc").units == 4

@@ -367,25 +367,56 @@ def _plan_distill(p, model, ctx, applied):
 
 
 def _plan_channels(p, model, ctx, applied):
+    from tfedge.io.data import num_samples
     from tfedge.passes.channel_graph import ChannelGraph
-    from tfedge.passes.channels import keras_macs, plan_keep, prune_channels
+    from tfedge.passes.channels import keras_macs, plan_counts, prune_channels
 
     p.check(model, ctx)  # as the run: a model with nothing to remove is its RecipeError
     graph = ChannelGraph(model)
-    keep = plan_keep(model, graph, p.keep, p.round_to, p.minimum, p.criterion)
+    by_data = p.target_macs is not None
+    on_data = by_data and num_samples(ctx.x) > 0  # the sensitivity, on the training data
+    if by_data and not on_data:
+        counts = _fixed_counts(p, model, graph)
+    else:  # the whole target in one step, as the last step of the run reaches it
+        sizes = {g.id: g.size for g in graph.groups}
+        counts, _ = p.step_counts(model, graph, ctx, sizes, keras_macs(model), p.steps)
+    keep = plan_counts(model, graph, counts, p.criterion)
     touch, skip = [], []
     for group in graph.groups:
         for name in group.members:
             layer = model.get_layer(name)
             if group.id in keep:
                 touch.append(_note(layer, f"{group.size} -> {len(keep[group.id])} channels"))
+            elif group.prunable and by_data and not on_data:
+                touch.append(_note(layer, f"{group.size} channels: count chosen at run time"))
             elif group.prunable:
-                skip.append(_note(layer, f"{group.size} channels: at the minimum already"))
+                whole = "left whole by the MACs target" if by_data else "at the minimum already"
+                skip.append(_note(layer, f"{group.size} channels: {whole}"))
             else:
                 skip.append(_note(layer, "; ".join(group.reasons)))
     thinner = prune_channels(model, keep, graph)
     notes = [f"MACs {keras_macs(model):,} -> {keras_macs(thinner):,} (before fine-tuning)"]
+    if on_data:
+        notes.append(f"target_macs {p.target_macs:g}: counts chosen by sensitivity on the data")
+    elif by_data:
+        notes.append(
+            f"target_macs {p.target_macs:g}: counts chosen at run time by sensitivity on the "
+            "data (give --data to see them)"
+        )
+    if p.steps > 1:
+        notes.append(f"in {p.steps} steps, fine-tuned after each")
     return PassPlan(0, "channels", {}, touch, skip, notes), thinner
+
+
+def _fixed_counts(p, model, graph) -> dict[int, int]:
+    """The channel counts of the groups named in the pass's ``ratios``."""
+    from tfedge.passes.channels import kept_count
+
+    sizes = {g.id: g.size for g in graph.groups}
+    return {
+        g: kept_count(sizes[g], ratio, p.round_to, p.minimum)
+        for g, ratio in p.fixed_ratios(model, graph).items()
+    }
 
 
 def _plan_other(p, model, ctx, applied):

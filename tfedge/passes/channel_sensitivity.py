@@ -31,6 +31,7 @@ from tfedge.errors import RecipeError
 from tfedge.passes.channel_graph import ChannelGraph, ChannelGroup
 from tfedge.passes.channels import (
     MAC_LAYERS,
+    MACS_TOLERANCE,
     MacCounter,
     allowed_counts,
     criterion_used,
@@ -41,7 +42,6 @@ from tfedge.passes.channels import (
 from tfedge.passes.sensitivity import drop_of, score
 
 MAX_SAMPLES = 512  # samples the analysis scores on, at most
-TOLERANCE = 0.05  # a MACs target is met within this share of it
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ def plan_macs_target(
     fixed: Mapping[int, int] | None = None,
 ) -> dict[int, int]:
     """``{group: channels kept}`` so that the model keeps ``target`` of its MACs (within
-    ``TOLERANCE`` where the channel steps allow): the groups in ``fixed`` keep their count,
+    ``MACS_TOLERANCE`` where the channel steps allow): the groups in ``fixed`` keep their count,
     the others analysed in ``table`` are thinned greedily, the cheapest step (least drop per
     MAC saved) first. RecipeError when even every group at its minimum keeps more."""
     fixed = dict(fixed or {})
@@ -260,7 +260,7 @@ def plan_macs_target(
         return counter.macs({gid: orders[gid][:n].tolist() for gid, n in chosen.items()})
 
     lowest = macs_of({**counts, **{gid: options[0] for gid, options in steps.items()}})
-    if lowest > goal * (1 + TOLERANCE):
+    if lowest > goal * (1 + MACS_TOLERANCE):
         raise RecipeError(
             f"channels: target_macs {target:g} cannot be reached: with every group at its "
             f"minimum the model keeps {lowest / base:.3f} of its MACs",
@@ -282,8 +282,8 @@ def plan_macs_target(
             moves.append(((max(cost, 0.0) + 1e-9) / saved, gid, smaller[-1], after))
         if not moves:
             break
-        landing = [m for m in moves if m[3] >= goal * (1 - TOLERANCE)]
-        if not landing and now <= goal * (1 + TOLERANCE):
+        landing = [m for m in moves if m[3] >= goal * (1 - MACS_TOLERANCE)]
+        if not landing and now <= goal * (1 + MACS_TOLERANCE):
             break  # close enough: any further step would overshoot
         _, gid, count, now = min(landing) if landing else max(moves, key=lambda m: m[3])
         counts[gid] = count

@@ -22,17 +22,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from tfedge.config import did_you_mean
 from tfedge.errors import RecipeError
 from tfedge.passes.base import OptionalRate, PassConfig, PassResult
 from tfedge.passes.channel_graph import ChannelGraph, ChannelGroup
 from tfedge.passes.rebuild import from_config, layer_entry, model_config
 
 _CRITERIA = ("l1", "l2", "bn")
+MACS_TOLERANCE = 0.05  # a MACs target is met within this share of it
 
 
 def prune_channels(model, keep: Mapping[int, Iterable[int]], graph: ChannelGraph | None = None):
@@ -157,9 +159,19 @@ def _bn_after(model, graph: ChannelGraph, group: ChannelGroup) -> dict[str, str]
         if type(layer).__name__ != "BatchNormalization" or not layer.scale:
             continue
         for member in group.members:
-            if ins and ins[0] == graph.producers[member]:
+            if _reads(layer, member) and ins and ins[0] == graph.producers[member]:
                 found[member] = name
     return found
+
+
+def _reads(layer, name: str) -> bool:
+    """Whether ``layer`` is called on the output of the layer ``name`` itself."""
+    nodes = getattr(layer, "inbound_nodes", None) or getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1:
+        return False
+    inbound = nodes[0].inbound_layers
+    inbound = inbound if isinstance(inbound, (list, tuple)) else [inbound]
+    return [getattr(other, "name", None) for other in inbound] == [name]
 
 
 def _bn_scores(model, graph: ChannelGraph, group: ChannelGroup) -> np.ndarray | None:
@@ -293,25 +305,56 @@ class Channels(PassConfig):
     """Remove whole output channels (filters, units) and fine-tune the thinner model.
 
     Args:
-        keep: share of each prunable group's channels to keep, in (0, 1].
+        keep: share of each prunable group's channels to keep, in (0, 1] (default 0.5 when
+            neither keep nor target_macs is given).
+        target_macs: share of the model's MACs to keep, in (0, 1]; the channels to remove are
+            spread over the groups by the sensitivity analysis on the held-out training data.
+        ratios: ``{layer: keep}`` per-layer shares overriding keep / target_macs for the
+            layer's group.
         round_to: channel counts are rounded up to a multiple of this (8: the int8 kernels'
             SIMD width).
         minimum: no group keeps fewer channels than this.
         criterion: importance of a channel: l1 or l2 norm of its filters (summed over the
-            layers that share it).
-        epochs: fine-tuning epochs after the removal (0: none).
+            layers that share it), or bn: |gamma| of the BatchNormalization after them (l1
+            where there is none).
+        epochs: fine-tuning epochs after each removal step (0: none).
         learning_rate: defaults to ``train.learning_rate``.
+        distill: fine-tune by distillation from the unpruned model (classification only).
+        steps: reach the target in this many equal steps, fine-tuning after each.
     """
 
     pass_name: ClassVar[str] = "channels"
-    guard_hint: ClassVar[str] = "raise keep, add epochs, or raise minimum"
+    guard_hint: ClassVar[str] = "raise keep or target_macs, add epochs, or raise minimum"
 
-    keep: float = Field(default=0.5, gt=0, le=1)
+    keep: float | None = Field(default=None, gt=0, le=1)
+    target_macs: float | None = Field(default=None, gt=0, le=1)
+    ratios: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=dict)
     round_to: int = Field(default=8, ge=1, le=1024)
     minimum: int = Field(default=8, ge=1, le=1 << 16)
-    criterion: Literal["l1", "l2"] = "l1"
+    criterion: Literal["l1", "l2", "bn"] = "l1"
     epochs: int = Field(default=2, ge=0, le=1000)
     learning_rate: OptionalRate = None
+    distill: bool = False
+    steps: int = Field(default=1, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Channels:
+        if self.keep is not None and self.target_macs is not None:
+            raise ValueError(
+                "keep and target_macs exclude each other (hint: give keep, the share of "
+                "channels, or target_macs, the share of MACs)"
+            )
+        if self.distill and self.epochs == 0:
+            raise ValueError("distill needs training (hint: set epochs to 1 or more)")
+        return self
+
+    @property
+    def keep_ratio(self) -> float:
+        return 0.5 if self.keep is None else self.keep
+
+    @property
+    def _rounding(self) -> tuple[int, int]:
+        return self.round_to, self.minimum
 
     def check(self, model, ctx) -> None:
         graph = ChannelGraph(model)
@@ -321,40 +364,200 @@ class Channels(PassConfig):
                 f"every group reaches a model output or a layer the pass cannot follow: "
                 f"{_blocked(graph)}",
             )
+        fixed = self.fixed_ratios(model, graph)
+        if self.distill and not ctx.classification:
+            raise RecipeError(
+                f"{self.where}: distill needs class labels (integer y)",
+                "drop distill: true for a regression model",
+            )
+        if self.target_macs is not None:
+            counts = {
+                g: kept_count(_size(graph, g), r, self.round_to, self.minimum)
+                for g, r in fixed.items()
+            }
+            lowest = lowest_macs_fraction(
+                model, graph, self.round_to, self.minimum, counts, self.criterion
+            )
+            if lowest > self.target_macs * (1 + MACS_TOLERANCE):
+                raise RecipeError(
+                    f"{self.where}: target_macs {self.target_macs:g} cannot be reached: with "
+                    f"every group at its minimum the model keeps {lowest:.3f} of its MACs",
+                    f"raise target_macs to {math.ceil(lowest * 1000) / 1000:g} or more, or "
+                    "lower minimum / round_to",
+                )
+
+    def fixed_ratios(self, model, graph: ChannelGraph) -> dict[int, float]:
+        """``{group: keep}`` from ``ratios``; RecipeError for a name that names no layer, a
+        layer without channels of its own, one the pass must leave whole, or two layers of a
+        group asking for different ratios."""
+        names = [layer.name for layer in model.layers]
+        fixed: dict[int, float] = {}
+        named: dict[int, str] = {}
+        for name, ratio in self.ratios.items():
+            if name not in names:
+                raise RecipeError(
+                    f"{self.where}: ratios names no layer '{name}'",
+                    did_you_mean(name, names, "layers"),
+                )
+            group = next((g for g in graph.groups if name in g.members), None)
+            if group is None:
+                kind = type(model.get_layer(name)).__name__
+                raise RecipeError(
+                    f"{self.where}: ratios: '{name}' is a {kind}, it has no output channels "
+                    "of its own",
+                    "name a Conv1D, Conv2D, SeparableConv2D or Dense layer (DepthwiseConv2D "
+                    "and BatchNormalization follow their input's channels)",
+                )
+            if not group.prunable:
+                raise RecipeError(
+                    f"{self.where}: ratios: the channels of '{name}' cannot be removed",
+                    "; ".join(group.reasons),
+                )
+            if group.id in fixed and fixed[group.id] != ratio:
+                raise RecipeError(
+                    f"{self.where}: ratios: '{named[group.id]}' and '{name}' share their "
+                    f"channels but ask for {fixed[group.id]:g} and {ratio:g}",
+                    "give them the same ratio, or name only one of them",
+                )
+            fixed[group.id], named[group.id] = ratio, name
+        return fixed
 
     def apply(self, model, ctx) -> PassResult:
         self.check(model, ctx)
         graph = ChannelGraph(model)
-        plan = plan_keep(model, graph, self.keep, self.round_to, self.minimum, self.criterion)
-        thinner = prune_channels(model, plan, graph)
-        if plan and self.epochs:
-            ctx.compile(thinner, learning_rate=self.learning_rate)
-            ctx.fit(thinner, self.epochs, "channels")
-        return PassResult(thinner, _metrics(model, thinner, graph, plan))
+        original = {g.id: g.size for g in graph.groups}
+        base_macs = keras_macs(model)
+        current, sizes, tables = model, dict(original), []
+        for step in range(1, self.steps + 1):
+            step_graph = graph if current is model else ChannelGraph(current)
+            counts, table = self.step_counts(current, step_graph, ctx, original, base_macs, step)
+            tables.append(table)
+            plan = plan_counts(current, step_graph, counts, self.criterion)
+            current = prune_channels(current, plan, step_graph)
+            sizes.update({g: len(kept) for g, kept in plan.items()})
+            if plan and self.epochs:
+                self._fine_tune(model, current, ctx, step)
+        return PassResult(current, self._metrics(model, current, graph, sizes, tables))
+
+    def step_counts(
+        self,
+        model,
+        graph: ChannelGraph,
+        ctx,
+        original: Mapping[int, int],
+        base_macs: int,
+        step: int,
+    ) -> tuple[dict[int, int], list]:
+        """``{group: channels kept}`` after ``step`` of ``steps`` (a share ``step / steps`` of
+        the way from the whole model to the target), for ``model`` as it is before the step
+        (its groups had ``original`` sizes in the incoming model, which had ``base_macs``),
+        and the sensitivity table the target was spread with ([] for keep)."""
+        share = step / self.steps
+
+        def count(group: ChannelGroup, ratio: float) -> int:
+            wanted = kept_count(original[group.id], 1 - (1 - ratio) * share, *self._rounding)
+            return min(group.size, wanted)
+
+        fixed = self.fixed_ratios(model, graph)
+        counts = {g.id: count(g, fixed[g.id]) for g in graph.groups if g.id in fixed}
+        if self.target_macs is None:
+            for group in graph.groups:
+                if group.prunable and group.id not in counts:
+                    counts[group.id] = count(group, self.keep_ratio)
+            return counts, []
+        from tfedge.passes.channel_sensitivity import channel_sensitivity, plan_macs_target
+        from tfedge.passes.low_rank import held_out
+
+        free = [g.id for g in graph.groups if g.prunable and g.id not in counts]
+        x, y = held_out(ctx, model)
+        table = channel_sensitivity(
+            model,
+            graph,
+            x,
+            y,
+            criterion=self.criterion,
+            round_to=self.round_to,
+            minimum=self.minimum,
+            groups=free,
+        )
+        goal = (1 - (1 - self.target_macs) * share) * base_macs / max(keras_macs(model), 1)
+        counts = plan_macs_target(
+            model,
+            graph,
+            table,
+            min(goal, 1.0),
+            self.round_to,
+            self.minimum,
+            self.criterion,
+            counts,
+        )
+        return counts, table
+
+    def _metrics(self, model, thinner, graph: ChannelGraph, sizes: dict, tables: list) -> dict:
+        groups: list[dict] = []
+        for group in graph.groups:
+            row = {"layers": list(group.members), "channels_before": group.size}
+            row["channels_after"] = sizes[group.id]
+            row["keep"] = round(sizes[group.id] / group.size, 4)
+            if not group.prunable:
+                row["left_whole"] = "; ".join(group.reasons)
+            elif self.criterion == "bn":
+                row["criterion"] = criterion_used(model, graph, group, "bn")
+            groups.append(row)
+        macs_before, macs_after = keras_macs(model), keras_macs(thinner)
+        metrics = {
+            "groups": groups,
+            "groups_pruned": sum(sizes[g.id] < g.size for g in graph.groups),
+            "params_before": int(model.count_params()),
+            "params_after": int(thinner.count_params()),
+            "macs_before": macs_before,
+            "macs_after": macs_after,
+            "macs_fraction": round(macs_after / max(macs_before, 1), 4),
+            "criterion": self.criterion,
+            "steps": self.steps,
+            "distilled": self.distill,
+        }
+        if self.target_macs is not None:
+            metrics["target_macs"] = self.target_macs
+            metrics["sensitivity"] = [s.to_json() for s in tables[0]]
+        return metrics
+
+    def _fine_tune(self, teacher, student, ctx, step: int) -> None:
+        stage = "channels" if self.steps == 1 else f"channels step {step}"
+        if self.distill:
+            from tfedge.passes.distill import Distill
+
+            trainer = Distill(epochs=self.epochs, learning_rate=self.learning_rate)
+            trainer.train(teacher, student, ctx)
+            return
+        ctx.compile(student, learning_rate=self.learning_rate)
+        ctx.fit(student, self.epochs, stage)
+
+
+def _size(graph: ChannelGraph, group_id: int) -> int:
+    return next(g.size for g in graph.groups if g.id == group_id)
+
+
+def lowest_macs_fraction(
+    model,
+    graph: ChannelGraph,
+    round_to: int,
+    minimum: int,
+    fixed: Mapping[int, int],
+    criterion: str = "l1",
+) -> float:
+    """The share of its MACs ``model`` keeps with every prunable group outside ``fixed`` at
+    its smallest allowed count (the groups in ``fixed`` at theirs)."""
+    counts = {
+        g.id: allowed_counts(g.size, round_to, minimum)[0] for g in graph.groups if g.prunable
+    }
+    counts.update(fixed)
+    counter = MacCounter(model, graph)
+    plan = plan_counts(model, graph, counts, criterion)
+    return counter.macs(plan) / max(counter.macs({}), 1)
 
 
 def _blocked(graph: ChannelGraph, shown: int = 3) -> str:
     reasons = [reason for group in graph.groups for reason in group.reasons]
     more = f" (and {len(reasons) - shown} more)" if len(reasons) > shown else ""
     return "; ".join(reasons[:shown]) + more
-
-
-def _metrics(model, thinner, graph: ChannelGraph, plan: dict[int, list[int]]) -> dict:
-    groups: list[dict] = []
-    pruned = 0
-    for group in graph.groups:
-        kept = len(plan.get(group.id, range(group.size)))
-        pruned += kept < group.size
-        row = {"layers": list(group.members), "channels_before": group.size}
-        row["channels_after"] = kept
-        if not group.prunable:
-            row["left_whole"] = "; ".join(group.reasons)
-        groups.append(row)
-    return {
-        "groups": groups,
-        "groups_pruned": pruned,
-        "params_before": int(model.count_params()),
-        "params_after": int(thinner.count_params()),
-        "macs_before": keras_macs(model),
-        "macs_after": keras_macs(thinner),
-    }
