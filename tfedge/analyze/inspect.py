@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.analyze.memory import plan_memory
-from tfedge.convert.tflite_model import Op, Tensor, TfliteModel, read_tflite
+from tfedge.convert.sparse import SparseCheck, check_model
+from tfedge.convert.tflite_model import (
+    Op,
+    SparseSummary,
+    Tensor,
+    TfliteModel,
+    read_tflite,
+    sparse_summary,
+)
 from tfedge.convert.verify import FloatOp, find_float_ops
 from tfedge.errors import TfedgeError
 from tfedge.io.models import detect_format, load_keras_model, trusting
@@ -78,6 +86,10 @@ class TfliteReport:
     arena_bytes: int = 0
     activation_peak_bytes: int = 0
     weights_bytes: int = 0
+    # weights stored sparse (convert --sparse): stored vs dense bytes, density; and whether
+    # the model matches XNNPACK's sparse inference pattern (float models and sparse ones)
+    sparse_tensors: list[SparseSummary] = field(default_factory=list)
+    xnnpack_sparse: SparseCheck | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,6 +141,8 @@ def inspect_tflite(path: str | Path) -> TfliteReport:
     model = read_tflite(path)
     float_ops = find_float_ops(model)
     memory = plan_memory(model)
+    float_model = not any(t.dtype in INTEGER_ACTIVATIONS for op in model.ops for t in op.outputs)
+    sparse = [sparse_summary(t) for t in model.tensors if t.sparsity is not None]
     return TfliteReport(
         path=str(path),
         format="tflite",
@@ -142,10 +156,12 @@ def inspect_tflite(path: str | Path) -> TfliteReport:
         macs=sum(estimate_macs(op) for op in model.ops),
         min_runtime_version=model.min_runtime_version,
         parameters=count_parameters(model),
-        float_model=not any(t.dtype in INTEGER_ACTIVATIONS for op in model.ops for t in op.outputs),
+        float_model=float_model,
         arena_bytes=memory.arena_bytes,
         activation_peak_bytes=memory.activation_peak_bytes,
         weights_bytes=memory.weights_bytes,
+        sparse_tensors=sparse,
+        xnnpack_sparse=check_model(model) if sparse or float_model else None,
     )
 
 
@@ -181,9 +197,10 @@ def count_parameters(model: TfliteModel) -> int:
     every conversion. Integer constants that are not biases (shapes, axes, paddings) are left
     out. A constant counts once per op that reads it: the float converter shares one tensor
     between equal constants (the zero biases of an untrained network), which the int8 one
-    keeps apart (each with its own scale)."""
+    keeps apart (each with its own scale). A sparse-stored weight counts its dense shape (the
+    DENSIFY op reads it), so ``--sparse`` changes the file's size, not the parameters."""
     return sum(
-        int(t.data.size)
+        t.size
         for op in model.ops
         for position, t in enumerate(op.inputs)
         if t.data is not None and _is_parameter(op, position, t)

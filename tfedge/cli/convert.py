@@ -49,6 +49,14 @@ FLOAT_OPS_SHOWN = 10  # per-op lines printed for a full-integer conversion that 
         "layers (LSTM, GRU, ...), else dynamic]."
     ),
 )
+@click.option(
+    "--sparse",
+    is_flag=True,
+    help=(
+        "Store weights with enough zeros sparse (--quant none or float16), the format "
+        "XNNPACK's sparse float kernels read; says whether the model matches their pattern."
+    ),
+)
 @trust_model_option
 @profile_option
 @json_option
@@ -62,6 +70,7 @@ def convert_cmd(
     seed,
     allow_float_ops,
     batch_size,
+    sparse,
     trust_model,
     profile,
     as_json,
@@ -91,6 +100,7 @@ def convert_cmd(
         progress=progress_wanted(as_json),
         trust_model=trust_model,
         batch_size=batch_size,
+        sparse=sparse,
     )
     if as_json:
         echo_json(result.to_dict())
@@ -101,6 +111,20 @@ def convert_cmd(
     )
     for line in float_op_lines(result.float_ops, _integer_asked(result)):
         click.echo(f"  {line}")
+    if result.sparse:
+        for line in sparse_lines(result.sparse_tensors, result.xnnpack_sparse):
+            click.echo(f"  {line}")
+
+
+def sparse_lines(sparse_tensors: int, check) -> list[str]:
+    """What ``--sparse`` did, and XNNPACK's verdict on the result (``inspect`` prints it too)."""
+    lines = [
+        f"sparse: {sparse_tensors} weight tensor{'s' if sparse_tensors != 1 else ''} "
+        "stored sparse (the converter stores a tensor sparse only when enough of it is zero)"
+    ]
+    if check is not None:
+        lines.append(check.describe())
+    return lines
 
 
 def _integer_asked(result) -> bool:

@@ -99,6 +99,7 @@ def _print_tflite(r) -> None:
                 f"{kind}: {t.name} {tuple(t.shape)} {t.dtype} "
                 f"scale={t.scale} zero_point={t.zero_point}"
             )
+    _print_sparse(r)
     if r.full_integer:
         click.echo("full-integer: yes")
         return
@@ -107,6 +108,33 @@ def _print_tflite(r) -> None:
     click.echo("full-integer: no, a float model" if r.float_model else "full-integer: NO")
     for line in float_op_lines(r.float_ops, integer_asked=not r.float_model):
         click.echo(f"  {line}")
+
+
+def _print_sparse(r) -> None:
+    """Sparse-stored weights (``convert --sparse``) and XNNPACK's verdict on them."""
+    if not getattr(r, "sparse_tensors", None):
+        return
+    click.echo(
+        f"sparse tensors: {len(r.sparse_tensors)} (parameters count them dense; "
+        "density = non-zeros / dense size)"
+    )
+    echo_table(
+        ["tensor", "shape", "dtype", "stored bytes", "dense bytes", "density", "encoding"],
+        [
+            [
+                s.name,
+                "x".join(map(str, s.shape)),
+                s.dtype,
+                s.stored_bytes,
+                s.dense_bytes,
+                f"{100 * s.density:.1f}%",
+                s.encoding,
+            ]
+            for s in r.sparse_tensors
+        ],
+    )
+    if r.xnnpack_sparse is not None:
+        click.echo(r.xnnpack_sparse.describe())
 
 
 def _print_keras(r) -> None:

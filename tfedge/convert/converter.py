@@ -28,6 +28,7 @@ import numpy as np
 from tfedge import errors
 from tfedge.convert.keras_layers import keras_layers
 from tfedge.convert.layer_names import KerasLayers
+from tfedge.convert.sparse import SparseCheck, check_model
 from tfedge.convert.tflite_model import read_tflite
 from tfedge.convert.verify import FloatOp, find_float_ops, float_io
 from tfedge.errors import ConversionError, UsageError, VerificationError
@@ -38,6 +39,7 @@ from tfedge.io.models import check_model_safe, detect_format, trusting
 QUANT_MODES = ("int8", "int16x8", "float16", "dynamic", "none")
 IO_TYPES = ("int8", "uint8", "int16", "float32")
 FULL_INTEGER_MODES = ("int8", "int16x8")
+SPARSE_MODES = ("none", "float16")  # --sparse: XNNPACK's sparse kernels are float-only
 DEFAULT_IO = {
     "int8": "int8",
     "int16x8": "int16",
@@ -61,6 +63,9 @@ class ConvertResult:
     calib_samples: int = 0
     seconds: float = 0.0
     keras: str = ""
+    sparse: bool = False  # --sparse was asked
+    sparse_tensors: int = 0  # weight tensors the converter stored sparse
+    xnnpack_sparse: SparseCheck | None = None  # with --sparse: XNNPACK's sparse pattern
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +86,7 @@ def convert(
     in_process: bool = False,
     trust_model: bool = False,
     batch_size: int | None = None,
+    sparse: bool = False,
 ) -> ConvertResult:
     """Convert ``model`` to TFLite at ``output`` and verify it.
 
@@ -105,6 +111,10 @@ def convert(
         batch_size: convert from a signature with this fixed batch size. By default a model
             with recurrent layers (LSTM, GRU, ...) converts with batch size 1 (the converter
             cannot size their time loop otherwise) and any other model keeps a dynamic batch.
+        sparse: store weights with enough zeros sparse (the converter's EXPERIMENTAL_SPARSITY,
+            the format XNNPACK's sparse float kernels read); ``quant`` none or float16 only.
+            The result counts the sparse tensors and says whether the model matches
+            XNNPACK's sparse pattern (``tfedge.convert.sparse``).
 
     Returns:
         ConvertResult.
@@ -126,6 +136,7 @@ def convert(
             progress,
             in_process,
             batch_size,
+            sparse,
         )
 
 
@@ -142,9 +153,11 @@ def _convert(
     progress: bool,
     in_process: bool,
     batch_size: int | None,
+    sparse: bool = False,
 ) -> ConvertResult:
     started = time.perf_counter()
     io = _check_options(quant, io, calib, calib_samples)
+    _check_sparse(sparse, quant)
     if batch_size is not None and batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}", "try --batch-size 1")
     check_not_input(output, [model, calib if quant in FULL_INTEGER_MODES else None])
@@ -156,11 +169,12 @@ def _convert(
         atomic_path(output) as tmp_out,
     ):
         if in_process:
-            keras = _convert_here(model, tmp_out, quant, io, samples, batch_size)
+            keras = _convert_here(model, tmp_out, quant, io, samples, batch_size, sparse)
         else:
             source, keras = _model_source(model, Path(work), batch_size, quant)
             job = _job(source, tmp_out, quant, io, samples, Path(work), progress)
             job["batch_size"] = batch_size
+            job["sparse"] = sparse
             _run_worker(job, Path(work))
         report = read_tflite(tmp_out)
         float_ops = verify_converted(
@@ -176,7 +190,19 @@ def _convert(
         calib_samples=0 if samples is None else num_samples(samples),
         seconds=round(time.perf_counter() - started, 3),
         keras=keras,
+        sparse=sparse,
+        sparse_tensors=sum(1 for t in report.tensors if t.sparsity is not None),
+        xnnpack_sparse=check_model(report) if sparse else None,
     )
+
+
+def _check_sparse(sparse: bool, quant: str) -> None:
+    if sparse and quant not in SPARSE_MODES:
+        raise UsageError(
+            f"--sparse applies to float models, not --quant {quant}",
+            "convert with --quant none or --quant float16 (XNNPACK's sparse kernels are "
+            "float-only), or drop --sparse",
+        )
 
 
 def _check_options(quant: str, io: str | None, calib, calib_samples: int) -> str:
@@ -260,7 +286,9 @@ def _model_source(
     return str(path), "2"
 
 
-def _convert_here(model, out: Path, quant: str, io: str, samples, batch_size=None) -> str:
+def _convert_here(
+    model, out: Path, quant: str, io: str, samples, batch_size=None, sparse: bool = False
+) -> str:
     """Convert here (see ``convert(in_process=True)``); returns the model's Keras major version."""
     from tfedge.convert.worker import convert_model, converter_error
 
@@ -275,7 +303,9 @@ def _convert_here(model, out: Path, quant: str, io: str, samples, batch_size=Non
     else:
         keras = "3" if type(model).__module__.split(".")[0] == "keras" else "2"
     try:
-        flatbuffer, _ = convert_model(model, quant, io, samples, batch_size=batch_size)
+        flatbuffer, _ = convert_model(
+            model, quant, io, samples, batch_size=batch_size, sparse=sparse
+        )
     except errors.TfedgeError:
         raise
     except Exception as exc:  # the converter's own errors: keep the useful line

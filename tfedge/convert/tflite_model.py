@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
@@ -57,7 +57,8 @@ class Tensor:
     scale: list[float] = field(default_factory=list)
     zero_point: list[int] = field(default_factory=list)
     quantized_dimension: int = 0
-    data: np.ndarray | None = None  # constant tensors only
+    data: np.ndarray | None = None  # constant tensors only; a sparse one's stored values (1-D)
+    sparsity: Sparsity | None = None  # stored sparse (the converter's EXPERIMENTAL_SPARSITY)
 
     @property
     def is_constant(self) -> bool:
@@ -65,7 +66,137 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
+        """Bytes the file stores for this tensor (a sparse one's values, not its dense size)."""
         return 0 if self.data is None else int(self.data.nbytes)
+
+    @property
+    def size(self) -> int:
+        """Elements of a constant tensor as the model computes with it (a sparse one dense)."""
+        if self.data is None:
+            return 0
+        return math.prod(self.shape) if self.sparsity is not None else int(self.data.size)
+
+    def dense(self) -> np.ndarray:
+        """The constant's values in its shape (a sparse tensor densified: :func:`densify`)."""
+        if self.data is None:
+            raise ValueError(f"tensor {self.index} ('{self.name}') is not a constant")
+        return densify(self) if self.sparsity is not None else self.data
+
+
+@dataclass(frozen=True)
+class DimMetadata:
+    """One dimension of a sparse tensor's encoding, in traversal order (TFLite's
+    ``DimensionMetadata``): ``dense`` with its size, or ``sparse_csr`` with its segments and
+    indices (stored as ``index_type``: int32, uint16 or uint8)."""
+
+    format: str
+    dense_size: int = 0
+    segments: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    index_type: str = ""
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    """How a constant tensor is stored sparse (TFLite's ``SparsityParameters``), checked.
+
+    ``traversal_order`` lists the tensor's dimensions (then its block dimensions) in the order
+    they are stored; ``block_map[j]`` is the dimension that block dimension ``rank + j``
+    splits. ``values`` is how many values the buffer stores (non-zeros and the zeros of
+    stored blocks).
+    """
+
+    traversal_order: tuple[int, ...]
+    block_map: tuple[int, ...]
+    dims: tuple[DimMetadata, ...]
+    values: int
+
+    def describe(self) -> str:
+        """'CSR on dimension 3 (uint8 indices)' / '... blocks 1x4 ...'."""
+        sparse = [
+            f"{self.traversal_order[i]} ({d.index_type} indices)"
+            for i, d in enumerate(self.dims)
+            if d.format == "sparse_csr"
+        ]
+        text = "CSR on dimension " + ", ".join(sparse) if sparse else "dense encoding"
+        if self.block_map:
+            rank = len(self.traversal_order) - len(self.block_map)
+            sizes = [
+                self.dims[self.traversal_order.index(rank + j)].dense_size
+                for j in range(len(self.block_map))
+            ]
+            text += ", blocks of " + "x".join(str(b) for b in sizes)
+        return text
+
+
+@dataclass
+class SparseSummary:
+    """A sparse tensor as inspection shows it."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    stored_bytes: int
+    dense_bytes: int
+    nonzero: int
+    density: float
+    encoding: str
+
+
+def densify(t: Tensor) -> np.ndarray:
+    """The dense values of sparse constant ``t`` (as the runtime's DENSIFY op computes them).
+
+    The encoding was checked when the model was read; a dense size past
+    :attr:`Limits.densify_bytes` is a ModelLoadError (the file would ask for that memory).
+    """
+    sp, values = t.sparsity, t.data
+    if sp is None or values is None:
+        raise ValueError(f"tensor {t.index} ('{t.name}') is not stored sparse")
+    dense_bytes = math.prod(t.shape) * values.itemsize
+    if dense_bytes > LIMITS.densify_bytes:
+        raise ModelLoadError(
+            f"sparse tensor {t.index} ('{t.name}') is {dense_bytes:,} bytes dense, more than "
+            f"tfedge densifies ({LIMITS.densify_bytes:,})",
+            "this is not a model for an edge device; check the file",
+        )
+    coords = np.zeros((1, 0), np.int64)
+    for meta in sp.dims:
+        if meta.format == "dense":
+            rows = len(coords)
+            coords = np.repeat(coords, meta.dense_size, axis=0)
+            level = np.tile(np.arange(meta.dense_size, dtype=np.int64), rows)
+        else:
+            assert meta.segments is not None and meta.indices is not None
+            counts: np.ndarray = np.diff(meta.segments.astype(np.int64))
+            coords = np.repeat(coords, counts, axis=0)
+            level = meta.indices.astype(np.int64)
+        coords = np.column_stack([coords, level])
+    rank = len(t.shape)
+    by_dim = {d: coords[:, i] for i, d in enumerate(sp.traversal_order)}
+    index = [by_dim[d] for d in range(rank)]
+    for j, d in enumerate(sp.block_map):
+        size = sp.dims[sp.traversal_order.index(rank + j)].dense_size
+        index[d] = index[d] * size + by_dim[rank + j]
+    out = np.zeros(t.shape, values.dtype)
+    out[tuple(index)] = values
+    return out
+
+
+def sparse_summary(t: Tensor) -> SparseSummary:
+    """Stored against dense size, and the share of non-zeros, of sparse constant ``t``."""
+    assert t.sparsity is not None and t.data is not None
+    elements = math.prod(t.shape)
+    nonzero = int(np.count_nonzero(t.data))
+    return SparseSummary(
+        name=t.name,
+        shape=list(t.shape),
+        dtype=t.dtype,
+        stored_bytes=t.nbytes,
+        dense_bytes=elements * t.data.itemsize,
+        nonzero=nonzero,
+        density=round(nonzero / elements, 4) if elements else 0.0,
+        encoding=t.sparsity.describe(),
+    )
 
 
 @dataclass
@@ -75,6 +206,8 @@ class Op:
     version: int
     inputs: list[Tensor]
     outputs: list[Tensor]
+    # the builtin options tfedge reads (see _OPTION_FIELDS): e.g. CONV_2D's padding, strides
+    options: dict[str, int] = field(default_factory=dict)
 
     @property
     def layer(self) -> str:
@@ -245,6 +378,7 @@ class Limits:
     name_bytes: int = 64 * 1024
     metadata: int = 10_000
     decode_slack: int = 1024**2  # bytes decoded beyond the file's size (see _Flatbuffer)
+    densify_bytes: int = 1024**3  # one sparse tensor's dense size, when it is densified
 
 
 LIMITS = Limits()
@@ -545,7 +679,7 @@ class _Parser:
 
         ops = []
         for pos in g.tables(3):
-            opcode, inputs, outputs = self._op_fields_at(pos)
+            opcode, inputs, outputs, options_at = self._op_fields_at(pos)
             if not opcode < len(self.opcodes):
                 raise _Invalid(
                     f"an operator{where} uses opcode {opcode}; there are {len(self.opcodes)}"
@@ -558,6 +692,7 @@ class _Parser:
                     version=version,
                     inputs=pick(inputs, f"{name}'s input", optional=True),
                     outputs=pick(outputs, f"{name}'s output"),
+                    options=self._options(name, *options_at),
                 )
             )
         for op in ops:
@@ -570,9 +705,20 @@ class _Parser:
         found = self._op_fields.get(pos)
         if found is None:
             op = self.fb.table(pos)
-            found = (op.scalar(0, "<I"), op.numbers(1, "<i4"), op.numbers(2, "<i4"))
+            options = (op.scalar(3, "<B"), op.table(4))
+            found = (op.scalar(0, "<I"), op.numbers(1, "<i4"), op.numbers(2, "<i4"), options)
             self._op_fields[pos] = found
         return found
+
+    def _options(self, op_name: str, kind: int, table: _Table | None) -> dict[str, int]:
+        """The builtin options of ``op_name`` that tfedge reads (_OPTION_FIELDS), or {}."""
+        wanted = _OPTION_FIELDS.get(op_name)
+        if wanted is None or table is None:
+            return {}
+        options_name, fields = wanted
+        if _enum_names("BuiltinOptions").get(kind) != options_name:
+            return {}
+        return {name: table.scalar(n, fmt, default) for name, (n, fmt, default) in fields.items()}
 
     def _tensor(self, index: int, pos: int, where: str) -> Tensor:
         fields = self._tensor_fields.get(pos)
@@ -580,8 +726,8 @@ class _Parser:
             fields = self._tensor_fields[pos] = self._decode_tensor(
                 index, self.fb.table(pos), where
             )
-        name, dtype, shape, scale, zero_point, qdim, data = fields
-        return Tensor(index, name, dtype, shape, scale, zero_point, qdim, data)  # shared lists
+        name, dtype, shape, scale, zero_point, qdim, data, sparsity = fields
+        return Tensor(index, name, dtype, shape, scale, zero_point, qdim, data, sparsity)
 
     def _decode_tensor(self, index: int, t: _Table, where: str) -> tuple:
         name = t.string(3)
@@ -605,14 +751,20 @@ class _Parser:
         if buffer >= len(self.buffer_pos):
             raise _Invalid(f"{what} uses buffer {buffer}; there are {len(self.buffer_pos)}")
         data = self._buffer(buffer) if buffer else None
-        if data is not None and dtype in _NUMPY_TYPES and t.table(6) is None:  # not sparse
+        sparse_table, sparsity = t.table(6), None
+        if sparse_table is not None:
+            if data is None or dtype not in _NUMPY_TYPES or data.size % itemsize:
+                raise _Invalid(f"{what} is marked sparse but holds no {dtype} values")
+            data = data.view(_NUMPY_TYPES[dtype])
+            sparsity = _SparsityReader(sparse_table, shape, data.size, what).read()
+        elif data is not None and dtype in _NUMPY_TYPES:
             if data.size != elements * itemsize:
                 raise _Invalid(
                     f"{what} has shape {list(shape)} ({elements * itemsize:,} bytes of "
                     f"{dtype}) but its buffer {buffer} holds {data.size:,} bytes"
                 )
             data = data.view(_NUMPY_TYPES[dtype]).reshape(shape)
-        return name, dtype, shape, scale, zero_point, qdim, data
+        return name, dtype, shape, scale, zero_point, qdim, data, sparsity
 
     def _quantization(self, q: _Table | None, shape: tuple[int, ...], what: str):
         if q is None:
@@ -670,3 +822,119 @@ class _Parser:
             data = self._buffer(index)
             out[name] = b"" if data is None else data.tobytes()
         return out
+
+
+# Builtin options tfedge reads, by op: (options table, {name: (field, format, default)}),
+# field numbers from schema.fbs.
+_CONV_FIELDS = {"padding": (0, "<b", 0), "stride_w": (1, "<i", 0), "stride_h": (2, "<i", 0)}
+_OPTION_FIELDS: dict[str, tuple[str, dict[str, tuple[int, str, int]]]] = {
+    "CONV_2D": (
+        "Conv2DOptions",
+        {**_CONV_FIELDS, "dilation_w": (4, "<i", 1), "dilation_h": (5, "<i", 1)},
+    ),
+    "DEPTHWISE_CONV_2D": (
+        "DepthwiseConv2DOptions",
+        {
+            **_CONV_FIELDS,
+            "depth_multiplier": (3, "<i", 0),
+            "dilation_w": (5, "<i", 1),
+            "dilation_h": (6, "<i", 1),
+        },
+    ),
+    "MEAN": ("ReducerOptions", {"keep_dims": (0, "<B", 0)}),
+}
+_INDEX_VECTORS = {1: "<i4", 2: "<u2", 3: "u1"}  # SparseIndexVector: Int32/Uint16/Uint8Vector
+_INDEX_NAMES = {"<i4": "int32", "<u2": "uint16", "u1": "uint8"}
+
+
+class _SparsityReader:
+    """A tensor's SparsityParameters, checked as the runtime's DENSIFY would need them.
+
+    The traversal order must be a permutation of the tensor's dimensions and block
+    dimensions; a dense dimension's size must be the one it stores; a CSR dimension's segments
+    must start at 0, never decrease and end at its index count, one segment per position of
+    the dimensions before it, and its indices must lie inside the dimension. The positions
+    the last dimension reaches must be the values the buffer holds. (A runtime densifying
+    an index out of range writes outside the tensor.)
+    """
+
+    def __init__(self, table: _Table, shape: tuple[int, ...], values: int, what: str) -> None:
+        self.t, self.shape, self.values, self.what = table, shape, values, what
+
+    def read(self) -> Sparsity:
+        rank = len(self.shape)
+        order = tuple(int(v) for v in self.t.numbers(0, "<i4")[: 2 * LIMITS.rank + 1])
+        block_map = tuple(int(v) for v in self.t.numbers(1, "<i4")[: LIMITS.rank + 1])
+        levels = rank + len(block_map)
+        if sorted(order) != list(range(levels)):
+            self._fail(f"traversal order {list(order)} for {levels} dimensions")
+        if len(set(block_map)) != len(block_map) or any(not 0 <= d < rank for d in block_map):
+            self._fail(f"block map {list(block_map)} for rank {rank}")
+        positions = self.t.tables(2)
+        if len(positions) != levels:
+            self._fail(f"{len(positions)} dimension metadata for {levels} dimensions")
+        dims = tuple(self._dim(self.t.fb.table(pos)) for pos in positions)
+        sizes = self._expanded_sizes(order, block_map, dims)
+        count = 1
+        for level, meta in zip(order, dims):
+            count = self._level(meta, sizes[level], count, level)
+        if count != self.values:
+            self._fail(f"an encoding of {count:,} values; its buffer holds {self.values:,}")
+        return Sparsity(order, block_map, dims, self.values)
+
+    def _fail(self, message: str) -> NoReturn:
+        raise _Invalid(f"{self.what} is stored sparse with {message}")
+
+    def _dim(self, d: _Table) -> DimMetadata:
+        kind = d.scalar(0, "<b")
+        if kind == 0:
+            return DimMetadata("dense", dense_size=d.scalar(1, "<i"))
+        if kind != 1:
+            self._fail(f"unknown dimension format {kind}")
+        arrays = []
+        for type_field, table_field in ((2, 3), (4, 5)):
+            fmt = _INDEX_VECTORS.get(d.scalar(type_field, "<B"))
+            vector = d.table(table_field)
+            if fmt is None or vector is None:
+                raise _Invalid(
+                    f"{self.what} is stored sparse with a CSR dimension without its "
+                    "segments or indices"
+                )
+            arrays.append((vector.numbers(0, fmt), fmt))
+        (segments, _), (indices, fmt) = arrays
+        return DimMetadata("sparse_csr", 0, segments, indices, _INDEX_NAMES[fmt])
+
+    def _expanded_sizes(self, order, block_map, dims) -> list[int]:
+        """Size of each dimension as stored: a blocked dimension counts its blocks."""
+        sizes = list(self.shape)
+        for j, d in enumerate(block_map):
+            block = dims[order.index(len(self.shape) + j)]
+            if block.format != "dense" or block.dense_size <= 0:
+                self._fail(f"block dimension {len(self.shape) + j} not dense with a size")
+            if self.shape[d] % block.dense_size:
+                self._fail(
+                    f"blocks of {block.dense_size} over dimension {d} of size {self.shape[d]}"
+                )
+            sizes[d] //= block.dense_size
+            sizes.append(block.dense_size)
+        return sizes
+
+    def _level(self, meta: DimMetadata, size: int, count: int, level: int) -> int:
+        """Positions after storing dimension ``level`` (``count`` before it)."""
+        if meta.format == "dense":
+            if meta.dense_size != size:
+                self._fail(f"dense dimension {level} of size {meta.dense_size}; it is {size}")
+            return count * size
+        segments, indices = meta.segments, meta.indices
+        assert segments is not None and indices is not None
+        if len(segments) != count + 1:
+            self._fail(f"{len(segments):,} segments in dimension {level}; it needs {count + 1:,}")
+        steps = np.diff(segments.astype(np.int64))
+        if int(segments[0]) != 0 or (steps < 0).any() or int(segments[-1]) != len(indices):
+            self._fail(
+                f"segments of dimension {level} that do not run from 0 to its "
+                f"{len(indices):,} indices"
+            )
+        if len(indices) and not (0 <= int(indices.min()) and int(indices.max()) < size):
+            self._fail(f"an index out of range in dimension {level} of size {size}")
+        return len(indices)

@@ -121,6 +121,7 @@ def run(job: dict) -> dict:
         bool(job.get("progress")),
         job.get("progress_fd"),
         batch_size=job.get("batch_size"),
+        sparse=bool(job.get("sparse")),
     )
     Path(job["output"]).write_bytes(flatbuffer)
     return {"keras": fmt.keras, "bytes": len(flatbuffer), "qat_ranges": qat_ranges}
@@ -135,6 +136,7 @@ def convert_model(
     progress_fd=None,
     *,
     batch_size: int | None = None,
+    sparse: bool = False,
 ) -> tuple[bytes, bool]:
     """Convert in this process: a loaded Keras model, or a SavedModel directory given by path.
 
@@ -144,7 +146,8 @@ def convert_model(
 
     A Keras model with recurrent layers converts from a signature with batch size
     ``batch_size`` (default 1): the converter cannot size their time loop for a dynamic batch.
-    Other models keep their dynamic batch unless ``batch_size`` is given.
+    Other models keep their dynamic batch unless ``batch_size`` is given. ``sparse`` (float
+    modes only) stores weights with enough zeros in TFLite's sparse format (DENSIFY ops).
     """
     from tfedge._tf import import_tf
 
@@ -180,6 +183,11 @@ def convert_model(
             return flatbuffer, True
         converter = make()
         _configure(tf, converter, quant, io, calib, progress, progress_fd)
+        if sparse:
+            optimizations = [o for o in converter.optimizations if o != tf.lite.Optimize.DEFAULT]
+            if quant == "float16":  # DEFAULT is what applies supported_types=[float16]
+                optimizations.insert(0, tf.lite.Optimize.DEFAULT)
+            converter.optimizations = [*optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         return converter.convert(), False
 
 
