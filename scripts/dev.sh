@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv qemu-user-static debootstrap openssh-server binutils xz-utils)
+APT_PACKAGES=(python3-venv qemu-user-static debootstrap openssh-server binutils xz-utils postgresql)
 VENV=${TFEDGE_VENV:-.venv}
 DEVICE_VENV=${TFEDGE_DEVICE_VENV:-.venv-device}
 

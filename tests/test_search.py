@@ -9,6 +9,7 @@ runs real trials (optimize + bench on the local target).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,75 @@ def test_a_killed_trial_is_failed_and_retried(inputs, tmp_path):
     assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
     assert retried[0].params == params
     assert len(result.trials) == 3
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server on loopback in a temporary data directory; its database URL.
+
+    The directory is made with ``tempfile`` (pytest's are private to root, and initdb, which
+    refuses root, runs as the ``postgres`` user).
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        pytest.skip("PostgreSQL is not installed (scripts/dev.sh installs Debian's postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg[binary] is in the test extras")
+    bin_dir = found[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="tfedge-postgres-"))
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")  # initdb refuses to run as root
+    port = _free_port()
+
+    def run(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
+
+    data = root / "data"
+    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tfedge", "--no-sync")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+    run(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-o",
+        options,
+        "-w",
+        "-l",
+        str(root / "log"),
+        "start",
+    )
+    try:
+        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tfedge", "study")
+        yield f"postgresql://tfedge@127.0.0.1:{port}/study"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_workers_and_machines_share_a_postgresql_study(inputs, tmp_path, postgres):
+    first = cheap_search(inputs, tmp_path / "a", trials=4, workers=2, storage=postgres, study="s")
+    assert not (tmp_path / "a" / "study.db").exists() and first.storage == postgres
+    assert len(first.trials) + len(first.failed) >= 4
+    # a second machine (another OUTDIR) joins the same study and adds two trials
+    second = cheap_search(
+        inputs, tmp_path / "b", trials=len(first.trials) + 2, storage=postgres, study="s"
+    )
+    numbers = [r["number"] for r in second.trials]
+    assert len(numbers) == len(set(numbers)) == len(first.trials) + 2
+    assert {r["number"] for r in first.trials} < set(numbers)
+    assert (tmp_path / "b" / "best" / "recipe.yaml").is_file() == (second.best is not None)
 
 
 # ---- bad input -----------------------------------------------------------------------------

@@ -225,9 +225,12 @@ def _result(study, settings, kind, url, recovered, notes, started) -> SearchResu
 
 
 def write_outputs(out: Path, result: SearchResult) -> None:
-    """pareto.json, pareto.md and best/ (each replaced whole)."""
+    """best/, pareto.json and pareto.md (each replaced whole)."""
     from tfedge.fsutil import write_bytes_atomic
 
+    if result.best is not None:
+        note = _write_best(out, result.best)
+        result.notes += [note] if note else []
     write_bytes_atomic(out / "pareto.json", json.dumps(result.to_dict(), indent=2).encode())
     notes = [
         f"budget ({b['kind']}): {b['name']} <= {b['limit']:.6g} {b['unit']}, {b['how']}"
@@ -236,29 +239,34 @@ def write_outputs(out: Path, result: SearchResult) -> None:
     text = pareto.markdown(result.front, "Pareto front (feasible trials)", notes)
     text += "\n" + pareto.markdown(result.trials, "All trials", [])
     write_bytes_atomic(out / "pareto.md", text.encode())
-    if result.best is not None:
-        _write_best(out, result.best)
 
 
-def _write_best(out: Path, best: dict) -> None:
-    """best/: the model, the recipe that reproduces it, its bench figures."""
+def _write_best(out: Path, best: dict) -> str:
+    """best/: the model, the recipe that reproduces it, its bench figures.
+
+    Returns a note when the model is not in this OUTDIR (measured by a worker on another
+    machine sharing the study): best/ then holds the recipe only.
+    """
     import yaml
 
     from tfedge.fsutil import replace_dir
 
     model = out / best["model"]
-    if not model.is_file():
-        raise OutputError(
-            f"the best trial's model {model} is missing",
-            "it was removed after the trial; re-run the search in a new OUTDIR",
-        )
     stage = out / f".best.tmp-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
-    shutil.copyfile(model, stage / "model.tflite")
     recipe = {"name": f"search-trial-{best['number']}", **best["recipe"]}
     (stage / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    bench = model.parent / "bench.json"
-    if bench.is_file():
-        shutil.copyfile(bench, stage / "bench.json")
+    note = ""
+    if model.is_file():
+        shutil.copyfile(model, stage / "model.tflite")
+        bench = model.parent / "bench.json"
+        if bench.is_file():
+            shutil.copyfile(bench, stage / "bench.json")
+    else:
+        note = (
+            f"best trial {best['number']} was measured elsewhere (its model is not in {out}): "
+            "best/ has its recipe.yaml; rebuild it with `tfedge optimize -r best/recipe.yaml`"
+        )
     replace_dir(stage, out / "best")
+    return note

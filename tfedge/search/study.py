@@ -28,6 +28,8 @@ import contextlib
 import fcntl
 import hashlib
 import multiprocessing
+import os
+import socket
 import sys
 import time
 import warnings
@@ -116,7 +118,7 @@ def open_storage(url: str):
         raise OutputError(
             f"cannot open the study storage {shown_url(url)}: {_first_line(exc)}",
             "check the URL, that the server runs and that its driver is installed "
-            "(e.g. psycopg2 for postgresql://)",
+            "(psycopg for postgresql://)",
         ) from None
 
 
@@ -354,6 +356,7 @@ class Objective:
 
         data = recipe_data(suggest(trial, self.settings.space), self.settings.space)
         trial.set_user_attr("recipe", data)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         recipe = parse_recipe(_yaml(data), f"trial {trial.number}")
         sha = recipe.canonical_sha256
         trial.set_user_attr("recipe_sha256", sha)
