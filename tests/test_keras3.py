@@ -185,6 +185,7 @@ def _convnext_block(keras):
 
 def test_convnext_layer_scale_bridges_to_a_registered_twin(keras3, tmp_path):
     from tfedge._tf import import_keras
+    from tfedge.io.keras3_export import to_keras3
 
     model3 = _convnext_block(keras3)
     model2 = bridge_keras3_model(model3)  # verified on seeded inputs
@@ -195,6 +196,8 @@ def test_convnext_layer_scale_bridges_to_a_registered_twin(keras3, tmp_path):
     again = import_keras().models.load_model(tmp_path / "tf_keras.keras", compile=False)
     x = np.random.default_rng(0).uniform(0, 255, size=(4, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(again(x), model3(x), rtol=1e-4, atol=1e-5)
+    back = to_keras3(again)  # optimize's Keras 3 model.keras: Keras 3's own LayerScale, verified
+    assert type(back.get_layer("layer_scale")).__module__ == "keras.src.applications.convnext"
 
 
 def test_convnext_block_qat_to_full_int8(keras3, tmp_path):

@@ -124,6 +124,7 @@ def bridge_keras3_file(path: str):
 def bridge_keras3_model(model3):
     """Rebuild the in-memory Keras 3 ``model3`` in tf_keras, copy its weights and verify it."""
     check_translatable(model3)
+    keras3_layers.register_keras3()  # the twins' way back (keras3_export)
     model2 = _build_tf_keras(model3)
     _copy_weights(model3, model2)
     verify_same_outputs(model3, model2)

@@ -5,7 +5,8 @@ per-channel ``gamma`` (``keras.src.applications.convnext.LayerScale``, ``x * gam
 has no such layer, so the Keras 3 bridge builds the twin below, registered with tf_keras as
 ``tfedge>LayerScale`` (same arguments, same weight, same result; the bridge checks the outputs
 on seeded inputs). ``register()`` runs whenever tfedge imports tf_keras, so a model tfedge saved
-with it loads again in any tfedge process.
+with it loads again in any tfedge process; ``register_keras3()`` (run by the bridge) maps the
+name back to Keras 3's class for the way out.
 
 Example:
     >>> twin_class("LayerScale", tf_keras)(1e-6, 96)   # a tf_keras layer computing x * gamma
@@ -29,6 +30,16 @@ def register(tf_keras) -> None:
     """Register every twin with ``tf_keras`` (idempotent)."""
     for name in TWINS:
         twin_class(name, tf_keras)
+
+
+def register_keras3() -> None:
+    """Let Keras 3 read a twin back as its own layer: ``tfedge>LayerScale`` in a tf_keras file
+    is ConvNeXt's ``LayerScale`` (``tfedge.io.keras3_export`` writes the optimized model back as
+    Keras 3; the ``.keras`` file it saves names Keras 3's class, so it loads without tfedge)."""
+    import keras
+    from keras.src.applications.convnext import LayerScale
+
+    keras.saving.get_custom_objects()[TWINS["LayerScale"]] = LayerScale
 
 
 @functools.cache
