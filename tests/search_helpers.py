@@ -8,6 +8,7 @@ the real measurement (optimize + bench) end to end.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from tfedge.search.objectives import Measured
@@ -15,6 +16,7 @@ from tfedge.search.objectives import Measured
 LATENCY = {"int8": 1.0, "int16x8": 1.6, "float16": 2.0, "dynamic": 1.4, "none": 2.0}
 BYTES = {"int8": 25_000, "int16x8": 27_000, "float16": 50_000, "dynamic": 26_000, "none": 100_000}
 CALLS = "SEARCH_TEST_CALLS"  # a file that gets one line per measured recipe
+HANG = "SEARCH_TEST_HANG"  # "N:PATH": the Nth measurement writes PATH, then waits to be killed
 
 
 def cheap_measure(recipe, trial_dir: Path) -> Measured:
@@ -30,6 +32,7 @@ def cheap_measure(recipe, trial_dir: Path) -> Measured:
     if os.environ.get(CALLS):
         with open(os.environ[CALLS], "a") as handle:
             handle.write(recipe.canonical_sha256 + "\n")
+        _hang_if_asked(Path(os.environ[CALLS]))
     return Measured(
         score=accuracy,
         accuracy=accuracy,
@@ -40,3 +43,22 @@ def cheap_measure(recipe, trial_dir: Path) -> Measured:
         gzip_bytes=int(gzip),
         float32_bytes=100_000,
     )
+
+
+def _hang_if_asked(calls: Path) -> None:
+    if not os.environ.get(HANG):
+        return
+    count, marker = os.environ[HANG].split(":", 1)
+    if len(calls.read_text().split()) == int(count):
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(600)  # until the test kills this process
+
+
+def run_search(out: str, trials: str, space_text: str) -> None:
+    """A search with the cheap measurement, as a separate process would run it."""
+    from tfedge.search import search
+    from tfedge.search.space import parse_space
+
+    names = ("model.keras", "train.npz", "test.npz")
+    paths = [str(Path(out).parent / name) for name in names]
+    search(*paths, out, trials=int(trials), space=parse_space(space_text), measure=cheap_measure)

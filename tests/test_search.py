@@ -268,6 +268,38 @@ def test_workers_and_machines_share_a_postgresql_study(inputs, tmp_path, postgre
     assert (tmp_path / "b" / "best" / "recipe.yaml").is_file() == (second.best is not None)
 
 
+def test_a_search_killed_mid_trial_resumes(inputs, tmp_path, calls, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.search_helpers import HANG
+
+    out, marker = tmp_path / "out", tmp_path / "hanging"
+    monkeypatch.setenv(HANG, f"3:{marker}")  # the third measurement (after the baseline) hangs
+    code = "import sys; from tests.search_helpers import run_search as r; r(*sys.argv[1:])"
+    root = Path(__file__).resolve().parent.parent
+    args = [sys.executable, "-c", code, str(out), "6", CHEAP_SPACE]
+    proc = subprocess.Popen(args, cwd=root, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), proc.communicate(timeout=5)[1].decode()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    monkeypatch.delenv(HANG)
+    result = cheap_search(inputs, out, trials=4)
+    assert len(result.recovered) == 1  # the killed trial: failed, then retried
+    killed = result.recovered[0]
+    numbers = sorted(r["number"] for r in result.trials)
+    assert killed >= 1 and set(range(killed)) <= set(numbers)  # the finished ones kept
+    assert killed not in numbers and len(numbers) == 4
+    assert len(_lines(calls)) >= 4  # the killed recipe measured again
+
+
 # ---- bad input -----------------------------------------------------------------------------
 
 

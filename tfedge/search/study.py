@@ -466,6 +466,9 @@ def measure_baseline(settings: Settings, study) -> Measured:
     if stored:
         return Measured.from_dict(stored["measured"])
     recipe = parse_recipe(_yaml(BASELINE_RECIPE), "baseline (int8 post-training)")
+    if settings.progress:
+        where = settings.inputs.target
+        print(f"baseline: the int8 post-training model on {where} ...", file=sys.stderr, flush=True)
     out = Path(settings.outdir)
     runner = settings.measure or TrialRunner(
         settings.inputs, settings.space.measure, out / MEASURE_LOCK
