@@ -253,7 +253,26 @@ def test_xnnpack_check(converted):
     asym = xnnpack_sparse_check(converted["asym"])
     assert not asym.matches
     assert "CONV_2D" in asym.reasons[0] and "(stem)" in asym.reasons[0]
-    assert "'same' padding" in asym.reasons[0]
+    assert "'same' padding" in asym.reasons[0] and "ZeroPadding2D(1)" in asym.reasons[-1]
+
+
+@pytest.mark.tf
+def test_xnnpack_check_explicit_asymmetric_pad(converted, tmp_path):
+    """The matching model with its PAD edited to 0 before, 1 after (same output shape)."""
+    from tfedge.convert.sparse import xnnpack_sparse_check
+
+    m = s.ModelT.InitFromPackedBuf(converted["sparse"].read_bytes(), 0)
+    g = graph(m)
+    code = next(i for i, c in enumerate(m.operatorCodes) if c.builtinCode == s.BuiltinOperator.PAD)
+    paddings = g.tensors[next(op for op in g.operators if op.opcodeIndex == code).inputs[1]]
+    dtype = np.int32 if paddings.type == s.TensorType.INT32 else np.int64
+    m.buffers[paddings.buffer].data = list(np.array([0, 0, 0, 1, 0, 1, 0, 0], dtype).tobytes())
+    check = xnnpack_sparse_check(write(tmp_path / "asym.tflite", m))
+    assert not check.matches
+    assert (
+        "(stem): 3x3 stride-2 convolution padded top 0, left 0, bottom 1, right 1"
+        in (check.reasons[0])
+    )
 
 
 @pytest.mark.tf

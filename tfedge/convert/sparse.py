@@ -43,6 +43,11 @@ UNARY_OPS = {
 }  # fmt: skip
 ARITY = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "MEAN": 2, "ADD": 2, "MUL": 2}
 REASONS_SHOWN = 6
+SAME_NOTE = (
+    "XNNPACK keeps TensorFlow 'same' padding implicit for a strided convolution (on an even "
+    "input it pads 0 before and 1 after; the converter writes Keras MobileNetV2's asymmetric "
+    "ZeroPadding2D that way too): pad explicitly, ZeroPadding2D(1) then padding='valid'"
+)
 SAME, VALID = 0, 1  # TFLite's Padding enum
 
 
@@ -110,6 +115,8 @@ def check_model(model: TfliteModel) -> SparseCheck:
     verdict.sparse_tensors = sparse
     verdict.reasons = reasons + verdict.reasons
     verdict.matches = verdict.matches and not reasons
+    if not verdict.matches and any(n.same_flag and n.why for n in nodes):
+        verdict.reasons.append(SAME_NOTE)
     return verdict
 
 
@@ -272,15 +279,11 @@ def _depthwise_flags(node: _Node) -> tuple[int, str]:
 
 def _padding_text(node: _Node, side: int = 1) -> str:
     if node.same_flag:
-        return (
-            f"with TensorFlow 'same' padding (XNNPACK needs explicit padding {side} on each "
-            f"side: ZeroPadding2D({side}) and padding='valid')"
-        )
+        return "with TensorFlow 'same' padding"
     top, left, bottom, right = node.padding
     return (
-        f"padded top {top}, left {left}, bottom {bottom}, right {right} (XNNPACK needs "
-        f"{side} on each side; an asymmetric ZeroPadding2D, as in Keras MobileNetV2, "
-        "does not match)"
+        f"padded top {top}, left {left}, bottom {bottom}, right {right} "
+        f"(it must be {side} on each side)"
     )
 
 
