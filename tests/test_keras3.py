@@ -207,10 +207,12 @@ def test_convnext_block_qat_to_full_int8(keras3, tmp_path):
 
     from tfedge.convert.tflite_model import read_tflite
     from tfedge.passes import PassContext, TrainConfig, build_pass
-    from tfedge.passes.compat import qat_unsupported
+    from tfedge.passes.compat import layer_compat, qat_unsupported
 
     model2 = bridge_keras3_model(_convnext_block(keras3))
     assert qat_unsupported(model2) == []
+    scale = {row.layer: row for row in layer_compat(model2)}["layer_scale"]
+    assert (scale.prune, scale.qat) == ("no", "yes") and "no kernel to prune" in scale.notes
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(32, 8, 8, 3)).astype("float32")
     y = (x.mean(axis=(1, 2, 3)) > 127.5).astype("int64")

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 FOLDED_INTO = ("Conv2D", "DepthwiseConv2D", "Dense", "Conv1D", "SeparableConv2D")
 NORMALISATION = ("BatchNormalization", "LayerNormalization")
+# One weight per channel, no kernel (ConvNeXt's LayerScale, tfedge.io.keras3_layers).
+PER_CHANNEL_SCALE = "LayerScale"
 # tfmot has no rule for a BatchNormalization that does not follow a convolution or Dense: tfedge
 # quantizes its output (the converter turns it into an int8 MUL and ADD).
 STANDALONE_BN = "quantized at its output (not after a convolution, so nothing to fold it into)"
@@ -84,7 +86,9 @@ def _prune_status(layer, reasons: list[str]) -> str:
         return NO_WEIGHTS
     if prunable(layer):
         return "yes"
-    if type(layer).__name__ == "DepthwiseConv2D":
+    if type(layer).__name__ == PER_CHANNEL_SCALE:
+        reasons.append("prune: one scale per channel, no kernel to prune")
+    elif type(layer).__name__ == "DepthwiseConv2D":
         reasons.append("prune: tfmot does not prune DepthwiseConv2D kernels")
     elif PruneRegistry.supports(layer):
         reasons.append("prune: tfmot keeps its weights dense (nothing prunable)")
@@ -107,7 +111,9 @@ def _cluster_status(layer, reasons: list[str]) -> str:
         return NO_WEIGHTS
     if clusterable(layer):
         return "yes"
-    if type(layer).__name__ == "DepthwiseConv2D":
+    if type(layer).__name__ == PER_CHANNEL_SCALE:
+        reasons.append("cluster: one scale per channel, no kernel to cluster")
+    elif type(layer).__name__ == "DepthwiseConv2D":
         reasons.append("cluster: tfmot leaves DepthwiseConv2D unclustered (large accuracy loss)")
     elif ClusteringRegistry.supports(layer):
         reasons.append("cluster: tfmot keeps its weights as they are (no kernel to cluster)")
