@@ -132,8 +132,20 @@ def _static_values(model: TfliteModel) -> dict[int, Tensor]:
     return static
 
 
-def _values(t: Tensor, static: dict[int, Tensor]) -> np.ndarray:
-    return static[t.index].dense()
+def _small_values(t: Tensor, static: dict[int, Tensor]) -> np.ndarray:
+    """A small constant's values (paddings, axes), flat; empty when it is stored sparse (the
+    check never densifies: a hostile file could ask for far more memory than it holds)."""
+    source = static[t.index]
+    if source.data is None or source.sparsity is not None:
+        return np.zeros(0, np.int64)
+    return source.data.reshape(-1)
+
+
+def _zeros(t: Tensor, static: dict[int, Tensor]) -> int:
+    """Zero weights of static ``t``, counted on what the file stores (sparse or not)."""
+    source = static[t.index]
+    stored = source.data if source.data is not None else np.zeros(0)
+    return source.size - int(np.count_nonzero(stored))
 
 
 def _nodes(model: TfliteModel, static: dict[int, Tensor]) -> list[_Node]:
@@ -169,15 +181,16 @@ def _fusable_pad(op: Op, consumers: dict[int, list[Op]], static: dict[int, Tenso
     if pads is None or pads.shape != (4, 2) or pads[0].any() or pads[3].any():
         return False
     if len(op.inputs) > 2 and op.inputs[2].index in static:
-        return not _values(op.inputs[2], static).any()
+        value = _small_values(op.inputs[2], static)
+        return value.size == 1 and not value.any()
     return len(op.inputs) <= 2
 
 
 def _pads(op: Op, static: dict[int, Tensor]) -> np.ndarray | None:
     if len(op.inputs) < 2 or op.inputs[1].index not in static:
         return None
-    pads = np.asarray(_values(op.inputs[1], static), np.int64)
-    return pads.reshape(-1, 2) if pads.size % 2 == 0 else None
+    pads = _small_values(op.inputs[1], static).astype(np.int64)
+    return pads.reshape(-1, 2) if pads.size == 8 else None
 
 
 def _strides(op: Op) -> tuple[int, int]:
@@ -291,7 +304,7 @@ def _mean_flags(node: _Node, static: dict[int, Tensor]) -> tuple[int, str]:
     op = node.op
     spatial = len(op.inputs) > 1 and op.inputs[1].index in static
     if spatial:
-        axes = _values(op.inputs[1], static).reshape(-1)
+        axes = _small_values(op.inputs[1], static)
         spatial = sorted(int(a) % 4 for a in axes) == [1, 2]
     if len(op.inputs[0].shape) != 4 or not spatial:
         return 0, f"{node.label} is not a mean over height and width of a 4-D tensor"
@@ -382,8 +395,7 @@ def _zeros_1x1(members: list[_Node], static: dict[int, Tensor]) -> tuple[int, in
         one_by_one = n.op.name == "CONV_2D" and len(w.shape) == 4 and w.shape[1:3] == (1, 1)
         if not (one_by_one or n.op.name == "FULLY_CONNECTED"):
             continue
-        values = _values(w, static)
-        zeros, weights = zeros + int(values.size - np.count_nonzero(values)), weights + values.size
+        zeros, weights = zeros + _zeros(w, static), weights + static[w.index].size
     return zeros, weights
 
 

@@ -594,6 +594,7 @@ class _Parser:
         self._op_fields: dict[int, tuple] = {}
         self._buffers: dict[int, np.ndarray | None] = {}
         self._quant_fields: dict[int, tuple] = {}
+        self._sparsity_checked: dict[int, tuple] = {}
 
     def model(self) -> TfliteModel:
         root = self.fb.table(self.fb.u32(0))
@@ -756,7 +757,7 @@ class _Parser:
             if data is None or dtype not in _NUMPY_TYPES or data.size % itemsize:
                 raise _Invalid(f"{what} is marked sparse but holds no {dtype} values")
             data = data.view(_NUMPY_TYPES[dtype])
-            sparsity = _SparsityReader(sparse_table, shape, data.size, what).read()
+            sparsity = self._sparsity(sparse_table, shape, data.size, what)
         elif data is not None and dtype in _NUMPY_TYPES:
             if data.size != elements * itemsize:
                 raise _Invalid(
@@ -765,6 +766,18 @@ class _Parser:
                 )
             data = data.view(_NUMPY_TYPES[dtype]).reshape(shape)
         return name, dtype, shape, scale, zero_point, qdim, data, sparsity
+
+    def _sparsity(self, table: _Table, shape: tuple[int, ...], values: int, what: str):
+        """Checked once per table; a table shared by tensors of other shapes (never written by
+        the converter) is checked again for each, its index arrays charged to the budget."""
+        found = self._sparsity_checked.get(table.pos)
+        if found is not None:
+            if found[0] == (shape, values):
+                return found[1]
+            self.fb.charge(_index_bytes(found[1]))
+        sparsity = _SparsityReader(table, shape, values, what).read()
+        self._sparsity_checked[table.pos] = ((shape, values), sparsity)
+        return sparsity
 
     def _quantization(self, q: _Table | None, shape: tuple[int, ...], what: str):
         if q is None:
@@ -845,6 +858,14 @@ _OPTION_FIELDS: dict[str, tuple[str, dict[str, tuple[int, str, int]]]] = {
 }
 _INDEX_VECTORS = {1: "<i4", 2: "<u2", 3: "u1"}  # SparseIndexVector: Int32/Uint16/Uint8Vector
 _INDEX_NAMES = {"<i4": "int32", "<u2": "uint16", "u1": "uint8"}
+
+
+def _index_bytes(sparsity: Sparsity) -> int:
+    return sum(
+        d.segments.nbytes + d.indices.nbytes
+        for d in sparsity.dims
+        if d.segments is not None and d.indices is not None
+    )
 
 
 class _SparsityReader:
