@@ -136,6 +136,97 @@ def test_densify_is_bounded(monkeypatch):
         t.dense()
 
 
+def shared_sparsity(tensors: int, indices: int) -> bytes:
+    """``tensors`` int8 tensors of shapes [1, 256 + k] sharing one sparsity table (CSR over
+    ``indices`` zero indices) and one buffer: each shape is valid, so each is checked."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(1024)
+    vectors = {}
+    for kind, values, kind_type in (
+        ("segments", [0, indices], "Int32"),
+        ("indices", [0] * indices, "Uint8"),
+    ):
+        start = getattr(s, f"{kind_type}VectorStartValuesVector")
+        start(b, len(values))
+        for v in reversed(values):
+            getattr(b, f"Prepend{kind_type}")(v)
+        vec = b.EndVector()
+        getattr(s, f"{kind_type}VectorStart")(b)
+        getattr(s, f"{kind_type}VectorAddValues")(b, vec)
+        vectors[kind] = b.EndObject()
+    dims = []
+    for sparse in (False, True):
+        s.DimensionMetadataStart(b)
+        if sparse:
+            s.DimensionMetadataAddFormat(b, s.DimensionType.SPARSE_CSR)
+            s.DimensionMetadataAddArraySegmentsType(b, s.SparseIndexVector.Int32Vector)
+            s.DimensionMetadataAddArraySegments(b, vectors["segments"])
+            s.DimensionMetadataAddArrayIndicesType(b, s.SparseIndexVector.Uint8Vector)
+            s.DimensionMetadataAddArrayIndices(b, vectors["indices"])
+        else:
+            s.DimensionMetadataAddDenseSize(b, 1)
+        dims.append(b.EndObject())
+    s.SparsityParametersStartDimMetadataVector(b, 2)
+    for d in reversed(dims):
+        b.PrependUOffsetTRelative(d)
+    dim_vector = b.EndVector()
+    s.SparsityParametersStartTraversalOrderVector(b, 2)
+    b.PrependInt32(1)
+    b.PrependInt32(0)
+    order = b.EndVector()
+    s.SparsityParametersStart(b)
+    s.SparsityParametersAddTraversalOrder(b, order)
+    s.SparsityParametersAddDimMetadata(b, dim_vector)
+    sparsity = b.EndObject()
+    tables = []
+    for k in range(tensors):
+        s.TensorStartShapeVector(b, 2)
+        b.PrependInt32(256 + k)
+        b.PrependInt32(1)
+        shape = b.EndVector()
+        s.TensorStart(b)
+        s.TensorAddShape(b, shape)
+        s.TensorAddType(b, s.TensorType.INT8)
+        s.TensorAddBuffer(b, 1)
+        s.TensorAddSparsity(b, sparsity)
+        tables.append(b.EndObject())
+    s.SubGraphStartTensorsVector(b, tensors)
+    for t in reversed(tables):
+        b.PrependUOffsetTRelative(t)
+    tensor_vector = b.EndVector()
+    s.SubGraphStart(b)
+    s.SubGraphAddTensors(b, tensor_vector)
+    subgraph = b.EndObject()
+    data = b.CreateNumpyVector(np.ones(indices, np.uint8))
+    buffers = []
+    for payload in (None, data):
+        s.BufferStart(b)
+        if payload is not None:
+            s.BufferAddData(b, payload)
+        buffers.append(b.EndObject())
+    s.ModelStartBuffersVector(b, 2)
+    for buf in reversed(buffers):
+        b.PrependUOffsetTRelative(buf)
+    buffer_vector = b.EndVector()
+    s.ModelStartSubgraphsVector(b, 1)
+    b.PrependUOffsetTRelative(subgraph)
+    subgraphs = b.EndVector()
+    s.ModelStart(b)
+    s.ModelAddVersion(b, 3)
+    s.ModelAddSubgraphs(b, subgraphs)
+    s.ModelAddBuffers(b, buffer_vector)
+    b.Finish(b.EndObject(), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def test_shared_sparsity_is_checked_against_the_budget():
+    few = parse_tflite(shared_sparsity(tensors=3, indices=1000))  # sharing itself is allowed
+    assert [t.dense().shape for t in few.tensors] == [(1, 256), (1, 257), (1, 258)]
+    with pytest.raises(ModelLoadError, match="too large to read"):
+        parse_tflite(shared_sparsity(tensors=400, indices=50_000))  # ~20 MB checked of 0.3 MB
+
+
 def test_sparse_int8_is_a_usage_error(run_cli, tmp_path):
     model, calib = tmp_path / "m.keras", tmp_path / "c.npz"
     model.write_bytes(b"not read")
