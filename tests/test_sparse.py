@@ -73,6 +73,18 @@ def test_reader_decodes_sparse_tensor(block):
     assert "CSR on dimension 1 (uint8 indices)" in summary.encoding
 
 
+def test_xnnpack_check_refuses_integer_models():
+    from tfedge.convert.sparse import check_model
+
+    check = check_model(parse_tflite(sparse_model()))  # int8, its weights stored sparse
+    assert not check.matches and check.sparse_tensors == 1
+    assert check.reasons == [
+        "it computes in int8; XNNPACK's sparse kernels are float32/float16 only"
+    ]
+    dense = check_model(parse_tflite(pack(base())))
+    assert not dense.matches and "no weights are stored sparse" in dense.reasons[0]
+
+
 def _index_out_of_range(m, sp):
     sp.dimMetadata[1].arrayIndices.values[-1] = 4  # column 4 of a 4-column tensor
 

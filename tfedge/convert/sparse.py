@@ -34,6 +34,7 @@ from tfedge.convert.tflite_model import Op, Tensor, TfliteModel, read_tflite
 # layout flags, as XNNPACK names them
 NCHW, NHWC2NCHW, NCHW2NHWC = 1, 2, 4
 FLOAT = {"float32", "float16"}
+INTEGER_ACTIVATIONS = {"int8", "uint8", "int16"}  # a quantized model (not an argmax's int64)
 UNPACK_OPS = {"DENSIFY", "DEQUANTIZE"}  # run once on constants before inference (static unpack)
 PAD_OPS = {"PAD", "PADV2"}
 UNARY_OPS = {
@@ -101,12 +102,14 @@ def check_model(model: TfliteModel) -> SparseCheck:
     reasons = []
     if not sparse:
         reasons.append("no weights are stored sparse (convert with `tfedge convert --sparse`)")
-    integer = sorted({t.dtype for op in model.ops for t in op.outputs} - FLOAT - {"int32"})
+    integer = sorted({t.dtype for op in model.ops for t in op.outputs} & INTEGER_ACTIVATIONS)
     if integer:
         reasons.append(
             f"it computes in {', '.join(integer)}; XNNPACK's sparse kernels are "
             "float32/float16 only"
         )
+    if integer:  # every op would say the same
+        return SparseCheck(False, reasons, sparse_tensors=sparse)
     static = _static_values(model)
     nodes = _nodes(model, static)
     for node in nodes:
@@ -263,10 +266,12 @@ def _conv_flags(node: _Node) -> tuple[int, str]:
         return 0, f"{node.label}: {kh}x{kw} convolution (the sparse part takes 1x1, 3x3 first)"
     if node.same_flag or node.padding != (1, 1, 1, 1):
         return 0, f"{node.label}: 3x3 stride-{strides[0]} convolution {_padding_text(node)}"
-    if strides != (2, 2):
-        return 0, f"{node.label}: 3x3 convolution with stride {strides} (it must be 2)"
-    if channels != 3:
-        return 0, f"{node.label}: 3x3 convolution over {channels} channels (it must be 3)"
+    if strides != (2, 2) or channels != 3:
+        stride = strides[0] if strides[0] == strides[1] else strides
+        return 0, (
+            f"{node.label}: 3x3 stride-{stride} convolution over {channels} channels (a "
+            "full 3x3 convolution can only start the sparse part: stride 2 over 3 channels)"
+        )
     return NHWC2NCHW, ""
 
 
@@ -348,9 +353,7 @@ def _clusters(nodes: list[_Node], static: dict[int, Tensor]) -> SparseCheck:
             elif nodes[p].flags & (NCHW | NHWC2NCHW) and p not in broken:
                 parent[root(p)] = root(i)
             else:
-                broken[i] = f"{n.label} reads {nodes[p].label}, which " + (
-                    nodes[p].why.split(": ", 1)[-1] if nodes[p].why else "cannot run in NCHW"
-                )
+                broken[i] = f"{n.label} reads {nodes[p].label}, which cannot run in NCHW"
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(nodes):
         if n.flags:
