@@ -308,6 +308,7 @@ def test_target_macs_spreads_the_cut_by_sensitivity_and_lands_on_the_target(seed
     x, y = _labelled(model, rng)
     weights = [w.copy() for w in model.get_weights()]
     options = {"target_macs": 0.5, "round_to": 2, "minimum": 2, "epochs": 0}
+    options["criterion"] = "taylor"
     result = build_pass("channels", options).apply(model, PassContext(x=x, y=y))
 
     reached = keras_macs(result.model) / keras_macs(model)
@@ -315,6 +316,7 @@ def test_target_macs_spreads_the_cut_by_sensitivity_and_lands_on_the_target(seed
     metrics = result.metrics
     assert metrics["target_macs"] == 0.5 and metrics["macs_fraction"] == round(reached, 4)
     assert len(metrics["sensitivity"]) == 4  # every prunable group analysed
+    assert metrics["criterion"] == "taylor" and metrics["sensitivity"][0]["criterion"] == "taylor"
     keeps = [g["keep"] for g in metrics["groups"] if "left_whole" not in g]
     assert len(set(keeps)) > 1  # not one ratio everywhere
     assert result.model.output_shape == model.output_shape
@@ -346,6 +348,34 @@ def test_bn_criterion_keeps_the_channels_with_the_largest_gamma() -> None:
     assert plan_keep(model, graph, 0.5, round_to=1, minimum=1)[stem.id] == list(range(8))
     assert criterion_used(model, graph, stem, "bn") == "bn"
     assert criterion_used(model, graph, _group_of(graph, "sep"), "bn") == "l1"  # no BN after
+
+
+def test_taylor_criterion_ranks_channels_by_their_effect_on_the_loss(seed) -> None:
+    """Channels with large filters that nothing downstream reads score 0 by taylor, yet the
+    most by l1."""
+    from tfedge.passes.channel_graph import ChannelGraph
+    from tfedge.passes.channels import plan_counts, taylor_scores
+
+    k = _keras()
+    inp = k.Input((6,))
+    model = k.Model(inp, k.layers.Dense(3, name="out")(k.layers.Dense(8, name="h")(inp)))
+    rng = np.random.default_rng(seed)
+    hidden = rng.normal(0, 1, (6, 8)).astype(np.float32)
+    hidden[:, :4] *= 10  # the large filters ...
+    head = rng.normal(0, 1, (8, 3)).astype(np.float32)
+    head[:4] = 0  # ... feed nothing
+    model.get_layer("h").set_weights([hidden, np.zeros(8, np.float32)])
+    model.get_layer("out").set_weights([head, np.zeros(3, np.float32)])
+    graph = ChannelGraph(model)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+
+    scores = taylor_scores(model, graph, x, y, samples=40, batch_size=16)
+
+    group = _group_of(graph, "h")
+    assert np.all(scores[group.id][:4] == 0) and np.all(scores[group.id][4:] > 0)
+    assert plan_counts(model, graph, {group.id: 4}, scores)[group.id] == [4, 5, 6, 7]
+    assert plan_counts(model, graph, {group.id: 4}, "l1")[group.id] == [0, 1, 2, 3]
 
 
 def test_channels_pass_refuses_bad_targets_and_ratios(seed) -> None:
@@ -432,7 +462,11 @@ def test_dry_run_plans_target_macs_and_ratios(seed) -> None:
     reasons = {note.layer: note.reason for note in plan.touch}
     assert reasons["fc"] == "16 -> 4 channels"
     assert reasons["sep"] == "16 channels: count chosen at run time"
-    assert any("at run time by sensitivity" in note for note in plan.notes)
+    assert "at run time by sensitivity" in plan.notes[0] and "about" in plan.notes[0]
+    taylor = build_pass("channels", {"criterion": "taylor", "round_to": 2, "minimum": 2})
+    plan, planned = _plan_channels(taylor, model, empty, ())
+    assert "taylor ranks the channels on the data at run time (shown: l1)" in plan.notes
+    assert planned.get_layer("sep").filters == 8
 
     x, y = _labelled(model, rng, 64)
     plan, planned = _plan_channels(p, model, PassContext(x=x, y=y), ())

@@ -374,13 +374,14 @@ def _plan_channels(p, model, ctx, applied):
     p.check(model, ctx)  # as the run: a model with nothing to remove is its RecipeError
     graph = ChannelGraph(model)
     by_data = p.target_macs is not None
-    on_data = by_data and num_samples(ctx.x) > 0  # the sensitivity, on the training data
-    if by_data and not on_data:
-        counts = _fixed_counts(p, model, graph)
+    has_data = num_samples(ctx.x) > 0
+    on_data = by_data and has_data  # the sensitivity, on the training data
+    if (by_data or p.criterion == "taylor") and not has_data:  # taylor ranks at run time
+        counts = _fixed_counts(p, model, graph) if by_data else _keep_counts(p, model, graph)
+        keep = plan_counts(model, graph, counts, "l1")
     else:  # the whole target in one step, as the last step of the run reaches it
         sizes = {g.id: g.size for g in graph.groups}
-        counts, _ = p.step_counts(model, graph, ctx, sizes, keras_macs(model), p.steps)
-    keep = plan_counts(model, graph, counts, p.criterion)
+        keep, _ = p.step_plan(model, graph, ctx, sizes, keras_macs(model), p.steps)
     touch, skip = [], []
     for group in graph.groups:
         for name in group.members:
@@ -395,17 +396,33 @@ def _plan_channels(p, model, ctx, applied):
             else:
                 skip.append(_note(layer, "; ".join(group.reasons)))
     thinner = prune_channels(model, keep, graph)
-    notes = [f"MACs {keras_macs(model):,} -> {keras_macs(thinner):,} (before fine-tuning)"]
+    before, after = keras_macs(model), keras_macs(thinner)
+    notes = [f"MACs {before:,} -> {after:,} (before fine-tuning)"]
     if on_data:
         notes.append(f"target_macs {p.target_macs:g}: counts chosen by sensitivity on the data")
     elif by_data:
-        notes.append(
-            f"target_macs {p.target_macs:g}: counts chosen at run time by sensitivity on the "
-            "data (give --data to see them)"
-        )
+        notes = [
+            f"MACs {before:,} -> about {before * p.target_macs:,.0f} (target_macs "
+            f"{p.target_macs:g}): counts chosen at run time by sensitivity on the data "
+            "(give --data to see them)"
+        ]
+    if p.criterion == "taylor" and not has_data:
+        notes.append("taylor ranks the channels on the data at run time (shown: l1)")
     if p.steps > 1:
         notes.append(f"in {p.steps} steps, fine-tuned after each")
     return PassPlan(0, "channels", {}, touch, skip, notes), thinner
+
+
+def _keep_counts(p, model, graph) -> dict[int, int]:
+    """The channel counts of ``keep`` (and ``ratios``) in one step."""
+    from tfedge.passes.channels import kept_count
+
+    counts = {
+        g.id: kept_count(g.size, p.keep_ratio, p.round_to, p.minimum)
+        for g in graph.groups
+        if g.prunable
+    }
+    return {**counts, **_fixed_counts(p, model, graph)}
 
 
 def _fixed_counts(p, model, graph) -> dict[int, int]:

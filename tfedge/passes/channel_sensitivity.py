@@ -32,12 +32,16 @@ from tfedge.passes.channel_graph import ChannelGraph, ChannelGroup
 from tfedge.passes.channels import (
     MAC_LAYERS,
     MACS_TOLERANCE,
+    Criterion,
     MacCounter,
     allowed_counts,
     criterion_used,
     importance,
     kept_count,
     layer_macs,
+    sample_count,
+    take_rows,
+    taylor_scores,
 )
 from tfedge.passes.sensitivity import drop_of, score
 
@@ -115,7 +119,7 @@ def channel_sensitivity(
     x,
     y,
     ratios: Sequence[float] = (0.75, 0.5, 0.25),
-    criterion: str = "l1",
+    criterion: Criterion = "l1",
     round_to: int = 8,
     minimum: int = 8,
     *,
@@ -131,6 +135,8 @@ def channel_sensitivity(
 
     classification = np.issubdtype(np.asarray(y).dtype, np.integer)
     x, y = _sample(x, y, max_samples)
+    if criterion == "taylor":
+        criterion = taylor_scores(model, graph, x, y)
     work = clone_with_weights(model)
     baseline = score(work, x, y, classification)
     counter = MacCounter(model, graph)
@@ -171,14 +177,11 @@ def channel_sensitivity(
 
 def _sample(x, y, cap: int):
     """At most ``cap`` samples of (x, y), a seeded choice kept in order."""
-    from tfedge.io.data import num_samples
-
-    total = num_samples(x)
+    total = sample_count(x)
     if total <= cap:
         return x, np.asarray(y)
     pick = np.sort(np.random.default_rng(0).choice(total, cap, replace=False))
-    x = {k: np.asarray(v)[pick] for k, v in x.items()} if isinstance(x, dict) else x[pick]
-    return x, np.asarray(y)[pick]
+    return take_rows(x, pick), np.asarray(y)[pick]
 
 
 def _cut_score(work, graph: ChannelGraph, group: ChannelGroup, kept: list[int], x, y) -> float:
@@ -192,26 +195,27 @@ def _cut_score(work, graph: ChannelGraph, group: ChannelGroup, kept: list[int], 
         for label, channel in zip(graph.producers[name], channels, strict=True)
         if channel not in keep
     }
-    saved = {}
+    saved = []
     for name, ins in graph.inputs.items():
         mask = np.array([label in dead for label in (ins[0] if ins else [])], dtype=bool)
         layer = work.get_layer(name)
         kind = type(layer).__name__
         if not mask.any() or kind not in ("Conv1D", "Conv2D", "Dense", "SeparableConv2D"):
             continue
-        weights = layer.get_weights()
-        saved[name] = weights
-        cut = [w.copy() for w in weights]
+        kernel = layer.depthwise_kernel if kind == "SeparableConv2D" else layer.kernel
+        value = kernel.numpy()
+        saved.append((kernel, value))
+        cut = value.copy()
         if kind == "SeparableConv2D":
-            cut[0][:, :, mask, :] = 0
+            cut[:, :, mask, :] = 0
         else:
-            cut[0][..., mask, :] = 0
-        layer.set_weights(cut)
+            cut[..., mask, :] = 0
+        kernel.assign(cut)
     try:
         return score(work, x, y, classification)
     finally:
-        for name, weights in saved.items():
-            work.get_layer(name).set_weights(weights)
+        for kernel, value in saved:
+            kernel.assign(value)
 
 
 def _macs_share(model, graph: ChannelGraph, group: ChannelGroup, base_macs: int) -> float:
@@ -235,7 +239,7 @@ def plan_macs_target(
     target: float,
     round_to: int = 8,
     minimum: int = 8,
-    criterion: str = "l1",
+    criterion: Criterion = "l1",
     fixed: Mapping[int, int] | None = None,
 ) -> dict[int, int]:
     """``{group: channels kept}`` so that the model keeps ``target`` of its MACs (within

@@ -33,7 +33,8 @@ from tfedge.passes.base import OptionalRate, PassConfig, PassResult
 from tfedge.passes.channel_graph import ChannelGraph, ChannelGroup
 from tfedge.passes.rebuild import from_config, layer_entry, model_config
 
-_CRITERIA = ("l1", "l2", "bn")
+_CRITERIA = ("l1", "l2", "bn")  # from the weights; taylor needs data (taylor_scores)
+TAYLOR_SAMPLES = 256  # training samples taylor's gradients are summed over, at most
 MACS_TOLERANCE = 0.05  # a MACs target is met within this share of it
 
 
@@ -123,12 +124,24 @@ def _bias(rest: list, out_mask: np.ndarray) -> list:
 
 
 # -- importance and plans ----------------------------------------------------------------------
+# A criterion's name, or the scores of every group's channels computed before (``taylor``).
+Criterion = str | Mapping[int, np.ndarray]
+
+
 def importance(
-    model, graph: ChannelGraph, group: ChannelGroup, criterion: str = "l1"
+    model, graph: ChannelGraph, group: ChannelGroup, criterion: Criterion = "l1"
 ) -> np.ndarray:
     """Per group channel: the norm of its filters summed over the group's producers (``l1``,
     ``l2``), or the |gamma| of the BatchNormalization right after them (``bn``; a group
-    without one falls back to ``l1``, see ``criterion_used``)."""
+    without one falls back to ``l1``, see ``criterion_used``), or ``criterion[group.id]``
+    for scores computed before (``taylor_scores``)."""
+    if not isinstance(criterion, str):
+        return np.asarray(criterion[group.id])
+    if criterion == "taylor":
+        raise RecipeError(
+            "channels: the taylor criterion needs data",
+            "compute the scores with taylor_scores(model, graph, x, y) and pass them",
+        )
     if criterion not in _CRITERIA:
         raise RecipeError(f"channels: unknown criterion '{criterion}'", f"one of {_CRITERIA}")
     if criterion == "bn":
@@ -144,11 +157,72 @@ def importance(
     return scores
 
 
-def criterion_used(model, graph: ChannelGraph, group: ChannelGroup, criterion: str) -> str:
-    """``criterion``, or ``l1`` where ``bn`` finds no BatchNormalization after the group."""
+def criterion_used(model, graph: ChannelGraph, group: ChannelGroup, criterion: Criterion) -> str:
+    """``criterion``, or ``l1`` where ``bn`` finds no BatchNormalization after the group
+    (``taylor`` for scores computed before)."""
+    if not isinstance(criterion, str):
+        return "taylor"
     if criterion == "bn" and not _bn_after(model, graph, group):
         return "l1"
     return criterion
+
+
+def taylor_scores(
+    model, graph: ChannelGraph, x, y, samples: int = 256, batch_size: int = 32
+) -> dict[int, np.ndarray]:
+    """First-order Taylor importance of every prunable group's channels: |sum over positions
+    of activation x gradient of the loss| of each producer's output channel, summed over the
+    first ``samples`` samples of (x, y) and over the producers sharing the channel."""
+    from tfedge._tf import import_keras, import_tf
+    from tfedge.passes.base import ends_in_softmax
+
+    tf, k = import_tf(), import_keras()
+    groups = [g for g in graph.groups if g.prunable]
+    names = [name for g in groups for name in g.members]
+    if not names:
+        return {}
+    probe = k.Model(model.inputs, [model.get_layer(n).output for n in names] + [model.outputs[0]])
+    y = np.asarray(y)
+    if np.issubdtype(y.dtype, np.integer):
+        loss = k.losses.SparseCategoricalCrossentropy(
+            from_logits=not ends_in_softmax(model), reduction="sum"
+        )
+    else:
+        loss = k.losses.MeanSquaredError(reduction="sum")
+    totals = {name: np.zeros(model.get_layer(name).output.shape[-1]) for name in names}
+    count = min(samples, sample_count(x))
+    for start in range(0, count, batch_size):
+        rows = slice(start, min(start + batch_size, count))
+        with tf.GradientTape() as tape:
+            *acts, out = probe(take_rows(x, rows), training=False)
+            value = loss(y[rows].reshape(out.shape[0], -1), tf.reshape(out, (out.shape[0], -1)))
+        grads = tape.gradient(value, acts)
+        for name, act, grad in zip(names, acts, grads, strict=True):
+            spatial = list(range(1, len(act.shape) - 1))
+            per_sample = tf.reduce_sum(act * grad, axis=spatial) if spatial else act * grad
+            totals[name] += np.abs(per_sample.numpy()).sum(axis=0)
+    scores = {}
+    for group in groups:
+        scores[group.id] = np.zeros(group.size)
+        for name, channels in group.members.items():
+            np.add.at(scores[group.id], np.array(channels), totals[name])
+    return scores
+
+
+def sample_count(x) -> int:
+    """Samples in ``x``: an array, a list of arrays (one per input) or a dict of them."""
+    if isinstance(x, dict):
+        return len(next(iter(x.values())))
+    return len(x[0]) if isinstance(x, (list, tuple)) else len(x)
+
+
+def take_rows(x, rows: slice | np.ndarray):
+    """Rows of ``x``: an array, a list of arrays (one per input) or a dict of them."""
+    if isinstance(x, dict):
+        return {key: np.asarray(value)[rows] for key, value in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [np.asarray(value)[rows] for value in x]
+    return np.asarray(x)[rows]
 
 
 def _bn_after(model, graph: ChannelGraph, group: ChannelGroup) -> dict[str, str]:
@@ -202,7 +276,7 @@ def allowed_counts(size: int, round_to: int = 8, minimum: int = 8) -> list[int]:
 
 
 def plan_counts(
-    model, graph: ChannelGraph, counts: Mapping[int, int], criterion: str = "l1"
+    model, graph: ChannelGraph, counts: Mapping[int, int], criterion: Criterion = "l1"
 ) -> dict[int, list[int]]:
     """``{group: channels to keep}``: the ``counts[group]`` most important channels of each
     group (groups whose count is their size are left out)."""
@@ -315,8 +389,8 @@ class Channels(PassConfig):
             SIMD width).
         minimum: no group keeps fewer channels than this.
         criterion: importance of a channel: l1 or l2 norm of its filters (summed over the
-            layers that share it), or bn: |gamma| of the BatchNormalization after them (l1
-            where there is none).
+            layers that share it), bn: |gamma| of the BatchNormalization after them (l1
+            where there is none), or taylor: |activation x gradient| on the training data.
         epochs: fine-tuning epochs after each removal step (0: none).
         learning_rate: defaults to ``train.learning_rate``.
         distill: fine-tune by distillation from the unpruned model (classification only).
@@ -331,7 +405,7 @@ class Channels(PassConfig):
     ratios: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=dict)
     round_to: int = Field(default=8, ge=1, le=1024)
     minimum: int = Field(default=8, ge=1, le=1 << 16)
-    criterion: Literal["l1", "l2", "bn"] = "l1"
+    criterion: Literal["l1", "l2", "bn", "taylor"] = "l1"
     epochs: int = Field(default=2, ge=0, le=1000)
     learning_rate: OptionalRate = None
     distill: bool = False
@@ -375,9 +449,8 @@ class Channels(PassConfig):
                 g: kept_count(_size(graph, g), r, self.round_to, self.minimum)
                 for g, r in fixed.items()
             }
-            lowest = lowest_macs_fraction(
-                model, graph, self.round_to, self.minimum, counts, self.criterion
-            )
+            by = "l1" if self.criterion == "taylor" else self.criterion  # no data needed
+            lowest = lowest_macs_fraction(model, graph, self.round_to, self.minimum, counts, by)
             if lowest > self.target_macs * (1 + MACS_TOLERANCE):
                 raise RecipeError(
                     f"{self.where}: target_macs {self.target_macs:g} cannot be reached: with "
@@ -430,16 +503,15 @@ class Channels(PassConfig):
         current, sizes, tables = model, dict(original), []
         for step in range(1, self.steps + 1):
             step_graph = graph if current is model else ChannelGraph(current)
-            counts, table = self.step_counts(current, step_graph, ctx, original, base_macs, step)
+            plan, table = self.step_plan(current, step_graph, ctx, original, base_macs, step)
             tables.append(table)
-            plan = plan_counts(current, step_graph, counts, self.criterion)
             current = prune_channels(current, plan, step_graph)
             sizes.update({g: len(kept) for g, kept in plan.items()})
             if plan and self.epochs:
                 self._fine_tune(model, current, ctx, step)
         return PassResult(current, self._metrics(model, current, graph, sizes, tables))
 
-    def step_counts(
+    def step_plan(
         self,
         model,
         graph: ChannelGraph,
@@ -447,11 +519,32 @@ class Channels(PassConfig):
         original: Mapping[int, int],
         base_macs: int,
         step: int,
-    ) -> tuple[dict[int, int], list]:
+    ) -> tuple[dict[int, list[int]], list]:
         """``{group: channels kept}`` after ``step`` of ``steps`` (a share ``step / steps`` of
         the way from the whole model to the target), for ``model`` as it is before the step
         (its groups had ``original`` sizes in the incoming model, which had ``base_macs``),
         and the sensitivity table the target was spread with ([] for keep)."""
+        ranking = self.ranking(model, graph, ctx)
+        counts, table = self._step_counts(model, graph, ctx, original, base_macs, step, ranking)
+        return plan_counts(model, graph, counts, ranking), table
+
+    def ranking(self, model, graph: ChannelGraph, ctx) -> Criterion:
+        """The criterion, with taylor's scores computed on a sample of the training data."""
+        if self.criterion != "taylor":
+            return self.criterion
+        x, y = _training_sample(ctx, model, TAYLOR_SAMPLES)
+        return taylor_scores(model, graph, x, y, TAYLOR_SAMPLES, ctx.train.batch_size)
+
+    def _step_counts(
+        self,
+        model,
+        graph: ChannelGraph,
+        ctx,
+        original: Mapping[int, int],
+        base_macs: int,
+        step: int,
+        ranking: Criterion,
+    ) -> tuple[dict[int, int], list]:
         share = step / self.steps
 
         def count(group: ChannelGroup, ratio: float) -> int:
@@ -475,7 +568,7 @@ class Channels(PassConfig):
             graph,
             x,
             y,
-            criterion=self.criterion,
+            criterion=ranking,
             round_to=self.round_to,
             minimum=self.minimum,
             groups=free,
@@ -488,7 +581,7 @@ class Channels(PassConfig):
             min(goal, 1.0),
             self.round_to,
             self.minimum,
-            self.criterion,
+            ranking,
             counts,
         )
         return counts, table
@@ -534,6 +627,19 @@ class Channels(PassConfig):
         ctx.fit(student, self.epochs, stage)
 
 
+def _training_sample(ctx, model, cap: int):
+    """At most ``cap`` samples of the data fine-tuning trains on (not the held-out end), a
+    seeded choice, arranged for ``model``."""
+    from tfedge.io.data import as_float32, num_samples, take
+
+    total = num_samples(ctx.x)
+    trained = max(total - int(total * ctx.train.validation_split), 1)
+    pick = np.arange(min(trained, total))
+    if len(pick) > cap:
+        pick = np.sort(np.random.default_rng(ctx.seed).choice(pick, cap, replace=False))
+    return ctx.inputs_for(model, as_float32(take(ctx.x, pick))), np.asarray(ctx.y)[pick]
+
+
 def _size(graph: ChannelGraph, group_id: int) -> int:
     return next(g.size for g in graph.groups if g.id == group_id)
 
@@ -544,7 +650,7 @@ def lowest_macs_fraction(
     round_to: int,
     minimum: int,
     fixed: Mapping[int, int],
-    criterion: str = "l1",
+    criterion: Criterion = "l1",
 ) -> float:
     """The share of its MACs ``model`` keeps with every prunable group outside ``fixed`` at
     its smallest allowed count (the groups in ``fixed`` at theirs)."""
