@@ -21,6 +21,7 @@ from tfedge.fsutil import Terminated, signals_as_interrupt
 
 # name -> "module:attribute" (modules under tfedge.cli)
 COMMANDS = {
+    "analyze": "analyze:analyze_cmd",
     "convert": "convert:convert_cmd",
     "inspect": "inspect:inspect_cmd",
     "evaluate": "evaluate:evaluate_cmd",
