@@ -137,6 +137,7 @@ def _print(result) -> None:
     click.echo("No trial meets every budget. Closest:")
     for row in result.closest:
         click.echo(f"  trial {row['number']}: {'; '.join(row['over'])}")
+    click.echo("Run more trials, widen the space, or loosen `budgets:` in --space.")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
