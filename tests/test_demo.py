@@ -30,6 +30,12 @@ def test_demo_runs_end_to_end(run_cli, models_root, tmp_path):
     keras3 = import_keras3()
     model = keras3.models.load_model(tmp_path / "demo" / "my_model" / "model.keras")
     assert model.get_layer("stem_act").get_config()["activation"] == "hard_silu"
+    thin = next(line for line in out.splitlines() if line.startswith("channels 50% MACs int8"))
+    assert thin.split()[-1] == "yes"  # the thinner model is full-integer too
+    macs = next(line for line in out.splitlines() if line.startswith("channels pass:"))
+    before, after = (int(n.replace(",", "")) for n in macs.split()[2:5:2])
+    assert abs(after / before - 0.5) <= 0.05  # the recipe's target_macs: 0.5
+    assert "channels int8 p50 us" in out
     assert "shipped to the stand-in device" in out and ": Success, model version 1" in out
     assert (tmp_path / "demo" / "device" / "current").resolve().is_file()
     # the repository was made and published without its root key inside it

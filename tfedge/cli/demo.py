@@ -61,6 +61,22 @@ def demo_cmd(models_dir, out_dir):
             for b in result.bench
         ],
     )
+    if result.faster:
+        click.echo()
+        before, after = result.macs or (0, 0)
+        click.echo(f"channels pass: {before:,} -> {after:,} MACs ({after / max(before, 1):.0%})")
+        echo_table(
+            ["target", "int8 p50 us", "channels int8 p50 us", "speed-up"],
+            [
+                [
+                    f.target + (" (EMULATED)" if f.emulated else ""),
+                    f"{f.int8_p50_us:,.1f}",
+                    f"{f.channels_p50_us:,.1f}",
+                    f"{f.speedup:.2f}x",
+                ]
+                for f in result.faster
+            ],
+        )
     if result.ship:
         click.echo(
             f"\nshipped to the stand-in device {result.ship.device_dir}: {result.ship.state}, "
