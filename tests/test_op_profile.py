@@ -175,8 +175,11 @@ def test_aggregate_takes_per_round_differences():
     from tfedge.analyze.op_profile import OpGroup, ProfileRow
 
     groups = [OpGroup("a", (0,), ("CONV_2D",)), OpGroup("b", (1, 2), ("ADD", "RELU"))]
-    sweep = {"p50_us": [[100.0, 30.0, 90.0], [110.0, 40.0, 100.0], [100.0, 20.0, 100.0]]}
-    profile = aggregate("m.tflite", groups, sweep)
+    sweep = {
+        "min_us": [[100.0, 30.0, 90.0], [110.0, 40.0, 100.0], [100.0, 20.0, 100.0]],
+        "p50_us": [[200.0, 30.0, 90.0]] * 3,
+    }
+    profile = aggregate("m.tflite", groups, sweep)  # the rounds' fastest runs by default
     a, b = profile.rows
     assert (a.p50_us, a.min_us, a.max_us, a.noise_us) == (30.0, 20.0, 40.0, 10.0)
     assert (b.p50_us, b.min_us, b.max_us, b.noise_us) == (60.0, 60.0, 80.0, 0.0)
@@ -184,8 +187,9 @@ def test_aggregate_takes_per_round_differences():
     assert not ProfileRow("c", (3,), ("ADD",), (1.0, 5.0, -3.0), 0.0).resolved  # 1 ± 4
     assert profile.total_us == 100.0 and profile.sum_ratio == pytest.approx(0.9)
     assert [r.name for r in profile.sorted_rows()] == ["b", "a"]
+    assert aggregate("m.tflite", groups, sweep, statistic="p50_us").total_us == 200.0
     with pytest.raises(BenchError, match="expected 3"):
-        aggregate("m.tflite", groups, {"p50_us": [[100.0, 30.0]]})
+        aggregate("m.tflite", groups, {"min_us": [[100.0, 30.0]]})
 
 
 def test_op_profile_of_a_file_that_is_no_model_is_one_error(run_cli, tmp_path):
@@ -196,6 +200,19 @@ def test_op_profile_of_a_file_that_is_no_model_is_one_error(run_cli, tmp_path):
     assert_one_error_line(result, "not a tflite model")
     assert sorted(tmp_path.iterdir()) == before
     assert bad.read_bytes() == b"this is not a flatbuffer" * 10
+
+
+def test_op_profile_options_alone_and_a_keras_file_without_layers(run_cli, tmp_path):
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\0\0\0\0TFL3" + b"\0" * 32)
+    notes = tmp_path / "notes.h5"
+    notes.write_text("not a Keras file")
+    assert_one_error_line(run_cli("bench", model, "--rounds", "3", expect=2), "--op-profile")
+    result = run_cli("bench", model, "--keras", notes, expect=2)
+    assert_one_error_line(result, "--keras", "--op-profile")
+    result = run_cli("bench", model, "--op-profile", "--keras", notes, expect=1)
+    assert_one_error_line(result, "notes.h5", "no Keras layer names")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "notes.h5"]
 
 
 @pytest.mark.parametrize("option", ["--inventory", "--compare"])

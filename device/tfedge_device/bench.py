@@ -174,8 +174,9 @@ def benchmark(
     """Benchmark ``model`` and return the report as a dict (what the script prints).
 
     With ``alternates`` (models with the same inputs, e.g. prefixes of ``model``), the report
-    also has ``sweep``: ``p50_us[r]`` is, for round ``r``, the p50 of ``model`` then of each
-    alternate, each timed in turn on the same inputs (``runs`` and ``min_secs`` each).
+    also has ``sweep``: ``p50_us[r]`` (and ``min_us[r]``) is, for round ``r``, the p50 (the
+    fastest run) of ``model`` then of each alternate, each timed in turn on the same inputs
+    (``runs`` and ``min_secs`` each).
     """
     module, runtime = rt.find_runtime(prefer)
     runtime = dict(runtime, xnnpack=xnnpack)
@@ -239,16 +240,18 @@ def _run_timings(interp, inputs, runs, warmup, min_secs, warmup_min_secs, max_se
 
 
 def sweep(interps: list, inputs: list, rounds: int, warmup: int, timing: tuple) -> dict:
-    """Time every interpreter in turn, ``rounds`` times; the p50 (µs) of each, per round."""
+    """Time every interpreter in turn, ``rounds`` times; the p50 and min (µs) of each, per
+    round."""
     np = rt.import_numpy()
-    per_round = []
+    p50s, mins = [], []
     for _ in range(max(rounds, 1)):
-        p50s = []
+        samples = []
         for interp in interps:
             timed_loop(interp, inputs, warmup, 0.0, timing[2])
-            p50s.append(float(np.percentile(timed_loop(interp, inputs, *timing), 50)))
-        per_round.append(p50s)
-    return {"rounds": len(per_round), "p50_us": per_round}
+            samples.append(timed_loop(interp, inputs, *timing))
+        p50s.append([float(np.percentile(s, 50)) for s in samples])
+        mins.append([float(min(s)) for s in samples])
+    return {"rounds": len(p50s), "p50_us": p50s, "min_us": mins}
 
 
 def _delta(after, before):

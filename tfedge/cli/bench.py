@@ -97,9 +97,7 @@ from tfedge.errors import UsageError
 @click.option(
     "--rounds",
     type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="--op-profile: rounds over the prefixes (the noise is their spread).",
+    help="--op-profile: rounds over the prefixes; the noise is their spread [default: 5].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench_cmd(
@@ -121,7 +119,7 @@ def bench_cmd(
     timeout: float,
     op_profile: str | None,
     keras: Path | None,
-    rounds: int,
+    rounds: int | None,
     as_json: bool,
 ) -> None:
     """Benchmark MODEL like TFLite's benchmark_model, on the local CPU, emulated ARM, or a board.
@@ -152,8 +150,11 @@ def bench_cmd(
         key=key,
         known_hosts=known_hosts,
     )
-    if op_profile is None and keras is not None:
-        raise UsageError("--keras only applies with --op-profile", "add --op-profile")
+    if op_profile is None and (keras is not None or rounds is not None):
+        raise UsageError(
+            f"{'--keras' if keras is not None else '--rounds'} only applies with --op-profile",
+            "add --op-profile",
+        )
     if op_profile is not None:
         _check_op_profile(inventory, compare)
     if inventory is not None:
@@ -183,11 +184,12 @@ def _check_op_profile(inventory: Path | None, compare: Path | None) -> None:
 
 
 def _op_profile(model, target, per_op, rounds, keras, options, ssh_given, as_json) -> None:
-    from tfedge.analyze.op_profile import format_profile
+    from tfedge.analyze.op_profile import DEFAULT_ROUNDS, format_profile
     from tfedge.analyze.op_profile import op_profile as profile_ops
     from tfedge.convert.keras_layers import keras_layers
 
     options = {k: v for k, v in options.items() if k != "compare"}
+    rounds = rounds or DEFAULT_ROUNDS
     # A normal bench's budget for each model, split over the rounds.
     options["runs"] = max(1, options["runs"] // rounds)
     options["min_secs"] = options["min_secs"] / rounds
@@ -208,6 +210,8 @@ def _op_profile(model, target, per_op, rounds, keras, options, ssh_given, as_jso
     r = result.bench
     click.echo("\n".join(format_result(r).splitlines()[:3]))
     click.echo(format_profile(result))
+    if r.threads_note:
+        click.echo(f"note        threads: {r.threads} ({r.threads_note})")
     if r.emulated:
         click.echo(f"note        {r.note}")
 
