@@ -328,6 +328,22 @@ def test_bad_input_is_one_error_line(run_cli, inputs, tmp_path, extra, space_tex
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
+@pytest.mark.tf
+def test_a_searched_pass_that_does_not_apply_is_one_error_line(run_cli, inputs, tmp_path):
+    from tfedge._tf import import_keras
+
+    k = import_keras()
+    model = k.Sequential([k.layers.InputLayer(input_shape=(8,)), k.layers.Dense(3, name="head")])
+    model.save(tmp_path / "one_dense.keras")
+    space = tmp_path / "space.yaml"
+    space.write_text("channels: false\nprune: false\ncluster: false\nquant: [int8]\n")
+    args = ["search", tmp_path / "one_dense.keras", "--data", inputs["data"]]
+    args += ["--eval", inputs["eval_data"], "--space", space, "-o", tmp_path / "out"]
+    result = run_cli(*args, expect=1)
+    assert_one_error_line(result, "space:", "low_rank", "factorised")
+    assert "hint:" in result.stderr and not (tmp_path / "out").exists()
+
+
 # ---- a real search -------------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ from tfedge.search.objectives import (
     budget_kind,
     relative_budgets,
 )
-from tfedge.search.space import Space, dimensions, for_profile, load_space
+from tfedge.search.space import Space, check_applies, dimensions, for_profile, load_space
 from tfedge.search.study import (
     Settings,
     check_space,
@@ -133,6 +133,8 @@ def search(
     out = _check_outdir(Path(output))
     url = storage_url(out, storage, workers)
     remote = open_storage(url) if storage else None  # an unreachable server fails here
+    if measure is None:  # the real trials: every searched pass must apply to the model
+        check_applies(space, model, trust_model)
     out.mkdir(parents=True, exist_ok=True)
     with search_lock(out):
         settings = Settings(

@@ -275,3 +275,39 @@ def recipe_data(params: dict[str, Any], space: Space) -> dict:
 
 
 BASELINE_RECIPE = {"schema_version": 1, "passes": [], "convert": {"quant": "int8"}}
+
+
+def widest_recipe(space: Space) -> dict:
+    """Every searched pass on, at the setting that reaches furthest (the low end of each range,
+    the fewest clusters): the recipe that ``check_applies`` plans on the model."""
+    params: dict[str, Any] = {name: True for name in (*PASS_BLOCKS, "qat")}
+    params["quant"] = "int8" if "int8" in space.quant else space.quant[0]
+    if space.cluster is not None:
+        params["cluster.clusters"] = min(space.cluster.clusters)
+    return recipe_data(params, space)
+
+
+def check_applies(space: Space, model, trust_model: bool = False) -> None:
+    """RecipeError naming a searched pass that would touch no layer of ``model``.
+
+    Plans ``widest_recipe`` on the model like ``tfedge optimize --dry-run`` (loads the model,
+    trains nothing), so a space that cannot apply fails before the first trial.
+    """
+    from tfedge.optimize.plan import plan_optimize
+    from tfedge.optimize.recipe import parse_recipe
+
+    data = widest_recipe(space)
+    if not data["passes"]:
+        return
+    recipe = parse_recipe(json.dumps(data), "the widest recipe of the space")
+    try:
+        plan = plan_optimize(model, recipe, trust_model=trust_model)
+    except RecipeError as err:
+        raise RecipeError(f"space: {err.message}", f"{err.hint}; or turn that pass off") from None
+    for step in plan.passes:
+        if not step.touch:
+            reasons = sorted({f"{n.layer}: {n.reason}" for n in step.skip})[:3]
+            raise RecipeError(
+                f"space: {step.name} does not apply to this model ({'; '.join(reasons)})",
+                f"set `{step.name}: false` in --space",
+            )
