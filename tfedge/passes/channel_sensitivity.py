@@ -196,11 +196,12 @@ def _cut_score(work, graph: ChannelGraph, group: ChannelGroup, kept: list[int], 
         if channel not in keep
     }
     saved = []
-    for name, ins in graph.inputs.items():
-        mask = np.array([label in dead for label in (ins[0] if ins else [])], dtype=bool)
-        layer = work.get_layer(name)
+    for layer in work.layers:
         kind = type(layer).__name__
-        if not mask.any() or kind not in ("Conv1D", "Conv2D", "Dense", "SeparableConv2D"):
+        if kind not in ("Conv1D", "Conv2D", "Dense", "SeparableConv2D"):
+            continue
+        mask = np.array([label in dead for label in graph.inputs[layer.name][0]], dtype=bool)
+        if not mask.any():
             continue
         kernel = layer.depthwise_kernel if kind == "SeparableConv2D" else layer.kernel
         value = kernel.numpy()

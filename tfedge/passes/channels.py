@@ -228,13 +228,13 @@ def take_rows(x, rows: slice | np.ndarray):
 def _bn_after(model, graph: ChannelGraph, group: ChannelGroup) -> dict[str, str]:
     """``{producer: BatchNormalization with a scale reading exactly its output}``."""
     found = {}
-    for name, ins in graph.inputs.items():
-        layer = model.get_layer(name)
+    for layer in model.layers:
         if type(layer).__name__ != "BatchNormalization" or not layer.scale:
             continue
+        ins = graph.inputs[layer.name]
         for member in group.members:
             if _reads(layer, member) and ins and ins[0] == graph.producers[member]:
-                found[member] = name
+                found[member] = layer.name
     return found
 
 
@@ -311,15 +311,26 @@ MAC_LAYERS = ("Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
 def layer_macs(layer, channels_in: int, channels_out: int) -> int:
     """Multiply-accumulates of one convolution or Dense ``layer`` for one sample with
     ``channels_in`` input and ``channels_out`` output channels (0 for other layers)."""
+    return _macs(_mac_terms(layer), channels_in, channels_out)
+
+
+def _mac_terms(layer) -> tuple[str, int, int, int]:
+    """What a layer's MACs depend on besides its channels: kind, output positions, window
+    and depth multiplier."""
     kind = type(layer).__name__
-    if kind not in MAC_LAYERS:
-        return 0
     positions = int(np.prod([d or 1 for d in layer.output.shape[1:-1]]))
     window = int(np.prod(getattr(layer, "kernel_size", (1,))))
+    return kind, positions, window, int(getattr(layer, "depth_multiplier", 1))
+
+
+def _macs(terms: tuple[str, int, int, int], channels_in: int, channels_out: int) -> int:
+    kind, positions, window, multiplier = terms
+    if kind not in MAC_LAYERS:
+        return 0
     if kind == "DepthwiseConv2D":
         return positions * window * channels_out
     if kind == "SeparableConv2D":
-        depthwise = positions * channels_in * layer.depth_multiplier
+        depthwise = positions * channels_in * multiplier
         return depthwise * window + depthwise * channels_out
     return positions * window * channels_in * channels_out
 
@@ -349,7 +360,7 @@ class MacCounter:
         self._total = offset
         self._layers = [
             (
-                layer,
+                _mac_terms(layer),
                 self._index(graph.inputs[layer.name][0]),
                 self._index(graph.outputs[layer.name]),
             )
@@ -370,8 +381,8 @@ class MacCounter:
             block[list(channels)] = True
             alive[start : start + size] = block
         return sum(
-            layer_macs(layer, int(alive[ins].sum()), int(alive[outs].sum()))
-            for layer, ins, outs in self._layers
+            _macs(terms, int(alive[ins].sum()), int(alive[outs].sum()))
+            for terms, ins, outs in self._layers
         )
 
 
