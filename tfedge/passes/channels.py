@@ -7,7 +7,11 @@ kernels sliced on their output axis and on their consumers' input axis, biases, 
 statistics, depthwise kernels, and the rows of a Dense after a Flatten.
 
 The ``channels`` pass of a recipe keeps the most important ``keep`` share of every prunable
-group (filter norm), rounded to ``round_to``, then fine-tunes the thinner model.
+group, or removes channels until the model keeps ``target_macs`` of its MACs, spread over the
+groups by the sensitivity analysis (``channel_sensitivity.py``); ``ratios`` fix single layers'
+shares. Importance: filter norm (``l1``, ``l2``), BatchNormalization |gamma| (``bn``) or
+first-order Taylor on training data (``taylor``). Counts are rounded to ``round_to``; the
+thinner model is fine-tuned (optionally distilled from the unpruned one), in ``steps`` rounds.
 
 Example:
     >>> graph = ChannelGraph(model)
@@ -16,6 +20,7 @@ Example:
 
     passes:
       - channels: {keep: 0.5, round_to: 8, criterion: l1, epochs: 2}
+      - channels: {target_macs: 0.5, criterion: bn, epochs: 3, distill: true, steps: 2}
 """
 
 from __future__ import annotations
