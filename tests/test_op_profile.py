@@ -103,6 +103,11 @@ def test_op_profile_on_the_local_cpu_accounts_for_every_op(kws_int8):
     assert sorted(i for row in profile.rows for i in row.ops) == list(range(ops))
     assert {row.name for row in profile.rows} >= set(KWS_LAYERS)
     assert profile.rounds == 5 and profile.total_us > 0
+    # One interpreter thread: each prefix's fastest run in the invoking thread's CPU time.
+    assert profile.statistic == "cpu_min_us"
+    sweep = profile.bench.sweep
+    assert {"p50_us", "min_us", "cpu_min_us"} <= set(sweep) and sweep["rounds"] == 5
+    assert all(len(r) == len(profile.rows) + 1 for r in sweep["cpu_min_us"])
     # The groups' times add up to the whole model's, within the noise of a shared machine.
     assert 0.5 < profile.sum_ratio < 2.0
     assert sum(row.share for row in profile.rows) == pytest.approx(profile.sum_ratio)

@@ -41,10 +41,13 @@ SCRIPT_VERSION = 1
 
 
 # ---------------------------------------------------------------- timing
-def timed_loop(interp, inputs: list, min_runs: int, min_secs: float, max_secs: float) -> list:
+def timed_loop(
+    interp, inputs: list, min_runs: int, min_secs: float, max_secs: float, cpu: list | None = None
+) -> list:
     """Invoke until ``min_runs`` and ``min_secs`` are both reached (or ``max_secs``); µs per run.
 
-    Inputs are set outside the timed region; only ``invoke()`` is measured.
+    Inputs are set outside the timed region; only ``invoke()`` is measured. With a ``cpu``
+    list, the calling thread's CPU time of each run (µs) is appended to it too.
     """
     samples: list[float] = []
     start = time.perf_counter()
@@ -56,7 +59,10 @@ def timed_loop(interp, inputs: list, min_runs: int, min_secs: float, max_secs: f
         for detail, value in zip(interp.get_input_details(), values):
             interp.set_tensor(detail["index"], value)
         t0 = time.perf_counter_ns()
+        c0 = time.thread_time_ns() if cpu is not None else 0
         interp.invoke()
+        if cpu is not None:
+            cpu.append((time.thread_time_ns() - c0) / 1000.0)
         samples.append((time.perf_counter_ns() - t0) / 1000.0)
 
 
@@ -240,18 +246,21 @@ def _run_timings(interp, inputs, runs, warmup, min_secs, warmup_min_secs, max_se
 
 
 def sweep(interps: list, inputs: list, rounds: int, warmup: int, timing: tuple) -> dict:
-    """Time every interpreter in turn, ``rounds`` times; the p50 and min (µs) of each, per
-    round."""
+    """Time every interpreter in turn, ``rounds`` times; per round, the p50 and min (µs) of
+    each, and the min of the calling thread's CPU time (``cpu_min_us``: with one interpreter
+    thread, the run's time without the time other processes took the core)."""
     np = rt.import_numpy()
-    p50s, mins = [], []
+    p50s, mins, cpu_mins = [], [], []
     for _ in range(max(rounds, 1)):
-        samples = []
+        samples, cpu = [], []
         for interp in interps:
             timed_loop(interp, inputs, warmup, 0.0, timing[2])
-            samples.append(timed_loop(interp, inputs, *timing))
+            cpu.append([])
+            samples.append(timed_loop(interp, inputs, *timing, cpu=cpu[-1]))
         p50s.append([float(np.percentile(s, 50)) for s in samples])
         mins.append([float(min(s)) for s in samples])
-    return {"rounds": len(p50s), "p50_us": p50s, "min_us": mins}
+        cpu_mins.append([float(min(c)) for c in cpu])
+    return {"rounds": len(p50s), "p50_us": p50s, "min_us": mins, "cpu_min_us": cpu_mins}
 
 
 def _delta(after, before):

@@ -7,11 +7,14 @@ ops removed. Every prefix is benchmarked in the same device-script run as the wh
 model, alternating over several rounds. In each round, a group's time is
 ``t(prefix ending at it) - t(previous prefix)`` (the first group's is its prefix's time,
 so it carries the interpreter's fixed cost of an invoke), where ``t`` is the fastest of
-the round's runs: on a shared or emulated machine, other work only ever adds time, and a
-difference of two medians of a few runs drowns small ops in that (measured: on MobileNetV2
-under load, 48 of 64 layers within the noise with medians, 6 with minimums). A group's
-time is the p50 of its per-round differences, its noise their spread. The sum of the
-groups is checked against the whole model's time, measured the same way in the same run.
+the round's runs, in CPU time of the invoking thread when the interpreter has one thread
+(else wall-clock time). Other work on the machine only ever adds time, and a difference of
+two medians of a few runs drowns small ops in it (measured on a loaded 2-core host: on
+MobileNetV2, 45 of 64 layers within the noise with medians, about 12 with minimums; under
+qemu, where a run outlasts the scheduler's time slice, only CPU time stays clean: kws's
+noise fell from 4.2 ms to 0.06 ms per layer). A group's time is the p50 of its per-round
+differences, its noise their spread. The sum of the groups is checked against the whole
+model's time, measured the same way in the same run.
 
 The prefixes are built on the host from the model's flatbuffer (the TFLite schema's object
 API, no TensorFlow), checked by tfedge's bounds-checked reader, and run by the same job
@@ -112,7 +115,7 @@ class OpProfile:
     rows: list[ProfileRow]
     total_us: float
     bench: Any = field(default=None, repr=False)  # the BenchResult of the whole model
-    statistic: str = "min_us"  # of each round's runs: the fastest (or p50_us)
+    statistic: str = "min_us"  # of each round's runs: see STATISTICS
 
     @property
     def sum_us(self) -> float:
@@ -306,7 +309,8 @@ def op_profile(
             rounds=rounds,
             **bench_options,
         )
-    return aggregate(str(path), groups, result.sweep, per_op, result)
+    statistic = "cpu_min_us" if result.threads == 1 else "min_us"
+    return aggregate(str(path), groups, result.sweep, per_op, result, statistic)
 
 
 def aggregate(
@@ -339,6 +343,11 @@ def aggregate(
     return OpProfile(model, mode, len(rounds), rows, total, bench_result, statistic)
 
 
+STATISTICS = {
+    "cpu_min_us": "fastest run in CPU time",
+    "min_us": "fastest run",
+    "p50_us": "median run",
+}
 SUM_TOLERANCE = 0.2  # the groups' sum this far off the whole model's time: not trustworthy
 
 
@@ -365,8 +374,8 @@ def format_profile(profile: OpProfile, limit: int | None = None) -> str:
         lines.append(f"... {len(rows) - len(shown)} more")
     lines += [
         f"sum         {profile.sum_us / 1000:.3f} ms = {profile.sum_ratio:.0%} of the whole "
-        f"model's {profile.total_us / 1000:.3f} ms (p50 over {profile.rounds} rounds of "
-        "the fastest run's differences)",
+        f"model's {profile.total_us / 1000:.3f} ms (p50 over {profile.rounds} rounds of the "
+        f"differences of each prefix's {STATISTICS.get(profile.statistic, profile.statistic)})",
         f"noise       ± {profile.noise_us / 1000:.3f} ms per row (the rounds' median distance "
         "from their p50); ~ marks a time within its noise",
     ]
