@@ -123,7 +123,7 @@ class SensitivityReport:
         return [
             [c.kind, c.name, c.size]
             + [f"{p.kept}: {p.score:.4g} ({p.drop:+.3g})" for p in c.points]
-            + [round(c.sensitivity, 3)]
+            + [f"{c.sensitivity:.3g}"]
             for c in self.curves
         ]
 
@@ -172,6 +172,7 @@ def analyze_sensitivity(
     evals = _dataset(eval_data, "evaluation data") if eval_data is not None else None
     key = cache_key(model, train, evals, options) if cache else ""
     if key and (hit := read_cache(key)) is not None:
+        hit.model = _label(model)
         return hit
     report = _analyse(model, train, evals, options, trust_model, log or (lambda _: None))
     if key:

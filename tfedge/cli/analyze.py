@@ -125,8 +125,9 @@ def _print(report) -> None:
     source = " (cached)" if report.cached else ""
     click.echo(
         f"{report.model}: baseline {report.metric} {report.baseline:.4g} on {report.samples} "
-        f"samples{source}; drop in {report.drop_unit}, most robust first"
+        f"samples{source}; most robust first"
     )
+    click.echo(f"each cut: channels or rank kept: {report.metric} (drop in {report.drop_unit})")
     echo_table(report.headers(), report.rows())
     for group in report.left_whole:
         reason = "; ".join(group["reasons"]) or "left whole"
