@@ -120,6 +120,26 @@ def test_op_profile_on_the_local_cpu_accounts_for_every_op(kws_int8):
 
 
 @pytest.mark.tf
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 30])
+def test_device_sweep_loads_big_alternates_one_at_a_time(
+    harness_models, tmp_path, monkeypatch, keep_bytes
+):
+    from tfedge_device import bench as device_bench
+
+    model = harness_models["int8"]
+    prefixes = write_prefixes(model, plan_groups(read_tflite(model)), tmp_path)
+    monkeypatch.setattr(device_bench, "KEEP_ALTERNATES_BYTES", keep_bytes)
+    report = device_bench.benchmark(
+        str(model), 1, runs=2, min_secs=0, alternates=[str(p) for p in prefixes], rounds=2
+    )
+    sweep = report["sweep"]
+    assert sweep["rounds"] == 2
+    for key in ("p50_us", "min_us", "cpu_min_us"):
+        assert [len(r) for r in sweep[key]] == [len(prefixes) + 1] * 2
+        assert all(v > 0 for r in sweep[key] for v in r)
+
+
+@pytest.mark.tf
 def test_cli_op_profile_table_and_json(run_cli, harness_models):
     model = harness_models["int8"]
     ops = len(read_tflite(model).ops)

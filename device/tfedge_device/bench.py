@@ -24,6 +24,7 @@ and exits with status 2 (runtime missing or broken) or 3 (bad model or data).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -38,6 +39,9 @@ else:  # run as a plain file: its sibling interpreter.py, never another installe
     import interpreter as rt  # type: ignore[no-redef]
 
 SCRIPT_VERSION = 1
+# Alternates (e.g. prefixes of a big model) larger than this in all are loaded one at a time,
+# at each turn, rather than all kept in memory at once.
+KEEP_ALTERNATES_BYTES = 64 * 1024 * 1024
 
 
 # ---------------------------------------------------------------- timing
@@ -202,7 +206,12 @@ def benchmark(
     inputs = _timing_inputs(interp, data, report, save_outputs)
     report.update(_run_timings(interp, inputs, runs, warmup, min_secs, warmup_min_secs, max_secs))
     if alternates:
-        others = [rt.create_interpreter(module, runtime, m, threads, xnnpack) for m in alternates]
+        keep = sum(os.path.getsize(m) for m in alternates) <= KEEP_ALTERNATES_BYTES
+        load = functools.partial(rt.create_interpreter, module, runtime, threads=threads)
+        others = [
+            load(m, xnnpack=xnnpack) if keep else functools.partial(load, m, xnnpack=xnnpack)
+            for m in alternates
+        ]
         timing = (max(runs, 1), min_secs, max_secs)
         report["sweep"] = sweep([interp, *others], inputs, rounds, max(warmup, 1), timing)
     report.update(
@@ -253,7 +262,8 @@ def sweep(interps: list, inputs: list, rounds: int, warmup: int, timing: tuple) 
     p50s, mins, cpu_mins = [], [], []
     for _ in range(max(rounds, 1)):
         samples, cpu = [], []
-        for interp in interps:
+        for item in interps:  # an interpreter, or what loads one for this turn only
+            interp = item() if isinstance(item, functools.partial) else item
             timed_loop(interp, inputs, warmup, 0.0, timing[2])
             cpu.append([])
             samples.append(timed_loop(interp, inputs, *timing, cpu=cpu[-1]))
