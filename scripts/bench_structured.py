@@ -64,10 +64,12 @@ def run_recipe(name: str, text: str, work: Path, model: str | None = None) -> di
         "recipe": text.split("passes:\n", 1)[1].split("train:", 1)[0].strip(),
         "int8_accuracy": int8.accuracy,
         "final_accuracy": final.accuracy,
+        "int8_mse": int8.mse,
+        "final_mse": final.mse,
         "drop_points": None
         if int8.accuracy is None or final.accuracy is None
         else round(100 * (int8.accuracy - final.accuracy), 2),
-        "int8_tflite": int8.tflite,
+        "int8_tflite": str(Path(result.output_dir) / int8.tflite),
         "final_tflite": result.model,
         "metrics": summary(metrics),
         "seconds": round(time.monotonic() - start, 1),
@@ -86,7 +88,7 @@ def summary(metrics: dict) -> dict:
 
 def tflite_figures(path: str) -> dict:
     info = tfedge.inspect(path)
-    return {"macs": info.macs, "params": info.params, "bytes": os.path.getsize(path)}
+    return {"macs": info.macs, "params": info.parameters, "bytes": os.path.getsize(path)}
 
 
 def alternating(thin: str, base: str, rounds: int, runs: int, target: str, profile=None) -> dict:
@@ -128,6 +130,12 @@ def host() -> str:
     return f"{os.uname().machine}, {os.cpu_count()} cores, {model or 'unknown CPU'}; {features}"
 
 
+def score(row: dict, stage: str) -> str:
+    """Accuracy, or the MSE of a model without classes."""
+    accuracy = row[f"{stage}_accuracy"]
+    return f"{accuracy:.4f}" if accuracy is not None else f"MSE {row[f'{stage}_mse']:.4g}"
+
+
 def markdown(res: dict) -> str:
     lines = [f"Host: {res['host']}. tfedge {res['version']}, {res['date']}.", ""]
     v = res["vww"]
@@ -156,7 +164,7 @@ def markdown(res: dict) -> str:
         "",
         "**Accuracy after fine-tuning** (drop against the unpruned int8 model)",
         "",
-        "| model | recipe | MACs kept | int8 acc | final acc | drop (pts) | time (s) |",
+        "| model | recipe | kept | int8 acc / MSE | final acc / MSE | drop (pts) | time (s) |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in res["accuracy"]:
@@ -167,9 +175,10 @@ def markdown(res: dict) -> str:
             else f"{m.get('dense_params_after', 0) / max(m.get('dense_params_before', 1), 1):.0%}"
             " of factorised params"
         )
+        drop = "-" if r["drop_points"] is None else r["drop_points"]
         lines.append(
             f"| {r['model']} | `{r['recipe'].replace(chr(10), ' ')}` | {kept} | "
-            f"{r['int8_accuracy']:.4f} | {r['final_accuracy']:.4f} | {r['drop_points']} | "
+            f"{score(r, 'int8')} | {score(r, 'final')} | {drop} | "
             f"{r['seconds']} |"
         )
     lines += ["", "kws and vww data are synthetic: their accuracies only show the pass runs."]
