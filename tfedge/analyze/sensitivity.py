@@ -433,6 +433,22 @@ def _group_curves(model, graph, ctx, x, y, options: dict) -> list[Curve]:
     return [_group_curve(g.to_json()) for g in found]
 
 
+def group_report(label: str, table: list[dict]) -> SensitivityReport:
+    """A report from the ``channels`` pass's own sensitivity table (its stage metrics)."""
+    curves = sorted((_group_curve(row) for row in table), key=lambda c: c.sensitivity)
+    first = table[0]
+    ratios = sorted({float(row["keep"]) for row in first["rows"]}, reverse=True)
+    return SensitivityReport(
+        model=label,
+        metric=str(first["metric"]),
+        baseline=float(first["baseline"]),
+        samples=0,
+        ratios=ratios,
+        options={"criterion": first.get("criterion")},
+        curves=curves,
+    )
+
+
 def _group_curve(data: dict) -> Curve:
     """A ``GroupSensitivity`` (its JSON form) as a curve named after its first layer."""
     layers = list(data["layers"])

@@ -643,6 +643,52 @@ def _write_reports(
     )
     text = markdown_report(recipe, stages, failed=failed, checkpoint=checkpoint, notes=notes)
     write_bytes_atomic(work / "report.md", text.encode())
+    for stage in stages:
+        if plot := sensitivity_plot(stage):
+            write_bytes_atomic(work / f"sensitivity-{_slug(stage.name)}.svg", plot.encode())
+
+
+def sensitivity_plot(stage: Stage) -> str | None:
+    """The SVG of a channels stage's sensitivity table (``target_macs``), else None."""
+    table = stage.metrics.get("sensitivity") if stage.name.startswith("channels") else None
+    if not isinstance(table, list) or not table:
+        return None
+    from tfedge.analyze.sensitivity import group_report
+
+    return group_report(stage.name, table).svg()
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name)
+
+
+def channels_section(stage: Stage) -> list[str]:
+    """Per channel group of a channels stage: channels before/after, kept share, why whole."""
+    groups = stage.metrics.get("groups")
+    if not stage.name.startswith("channels") or not isinstance(groups, list):
+        return []
+    m = stage.metrics
+    lines = [
+        "",
+        f"**{stage.name}**: MACs {m['macs_before']:,} -> {m['macs_after']:,} "
+        f"({m['macs_after'] / max(m['macs_before'], 1):.1%}), parameters "
+        f"{m['params_before']:,} -> {m['params_after']:,}"
+        + (f"; target_macs {m['target_macs']:g}" if "target_macs" in m else "")
+        + ".",
+        "",
+        "| group (layers) | channels before | after | note |",
+        "|---|---:|---:|---|",
+    ]
+    for g in groups:
+        layers = ", ".join(g["layers"][:4]) + (" ..." if len(g["layers"]) > 4 else "")
+        lines.append(
+            f"| {layers} | {g['channels_before']} | {g['channels_after']} | "
+            f"{g.get('left_whole', '') or g.get('criterion', '')} |"
+        )
+    if sensitivity_plot(stage):
+        slug = _slug(stage.name)
+        lines += ["", f"![sensitivity of {stage.name}](sensitivity-{slug}.svg)"]
+    return lines
 
 
 def markdown_report(
@@ -699,5 +745,7 @@ def markdown_report(
         )
     if any(s.reused for s in stages):
         lines += ["", "(reused): measured by the earlier run this one resumed (--resume)."]
+    for s in stages:
+        lines += channels_section(s)
     lines += [f"\nNote: {note}" for note in notes or []]
     return "\n".join(lines) + "\n"
