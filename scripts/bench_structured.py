@@ -15,7 +15,11 @@ Measures:
   * low_rank with default options on a digits MLP and the anomaly autoencoder: share of the
     Dense parameters cut and the drop after fine-tuning;  goal >= 40% cut at <= 1 point.
 
+  * where the time goes: per-layer profile (bench --op-profile) of both vww models, locally
+    (and under qemu with --qemu-op-profile).
+
 Usage: python scripts/bench_structured.py [--rounds 5] [--runs 200] [--no-qemu] [--quick]
+       [--qemu-op-profile]
 """
 
 from __future__ import annotations
@@ -113,6 +117,38 @@ def alternating(thin: str, base: str, rounds: int, runs: int, target: str, profi
     }
 
 
+def op_profiles(base: str, thin: str, target: str, profile=None) -> dict:
+    """Where the time goes, per Keras layer, in the unpruned and the thinned int8 models."""
+    from tfedge.analyze.op_profile import op_profile
+
+    out = {}
+    for name, path in (("int8", base), ("channels int8", thin)):
+        prof = op_profile(path, target=target, profile=profile, threads=1, rounds=5)
+        out[name] = prof.to_dict()
+    return out
+
+
+def profile_table(profiles: dict, top: int = 10) -> list[str]:
+    """The ``top`` layers of the unpruned model by time, before and after."""
+    before, after = profiles["int8"], profiles["channels int8"]
+    ms_after = {row["name"]: row["p50_us"] / 1000 for row in after["rows"]}
+    label = before.get("target", "?") + (" (EMULATED)" if before.get("emulated") else "")
+    lines = [
+        f"**Per layer, {label}, 1 thread** (p50 of 5 rounds; whole model "
+        f"{before['total_us'] / 1000:.3f} -> {after['total_us'] / 1000:.3f} ms)",
+        "",
+        "| layer | int8 ms | share | channels int8 ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in before["rows"][:top]:
+        now = ms_after.get(row["name"])
+        lines.append(
+            f"| {row['name']} | {row['p50_us'] / 1000:.3f} | {row['share']:.1%} | "
+            f"{'-' if now is None else f'{now:.3f}'} |"
+        )
+    return lines + [""]
+
+
 def host() -> str:
     model, flags = "", set()
     try:
@@ -160,8 +196,10 @@ def markdown(res: dict) -> str:
             f"| {label} | {r['runtime']} | {r['threads']} | {r['base_p50_us']:,.0f} | "
             f"{r['thin_p50_us']:,.0f} | {r['speedup']:.2f}x | {r['spread_pct']}% |"
         )
+    lines.append("")
+    for profiles in v.get("op_profile", []):
+        lines += profile_table(profiles)
     lines += [
-        "",
         "**Accuracy after fine-tuning** (drop against the unpruned int8 model)",
         "",
         "| model | recipe | kept | int8 acc / MSE | final acc / MSE | drop (pts) | time (s) |",
@@ -195,6 +233,9 @@ def main() -> int:
     parser.add_argument("--qemu-runs", type=int, default=10, help="runs per emulated benchmark")
     parser.add_argument("--qemu-rounds", type=int, default=3, help="rounds under qemu")
     parser.add_argument("--no-qemu", action="store_true", help="skip the emulated rows")
+    parser.add_argument(
+        "--qemu-op-profile", action="store_true", help="also profile per layer under qemu (13 min)"
+    )
     parser.add_argument("--quick", action="store_true", help="1 epoch everywhere (a smoke run)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
@@ -218,10 +259,15 @@ def main() -> int:
                     "rpi4",
                 )
             )
+        pair = (vww["int8_tflite"], vww["final_tflite"])
+        profiles = [op_profiles(*pair, "local")]
+        if args.qemu_op_profile:
+            profiles.append(op_profiles(*pair, "qemu", "rpi4"))
         res["vww"] = {
             "int8": tflite_figures(vww["int8_tflite"]),
             "thin": tflite_figures(vww["final_tflite"]),
             "speed": speed,
+            "op_profile": profiles,
         }
         res["accuracy"] = [
             vww,
