@@ -83,7 +83,7 @@ def optimize_cmd(
             --data models/digits/train.npz --eval models/digits/test.npz -o out/digits
         tfedge optimize models/digits/model.keras --resume out/digits -r edited.yaml \\
             --data models/digits/train.npz --eval models/digits/test.npz
-        tfedge optimize models/digits/model.keras -r prune-cluster-qat --dry-run \
+        tfedge optimize models/digits/model.keras -r prune-cluster-qat --dry-run \\
             --set prune.target_sparsity=0.6 --set qat.epochs=2
     """
     from tfedge.errors import UsageError
