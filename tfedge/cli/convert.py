@@ -23,9 +23,7 @@ FLOAT_OPS_SHOWN = 10  # per-op lines printed for a full-integer conversion that 
 @click.option(
     "--quant",
     type=click.Choice(["int8", "int16x8", "float16", "dynamic", "none"]),
-    default="int8",
-    show_default=True,
-    help="Quantization scheme.",
+    help="Quantization scheme [default: int8; none with --sparse].",
 )
 @click.option(
     "--io",
@@ -84,6 +82,7 @@ def convert_cmd(
     from tfedge.convert.converter import convert
     from tfedge.progress import progress_wanted, stage_log
 
+    quant = quant or ("none" if sparse else "int8")
     log = stage_log(as_json)  # a log or CI job sees the conversion start (it takes a while)
     if log:
         log(f"converting {model} to {quant} ...")
