@@ -166,6 +166,43 @@ def test_budgets_exclude_trials_from_the_front(inputs, tmp_path):
     none = cheap_search(inputs, tmp_path / "none", trials=3, space=impossible)
     assert none.best is None and not (tmp_path / "none" / "best").exists()
     assert none.closest and any("size" in o for o in none.closest[0]["over"])
+    _check_plots(tmp_path / "out", result)
+    _check_plots(tmp_path / "none", none)
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _check_plots(out: Path, result) -> None:
+    """Both plots (as files and inline in report.html): a point per measured trial, filled
+    when feasible, the front joined in order, the size budget dashed, the best ringed."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    html = (out / "report.html").read_text()
+    inline = re.findall(r"<svg .*?</svg>", html, re.S)
+    files = [(out / n).read_text().strip() for n in ("pareto_latency.svg", "pareto_size.svg")]
+    assert inline == files and "http" not in html.replace(SVG[1:-1], "")
+    front = sorted(r["number"] for r in result.front)
+    for svg, budget in zip(files, ("latency", "size")):
+        root = ET.fromstring(svg)
+        points = [c for c in root.iter(f"{SVG}circle") if "trial" in c.get("class", "")]
+        assert sorted(int(c.get("data-trial")) for c in points) == sorted(
+            r["number"] for r in result.trials
+        )
+        for c in points:
+            row = next(r for r in result.trials if r["number"] == int(c.get("data-trial")))
+            assert (c.get("fill") == "none") == (not feasible(row))
+        assert sorted(int(c.get("data-trial")) for c in points if c.get("data-front")) == front
+        lines = [p for p in root.iter(f"{SVG}polyline") if p.get("class") == "front"]
+        assert len(lines) == (len(front) > 1)
+        rings = [c for c in root.iter(f"{SVG}circle") if c.get("class") == "best"]
+        assert [int(c.get("data-trial")) for c in rings] == (
+            [result.best["number"]] if result.best else []
+        )
+        budgets = [b for b in root.iter(f"{SVG}line") if b.get("class") == "budget"]
+        assert len(budgets) == 1 and budgets[0].get("stroke-dasharray")
+        assert f"{budget} budget (relative)" in svg
 
 
 def test_two_workers_share_a_journal_study(inputs, tmp_path, calls):

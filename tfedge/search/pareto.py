@@ -80,7 +80,7 @@ def table_rows(rows: list[dict]) -> list[list]:
         [
             row["number"],
             row["recipe_sha256"][:12],
-            _score(row),
+            score_text(row),
             f"{row['p50_ms']:.3f}",
             f"{row['peak_rss_mb']:.1f}",
             row["tflite_bytes"],
@@ -100,7 +100,8 @@ def markdown(rows: list[dict], title: str, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _score(row: dict) -> str:
+def score_text(row: dict) -> str:
+    """The accuracy in %, or the MSE for a model without classes."""
     if row.get("accuracy") is not None:
         return f"{100 * row['accuracy']:.2f}%"
     return f"mse {-row['score']:.4g}"

@@ -8,6 +8,9 @@ end OUTDIR holds:
 - ``pareto.json``: the budgets (and their kind), every trial (recipe, figures, feasible),
   the failed trials with their reasons, the feasible Pareto front and the best trial;
 - ``pareto.md``: the front and then every trial as tables;
+- ``report.html``: score against p50 latency and against gzip bytes (every trial, the front,
+  the budgets, the best; ``tfedge.search.plots``) and the tables, in one self-contained page;
+  the same plots as ``pareto_latency.svg`` and ``pareto_size.svg``;
 - ``best/``: ``model.tflite``, ``recipe.yaml`` (reproduce it with ``tfedge optimize``) and
   ``bench.json`` of the most accurate trial within every budget (absent when none is);
 - the study: ``study.db`` (or ``study.journal`` with several workers), ``baseline/`` (the int8
@@ -227,7 +230,7 @@ def _result(study, settings, kind, url, recovered, notes, started) -> SearchResu
 
 
 def write_outputs(out: Path, result: SearchResult) -> None:
-    """best/, pareto.json and pareto.md (each replaced whole)."""
+    """best/, pareto.json, pareto.md, report.html and the plots (each replaced whole)."""
     from tfedge.fsutil import write_bytes_atomic
 
     if result.best is not None:
@@ -241,6 +244,18 @@ def write_outputs(out: Path, result: SearchResult) -> None:
     text = pareto.markdown(result.front, "Pareto front (feasible trials)", notes)
     text += "\n" + pareto.markdown(result.trials, "All trials", [])
     write_bytes_atomic(out / "pareto.md", text.encode())
+    write_plots(out, result)
+
+
+def write_plots(out: Path, result: SearchResult) -> None:
+    """report.html (both plots inline, the tables) and the plots as pareto_*.svg."""
+    from tfedge.fsutil import write_bytes_atomic
+    from tfedge.search import plots
+
+    for key, name in plots.FILES.items():
+        svg = plots.scatter_svg(result.trials, result.budgets, key)
+        write_bytes_atomic(out / name, svg.encode())
+    write_bytes_atomic(out / "report.html", plots.report_html(result.to_dict()).encode())
 
 
 def _write_best(out: Path, best: dict) -> str:
