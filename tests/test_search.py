@@ -78,6 +78,25 @@ def test_every_pass_on_makes_a_valid_recipe():
     assert floats == {"schema_version": 1, "passes": [], "convert": {"quant": "none"}}
 
 
+def test_distill_is_a_dimension_of_the_channels_pass():
+    space = parse_space("channels: {keep: [0.5, 0.9]}\ndistill: [false, true]\nquant: [int8]\n")
+    assert dimensions(space)["distill"] == ("choice", (False, True))
+    params = {"channels": True, "channels.keep": 0.5, "distill": True, "epochs": 2}
+    recipe = parse_recipe(json.dumps(recipe_data(params, space)))
+    assert recipe.pass_names == ["channels"] and recipe.passes[0].distill
+    plain = recipe_data({**params, "distill": False}, space)
+    assert not parse_recipe(json.dumps(plain)).passes[0].distill
+    # distillation is fine-tuning: not with 0 epochs (the recipe would be refused)
+    assert "distill" not in recipe_data({**params, "epochs": 0}, space)["passes"][0]["channels"]
+    always = parse_space("channels: {keep: [0.5, 0.9]}\ndistill: true\nquant: [int8]\n")
+    assert "distill" not in dimensions(always) and always.distill == (True,)
+    assert recipe_data({"channels": True}, always)["passes"][0]["channels"]["distill"] is True
+    assert "distill" not in dimensions(Space()) and Space().sha256 == Space(distill=[False]).sha256
+    assert Space().sha256 != Space(distill=(False, True)).sha256
+    with pytest.raises(RecipeError, match="distill"):
+        parse_space("distill: [maybe]")
+
+
 def test_space_errors_name_the_key():
     with pytest.raises(RecipeError, match="unknown option 'prnue'") as err:
         parse_space("prnue: {target_sparsity: [0.3, 0.9]}")

@@ -9,6 +9,7 @@ a pass set to ``false`` is left out of the search. The defaults:
     prune: {target_sparsity: [0.3, 0.9]} # unstructured sparsity
     cluster: {clusters: [8, 16, 32]}     # choices
     qat: false                           # may add quantization-aware training (int8 only)
+    distill: [false]                     # the channels pass fine-tunes by distillation?
     quant: [int8, int16x8, float16, dynamic, float32]
     epochs: [1, 2]                       # fine-tuning epochs of every pass (range)
     budgets: {latency: 0.5, size: 0.1}   # relative budgets on a stand-in target
@@ -51,6 +52,11 @@ def _tuple(value: Any) -> Any:
 
 
 AsTuple = BeforeValidator(_tuple)
+
+
+def _choices(value: Any) -> Any:
+    """``true`` / ``false`` is a single choice; a list becomes a tuple."""
+    return (value,) if isinstance(value, bool) else _tuple(value)
 
 
 def _check_range(low: float, high: float, name: str) -> None:
@@ -127,6 +133,12 @@ class Space(Config):
     prune: PruneSpace | None = PruneSpace()
     cluster: ClusterSpace | None = ClusterSpace()
     qat: bool = False
+    distill: Annotated[tuple[bool, ...], BeforeValidator(_choices)] = Field(
+        default=(False,),
+        min_length=1,
+        description="fine-tune the channels pass by distillation from the unpruned model "
+        "(classification only): [false], [true] or [false, true] to search it",
+    )
     quant: Annotated[tuple[Quant, ...], AsTuple] = Field(
         default=("int8", "int16x8", "float16", "dynamic", "float32"), min_length=1
     )
@@ -153,6 +165,8 @@ class Space(Config):
     def sha256(self) -> str:
         """Hash of the normalised space: a study may only continue under the same space."""
         content = self.model_dump(mode="json", exclude={"measure"})
+        if self.distill == (False,):  # the default: the hash of a space from before distill
+            content.pop("distill")
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
@@ -217,6 +231,8 @@ def dimensions(space: Space) -> dict[str, tuple[str, Any]]:
         dims["cluster"] = ("choice", (False, True))
         if len(space.cluster.clusters) > 1:
             dims["cluster.clusters"] = ("choice", space.cluster.clusters)
+    if space.channels and len(set(space.distill)) > 1:
+        dims["distill"] = ("choice", (False, True))
     if space.qat and "int8" in space.quant:
         dims["qat"] = ("choice", (False, True))
     if len(space.quant) > 1:
@@ -254,7 +270,10 @@ def recipe_data(params: dict[str, Any], space: Space) -> dict:
     passes: list[dict] = []
     if space.channels is not None and params.get("channels"):
         keep = params.get("channels.keep", space.channels.keep[0])
-        passes.append({"channels": {"keep": round(float(keep), 3), "epochs": epochs}})
+        options: dict[str, Any] = {"keep": round(float(keep), 3), "epochs": epochs}
+        if epochs >= 1 and params.get("distill", space.distill[0]):
+            options["distill"] = True  # distillation is fine-tuning: never with 0 epochs
+        passes.append({"channels": options})
     if space.low_rank is not None and params.get("low_rank"):
         ratio = params.get("low_rank.param_ratio", space.low_rank.param_ratio[0])
         passes.append({"low_rank": {"param_ratio": round(float(ratio), 3), "epochs": epochs}})
@@ -281,6 +300,8 @@ def widest_recipe(space: Space) -> dict:
     """Every searched pass on, at the setting that reaches furthest (the low end of each range,
     the fewest clusters): the recipe that ``check_applies`` plans on the model."""
     params: dict[str, Any] = {name: True for name in (*PASS_BLOCKS, "qat")}
+    params["distill"] = True in space.distill
+    params["epochs"] = space.epochs[1]
     params["quant"] = "int8" if "int8" in space.quant else space.quant[0]
     if space.cluster is not None:
         params["cluster.clusters"] = min(space.cluster.clusters)
