@@ -350,7 +350,7 @@ def test_golden_data_is_a_target_and_todays_agents_still_install(tmp_path, ota_m
     targets = _latest_targets(repo)["signed"]["targets"]
     custom = targets["models/kws.tflite"]["custom"]
     meta = custom["tfedge"]
-    assert meta["schema"] == 2 and meta["golden_target"] in targets
+    assert meta["schema"] >= 2 and meta["golden_target"] in targets
     golden = targets[meta["golden_target"]]
     assert golden["hashes"] == meta["golden_hashes"] and golden["length"] == meta["golden_length"]
     assert custom["golden_npz"] and custom["golden_sha256"] == meta["golden_hashes"]["sha256"]
@@ -366,7 +366,8 @@ def test_golden_data_is_a_target_and_todays_agents_still_install(tmp_path, ota_m
         repo_api.publish(repo, ota_models["v2"], "kws", 2, legacy_golden=False)
         custom = _latest_targets(repo)["signed"]["targets"]["models/kws.tflite"]["custom"]
         assert "golden_npz" not in custom
-        assert len(_latest_targets(repo)["signed"]["targets"]) == 2  # v1's golden dropped
+        # v1's golden and compressed form dropped: v2's model, golden, compressed form remain
+        assert len(_latest_targets(repo)["signed"]["targets"]) == 3
         assert oh.poll(server.url, new_device, repo).model_version == 2
         old = _run_legacy(legacy, server.url, old_device, repo)
         assert old.returncode == 1 and "golden data does not match" in old.stderr, old.stderr

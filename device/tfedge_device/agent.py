@@ -2,10 +2,13 @@
 
 Every poll builds a fresh python-tuf ``Updater`` that trusts only the root the device was
 installed with (``--root``), never a writable cache. A newer, compatible model is
-downloaded to a staging file on the model directory's filesystem, re-verified, fsynced,
-smoke-tested in a child process, moved into ``versions/``, and activated by renaming the
-``current`` symlink (the directory is fsynced). A health check then runs (a user command,
-by default the smoke test in a fresh process); if it fails, the previous model comes back.
+downloaded (its compressed form when the signed metadata names one in a codec this device
+decodes, checked by TUF, then decompressed in bounded memory and checked against the full
+model's signed hash; on any problem the full model) to a staging file on the model
+directory's filesystem, re-verified, fsynced, smoke-tested in a child process, moved into
+``versions/``, and activated by renaming the ``current`` symlink (the directory is fsynced).
+A health check then runs (a user command, by default the smoke test in a fresh process); if
+it fails, the previous model comes back.
 
 Every step is journalled (:mod:`tfedge_device.journal`), so an agent killed at any moment
 resumes or rolls back when it restarts. ``status.json`` tells a fleet dashboard where the
@@ -45,6 +48,7 @@ from typing import TextIO
 
 from tfedge_device import child_env, target_path
 from tfedge_device.config import AgentConfig, AgentError, ConfigError, parse_args, validate
+from tfedge_device.decompress import DecompressError, available_codecs, decompress_stream
 from tfedge_device.journal import PRE_SWITCH, ROLLING_BACK, Journal
 from tfedge_device.modeldir import (
     CURRENT,
@@ -401,7 +405,8 @@ class _Agent:
         )
         self.staging.mkdir(exist_ok=True)
         staged = self._staged(sha)
-        updater.download_target(target, filepath=str(staged))
+        if not self._stage_compressed(updater, target, staged):
+            updater.download_target(target, filepath=str(staged))
         self._step("downloaded")
         if os.path.getsize(staged) != target.length or sha256_file(staged) != sha:
             raise InstallError(
@@ -414,6 +419,55 @@ class _Agent:
         self._status(
             "Installing", f"smoke-testing version {target.custom.get('model_version')} ({sha[:12]})"
         )
+
+    def _stage_compressed(self, updater, target, staged: Path) -> bool:
+        """Stage the model from a compressed form the signed metadata names; False (logged,
+        nothing left behind) when there is none this device decodes or it fails a check."""
+        from tuf.api import exceptions as tuf_errors
+
+        entry = compressed_entry(target.custom, available_codecs())
+        if entry is None:
+            offered = _offered_codecs(target.custom)
+            if offered:
+                self.log(
+                    f"no compressed form in a codec this device decodes ({', '.join(offered)}); "
+                    "downloading the full model"
+                )
+            return False
+        packed = self.files.path(self._staged_rel(target.hashes["sha256"], ".compressed"))
+        try:
+            self._fetch_and_decompress(updater, target, entry, packed, staged)
+            return True
+        except (InstallError, DecompressError) as err:
+            why = getattr(err, "message", str(err))
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        finally:
+            unlink(packed)
+        unlink(staged)
+        self.log(
+            f"compressed target {entry['target']} not used ({why}); downloading the full model"
+        )
+        return False
+
+    def _fetch_and_decompress(self, updater, target, entry: dict, packed: Path, staged: Path):
+        info = updater.get_targetinfo(entry["target"])
+        if info is None or info.length != entry["length"] or info.hashes != entry["hashes"]:
+            raise InstallError("compressed", "it is missing or not the one the model names")
+        if (
+            entry["decompressed_length"] != target.length
+            or entry["decompressed_hashes"].get("sha256") != target.hashes["sha256"]
+        ):
+            raise InstallError("compressed", "it names other bytes than the model")
+        updater.download_target(info, filepath=str(packed))  # TUF checks length and hash
+        with open(packed, "rb") as src, open(staged, "wb") as dst:
+            decompress_stream(src, dst, entry["codec"], max_length=target.length)
+        if (
+            os.path.getsize(staged) != target.length
+            or sha256_file(staged) != target.hashes["sha256"]
+        ):
+            raise InstallError("compressed", "it decompresses to bytes other than the signed model")
+        self.log(f"model staged from {entry['target']} ({info.length} bytes, {entry['codec']})")
 
     def _stage_golden(self, updater, target) -> None:
         """Stage the golden data: the TUF target the signed custom schema 2 names (verified by
@@ -601,6 +655,35 @@ def golden_target(custom: dict) -> tuple[str | None, int | None, dict]:
     ):
         raise InstallError("golden", "the signed metadata names no valid golden target")
     return path, length, hashes
+
+
+def compressed_entry(custom: dict, codecs) -> dict | None:
+    """The first well-formed compressed form named by signed custom metadata of schema 3 or
+    later whose codec is in ``codecs``; None if there is none (then the full model)."""
+    meta = custom.get("tfedge")
+    schema = meta.get("schema") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(schema, int) or schema < 3:
+        return None
+    for entry in meta.get("compressed") or []:
+        if (
+            isinstance(entry, dict)
+            and entry.get("codec") in codecs
+            and isinstance(entry.get("target"), str)
+            and isinstance(entry.get("length"), int)
+            and isinstance(entry.get("hashes"), dict)
+            and isinstance(entry.get("decompressed_length"), int)
+            and isinstance(entry.get("decompressed_hashes"), dict)
+        ):
+            return entry
+    return None
+
+
+def _offered_codecs(custom: dict) -> list[str]:
+    meta = custom.get("tfedge")
+    entries = meta.get("compressed") if isinstance(meta, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [str(e.get("codec")) for e in entries if isinstance(e, dict)]
 
 
 _RUNTIME: dict = {}

@@ -304,6 +304,14 @@ def ota_init(repo, root_keys, root_threshold, encrypt_keys, as_json):
     show_default=True,
     help="Also put the golden data inside targets.json for agents before custom schema 2.",
 )
+@click.option(
+    "--compress",
+    type=click.Choice(["lzma", "zstd", "none"]),
+    default="lzma",
+    show_default=True,
+    help="Also publish the model compressed as its own target (zstd: needs zstandard here, "
+    "and lzma is published too for devices without it).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def ota_publish(
     repo,
@@ -315,6 +323,7 @@ def ota_publish(
     golden,
     allow_signature_change,
     legacy_golden,
+    compress,
     as_json,
 ):
     """Add MODEL to REPO as a signed target with its model metadata.
@@ -340,6 +349,7 @@ def ota_publish(
         allow_signature_change,
         legacy_golden=legacy_golden,
         password=_password_prompt(),
+        compress=compress,
     )
     _echo_repo(result, as_json)
 

@@ -12,6 +12,7 @@ Layout of ``REPO`` (only ``public/`` is served; private keys never are)::
     REPO/public/targets/models/<sha256>.<name>.tflite           for every device
     REPO/public/targets/groups/<group>/models/<sha256>.<name>.tflite   for one group (canary)
     REPO/public/targets/golden/<sha256>.<sha256>.npz            golden data (its own target)
+    REPO/public/targets/compressed/<sha256>.<model sha256>.tflite.xz   a compressed model
 
 Everything under ``public/`` is 0644 (directories 0755) whatever the umask: a static server
 running as another user must read it. Each operation loads only the keys it signs with:
@@ -21,10 +22,13 @@ keys, plus the roles it re-signs. The root key can stay offline.
 
 Each model target carries signed ``custom`` metadata: ``model_version`` (monotonic),
 ``min_runtime_version``, the input/output ``signature``, compatible ``profiles`` and
-``arch``, and ``tfedge: {schema: 2, golden_target, golden_length, golden_hashes}``: the
-golden input with its expected outputs is the TUF target ``golden/<sha256>.npz``. Devices
-before schema 2 read ``golden_npz`` (base64) and ``golden_sha256``, kept unless
-``legacy_golden=False``.
+``arch``, and ``tfedge: {schema: 3, golden_target, golden_length, golden_hashes,
+compressed}``: the golden input with its expected outputs is the TUF target
+``golden/<sha256>.npz``; ``compressed`` (schema 3) lists compressed forms of the model, each
+its own TUF target ``compressed/<model sha256>.tflite.xz`` (:mod:`tfedge.ota.compress`) with
+its codec and the decompressed length and sha256. Devices before schema 3 ignore it and
+download the full model; devices before schema 2 read ``golden_npz`` (base64) and
+``golden_sha256``, kept unless ``legacy_golden=False``.
 
 Example:
     >>> init_repository("repo")
@@ -50,13 +54,16 @@ from typing import Any
 
 from tfedge.errors import OtaError, UsageError
 from tfedge.fsutil import write_bytes_atomic
+from tfedge.ota import compress as compression
 from tfedge.ota import keys as keystore
 from tfedge.ota import target_path, valid_name
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 PUBLIC_FILE_MODE, PUBLIC_DIR_MODE = 0o644, 0o755  # served files: readable by any user
-CUSTOM_SCHEMA = 2  # custom["tfedge"]["schema"]: 2 = golden data as its own target
+# custom["tfedge"]["schema"]: 2 = golden data as its own target; 3 = compressed forms too
+CUSTOM_SCHEMA = 3
+SIDE_PREFIXES = ("golden/", compression.PREFIX)  # targets a model target names (no custom)
 TARGETS_MAX_LENGTH = 5_000_000  # python-tuf's default UpdaterConfig.targets_max_length
 EXPIRY_DAYS = {"root": 365.0, "targets": 365.0, "snapshot": 7.0, "timestamp": 1.0}
 TARGETS_RENEW_WITHIN_DAYS = 30.0
@@ -228,6 +235,7 @@ def publish(
     allow_lower: bool = False,
     legacy_golden: bool = True,
     password: keystore.PasswordArg = None,
+    compress: str = compression.DEFAULT_CODEC,
 ) -> RepoResult:
     """Add ``model`` as signed target ``name`` (for ``group`` only, if given) at ``version``.
 
@@ -241,24 +249,32 @@ def publish(
         legacy_golden: also put the golden data in ``custom["golden_npz"]`` for agents
             before custom schema 2 (they cannot install the model without it).
         password: for encrypted keys (see :class:`tfedge.ota.keys.Passwords`).
+        compress: also publish the model compressed as its own target, named in
+            ``custom["tfedge"]["compressed"]``: ``lzma``; ``zstd`` (and lzma, for devices
+            without ``zstandard``); ``none``: the full model only.
 
     Raises:
-        UsageError: a bad name, group or version.  ModelLoadError: not a TFLite model.
+        UsageError: a bad name, group, version or codec.  ModelLoadError: not a TFLite model.
         OtaError: the version does not increase; the input/output signature differs from the
             published one of ``name`` and ``allow_signature_change`` is not set. Both are
             checked before anything is written or signed, so the version stays free.
     """
     _check_publish_args(name, version, group)
+    compression.check_codec(compress)
     model = Path(model)
     custom, blob = _metadata_and_golden(
         model, version, profiles, golden, allow_signature_change, legacy_golden
     )
+    codecs = {"none": [], "lzma": ["lzma"], "zstd": ["zstd", "lzma"]}[compress]  # lzma: any device
+    packed = [compression.compressed_form(model.read_bytes(), codec) for codec in codecs]
+    if packed:
+        custom["tfedge"]["compressed"] = [entry for entry, _ in packed]
     with _locked(repo, ONLINE_ROLES, password) as state:
         path = target_path(name, group)
         _check_version_increases(state, path, version, allow_lower)
         if not allow_signature_change:
             _check_signature_unchanged(state, name, group, custom["signature"])
-        target = _add_target(state, path, model, custom, blob)
+        target = _add_target(state, path, model, custom, blob, packed)
         state.write_targets_chain()
         return state.result(
             "publish", target=path, sha256=target.hashes["sha256"], model_version=version
@@ -410,7 +426,7 @@ def repo_status(repo: str | Path) -> RepoResult:
     result.versions["targets_list"] = {
         p: t.custom.get("model_version")
         for p, t in sorted(state.targets.signed.targets.items())
-        if not p.startswith("golden/")  # golden data: no custom metadata of its own
+        if not p.startswith(SIDE_PREFIXES)  # golden data, compressed forms: no custom
     }
     return result
 
@@ -550,9 +566,18 @@ def _check_signature_unchanged(
         )
 
 
-def _add_target(state: "_State", path: str, model: Path, custom: dict, golden: bytes | None = None):
-    """Add ``model`` as target ``path`` and its golden data (``golden``, else the legacy
-    ``custom["golden_npz"]``) as the target ``custom["tfedge"]["golden_target"]``."""
+def _add_target(
+    state: "_State",
+    path: str,
+    model: Path,
+    custom: dict,
+    golden: bytes | None = None,
+    compressed: list | tuple = (),
+):
+    """Add ``model`` as target ``path``, its golden data (``golden``, else the legacy
+    ``custom["golden_npz"]``) as the target ``custom["tfedge"]["golden_target"]``, and its
+    ``compressed`` forms (``(entry, bytes)`` from :func:`tfedge.ota.compress.compressed_form`)
+    as the targets their entries name."""
     from tuf.api.metadata import TargetFile
 
     meta = custom.get("tfedge") or {}
@@ -567,12 +592,27 @@ def _add_target(state: "_State", path: str, model: Path, custom: dict, golden: b
             )
         _write_served(state, golden_target, golden)
         state.targets.signed.targets[golden_target.path] = golden_target
+    for entry, packed in compressed:
+        _add_side_target(state, entry["target"], packed, entry["hashes"], path)
     data = model.read_bytes()
     target = TargetFile.from_data(path, data, ["sha256"])
     target.unrecognized_fields["custom"] = custom
     _write_served(state, target, data)
     state.targets.signed.targets[path] = target
     return target
+
+
+def _add_side_target(state: "_State", path: str, data: bytes, hashes: dict, owner: str) -> None:
+    """Add ``data`` as target ``path``, which ``owner``'s signed metadata names by ``hashes``."""
+    from tuf.api.metadata import TargetFile
+
+    target = TargetFile.from_data(path, data, ["sha256"])
+    if target.hashes != hashes:
+        raise OtaError(
+            f"the compressed form of {owner} does not match its metadata", "publish again"
+        )
+    _write_served(state, target, data)
+    state.targets.signed.targets[path] = target
 
 
 def _write_served(state: "_State", target, data: bytes) -> None:
@@ -582,13 +622,16 @@ def _write_served(state: "_State", target, data: bytes) -> None:
 
 
 def _drop_unused_golden(targets) -> None:
-    """Remove golden targets no model target names any more (targets.json stays small)."""
-    used = {
-        ((t.custom or {}).get("tfedge") or {}).get("golden_target")
-        for p, t in targets.items()
-        if not p.startswith("golden/")
-    }
-    for path in [p for p in targets if p.startswith("golden/") and p not in used]:
+    """Remove golden and compressed targets no model target names any more (targets.json
+    stays small)."""
+    used = set()
+    for p, t in targets.items():
+        if p.startswith(SIDE_PREFIXES):
+            continue
+        meta = (t.custom or {}).get("tfedge") or {}
+        used.add(meta.get("golden_target"))
+        used.update(e.get("target") for e in meta.get("compressed") or [] if isinstance(e, dict))
+    for path in [p for p in targets if p.startswith(SIDE_PREFIXES) and p not in used]:
         del targets[path]
 
 
