@@ -76,11 +76,17 @@ def _zstd(src: BinaryIO, dst: BinaryIO, max_length: int) -> int:
     decoder = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     written = 0
     try:
-        with decoder.stream_reader(src, read_size=CHUNK, read_across_frames=False) as reader:
+        size = zstandard.frame_content_size(src.read(18))  # -1: not in the header
+        src.seek(0)
+        with decoder.stream_reader(
+            src, read_size=CHUNK, read_across_frames=False, closefd=False
+        ) as reader:
             while out := reader.read(CHUNK):
                 written = _write(dst, out, written, max_length)
     except zstandard.ZstdError as exc:
         raise DecompressError(f"bad zstd stream: {exc}") from exc
+    if size >= 0 and written != size:
+        raise DecompressError("the zstd stream is truncated")
     if src.read(1):
         raise DecompressError("data after the end of the zstd stream")
     return written
