@@ -445,3 +445,4 @@ def test_real_search_on_digits(digits, tmp_path, run_cli):
     bench = json.loads((out / "best" / "bench.json").read_text())
     assert bench["latency_us"]["p50"] > 0 and bench["target"] == "local"
     assert (out / "best" / "model.tflite").read_bytes()[4:8] == b"TFL3"
+    assert f"trial {best['number']}" in (out / "report.html").read_text()
