@@ -36,6 +36,13 @@ def test_demo_runs_end_to_end(run_cli, models_root, tmp_path):
     before, after = (int(n.replace(",", "")) for n in macs.split()[2:5:2])
     assert abs(after / before - 0.5) <= 0.05  # the recipe's target_macs: 0.5
     assert "channels int8 p50 us" in out
+    search = json.loads((tmp_path / "demo" / "search" / "pareto.json").read_text())
+    assert len(search["trials"]) == 3 and not search["failed"]  # 4d ran three real trials
+    passes = [p for t in search["trials"] for p in t["recipe"]["passes"]]
+    assert all(list(p) == ["channels"] and p["channels"]["epochs"] == 1 for p in passes)
+    assert (tmp_path / "demo" / "search" / "report.html").is_file()
+    line = next(line for line in out.splitlines() if line.startswith("search (3 trials"))
+    assert ("best feasible trial" in line) == (search["best"] is not None)
     assert "shipped to the stand-in device" in out and ": Success, model version 1" in out
     assert (tmp_path / "demo" / "device" / "current").resolve().is_file()
     # the repository was made and published without its root key inside it

@@ -77,6 +77,15 @@ def demo_cmd(models_dir, out_dir):
                 for f in result.faster
             ],
         )
+    if result.search:
+        line = result.search
+        found = (
+            f"best feasible {line.best}" if line.best else f"none feasible; closest {line.closest}"
+        )
+        click.echo(
+            f"\nsearch ({line.trials} trials, local CPU, relative budgets, {line.front} on the "
+            f"front): {found} (report: {line.output_dir}/report.html)"
+        )
     if result.ship:
         click.echo(
             f"\nshipped to the stand-in device {result.ship.device_dir}: {result.ship.state}, "

@@ -56,12 +56,24 @@ class ShipResult:
 
 
 @dataclass
+class SearchLine:
+    """The demo's search: its trials and the best feasible one (or the closest to feasible)."""
+
+    trials: int
+    front: int
+    best: str | None
+    closest: str | None
+    output_dir: str
+
+
+@dataclass
 class DemoResult:
     rows: list[DemoRow] = field(default_factory=list)
     bench: list[BenchRow] = field(default_factory=list)
     faster: list[FasterRow] = field(default_factory=list)
     macs: tuple[int, int] | None = None
     ship: ShipResult | None = None
+    search: SearchLine | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -110,6 +122,11 @@ def run_demo(
     thinner = _channels_run(ref, out / "channels")
     rows.append(_run_row("channels 50% MACs int8", thinner, f32.size_bytes))
     say(
+        f"4d. search: {SEARCH_TRIALS} trials over recipes (channels keep, int8) on digits, "
+        "measured on the local CPU (relative budgets)"
+    )
+    searched = search_line(ref, out / "search")
+    say(
         "5. benchmark int8 against float32, and the channel-pruned int8 against int8: "
         "local CPU, then emulated Raspberry Pi 4 (qemu, Cortex-A72)"
     )
@@ -135,6 +152,7 @@ def run_demo(
         faster=faster,
         macs=(channels["macs_before"], channels["macs_after"]),
         ship=shipped,
+        search=searched,
         notes=notes,
     )
 
@@ -245,6 +263,37 @@ def _own_model_row(ref, out: Path, float_bytes: int) -> DemoRow:
     return _recipe_row(label, str(path), str(recipe), ref, out / "my_model", float_bytes)
 
 
+def search_line(ref, out_dir: Path) -> SearchLine:
+    """A narrow, cheap search (``SEARCH_SPACE``) on the digits model into ``out_dir``."""
+    from tfedge.search import search
+
+    space = out_dir.parent / "search_space.yaml"
+    space.write_text(SEARCH_SPACE)
+    result = search(ref.model, ref.train, ref.test, out_dir, space=str(space), trials=SEARCH_TRIALS)
+    best = result.best
+    closest = result.closest[0] if result.closest else None
+    return SearchLine(
+        trials=len(result.trials),
+        front=len(result.front),
+        best=_trial_text(best) if best else None,
+        closest=(f"trial {closest['number']}: {', '.join(closest['over'])}" if closest else None),
+        output_dir=str(out_dir),
+    )
+
+
+def _trial_text(row: dict) -> str:
+    passes = ", ".join(
+        f"{name} {opts.get('keep', '')}".strip()
+        for p in row["recipe"]["passes"]
+        for name, opts in p.items()
+    )
+    return (
+        f"trial {row['number']} ({passes or 'no pass'} -> {row['recipe']['convert']['quant']}): "
+        f"{100 * row['accuracy']:.2f}%, p50 {1000 * row['p50_ms']:,.1f} us, "
+        f"{row['gzip_bytes']:,} gzip B"
+    )
+
+
 def _channels_run(ref, out_dir: Path):
     """The digits model thinned to half its MACs by the ``channels`` pass, then int8."""
     from tfedge.optimize.pipeline import optimize
@@ -289,6 +338,20 @@ passes:
 train: {optimizer: adam, learning_rate: 0.001, batch_size: 32, validation_split: 0.1}
 convert: {quant: int8}
 max_accuracy_drop: 5
+"""
+
+
+# The demo's search: the channels pass's keep ratio only, int8, one epoch, short benchmarks.
+SEARCH_TRIALS = 3
+SEARCH_SPACE = """\
+channels: {keep: [0.3, 0.9]}
+low_rank: false
+prune: false
+cluster: false
+quant: [int8]
+epochs: [1, 1]
+budgets: {latency: 1.0, size: 0.2}
+measure: {runs: 20, warmup: 1, min_secs: 0.2}
 """
 
 
