@@ -1,15 +1,14 @@
 """The ``channels`` pass on keras.applications models (random weights, no download), 32 px.
 
-MobileNetV2 (alpha 0.35), EfficientNetB0 and ResNet50 in tf_keras: the pass runs with
-``epochs: 0``, the output shape is unchanged, the MACs drop (to ``target_macs`` within 5%), and
-the result converts to verified full-int8 (the MACs read from the ``.tflite``: the Keras
-count) with a handful of calibration samples. MobileNetV3Small:
-the pass runs and names what it left whole. MobileNetV2 also as a Keras 3 ``.keras`` file, loaded
-the way the optimize worker loads it (``load_model_for``: the verified Keras 3 bridge).
+EfficientNetB0 and ResNet50 in tf_keras, and MobileNetV2 (alpha 0.35) as a Keras 3 ``.keras``
+file loaded the way the optimize worker loads it (``load_model_for``: the verified Keras 3
+bridge): ``target_macs: 0.5`` with ``epochs: 0`` keeps the output shape, lands within 5% of the
+target, and the result converts to verified full-int8 (the MACs read from the ``.tflite``: the
+Keras count) with a handful of calibration samples. MobileNetV3Small: the pass runs and names
+what it left whole. (MobileNetV2 in tf_keras with ``keep`` is in ``test_channels.py``.)
 
-Each int8 conversion of these graphs takes tens of seconds here, and a MACs target scores every
-group at three ratios first, so each model is converted once: EfficientNetB0 and ResNet50 at
-``keep: 0.5``, MobileNetV2 (from the Keras 3 file) at ``target_macs: 0.5``.
+Each int8 conversion of these graphs takes tens of seconds here, so each model is converted
+once.
 """
 
 from __future__ import annotations
@@ -73,18 +72,12 @@ def _converts_to_int8(thin, ctx, path, macs: int) -> None:
     assert tuple(report.outputs[0].shape)[1:] == tuple(thin.output_shape)[1:]
 
 
-def test_mobilenetv2_keep_half(ctx) -> None:
-    k = _keras()
-    model = k.applications.MobileNetV2(input_shape=SIZE, alpha=0.35, weights=None, classes=10)
-    _check_thinner(model, _apply(model, ctx, keep=0.5))
-
-
 @pytest.mark.parametrize("name", ["EfficientNetB0", "ResNet50"])
-def test_keep_half_converts_to_int8(ctx, tmp_path, name) -> None:
+def test_target_macs_half_converts_to_int8(ctx, tmp_path, name) -> None:
     k = _keras()
     model = getattr(k.applications, name)(input_shape=SIZE, weights=None, classes=10)
-    result = _apply(model, ctx, keep=0.5)
-    metrics = _check_thinner(model, result)
+    result = _apply(model, ctx, target_macs=TARGET)
+    metrics = _check_thinner(model, result, target=TARGET)
     _converts_to_int8(result.model, ctx, tmp_path / f"{name}.tflite", metrics["macs_after"])
 
 
