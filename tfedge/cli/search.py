@@ -73,7 +73,8 @@ def search_cmd(
     p50 latency, peak RSS, bytes and gzip bytes. Budgets are the profile's on its own
     device; on a stand-in (qemu, or local for another board) they are relative to the int8
     post-training model measured there (--space budgets:). Writes OUTDIR/pareto.json,
-    pareto.md and best/ (model.tflite, recipe.yaml, bench.json). The study lives in
+    pareto.md, report.html (plots), pareto_latency.svg, pareto_size.svg and best/
+    (model.tflite, recipe.yaml, bench.json). The study lives in
     OUTDIR/study.db (study.journal with --workers): the same command again continues it.
 
     \b

@@ -61,8 +61,10 @@ def to_keras3(model2):
     import h5py
 
     from tfedge._tf import import_keras3
+    from tfedge.io.keras3_layers import register_keras3
 
     keras = import_keras3()
+    register_keras3()  # a tf_keras twin (ConvNeXt's LayerScale) reads back as Keras 3's class
     with tempfile.TemporaryDirectory(prefix="tfedge-keras3-") as tmp:
         h5 = Path(tmp) / "model.h5"
         try:
