@@ -259,14 +259,16 @@ def sweep(interps: list, inputs: list, rounds: int, warmup: int, timing: tuple) 
     each, and the min of the calling thread's CPU time (``cpu_min_us``: with one interpreter
     thread, the run's time without the time other processes took the core)."""
     np = rt.import_numpy()
+    runs, min_secs, max_secs = timing
     p50s, mins, cpu_mins = [], [], []
     for _ in range(max(rounds, 1)):
-        samples, cpu = [], []
+        samples: list[list[float]] = []
+        cpu: list[list[float]] = []
         for item in interps:  # an interpreter, or what loads one for this turn only
             interp = item() if isinstance(item, functools.partial) else item
-            timed_loop(interp, inputs, warmup, 0.0, timing[2])
+            timed_loop(interp, inputs, warmup, 0.0, max_secs)
             cpu.append([])
-            samples.append(timed_loop(interp, inputs, *timing, cpu=cpu[-1]))
+            samples.append(timed_loop(interp, inputs, runs, min_secs, max_secs, cpu=cpu[-1]))
         p50s.append([float(np.percentile(s, 50)) for s in samples])
         mins.append([float(min(s)) for s in samples])
         cpu_mins.append([float(min(c)) for c in cpu])
