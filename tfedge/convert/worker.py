@@ -434,5 +434,42 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _watch_parent(job_path: str) -> None:
+    """Leave a small watcher behind: if tfedge dies (even by SIGKILL) after this worker ended
+    but before it renamed or removed the ``.part`` output, the watcher removes the ``.part``
+    and the job folder. It ends as soon as the ``.part`` is gone (tfedge's normal path)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import shutil
+    import time
+
+    try:
+        job = json.loads(Path(job_path).read_text())
+        output, parent = Path(job["output"]), int(job["parent_pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if os.fork() != 0:
+        return
+    os.closerange(0, 1024)  # hold no pipe of tfedge's open (its stderr, the progress fd)
+    while output.exists():
+        if not _alive(parent):  # tfedge is gone and left the .part: remove it
+            output.unlink(missing_ok=True)
+            shutil.rmtree(Path(job_path).parent, ignore_errors=True)
+            break
+        time.sleep(0.1)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a killed process not yet reaped by its parent counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
 if __name__ == "__main__":
-    _exit_now(main(sys.argv[1]))
+    code = main(sys.argv[1])
+    _watch_parent(sys.argv[1])
+    _exit_now(code)
