@@ -18,6 +18,7 @@ import fnmatch
 import json
 import math
 import sys
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -55,9 +56,9 @@ class PassConfig(Config):
     def check(self, model, ctx) -> None:
         """RecipeError if the pass cannot work on ``model``, before anything trains."""
 
+    @abstractmethod
     def apply(self, model, ctx) -> PassResult:
         """The compressed model; ``model`` itself is left unchanged."""
-        raise NotImplementedError
 
     def to_dict(self) -> dict:
         """Every option, defaults included, as plain YAML/JSON values."""
