@@ -85,7 +85,7 @@ def _die_with_parent(job_path: str, parent: int | None) -> None:
     parent = parent or os.getppid()
 
     def orphaned(signum, frame):
-        if os.getppid() != parent:
+        if _parent_gone(parent):
             import shutil
 
             with contextlib.suppress(OSError, ValueError):
@@ -102,8 +102,24 @@ def _die_with_parent(job_path: str, parent: int | None) -> None:
         libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    if os.getppid() != parent or not _alive(parent):  # it died before prctl took effect
         orphaned(int(signal.SIGTERM), None)
+
+
+def _parent_gone(parent: int, wait: float = 2.0) -> bool:
+    """Whether ``parent`` ended, waiting up to ``wait`` seconds for it to finish ending.
+
+    The death signal comes when the *thread* of tfedge that started this worker ends: while
+    a SIGKILL takes down tfedge's other threads, ``getppid()`` still names tfedge.
+    """
+    import time
+
+    deadline = time.monotonic() + wait
+    while os.getppid() == parent and _alive(parent):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def run(job: dict) -> dict:
