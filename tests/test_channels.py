@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import assert_one_error_line
+
 pytestmark = pytest.mark.tf
 
 # group widths of the bookkeeping model: stem (tied by an Add), branch, side, separable, head
@@ -222,7 +224,7 @@ def test_channels_pass_in_a_recipe_thins_digits_and_converts_to_int8(digits, tmp
     passes = [{"channels": {"keep": 0.5, "round_to": 4, "minimum": 4, "epochs": 1}}]
     recipe.write_text(yaml.safe_dump({"schema_version": 1, "passes": passes, "seed": 0}))
     out = tmp_path / "out"
-    result = tfedge.optimize(digits.model, recipe, digits.train, digits.test, out)
+    result = tfedge.optimize(digits.model, recipe, digits.train, digits.test, out, target="local")
     report = json.loads((out / "report.json").read_text())
     stage = report["stages"][-1]
     assert stage["name"] == "channels"
@@ -233,6 +235,23 @@ def test_channels_pass_in_a_recipe_thins_digits_and_converts_to_int8(digits, tmp
     final = inspect_tflite(result.model)
     assert final.full_integer and final.macs < 0.6 * float_int8.macs
     assert final.outputs[0].shape == float_int8.outputs[0].shape
+    # per group, read from both .tflite files and timed on the target (--target local)
+    costs = metrics["costs"]
+    assert costs["before_stage"] == "int8" and costs["target"] == "local"
+    assert costs["total_us_before"] > 0 and costs["total_us_after"] > 0
+    pruned = [
+        cost
+        for group, cost in zip(metrics["groups"], costs["groups"])
+        if group["channels_after"] < group["channels_before"]
+    ]
+    assert len(pruned) == metrics["groups_pruned"]
+    for cost in pruned:
+        assert 0 < cost["params_after"] < cost["params_before"]
+        assert 0 < cost["macs_after"] < cost["macs_before"]
+    assert sum(c["macs_before"] for c in costs["groups"]) <= float_int8.macs
+    assert sum(c["latency_us_before"] for c in costs["groups"]) > 0
+    text = (out / "report.md").read_text()
+    assert "Time on local, one thread" in text and "| MACs before | after |" in text
 
 
 def test_channels_pass_refuses_bad_options_and_unprunable_models():
@@ -475,3 +494,20 @@ def test_dry_run_plans_target_macs_and_ratios(seed) -> None:
     assert any("chosen by sensitivity on the data" in note for note in plan.notes)
     assert abs(keras_macs(planned) / keras_macs(model) - 0.5) <= 0.025
     assert planned.get_layer("fc").units == 4
+
+
+def test_optimize_target_needs_a_channels_pass_and_a_known_target(run_cli, digits, tmp_path):
+    """``--target`` is checked before any data is read or any stage trains."""
+    result = run_cli(
+        "optimize", digits.model, "-r", "int8", "--data", digits.train, "--eval", digits.test,
+        "-o", tmp_path / "out", "--target", "local", expect=2,
+    )  # fmt: skip
+    assert_one_error_line(result, "--target times the groups of a channels pass", "int8")
+    recipe = tmp_path / "channels.yaml"
+    recipe.write_text("schema_version: 1\npasses:\n  - channels: {keep: 0.5}\n")
+    result = run_cli(
+        "optimize", digits.model, "-r", recipe, "--data", digits.train, "--eval", digits.test,
+        "-o", tmp_path / "out", "--target", "pi4", expect=2,
+    )  # fmt: skip
+    assert_one_error_line(result, "unknown target 'pi4'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["channels.yaml"]

@@ -199,9 +199,13 @@ def count_parameters(model: TfliteModel) -> int:
     between equal constants (the zero biases of an untrained network), which the int8 one
     keeps apart (each with its own scale). A sparse-stored weight counts its dense shape (the
     DENSIFY op reads it), so ``--sparse`` changes the file's size, not the parameters."""
+    return sum(op_parameters(op) for op in model.ops)
+
+
+def op_parameters(op: Op) -> int:
+    """The parameters ``op`` reads (its weights and biases, see ``count_parameters``)."""
     return sum(
         t.size
-        for op in model.ops
         for position, t in enumerate(op.inputs)
         if t.data is not None and _is_parameter(op, position, t)
     )

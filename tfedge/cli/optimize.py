@@ -53,6 +53,12 @@ from tfedge.cli.options import (
     help="Check the recipe against the model (and --data, -o) and list, per pass, the layers it "
     "touches and skips and why; no training, nothing written.",
 )
+@click.option(
+    "--target",
+    "-t",
+    help="Time each channels stage's groups before and after on this bench target: local, "
+    "qemu or ssh://user@host (see `tfedge bench`); the report shows where pruning paid.",
+)
 @set_option
 @trust_model_option
 @profile_option
@@ -65,6 +71,7 @@ def optimize_cmd(
     output,
     resume,
     dry_run,
+    target,
     overrides,
     trust_model,
     profile,
@@ -113,6 +120,7 @@ def optimize_cmd(
         log=stage_log(as_json),
         resume=resume,
         trust_model=trust_model,
+        target=target,
     )
     if as_json:
         echo_json(result.to_dict())

@@ -61,6 +61,7 @@ from tfedge.errors import (
     OutputError,
     TfedgeError,
     TrainingError,
+    UsageError,
 )
 from tfedge.fsutil import (
     check_not_input,
@@ -127,6 +128,7 @@ def optimize(
     log: Callable[[str], None] | None = None,
     resume=None,
     trust_model: bool = False,
+    target: str | None = None,
 ) -> OptimizeResult:
     """Compress ``model`` with ``recipe`` and write ``output``/model.tflite with its report.
 
@@ -140,6 +142,8 @@ def optimize(
         output: the output directory (created; replaced when the run succeeds, or by the
             partial report when a pass fails after another one completed).
         profile: a device profile to check the final model against.
+        target: a bench target (``local``, ``qemu``, ``ssh://...``) where each channels
+            stage's groups are timed before and after (see ``tfedge.analyze.group_cost``).
         progress: draw stage lines and per-epoch bars on stderr.
         log: where stage lines go (default: stderr when ``progress``).
         resume: the OUTDIR of a run that failed at a stage: continue it from that stage with
@@ -156,14 +160,17 @@ def optimize(
     from tfedge.io.models import trusting
 
     with trusting(trust_model):
-        return _optimize(model, recipe, data, eval_data, output, profile, progress, log, resume)
+        return _optimize(
+            model, recipe, data, eval_data, output, profile, progress, log, resume, target
+        )
 
 
 def _optimize(
-    model, recipe, data, eval_data, output, profile, progress: bool, log, resume
+    model, recipe, data, eval_data, output, profile, progress: bool, log, resume, target=None
 ) -> OptimizeResult:
     started = time.perf_counter()
     recipe = load_recipe(recipe)
+    _check_target(target, recipe)
     out = check_outdir(_output_of(output, resume))
     check_not_input(out, [model, data, eval_data, recipe.source], folder=True)
     train, evals = load_data(data), load_data(eval_data)
@@ -189,6 +196,7 @@ def _optimize(
                 raise
             raise failure from None
         keras = runner.finish()
+        measure_channel_groups(work, runner.stages, model, target, say)
         seconds = round(time.perf_counter() - started, 2)
         notes = [keras["note"]] if keras["note"] else []
         resumed = previous.summary() if previous else None
@@ -204,6 +212,19 @@ def _optimize(
         notes,
         resumed,
     )
+
+
+def _check_target(target: str | None, recipe: Recipe) -> None:
+    if target is None:
+        return
+    from tfedge.targets.bench import target_kind
+
+    target_kind(target)
+    if not any(name.startswith("channels") for name in recipe.pass_names):
+        raise UsageError(
+            f"--target times the groups of a channels pass; recipe '{recipe.name}' has none",
+            "add a channels pass to the recipe, or leave --target out",
+        )
 
 
 def _output_of(output, resume) -> Path:
@@ -648,6 +669,98 @@ def _write_reports(
             write_bytes_atomic(work / f"sensitivity-{_slug(stage.name)}.svg", plot.encode())
 
 
+def measure_channel_groups(work: Path, stages: list[Stage], model, target, say) -> None:
+    """Add to each channels stage's groups their MACs and parameters read from the
+    ``.tflite`` before and after the stage, and on ``target`` their time."""
+    from tfedge.analyze.group_cost import measure_groups
+    from tfedge.convert.keras_layers import keras_layers
+
+    layers = None
+    for k, stage in enumerate(stages):
+        groups = stage.metrics.get("groups") if stage.name.startswith("channels") else None
+        before = _earlier_stage(stages[:k], stage.quant)
+        if not groups or before is None:
+            continue
+        if target is not None and say:
+            say(f"timing {stage.name}'s groups before and after on {target} ...")
+        layers = layers or keras_layers(model)
+        costs = measure_groups(
+            work / before.tflite,
+            work / stage.tflite,
+            [g["layers"] for g in groups],
+            target,
+            layers,
+        )
+        stage.metrics["costs"] = _costs_metrics(before.name, costs)
+
+
+def _costs_header(costs: dict | None) -> list[str]:
+    if not costs:
+        return ["", "| group (layers) | channels before | after | note |", "|---|---:|---:|---|"]
+    timed = costs["total_us_before"] is not None
+    lines = [""]
+    if timed:
+        where = costs["target"] + (
+            " (emulated: compare only with itself)" if costs["emulated"] else ""
+        )
+        lines += [
+            f"Time on {where}, one thread, per group the sum of its layers' op-profile rows "
+            f"(`tfedge bench --op-profile`): whole model {costs['total_us_before']:,.1f} µs "
+            f"in `{costs['before_stage']}` -> {costs['total_us_after']:,.1f} µs "
+            f"({costs['total_us_before'] / max(costs['total_us_after'], 1e-9):.2f}x); "
+            "`~` marks a time within its noise.",
+            "",
+        ]
+    lines.append(
+        "| group (layers) | channels before | after | MACs before | after | params before "
+        "| after |" + (" µs before | after |" if timed else "") + " note |"
+    )
+    lines.append("|---|" + "---:|" * (8 if timed else 6) + "---|")
+    return lines
+
+
+def _cost_cells(cost: dict | None, costs: dict | None) -> str:
+    if cost is None or not costs:
+        return ""
+    cells = [cost["macs_before"], cost["macs_after"], cost["params_before"], cost["params_after"]]
+    text = "".join(f"{value:,} | " for value in cells)
+    if costs["total_us_before"] is not None:
+        mark = "" if cost["resolved"] else "~"
+        text += "".join(
+            f"{mark}{cost[key]:,.1f} | " for key in ("latency_us_before", "latency_us_after")
+        )
+    return text
+
+
+def _earlier_stage(stages: list[Stage], quant: str) -> Stage | None:
+    """The last of ``stages`` converted like ``quant`` (the channels stage's baseline)."""
+    return next((s for s in reversed(stages) if s.quant == quant), None)
+
+
+def _costs_metrics(before: str, costs) -> dict:
+    was, now = costs
+    return {
+        "before_stage": before,
+        "target": now.target,
+        "emulated": now.emulated,
+        "statistic": now.statistic,
+        "total_us_before": was.total_us,
+        "total_us_after": now.total_us,
+        "groups": [
+            {
+                "macs_before": b.macs,
+                "macs_after": a.macs,
+                "params_before": b.params,
+                "params_after": a.params,
+                "latency_us_before": b.latency_us,
+                "latency_us_after": a.latency_us,
+                "resolved": b.resolved and a.resolved,
+            }
+            for b, a in zip(was.groups, now.groups)
+        ],
+    }
+
+
 def sensitivity_plot(stage: Stage) -> str | None:
     """The SVG of a channels stage's sensitivity table (``target_macs``), else None."""
     table = stage.metrics.get("sensitivity") if stage.name.startswith("channels") else None
@@ -675,15 +788,15 @@ def channels_section(stage: Stage) -> list[str]:
         f"{m['params_before']:,} -> {m['params_after']:,}"
         + (f"; target_macs {m['target_macs']:g}" if "target_macs" in m else "")
         + ".",
-        "",
-        "| group (layers) | channels before | after | note |",
-        "|---|---:|---:|---|",
+        *_costs_header(m.get("costs")),
     ]
-    for g in groups:
+    costs = m.get("costs", {}).get("groups") or [None] * len(groups)
+    for g, cost in zip(groups, costs):
         layers = ", ".join(g["layers"][:4]) + (" ..." if len(g["layers"]) > 4 else "")
         lines.append(
             f"| {layers} | {g['channels_before']} | {g['channels_after']} | "
-            f"{g.get('left_whole', '') or g.get('criterion', '')} |"
+            + _cost_cells(cost, m.get("costs"))
+            + f"{g.get('left_whole', '') or g.get('criterion', '')} |"
         )
     if sensitivity_plot(stage):
         slug = _slug(stage.name)
