@@ -77,6 +77,8 @@ def demo_cmd(models_dir, out_dir):
                 for f in result.faster
             ],
         )
+        if result.channels_report:
+            click.echo(f"where it paid, per channel group (local CPU): {result.channels_report}")
     if result.search:
         line = result.search
         found = (

@@ -72,6 +72,7 @@ class DemoResult:
     bench: list[BenchRow] = field(default_factory=list)
     faster: list[FasterRow] = field(default_factory=list)
     macs: tuple[int, int] | None = None
+    channels_report: str | None = None  # report.md with the per-group table, timed locally
     ship: ShipResult | None = None
     search: SearchLine | None = None
     notes: list[str] = field(default_factory=list)
@@ -151,6 +152,7 @@ def run_demo(
         bench=bench_rows,
         faster=faster,
         macs=(channels["macs_before"], channels["macs_after"]),
+        channels_report=str(Path(thinner.output_dir) / "report.md"),
         ship=shipped,
         search=searched,
         notes=notes,
@@ -300,7 +302,7 @@ def _channels_run(ref, out_dir: Path):
 
     recipe = out_dir.parent / "channels_recipe.yaml"
     recipe.write_text(CHANNELS_RECIPE)
-    return optimize(ref.model, str(recipe), ref.train, ref.test, out_dir)
+    return optimize(ref.model, str(recipe), ref.train, ref.test, out_dir, target="local")
 
 
 def _recipe_row(label: str, model: str, recipe: str, ref, out_dir: Path, float_bytes: int):
