@@ -36,6 +36,9 @@ def test_demo_runs_end_to_end(run_cli, models_root, tmp_path):
     before, after = (int(n.replace(",", "")) for n in macs.split()[2:5:2])
     assert abs(after / before - 0.5) <= 0.05  # the recipe's target_macs: 0.5
     assert "channels int8 p50 us" in out
+    assert "where it paid, per channel group (local CPU):" in out
+    channels = (tmp_path / "demo" / "channels" / "report.md").read_text()
+    assert "Time on local, one thread" in channels  # 4c timed its groups before and after
     search = json.loads((tmp_path / "demo" / "search" / "pareto.json").read_text())
     assert len(search["trials"]) == 3 and not search["failed"]  # 4d ran three real trials
     passes = [p for t in search["trials"] for p in t["recipe"]["passes"]]
