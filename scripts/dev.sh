@@ -95,7 +95,7 @@ case "${1:-}" in
   test)
     setup
     shift
-    exec "$VENV/bin/python" -m pytest -ra "$@"
+    exec "$VENV/bin/python" -m pytest -ra --durations=40 "$@"
     ;;
   setup)
     setup
