@@ -64,6 +64,7 @@ from tfedge_device.modeldir import (
     unlink,
     write_json_atomic,
 )
+from tfedge_device.report import report_status
 
 __all__ = [
     "AgentConfig",
@@ -165,6 +166,7 @@ def poll_once(cfg: AgentConfig, log=None) -> PollResult:
     result = agent.poll() if recovered is None or recovered.ok else recovered
     agent.write_status(result)
     log(f"{result.state}: {result.message}")
+    report_status(cfg, result.to_dict(), log)  # best effort, bounded; never changes the result
     return result
 
 

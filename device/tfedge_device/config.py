@@ -59,6 +59,9 @@ class AgentConfig:
     arch: str = field(default_factory=platform.machine)
     smoke_timeout: float = 120.0
     threads: int = 1
+    report_url: str | None = None  # a fleet collector (tfedge ota collector) to POST status to
+    report_token: str | None = None  # this device's token for it (Authorization: Bearer)
+    device_id: str | None = None  # how the collector knows this device (default: hostname)
 
 
 def validate(cfg: AgentConfig) -> AgentConfig:
@@ -68,6 +71,7 @@ def validate(cfg: AgentConfig) -> AgentConfig:
     _check_names(cfg.name, cfg.group, cfg.profile)
     _check_paths(cfg.root, cfg.model_dir)
     _check_numbers(cfg)
+    _check_report(cfg)
     return cfg
 
 
@@ -116,6 +120,39 @@ def _check_numbers(cfg: AgentConfig) -> None:
         )
 
 
+def _check_report(cfg: AgentConfig) -> None:
+    """The optional fleet report: a collector URL and this device's token, both or neither."""
+    if cfg.report_url is None and cfg.report_token is None:
+        return
+    hint = "--report-url http://collector.lan:8700/report --report-token-file /etc/tfedge/token"
+    if not isinstance(cfg.report_url, str) or not isinstance(cfg.report_token, str):
+        raise ConfigError("--report-url and a report token go together", hint)
+    scheme, _, rest = cfg.report_url.partition("://")
+    if scheme not in ("http", "https") or not rest:
+        raise ConfigError(f"--report-url {cfg.report_url!r} is not an http(s) URL", hint)
+    token = cfg.report_token
+    printable = token.isascii() and token.isprintable() and " " not in token
+    if not 16 <= len(token) <= 256 or not printable:
+        raise ConfigError(
+            "the report token must be 16 to 256 printable ASCII characters without spaces",
+            "use the token the fleet's token file gives this device",
+        )
+    if cfg.device_id is not None and not valid_name(cfg.device_id):
+        raise ConfigError(
+            f"bad --device-id {cfg.device_id!r}", "use letters, digits, '.', '_', '-' (at most 64)"
+        )
+
+
+def _read_token(parser: argparse.ArgumentParser, path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"cannot read --report-token-file {path}: {exc}")
+        return None
+
+
 def parse_args(argv=None) -> tuple[AgentConfig, bool]:
     """The agent's command line; returns ``(config, once)`` (not yet validated)."""
     p = argparse.ArgumentParser(
@@ -149,6 +186,11 @@ def parse_args(argv=None) -> tuple[AgentConfig, bool]:
         "--keep", type=int, default=DEFAULT_KEEP, help="versions kept on disk (default 3)"
     )
     p.add_argument("--profile", help="this device's profile name (refuses models made for others)")
+    p.add_argument("--report-url", help="fleet collector to POST status to after each poll")
+    p.add_argument(
+        "--report-token-file", type=Path, help="file holding this device's collector token"
+    )
+    p.add_argument("--device-id", help="this device's id for the collector (default: hostname)")
     a = p.parse_args(argv)
     cfg = AgentConfig(
         a.repo_url,
@@ -162,5 +204,8 @@ def parse_args(argv=None) -> tuple[AgentConfig, bool]:
         a.post_switch_cmd,
         a.keep,
         a.profile,
+        report_url=a.report_url,
+        report_token=_read_token(p, a.report_token_file),
+        device_id=a.device_id,
     )
     return cfg, a.once

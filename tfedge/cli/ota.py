@@ -470,6 +470,90 @@ def print_repo_status(status) -> None:
     )
 
 
+# ---------------------------------------------------------------- the fleet view
+@ota_cmd.command("collector")
+@click.option(
+    "--tokens",
+    "tokens_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Token file: one `DEVICE_ID TOKEN [GROUP]` line per device.",
+)
+@click.option(
+    "-o",
+    "--dir",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("fleet"),
+    show_default=True,
+    help="State folder; the database is DIR/fleet.sqlite unless --db.",
+)
+@click.option("--db", help="SQLite file for the reports (default DIR/fleet.sqlite).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8700, show_default=True)
+def ota_collector(tokens_file, state_dir, db, host, port):
+    """Collect the agents' status reports (agents: --report-url http://HOST:PORT/report).
+
+    Reports need the device's token, are at most 64 KiB, and each device may send ten at
+    once, then one every 30 s; they are stored in SQLite (WAL mode).
+
+    \b
+    Example:
+        tfedge ota collector --tokens fleet-tokens.txt -o /var/lib/tfedge-fleet --port 8700
+    """
+    from tfedge.ota.collector import make_collector
+
+    server = make_collector(
+        tokens_file,
+        db or state_dir / "fleet.sqlite",
+        host,
+        port,
+        log=lambda message: click.echo(f"rejected: {message}", err=True),
+    )
+    click.echo(f"collecting reports at {server.url} into {server.store.path} (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        server.store.close()
+
+
+@ota_cmd.command("fleet")
+@click.option("--db", required=True, help="The collector's SQLite file.")
+@click.option("--stale", default="1h", show_default=True, help="Silent longer than this: stale.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML page.",
+)
+def ota_fleet(db, stale, as_json, html_file):
+    """What every device runs: versions by group, failing and silent devices, rollout.
+
+    \b
+    Example:
+        tfedge ota fleet --db /var/lib/tfedge-fleet/fleet.sqlite --stale 2h --html fleet.html
+    """
+    from tfedge.fsutil import write_bytes_atomic
+    from tfedge.ota.fleet import fleet_html, fleet_view, parse_duration, table_sections
+
+    view = fleet_view(db, parse_duration(stale))
+    if html_file is not None:
+        write_bytes_atomic(html_file, fleet_html(view).encode())
+    if as_json:
+        return echo_json(view.to_dict())
+    click.echo(f"{len(view.devices)} device(s) in {db}")
+    for title, headers, rows in table_sections(view):
+        click.echo(f"\n{title}")
+        if rows:
+            echo_table(headers, rows)
+        else:
+            click.echo("  none")
+
+
 # ---------------------------------------------------------------- the device agent
 @click.command("agent")
 @click.option("--repo-url", required=True, help="Base URL serving metadata/ and targets/.")
