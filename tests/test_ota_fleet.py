@@ -45,8 +45,8 @@ def _tokens_file(folder: Path) -> Path:
 class Collector:
     """A collector on a loopback port, serving in a thread (no refill: a fixed burst)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.db = folder / "state" / "fleet.sqlite"
+    def __init__(self, folder: Path, db: str | None = None) -> None:
+        self.db = db or folder / "state" / "fleet.sqlite"
         self.rejected: list[str] = []
         self.server = col.make_collector(
             _tokens_file(folder),
@@ -235,6 +235,30 @@ def test_slow_collector_never_holds_the_agent(tmp_path):
     assert len(lines) == 1 and "not sent" in lines[0] and "timed out" in lines[0], lines
 
 
+def test_collector_command_prints_its_url_and_stores_reports(tmp_path):
+    """``tfedge ota collector --port 0`` as a process: the bound URL first, then serving;
+    Ctrl-C (SIGINT) stops it cleanly."""
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "tfedge", "ota", "collector", "--port", "0"]
+    argv += ["--tokens", str(_tokens_file(tmp_path)), "-o", str(tmp_path / "st")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("collecting reports at http://127.0.0.1:"), line + proc.stderr.read()
+        url = line.split()[3]
+        payload = _payload("dev-09", model_version=5)
+        assert report.send_report(url, _token("dev-09"), payload, timeout=10) == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    (device,) = fleet.fleet_view(tmp_path / "st" / "fleet.sqlite").devices
+    assert (device["device_id"], device["model_version"]) == ("dev-09", 5)
+
+
 # ---------------------------------------------------------------- ota fleet
 def test_fleet_json_table_and_html_reflect_the_reports(collector, run_cli, tmp_path):
     assert collector.send("dev-00", model_version=3) == 200  # canary (token file)
@@ -345,13 +369,92 @@ def test_collector_port_in_use_and_bad_db_are_one_error_line(run_cli, tmp_path):
             "ota", "collector", "--tokens", tokens, "-o", tmp_path / "st", "--port", port, expect=1
         )
     assert_one_error_line(result, "address already in use", f"127.0.0.1:{port}")
-    result = run_cli(
-        "ota", "collector", "--tokens", tokens, "--db", "postgresql://fleet@db/fleet", expect=2
-    )
-    assert_one_error_line(result, "only a SQLite file path")
+    result = run_cli("ota", "collector", "--tokens", tokens, "--db", "mysql://db/x", expect=2)
+    assert_one_error_line(result, "unknown database URL")
+    dead = f"postgresql://fleet:secret@127.0.0.1:{port}/fleet"  # nobody listens there now
+    result = run_cli("ota", "collector", "--tokens", tokens, "--db", dead, "--port", 0, expect=1)
+    assert_one_error_line(result, "cannot open the fleet database", "fleet:***@")
+    assert "secret" not in result.stderr
+    result = run_cli("ota", "fleet", "--db", dead, expect=1)
+    assert_one_error_line(result, "cannot read the fleet database", "fleet:***@")
     result = run_cli("ota", "collector", "--tokens", tmp_path / "none.txt", expect=1)
     assert_one_error_line(result, "cannot read the token file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.txt"]
+
+
+# ---------------------------------------------------------------- PostgreSQL
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server on loopback in a temporary data directory; its database URL (as
+    tests/test_search.py starts one: initdb refuses root, so it runs as ``postgres``)."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        pytest.fail("PostgreSQL is not installed: run scripts/dev.sh setup")
+    bin_dir, root = found[-1].parent, Path(tempfile.mkdtemp(prefix="tfedge-fleet-pg-"))
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def run(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
+
+    data = root / "data"
+    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tfedge", "--no-sync")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+    run(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-o",
+        options,
+        "-w",
+        "-l",
+        str(root / "log"),
+        "start",
+    )
+    try:
+        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tfedge", "fleet")
+        yield f"postgresql://tfedge@127.0.0.1:{port}/fleet"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_collector_on_postgresql_stores_concurrent_reports(postgres, tmp_path, run_cli):
+    c = Collector(tmp_path, db=postgres)
+    try:
+        threads = [
+            threading.Thread(
+                target=c.send, args=(f"dev-{i:02d}",), kwargs={"model_version": 1 + i % 4}
+            )
+            for i in range(N_AGENTS)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        c.send("dev-03", state="Failure", reason="smoke_test", model_version=4)
+        assert c.server.store.count() == N_AGENTS + 1
+    finally:
+        c.stop()
+    view = json.loads(run_cli("ota", "fleet", "--db", postgres, "--json").stdout)
+    assert len(view["devices"]) == N_AGENTS and not list(tmp_path.glob("state"))
+    assert view["rollout"][0] == {
+        "name": "kws",
+        "latest_version": 4,
+        "devices_on_latest": 5,
+        "devices": 20,
+        "percent": 25.0,
+    }
+    assert [(d["device_id"], d["reason"]) for d in view["failing"]] == [("dev-03", "smoke_test")]
 
 
 # ---------------------------------------------------------------- the agent's side

@@ -488,14 +488,17 @@ def print_repo_status(status) -> None:
     show_default=True,
     help="State folder; the database is DIR/fleet.sqlite unless --db.",
 )
-@click.option("--db", help="SQLite file for the reports (default DIR/fleet.sqlite).")
+@click.option(
+    "--db",
+    help="SQLite file for the reports (default DIR/fleet.sqlite), or a postgresql:// URL.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8700, show_default=True)
 def ota_collector(tokens_file, state_dir, db, host, port):
     """Collect the agents' status reports (agents: --report-url http://HOST:PORT/report).
 
     Reports need the device's token, are at most 64 KiB, and each device may send ten at
-    once, then one every 30 s; they are stored in SQLite (WAL mode).
+    once, then one every 30 s; they are stored in SQLite (WAL mode) or PostgreSQL.
 
     \b
     Example:
@@ -521,7 +524,9 @@ def ota_collector(tokens_file, state_dir, db, host, port):
 
 
 @ota_cmd.command("fleet")
-@click.option("--db", required=True, help="The collector's SQLite file.")
+@click.option(
+    "--db", required=True, help="The collector's database: SQLite file or postgresql:// URL."
+)
 @click.option("--stale", default="1h", show_default=True, help="Silent longer than this: stale.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option(

@@ -14,7 +14,8 @@ is checked in this order, each before any more of it is read:
    names the token's device (403).
 
 Accepted reports go to SQLite in WAL mode (readers such as ``tfedge ota fleet`` never block
-the collector): one row per report in ``reports``, and the ``latest`` view holds each
+the collector), or to PostgreSQL for a large fleet (``--db postgresql://...``, psycopg; the
+same table and view): one row per report in ``reports``, and the ``latest`` view holds each
 device's newest report per model. ``received`` is the collector's clock (a device's clock
 may be wrong), and the group is the token file's if it gives one, else the report's, else
 ``default``.
@@ -71,32 +72,51 @@ FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 }
 COLUMNS = ("received", "grp", *[f for f in FIELDS if f != "group"])
 
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS reports (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    received REAL NOT NULL,
-    grp TEXT NOT NULL,
-    schema INTEGER NOT NULL,
-    device_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    message TEXT,
-    model_version INTEGER,
-    sha256 TEXT,
-    time TEXT,
-    arch TEXT,
-    runtime TEXT,
-    runtime_version TEXT,
-    free_disk_bytes INTEGER,
-    uptime_s REAL,
-    agent_version TEXT
-);
-CREATE INDEX IF NOT EXISTS reports_device ON reports (device_id, name, id);
-CREATE VIEW IF NOT EXISTS latest AS
-    SELECT r.* FROM reports r
-    JOIN (SELECT MAX(id) AS id FROM reports GROUP BY device_id, name) m ON r.id = m.id;
-"""
+# The reports table, the same on SQLite and PostgreSQL: (column, SQLite type, PostgreSQL type).
+TABLE = (
+    ("received", "REAL NOT NULL", "DOUBLE PRECISION NOT NULL"),
+    ("grp", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("schema", "INTEGER NOT NULL", "INTEGER NOT NULL"),
+    ("device_id", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("name", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("state", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("reason", "TEXT", "TEXT"),
+    ("message", "TEXT", "TEXT"),
+    ("model_version", "INTEGER", "BIGINT"),
+    ("sha256", "TEXT", "TEXT"),
+    ("time", "TEXT", "TEXT"),
+    ("arch", "TEXT", "TEXT"),
+    ("runtime", "TEXT", "TEXT"),
+    ("runtime_version", "TEXT", "TEXT"),
+    ("free_disk_bytes", "INTEGER", "BIGINT"),
+    ("uptime_s", "REAL", "DOUBLE PRECISION"),
+    ("agent_version", "TEXT", "TEXT"),
+)
+ID_COLUMN = {
+    "sqlite": "id INTEGER PRIMARY KEY AUTOINCREMENT",
+    "postgresql": "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+}
+LATEST_VIEW = (
+    "SELECT r.* FROM reports r "
+    "JOIN (SELECT MAX(id) AS id FROM reports GROUP BY device_id, name) m ON r.id = m.id"
+)
+
+
+def schema_sql(dialect: str) -> list[str]:
+    """The statements creating the ``reports`` table, its index and the ``latest`` view."""
+    kind = 1 if dialect == "sqlite" else 2
+    columns = ",\n    ".join([ID_COLUMN[dialect]] + [f"{c[0]} {c[kind]}" for c in TABLE])
+    view = "CREATE VIEW IF NOT EXISTS" if dialect == "sqlite" else "CREATE OR REPLACE VIEW"
+    return [
+        f"CREATE TABLE IF NOT EXISTS reports (\n    {columns}\n)",
+        "CREATE INDEX IF NOT EXISTS reports_device ON reports (device_id, name, id)",
+        f"{view} latest AS {LATEST_VIEW}",
+    ]
+
+
+def _insert_sql(mark: str) -> str:
+    marks = ", ".join(mark for _ in COLUMNS)
+    return f"INSERT INTO reports ({', '.join(COLUMNS)}) VALUES ({marks})"  # noqa: S608
 
 
 # ---------------------------------------------------------------- tokens
@@ -180,7 +200,9 @@ class SqliteStore:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA_SQL)
+            with self._db:
+                for statement in schema_sql("sqlite"):
+                    self._db.execute(statement)
         except (OSError, sqlite3.Error) as exc:
             raise OtaError(
                 f"cannot open the fleet database {self.path}: {exc}",
@@ -188,13 +210,8 @@ class SqliteStore:
             ) from exc
 
     def add(self, row: dict[str, Any]) -> None:
-        values = [row.get(c) for c in COLUMNS]
-        marks = ", ".join("?" for _ in COLUMNS)
         with self._lock, self._db:
-            self._db.execute(
-                f"INSERT INTO reports ({', '.join(COLUMNS)}) VALUES ({marks})",  # noqa: S608
-                values,
-            )
+            self._db.execute(_insert_sql("?"), [row.get(c) for c in COLUMNS])
 
     def count(self) -> int:
         with self._lock:
@@ -205,15 +222,79 @@ class SqliteStore:
             self._db.close()
 
 
-def open_store(db: str | Path) -> SqliteStore:
-    """The store named by ``--db``: a SQLite file path (PostgreSQL URLs are not supported yet)."""
+class PostgresStore:
+    """Reports in PostgreSQL (``postgresql://...``), the same table and view as SQLite; one
+    connection in autocommit mode shared by the server's threads."""
+
+    def __init__(self, url: str) -> None:
+        self.path = redact(url)
+        psycopg = import_psycopg()
+        self._lock = threading.Lock()
+        try:
+            self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            with self._db.transaction():
+                for statement in schema_sql("postgresql"):
+                    self._db.execute(statement)
+        except psycopg.Error as exc:
+            raise OtaError(
+                f"cannot open the fleet database {self.path}: {_first_line(exc)}",
+                "check the URL, that the server runs and that the user may create tables",
+            ) from exc
+
+    def add(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(_insert_sql("%s"), [row.get(c) for c in COLUMNS])
+
+    def count(self) -> int:
+        with self._lock:
+            found = self._db.execute("SELECT COUNT(*) FROM reports").fetchone()
+            return int(found[0]) if found else 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def open_store(db: str | Path) -> SqliteStore | PostgresStore:
+    """The store named by ``--db``: a SQLite file path, or a ``postgresql://`` URL."""
     text = str(db)
-    if "://" in text:
-        raise UsageError(
-            f"--db {text}: only a SQLite file path is supported",
-            "give a file path, e.g. --db fleet/fleet.sqlite",
-        )
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(text)
+    check_db_form(text)
     return SqliteStore(Path(text))
+
+
+def check_db_form(db: str) -> None:
+    """UsageError for a ``--db`` URL that is not PostgreSQL's (a path is fine)."""
+    if "://" in db and not db.startswith(("postgresql://", "postgres://")):
+        raise UsageError(
+            f"--db {redact(db)}: unknown database URL",
+            "give a SQLite file path or a postgresql://USER@HOST:PORT/DB URL",
+        )
+
+
+def import_psycopg():
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise OtaError(
+            "a postgresql:// --db needs the psycopg package",
+            "pip install 'psycopg[binary]', or give a SQLite file path",
+        ) from exc
+    return psycopg
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for messages)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    credentials, _, host = rest.partition("@")
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}" if ":" in credentials else url
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # ---------------------------------------------------------------- rate limiting
@@ -283,7 +364,7 @@ class CollectorServer(ThreadingHTTPServer):
         self,
         address: tuple[str, int],
         tokens: dict[str, Device],
-        store: SqliteStore | None,
+        store: SqliteStore | PostgresStore | None,
         max_body: int = MAX_BODY,
         limiter: RateLimiter | None = None,
         log=None,
@@ -396,8 +477,7 @@ def make_collector(
     then the port.
     """
     tokens = load_tokens(tokens_file)
-    if "://" in str(db):
-        open_store(db)  # raises the UsageError for URLs
+    check_db_form(str(db))
     try:
         server = CollectorServer((host, port), tokens, None, max_body, limiter, log)
     except OSError as exc:

@@ -1,7 +1,7 @@
 """The fleet view: what every device runs, read from the collector's database.
 
 :func:`fleet_view` reads the ``latest`` view (each device's newest report per model) of the
-SQLite file ``tfedge ota collector`` writes, and summarises it:
+database ``tfedge ota collector`` writes (a SQLite file or PostgreSQL), and summarises it:
 
 * **versions by group**: how many devices of each group run each version of each model;
 * **failing**: devices whose last report is ``Failure`` or ``RolledBack``, with the reason;
@@ -28,6 +28,7 @@ from html import escape
 from pathlib import Path
 
 from tfedge.errors import OtaError, UsageError
+from tfedge.ota import collector
 
 FAILING = ("Failure", "RolledBack")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -48,6 +49,7 @@ DEVICE_KEYS = (
     "uptime_s",
     "agent_version",
 )
+LATEST_SQL = f"SELECT {', '.join(DEVICE_KEYS)} FROM latest ORDER BY grp, name, device_id"  # noqa: S608
 
 
 def parse_duration(text: str) -> float:
@@ -78,30 +80,43 @@ class FleetView:
 
 
 def read_latest(db: str | Path) -> list[dict]:
-    """Each device's newest report per model, from the collector's SQLite file ``db``."""
-    path = Path(str(db))
-    if "://" in str(db):
-        raise UsageError(
-            f"--db {db}: only a SQLite file path is supported", "give the collector's --db file"
-        )
+    """Each device's newest report per model, from the collector's database ``db`` (a SQLite
+    file, opened read-only, or a ``postgresql://`` URL)."""
+    text = str(db)
+    if text.startswith(("postgresql://", "postgres://")):
+        return _read_postgres(text)
+    collector.check_db_form(text)
+    path = Path(text)
     if not path.is_file():
         raise OtaError(
             f"no fleet database at {path}",
             "give the --db file `tfedge ota collector` writes (default DIR/fleet.sqlite)",
         )
     try:
-        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30) as db_:
-            db_.row_factory = sqlite3.Row
-            rows = db_.execute(
-                f"SELECT {', '.join(DEVICE_KEYS)} FROM latest "  # noqa: S608 (constant names)
-                "ORDER BY grp, name, device_id"
-            ).fetchall()
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30) as con:
+            con.row_factory = sqlite3.Row
+            rows = con.execute(LATEST_SQL).fetchall()
     except sqlite3.Error as exc:
         raise OtaError(
             f"{path} is not a fleet database ({exc})",
             "give the --db file `tfedge ota collector` writes",
         ) from exc
     return [dict(row) for row in rows]
+
+
+def _read_postgres(url: str) -> list[dict]:
+    psycopg = collector.import_psycopg()
+    from psycopg.rows import dict_row
+
+    try:
+        with psycopg.connect(url, connect_timeout=10, row_factory=dict_row) as con:
+            return list(con.execute(LATEST_SQL).fetchall())
+    except psycopg.Error as exc:
+        raise OtaError(
+            f"cannot read the fleet database {collector.redact(url)}: "
+            f"{(str(exc).strip().splitlines() or ['?'])[0]}",
+            "give the URL `tfedge ota collector --db` writes to, with a running server",
+        ) from exc
 
 
 def fleet_view(
