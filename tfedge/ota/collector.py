@@ -359,6 +359,7 @@ class CollectorServer(ThreadingHTTPServer):
     """``ThreadingHTTPServer`` holding the tokens, the store and the rate limiter."""
 
     daemon_threads = True
+    request_queue_size = 128  # listen backlog (socketserver's 5 resets a fleet reporting at once)
 
     def __init__(
         self,
