@@ -2,8 +2,9 @@
 
 Every poll builds a fresh python-tuf ``Updater`` that trusts only the root the device was
 installed with (``--root``), never a writable cache. A newer, compatible model is
-downloaded (its compressed form when the signed metadata names one in a codec this device
-decodes, checked by TUF, then decompressed in bounded memory and checked against the full
+downloaded (a signed delta from the installed model when the metadata names one, else its
+compressed form when the signed metadata names one in a codec this device decodes: each
+checked by TUF, then applied or decompressed in bounded memory and checked against the full
 model's signed hash; on any problem the full model) to a staging file on the model
 directory's filesystem, re-verified, fsynced, smoke-tested in a child process, moved into
 ``versions/``, and activated by renaming the ``current`` symlink (the directory is fsynced).
@@ -49,6 +50,7 @@ from typing import TextIO
 from tfedge_device import child_env, target_path
 from tfedge_device.config import AgentConfig, AgentError, ConfigError, parse_args, validate
 from tfedge_device.decompress import DecompressError, available_codecs, decompress_stream
+from tfedge_device.delta import DeltaError, delta_entry, fetch_and_apply
 from tfedge_device.journal import PRE_SWITCH, ROLLING_BACK, Journal
 from tfedge_device.modeldir import (
     CURRENT,
@@ -407,7 +409,9 @@ class _Agent:
         )
         self.staging.mkdir(exist_ok=True)
         staged = self._staged(sha)
-        if not self._stage_compressed(updater, target, staged):
+        if not self._stage_delta(updater, target, staged) and not self._stage_compressed(
+            updater, target, staged
+        ):
             updater.download_target(target, filepath=str(staged))
         self._step("downloaded")
         if os.path.getsize(staged) != target.length or sha256_file(staged) != sha:
@@ -421,6 +425,36 @@ class _Agent:
         self._status(
             "Installing", f"smoke-testing version {target.custom.get('model_version')} ({sha[:12]})"
         )
+
+    def _stage_delta(self, updater, target, staged: Path) -> bool:
+        """Stage the model from a signed delta whose base is the installed model; False
+        (logged, nothing left behind) when there is none or it fails a check."""
+        from tuf.api import exceptions as tuf_errors
+
+        base = self.dir.current_sha()
+        entry = delta_entry(target.custom, base)
+        if entry is None or base is None:
+            return False
+        packed = self.files.path(self._staged_rel(target.hashes["sha256"], ".delta"))
+        try:
+            size = fetch_and_apply(
+                updater, target, entry, self.files.path(ModelDir.model_file(base)), packed, staged
+            )
+            self.log(f"model staged from delta {entry['target']} ({size} bytes)")
+            return True
+        except DeltaError as err:
+            why = str(err)
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            why = f"{type(exc).__name__}: {exc}"
+        finally:
+            unlink(packed)
+        unlink(staged)
+        self.log(f"delta {entry['target']} not used ({why}); downloading the model")
+        return False
 
     def _stage_compressed(self, updater, target, staged: Path) -> bool:
         """Stage the model from a compressed form the signed metadata names; False (logged,

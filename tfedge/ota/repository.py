@@ -55,6 +55,7 @@ from typing import Any
 from tfedge.errors import OtaError, UsageError
 from tfedge.fsutil import write_bytes_atomic
 from tfedge.ota import compress as compression
+from tfedge.ota import delta as deltas_lib
 from tfedge.ota import keys as keystore
 from tfedge.ota import target_path, valid_name
 
@@ -63,7 +64,9 @@ ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 PUBLIC_FILE_MODE, PUBLIC_DIR_MODE = 0o644, 0o755  # served files: readable by any user
 # custom["tfedge"]["schema"]: 2 = golden data as its own target; 3 = compressed forms too
 CUSTOM_SCHEMA = 3
-SIDE_PREFIXES = ("golden/", compression.PREFIX)  # targets a model target names (no custom)
+DELTA_SCHEMA = 4  # 4 = deltas too (only when the target names some); all of 3 kept
+# targets a model target names (no custom of their own)
+SIDE_PREFIXES = ("golden/", compression.PREFIX, deltas_lib.PREFIX)
 TARGETS_MAX_LENGTH = 5_000_000  # python-tuf's default UpdaterConfig.targets_max_length
 EXPIRY_DAYS = {"root": 365.0, "targets": 365.0, "snapshot": 7.0, "timestamp": 1.0}
 TARGETS_RENEW_WITHIN_DAYS = 30.0
@@ -236,6 +239,7 @@ def publish(
     legacy_golden: bool = True,
     password: keystore.PasswordArg = None,
     compress: str = compression.DEFAULT_CODEC,
+    deltas: int = 0,
 ) -> RepoResult:
     """Add ``model`` as signed target ``name`` (for ``group`` only, if given) at ``version``.
 
@@ -252,6 +256,9 @@ def publish(
         compress: also publish the model compressed as its own target, named in
             ``custom["tfedge"]["compressed"]``: ``lzma``; ``zstd`` (and lzma, for devices
             without ``zstandard``); ``none``: the full model only.
+        deltas: also publish a delta from each of the last ``deltas`` published versions
+            (at most :data:`tfedge.ota.delta.MAX_COUNT`), named in
+            ``custom["tfedge"]["deltas"]`` (schema 4; :mod:`tfedge.ota.delta`).
 
     Raises:
         UsageError: a bad name, group, version or codec.  ModelLoadError: not a TFLite model.
@@ -261,6 +268,7 @@ def publish(
     """
     _check_publish_args(name, version, group)
     compression.check_codec(compress)
+    deltas_lib.check_count(deltas)
     model = Path(model)
     custom, blob = _metadata_and_golden(
         model, version, profiles, golden, allow_signature_change, legacy_golden
@@ -274,7 +282,18 @@ def publish(
         _check_version_increases(state, path, version, allow_lower)
         if not allow_signature_change:
             _check_signature_unchanged(state, name, group, custom["signature"])
-        target = _add_target(state, path, model, custom, blob, packed)
+        bases = deltas_lib.previous_bases(
+            state.targets.signed.targets,
+            [path] + ([target_path(name)] if group else []),
+            state.layout.targets,
+            deltas,
+        )
+        data = model.read_bytes()
+        smallest = min([len(data), *(entry["length"] for entry, _ in packed)])
+        made = deltas_lib.deltas_to(data, bases, smaller_than=smallest)
+        if made:
+            custom["tfedge"].update(schema=DELTA_SCHEMA, deltas=[entry for entry, _ in made])
+        target = _add_target(state, path, model, custom, blob, [*packed, *made])
         state.write_targets_chain()
         return state.result(
             "publish", target=path, sha256=target.hashes["sha256"], model_version=version
@@ -630,7 +649,8 @@ def _drop_unused_golden(targets) -> None:
             continue
         meta = (t.custom or {}).get("tfedge") or {}
         used.add(meta.get("golden_target"))
-        used.update(e.get("target") for e in meta.get("compressed") or [] if isinstance(e, dict))
+        for side in ("compressed", "deltas"):
+            used.update(e.get("target") for e in meta.get(side) or [] if isinstance(e, dict))
     for path in [p for p in targets if p.startswith(SIDE_PREFIXES) and p not in used]:
         del targets[path]
 
