@@ -204,8 +204,17 @@ def test_publish_deltas_count_is_checked(tmp_path, run_cli):
         "9",
         expect=2,
     )
-    assert_one_error_line(result, "--deltas")
+    assert_one_error_line(result, "--deltas 9", "at most 5")
     assert sorted((repo / "public").rglob("*")) == before
+    new = ht.write(
+        tmp_path / "m2.tflite", _edit_buffer(ht.pack(ht.base()), "sequential/dense/MatMul", 0.5)
+    )
+    run_cli("ota", "publish", repo, model, "--name", "kws", "--version", "1")
+    run_cli("ota", "publish", repo, new, "--name", "kws", "--version", "2")  # default: 2
+    (entry,) = _targets(repo)["models/kws.tflite"]["custom"]["tfedge"]["deltas"]
+    assert entry["base_sha256"] == sha256_file(model)
+    run_cli("ota", "publish", repo, model, "--name", "kws", "--version", "3", "--deltas", "0")
+    assert "deltas" not in _targets(repo)["models/kws.tflite"]["custom"]["tfedge"]
 
 
 def _targets(repo: Path) -> dict:

@@ -312,6 +312,14 @@ def ota_init(repo, root_keys, root_threshold, encrypt_keys, as_json):
     help="Also publish the model compressed as its own target (zstd: needs zstandard here, "
     "and lzma is published too for devices without it).",
 )
+@click.option(
+    "--deltas",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Also publish a signed delta from each of the last N published versions (0 to 5; "
+    "devices holding one of them download only the changed tensors).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def ota_publish(
     repo,
@@ -324,6 +332,7 @@ def ota_publish(
     allow_signature_change,
     legacy_golden,
     compress,
+    deltas,
     as_json,
 ):
     """Add MODEL to REPO as a signed target with its model metadata.
@@ -350,6 +359,7 @@ def ota_publish(
         legacy_golden=legacy_golden,
         password=_password_prompt(),
         compress=compress,
+        deltas=deltas,
     )
     _echo_repo(result, as_json)
 
