@@ -126,7 +126,7 @@ def fleet_view(
     now = time.time() if now is None else now
     devices = [_device(row, now, stale_after_s) for row in read_latest(db)]
     return FleetView(
-        str(db),
+        collector.redact(str(db)),
         now,
         stale_after_s,
         devices,
