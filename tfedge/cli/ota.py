@@ -560,7 +560,7 @@ def ota_fleet(db, stale, as_json, html_file):
         write_bytes_atomic(html_file, fleet_html(view).encode())
     if as_json:
         return echo_json(view.to_dict())
-    click.echo(f"{len(view.devices)} device(s) in {db}")
+    click.echo(f"{len(view.devices)} device(s) in {view.db}")
     for title, headers, rows in table_sections(view):
         click.echo(f"\n{title}")
         if rows:
