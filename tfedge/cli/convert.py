@@ -55,6 +55,23 @@ FLOAT_OPS_SHOWN = 10  # per-op lines printed for a full-integer conversion that 
         "XNNPACK's sparse float kernels read; says whether the model matches their pattern."
     ),
 )
+@click.option(
+    "--int16",
+    "int16_layers",
+    multiple=True,
+    metavar="LAYER[,LAYER]",
+    help=(
+        "Keras layers to keep in int16 activations with int8 weights in an int8 model "
+        "(ai-edge-quantizer; integer, as int16x8)."
+    ),
+)
+@click.option(
+    "--float",
+    "float_layers",
+    multiple=True,
+    metavar="LAYER[,LAYER]",
+    help="Keras layers to keep in float32 in an int8 model (not with a full-integer profile).",
+)
 @trust_model_option
 @profile_option
 @json_option
@@ -69,6 +86,8 @@ def convert_cmd(
     allow_float_ops,
     batch_size,
     sparse,
+    int16_layers,
+    float_layers,
     trust_model,
     profile,
     as_json,
@@ -84,6 +103,27 @@ def convert_cmd(
 
     quant = quant or ("none" if sparse else "int8")
     log = stage_log(as_json)  # a log or CI job sees the conversion start (it takes a while)
+    precisions = layer_precisions(int16_layers, float_layers)
+    if precisions:
+        _check_mixed_options(quant, io, sparse)
+        if log:
+            log(f"converting {model} to int8 with per-layer precision ...")
+        from tfedge.convert.mixed import convert_mixed
+
+        mixed = convert_mixed(
+            model,
+            output,
+            calib,
+            precisions,
+            calib_samples=calib_samples,
+            seed=seed,
+            allow_float_ops=allow_float_ops,
+            profile=profile,
+            trust_model=trust_model,
+            batch_size=batch_size,
+        )
+        _echo_result(mixed, as_json)
+        return
     if log:
         log(f"converting {model} to {quant} ...")
     result = convert(
@@ -113,6 +153,57 @@ def convert_cmd(
     if result.sparse:
         for line in sparse_lines(result.sparse_tensors, result.xnnpack_sparse):
             click.echo(f"  {line}")
+
+
+def layer_precisions(int16_layers, float_layers) -> dict[str, str]:
+    """``{layer: 'int16'|'float'}`` from the repeatable, comma-separated options."""
+    from tfedge.errors import UsageError
+
+    precisions: dict[str, str] = {}
+    for option, values, precision in (
+        ("--int16", int16_layers, "int16"),
+        ("--float", float_layers, "float"),
+    ):
+        for layer in (n.strip() for v in values for n in v.split(",")):
+            if not layer:
+                raise UsageError(f"{option} has an empty layer name", f"e.g. {option} conv2,fc1")
+            if precisions.get(layer, precision) != precision:
+                raise UsageError(
+                    f"layer '{layer}' is given both --int16 and --float", "keep it in one of them"
+                )
+            precisions[layer] = precision
+    return precisions
+
+
+def _check_mixed_options(quant: str, io, sparse: bool) -> None:
+    from tfedge.errors import UsageError
+
+    if quant != "int8" or sparse or io not in (None, "int8"):
+        given = (
+            "--sparse"
+            if sparse
+            else f"--io {io}"
+            if io not in (None, "int8")
+            else f"--quant {quant}"
+        )
+        raise UsageError(
+            f"--int16/--float apply to an int8 model, not with {given}",
+            "drop it: the other layers are int8, the model's input int8",
+        )
+
+
+def _echo_result(result, as_json: bool) -> None:
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    click.echo(
+        f"Wrote {result.output}: {result.size_bytes:,} bytes, {result.quant}, "
+        f"io {result.io}, {_verdict(result)}, {result.seconds:.1f} s"
+    )
+    for layer in getattr(result, "layers", []):
+        click.echo(f"  layer {layer.layer}: {layer.precision} ({', '.join(layer.ops)})")
+    for line in float_op_lines(result.float_ops, _integer_asked(result)):
+        click.echo(f"  {line}")
 
 
 def sparse_lines(sparse_tensors: int, check) -> list[str]:
