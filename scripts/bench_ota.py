@@ -9,6 +9,12 @@
    repository served over loopback HTTP; a new version is published and the script
    waits until every device serves it. Reports the time to the last device and checks
    every device's active file against the signed hash (corrupted installs: goal 0).
+3. Bytes over the wire (``--bytes``; on by default): a head-only fine-tune of the digits
+   reference model (frozen layers, same calibration data and seed) and of a 10 MB model
+   (its last Dense layer's weights edited), published with ``--deltas``; an agent holding
+   the previous version downloads the delta, a fresh one the xz form, counted at the HTTP
+   server; full raw and gzip sizes for comparison. Also the device-side cost of applying
+   the delta against decompressing the xz form (time, peak memory of a child process).
 
 Writes bench-results/ota.json and bench-results/ota.md.
 
@@ -20,6 +26,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
+import hashlib
 import json
 import os
 import platform
@@ -29,7 +38,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,6 +230,202 @@ def _wait_all(devices: list[Path], sha: str, timeout: float, t0: float | None = 
     return time.monotonic() - t0
 
 
+# ---------------------------------------------------------------- 3. bytes over the wire
+def bench_bytes(work: Path) -> dict:
+    out = {}
+    pairs = {
+        "digits, head-only fine-tune": _head_only_digits(work / "digits"),
+        "10 MB dense, last layer edited": _head_edited_big(work / "big"),
+    }
+    for label, (v1, v2) in pairs.items():
+        log(f"bytes over the wire: {label}")
+        out[label] = _wire_bytes(work / label.split(",")[0].replace(" ", "_"), v1, v2)
+    return out
+
+
+def _head_only_digits(out: Path) -> tuple[Path, Path]:
+    """The digits reference model and a head-only fine-tune of it (frozen layers, one epoch
+    on the training set, seed 0), both converted with the same calibration data."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as k
+
+    out.mkdir(parents=True, exist_ok=True)
+    source = REPO / "models" / "digits"
+    if not (source / "model.keras").exists():
+        raise RuntimeError("run scripts/make_reference_models.py digits first")
+    data = np.load(source / "train.npz")
+    calib = data["x"][:200].astype(np.float32)
+    model = k.models.load_model(source / "model.keras")
+    v1, v2 = out / "v1.tflite", out / "v2.tflite"
+    v1.write_bytes(hh.convert_int8(tf, model, calib))
+    for layer in model.layers[:-1]:
+        layer.trainable = False
+    tf.keras.utils.set_random_seed(0)
+    model.compile(
+        optimizer=k.optimizers.Adam(1e-3),
+        loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(data["x"], data["y"], epochs=1, batch_size=32, shuffle=False, verbose=0)
+    v2.write_bytes(hh.convert_int8(tf, model, calib))
+    return v1, v2
+
+
+def _head_edited_big(out: Path) -> tuple[Path, Path]:
+    """A 10 MB full-int8 model and a copy whose last Dense layer's weights each moved by -3
+    to 3 quantization steps (seeded; what a head-only fine-tune changes)."""
+    import numpy as np
+
+    from tfedge.convert.tflite_model import read_tflite
+    from tfedge.ota.delta import buffer_regions
+
+    v1 = oh.big_model(out)
+    raw = bytearray(v1.read_bytes())
+    dense = [op for op in read_tflite(v1).ops if op.name == "FULLY_CONNECTED"][-1]
+    (region,) = [r for r in buffer_regions(bytes(raw)) if r.name == dense.inputs[1].name]
+    steps = np.random.default_rng(0).integers(-3, 4, region.length).astype(np.uint8)
+    head = np.frombuffer(raw, np.uint8, region.length, region.start) + steps  # wraps mod 256
+    raw[region.start : region.start + region.length] = head.tobytes()
+    v2 = out / "big_int8_head.tflite"
+    v2.write_bytes(bytes(raw))
+    return v1, v2
+
+
+@contextlib.contextmanager
+def _counting_server(repo: Path):
+    """REPO/public over loopback HTTP; yields (url, list of (path, body bytes sent))."""
+    served: list[tuple[str, int]] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def copyfile(self, source, outputfile) -> None:
+            sent = 0
+            while chunk := source.read(64 * 1024):
+                outputfile.write(chunk)
+                sent += len(chunk)
+            served.append((self.path, sent))
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(repo / "public")))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _model_bytes(served: list[tuple[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for path, size in served:
+        for kind in ("models", "compressed", "deltas"):
+            if path.startswith(f"/targets/{kind}/"):
+                out[kind] = out.get(kind, 0) + size
+    return out
+
+
+def _wire_bytes(work: Path, v1: Path, v2: Path) -> dict:
+    from tfedge.ota import compress as compression
+
+    repo, held, fresh = work / "repo", work / "held", work / "fresh"
+    repo_api.init_repository(repo)
+    repo_api.publish(repo, v1, "kws", 1, deltas=2)
+    with _counting_server(repo) as (url, served):
+        assert oh.poll(url, held, repo).state == "Success"
+        repo_api.publish(repo, v2, "kws", 2, deltas=2)
+        served.clear()
+        result = oh.poll(url, held, repo)
+        assert result.state == "Success" and result.model_version == 2, result
+        with_delta = _model_bytes(served)
+        served.clear()
+        assert oh.poll(url, fresh, repo).state == "Success"
+        without = _model_bytes(served)
+    for device in (held, fresh):
+        assert sha256_file(device / "current") == sha256_file(v2), device
+    raw = v2.read_bytes()
+    sizes = {
+        "full raw (target length)": len(raw),
+        "gzip -9 (size, not served)": len(gzip.compress(raw, 9)),
+        "lzma xz -6 (served, fresh device)": without.get("compressed"),
+        "delta (served, device holding v1)": with_delta.get("deltas"),
+    }
+    try:
+        sizes["zstd -19 (size, not served)"] = len(compression.compress(raw, "zstd"))
+    except Exception:  # noqa: BLE001 - zstandard is optional on this host
+        pass
+    changed = sum(a != b for a, b in zip(v1.read_bytes(), raw)) + abs(len(raw) - v1.stat().st_size)
+    return {
+        "model_bytes": len(raw),
+        "bytes_changed": changed,
+        "bytes": sizes,
+        "served": {"with_delta": with_delta, "fresh": without},
+        "apply": _apply_cost(work, v1, v2),
+    }
+
+
+_COST = """
+import json, sys, time
+from tfedge_device import decompress, delta
+from tfedge_device.modeldir import sha256_file
+kind, src, base, out, sha, length = sys.argv[1:]
+base_sha = sha256_file(base)
+start = time.perf_counter()
+with open(src, "rb") as s, open(out, "wb") as o:
+    if kind == "delta":
+        with open(base, "rb") as b:
+            delta.apply_delta(s, b, o, base_sha, sha, int(length))
+    elif kind == "xz":
+        decompress.decompress_stream(s, o, "lzma", int(length))
+seconds = time.perf_counter() - start
+# VmHWM: this process's own peak (ru_maxrss would include the forking parent's)
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"seconds": round(seconds, 4), "peak_rss_kb": peak}))
+"""
+
+
+def _apply_cost(work: Path, v1: Path, v2: Path) -> dict:
+    """Apply the delta / decompress the xz form in a child process each (median of 3)."""
+    from tfedge.ota import compress as compression
+    from tfedge.ota.delta import delta_form
+
+    raw = v2.read_bytes()
+    _, blob = delta_form(v1.read_bytes(), raw)
+    files = {"delta": work / "v2.tfdelta", "xz": work / "v2.tflite.xz", "idle": v2}
+    files["delta"].write_bytes(blob)
+    files["xz"].write_bytes(compression.compress(raw, "lzma"))
+    sha = hashlib.sha256(raw).hexdigest()
+    out = {}
+    for kind, path in files.items():
+        runs = []
+        for _ in range(3):
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _COST,
+                    kind,
+                    str(path),
+                    str(v1),
+                    str(work / "out"),
+                    sha,
+                    str(len(raw)),
+                ],
+                env=oh.agent_env(),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs.append(json.loads(proc.stdout))
+            assert kind == "idle" or (work / "out").read_bytes() == raw
+        out[kind] = {
+            "seconds": statistics.median(r["seconds"] for r in runs),
+            "peak_rss_kb": max(r["peak_rss_kb"] for r in runs),
+        }
+    return out
+
+
 # ---------------------------------------------------------------- report
 def markdown(result: dict) -> str:
     p, f = result.get("push"), result.get("fleet")
@@ -249,6 +457,26 @@ def markdown(result: dict) -> str:
             f"| corrupted installs | **{f['corrupted_installs']}** |",
             f"| devices reporting Success | {f['success_states']}/{f['agents']} |",
         ]
+    for label, b in (result.get("bytes") or {}).items():
+        full = b["bytes"]["full raw (target length)"]
+        lines += [
+            "",
+            f"| {label} ({full:,} bytes, {b['bytes_changed']:,} changed) | bytes | of full |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {kind} | {size:,} | {100 * size / full:.1f}% |"
+            for kind, size in b["bytes"].items()
+            if size is not None
+        ]
+        a = b["apply"]
+        lines += [
+            f"| device: apply the delta / decompress xz (median of 3) "
+            f"| {a['delta']['seconds'] * 1000:.1f} ms / {a['xz']['seconds'] * 1000:.1f} ms | |",
+            f"| device: peak RSS of the child process (idle child: "
+            f"{a['idle']['peak_rss_kb']:,} KB) "
+            f"| {a['delta']['peak_rss_kb']:,} KB / {a['xz']['peak_rss_kb']:,} KB | |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -264,6 +492,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--no-push", action="store_true")
     parser.add_argument("--no-fleet", action="store_true")
+    parser.add_argument("--no-bytes", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
     args = parser.parse_args(argv)
     result = {
@@ -277,6 +506,8 @@ def main(argv=None) -> int:
             result["push"] = bench_push(work / "push", args.rounds)
         if not args.no_fleet:
             result["fleet"] = bench_fleet(work / "fleet", args.agents, args.interval, args.timeout)
+        if not args.no_bytes:
+            result["bytes"] = bench_bytes(work / "bytes")
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(args.out / "ota.json", json.dumps(result, indent=2).encode())
