@@ -116,6 +116,8 @@ def compute_delta(base: bytes, new: bytes) -> bytes:
         )
     except wire.DeltaError as exc:
         raise OtaError(f"the delta does not rebuild the model: {exc}", "report this bug") from exc
+    if rebuilt.getvalue() != new:
+        raise OtaError("the delta does not rebuild the model byte for byte", "report this bug")
     return blob
 
 
