@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_one_error_line
-from tests.search_helpers import CALLS, cheap_measure
+from tests.search_helpers import CALLS, CheapMeasure, cheap_measure
 from tfedge.errors import RecipeError, UsageError
 from tfedge.optimize.recipe import parse_recipe
 from tfedge.search import search
 from tfedge.search.pareto import dominates, feasible, pareto_front
 from tfedge.search.space import Space, dimensions, parse_space, recipe_data
+from tfedge.search.study import open_storage
 
 CHEAP_SPACE = """
 channels: false
@@ -228,10 +229,44 @@ def test_two_workers_share_a_journal_study(inputs, tmp_path, calls):
     out = tmp_path / "out"
     result = cheap_search(inputs, out, trials=4, workers=2)
     assert (out / "study.journal").is_file() and not (out / "study.db").exists()
-    assert len(result.trials) + len(result.failed) >= 4
+    assert len(result.trials) + len(result.failed) == 4
     assert len({r["number"] for r in result.trials}) == len(result.trials)
     with pytest.raises(UsageError, match="SQLite"):
         cheap_search(inputs, out, trials=4, workers=2, storage=f"sqlite:///{tmp_path}/x.db")
+
+
+def test_an_inventory_measures_on_every_device_one_trial_at_a_time(inputs, tmp_path):
+    """Two devices, three workers: both devices measure, at the same time as each other,
+    never two trials at once on one device (the third worker waits for a free one); and the
+    study ends at exactly --trials."""
+    import optuna
+
+    (tmp_path / "devices.yaml").write_text(
+        "devices:\n  - {name: a, target: local}\n  - {name: b, target: local}\n"
+    )
+    out = tmp_path / "out"
+    slow = CheapMeasure(bench_seconds=0.3, meet=str(tmp_path / "meet"), meet_count=2)
+    options = dict(space=parse_space(CHEAP_SPACE), measure=slow, study="s", trials=7, workers=3)
+    result = search(**inputs, output=out, inventory=tmp_path / "devices.yaml", **options)
+    assert len(result.trials) + len(result.failed) == 7  # exact, though three workers ran
+    study = optuna.load_study(study_name="s", storage=open_storage(f"journal:{out}/study.journal"))
+    windows = [t.user_attrs["measured_on"] for t in study.trials if "measured_on" in t.user_attrs]
+    by_device = {
+        name: sorted((w["started"], w["ended"]) for w in windows if w["device"] == name)
+        for name in "ab"
+    }
+    assert all(by_device.values()), by_device  # both devices measured trials
+    for spans in by_device.values():  # never two at once on one device
+        assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans
+    (a0, a1), (b0, b1) = by_device["a"][0], by_device["b"][0]
+    assert a0 < b1 and b0 < a1  # the devices measured concurrently
+    assert {r["device"] for r in result.trials} <= {"a", "b"}
+    with pytest.raises(UsageError, match="exclude each other"):
+        search(**inputs, output=out, inventory=tmp_path / "devices.yaml", target="local")
+    (tmp_path / "mixed.yaml").write_text("devices:\n  - {target: local}\n  - {target: qemu}\n")
+    with pytest.raises(UsageError, match="mixes local and qemu"):
+        search(**inputs, output=tmp_path / "mixed", inventory=tmp_path / "mixed.yaml")
+    assert not (tmp_path / "mixed").exists()
 
 
 def test_a_killed_trial_is_failed_and_retried(inputs, tmp_path):
@@ -409,43 +444,53 @@ def test_a_searched_pass_that_does_not_apply_is_one_error_line(run_cli, inputs, 
 @pytest.mark.tf
 @pytest.mark.slow
 def test_real_search_on_digits(digits, tmp_path, run_cli):
+    """Real trials end to end: the front is feasible and non-dominated, best/ meets every
+    budget, and best/recipe.yaml rebuilds the model with `tfedge optimize`."""
+    from tfedge.optimize.pipeline import optimize
+
     space = tmp_path / "space.yaml"
     space.write_text(
-        "channels: false\nlow_rank: false\ncluster: false\nprune: false\n"
-        "quant: [int8, float16]\nepochs: [0, 0]\n"
-        "budgets: {latency: 10.0, size: 0.9}\n"
+        "channels: false\nlow_rank: false\ncluster: false\n"
+        "prune: {target_sparsity: [0.6, 0.8]}\nquant: [int8, float16]\nepochs: [1, 1]\n"
+        "budgets: {latency: 10.0, size: 0.2}\n"
         "measure: {runs: 5, warmup: 1, min_secs: 0.1}\n"
     )
     out = tmp_path / "out"
-    result = run_cli(
-        "search",
-        digits.model,
-        "--data",
-        digits.train,
-        "--eval",
-        digits.test,
-        "--space",
-        space,
-        "--trials",
-        "2",
-        "--profile",
-        "rpi4",
-        "--json",
-        "-o",
-        out,
-    )
-    report = json.loads(result.stdout)
+    args = ["search", digits.model, "--data", digits.train, "--eval", digits.test]
+    # seed 0 samples prune 0.72 + int8 (fine-tuned), then int8 alone (the baseline's recipe,
+    # not run again), which breaks the size budget: int8 gzip is ~1/4 of float32's bytes
+    args += ["--space", space, "--trials", "2", "--profile", "rpi4"]
+    args += ["--json", "-o", out]
+    report = json.loads(run_cli(*args).stdout)
     assert report["budget_kind"] == "relative"  # rpi4 measured on this host: a stand-in
-    assert {r["recipe"]["convert"]["quant"] for r in report["trials"]} <= {
-        "int8",
-        "none",
-        "float16",
-    }
+    assert len(report["trials"]) == 2 and not report["failed"]
+    assert [r["duplicate_of"] for r in report["trials"]] == [None, -1]
+    assert {r["recipe"]["convert"]["quant"] for r in report["trials"]} <= {"int8", "float16"}
+    front, trials = report["front"], report["trials"]
+    assert front and all(feasible(r) for r in front)
+    assert not any(dominates(t, f) for t in trials if feasible(t) for f in front)
     best = report["best"]
-    assert best is not None and best["accuracy"] > 0.8
-    size = next(b for b in report["budgets"] if b["name"] == "size")
-    assert best["gzip_bytes"] <= size["limit"] and "float32" in size["how"]
+    assert best == front[0] and best["accuracy"] > 0.8
+    assert [list(p) for p in best["recipe"]["passes"]] == [["prune"]]  # trained: worth rebuilding
+    value = {
+        "latency": "p50_ms",
+        "size": "gzip_bytes",
+        "ram": "peak_rss_mb",
+        "bytes": "tflite_bytes",
+    }
+    for budget in report["budgets"]:
+        assert best[value[budget["name"]]] <= budget["limit"], budget
+    assert "float32" in next(b for b in report["budgets"] if b["name"] == "size")["how"]
     bench = json.loads((out / "best" / "bench.json").read_text())
-    assert bench["latency_us"]["p50"] > 0 and bench["target"] == "local"
+    assert bench["latency_us"]["p50"] / 1000 == pytest.approx(best["p50_ms"])
+    assert bench["target"] == "local"
     assert (out / "best" / "model.tflite").read_bytes()[4:8] == b"TFL3"
     assert f"trial {best['number']}" in (out / "report.html").read_text()
+    again = optimize(
+        digits.model,
+        str(out / "best" / "recipe.yaml"),
+        digits.train,
+        digits.test,
+        tmp_path / "again",
+    )
+    assert abs(again.final.accuracy - best["accuracy"]) <= 0.005  # within 0.5 points

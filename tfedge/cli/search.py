@@ -25,9 +25,14 @@ from tfedge.errors import UsageError
 @click.option(
     "-t",
     "--target",
-    default="local",
-    show_default=True,
-    help="Where trials are measured: local, qemu, or ssh://user@host (as `tfedge bench`).",
+    help="Where trials are measured: local (default), qemu, or ssh://user@host "
+    "(as `tfedge bench`).",
+)
+@click.option(
+    "--inventory",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML list of interchangeable devices (as `tfedge bench --inventory`) that measure "
+    "trials concurrently, one trial per device at a time (replaces --target).",
 )
 @click.option(
     "--trials",
@@ -44,7 +49,11 @@ from tfedge.errors import UsageError
 )
 @click.option("--storage", metavar="URL", help="Study storage, e.g. postgresql://user@host/db.")
 @click.option("--study", "study_name", help="Study name (default: from model, data, target).")
-@click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
+@click.option(
+    "--workers",
+    type=int,
+    help="Local worker processes (default 1, or one per --inventory device).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output directory.")
 @trust_model_option
@@ -55,6 +64,7 @@ def search_cmd(
     eval_data,
     profile,
     target,
+    inventory,
     trials,
     timeout,
     space,
@@ -76,6 +86,8 @@ def search_cmd(
     pareto.md, report.html (plots), pareto_latency.svg, pareto_size.svg and best/
     (model.tflite, recipe.yaml, bench.json). The study lives in
     OUTDIR/study.db (study.journal with --workers): the same command again continues it.
+    With --inventory, the listed devices measure trials concurrently (one trial per device
+    at a time; one worker per device unless --workers says otherwise).
 
     \b
     Space file (every block optional; `prune: false` leaves a pass out):
@@ -102,6 +114,7 @@ def search_cmd(
         eval_data,
         output,
         target=target,
+        inventory=inventory,
         profile=profile,
         space=space,
         trials=trials,

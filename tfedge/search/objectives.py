@@ -1,10 +1,12 @@
 """What a trial measures, and which budgets it must meet.
 
 A trial runs its recipe through ``tfedge.optimize`` (the same pipeline and worker as
-``tfedge optimize``, into its own folder), then benchmarks the model on the target with
-``tfedge.targets.bench`` (the same code as ``tfedge bench``). The objectives are the score
-(accuracy, or minus the MSE for a model without classes: maximised), the p50 latency in ms
-and the gzip bytes (minimised); peak RSS and the .tflite bytes are kept beside them.
+``tfedge optimize``, into its own folder: ``TrialRunner.build``), then benchmarks the model
+on a device of the search (the target, or one of the inventory's devices:
+``TrialRunner.bench``) with ``tfedge.targets.bench`` (the same code as ``tfedge bench``).
+The objectives are the score (accuracy, or minus the MSE for a model without classes:
+maximised), the p50 latency in ms and the gzip bytes (minimised); peak RSS and the .tflite
+bytes are kept beside them.
 
 Budgets come in two kinds (``Budgets.kind``):
 
@@ -24,12 +26,12 @@ from __future__ import annotations
 import fcntl
 import json
 import platform
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, Protocol
 
+from tfedge.search.devices import Device
 from tfedge.search.space import Measure
 
 
@@ -63,8 +65,47 @@ class Measured:
 
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
 
-# measure(recipe, trial_dir) -> Measured; the real one is TrialRunner, tests may pass another.
-MeasureFn = Callable[[Any, Path], Measured]
+
+@dataclass
+class Built:
+    """A trial's model before it is benchmarked: its file and the figures of the build."""
+
+    model: str
+    score: float
+    accuracy: float | None
+    mse: float | None
+    tflite_bytes: int
+    gzip_bytes: int
+    float32_bytes: int
+    seconds: float = 0.0
+
+    def measured(self, p50_ms: float, peak_rss_mb: float, bench: dict) -> Measured:
+        """The trial's figures once the model was benchmarked."""
+        return Measured(
+            score=self.score,
+            accuracy=self.accuracy,
+            mse=self.mse,
+            p50_ms=p50_ms,
+            peak_rss_mb=peak_rss_mb,
+            tflite_bytes=self.tflite_bytes,
+            gzip_bytes=self.gzip_bytes,
+            float32_bytes=self.float32_bytes,
+            seconds=self.seconds,
+            model=self.model,
+            bench=bench,
+        )
+
+
+class Measurement(Protocol):
+    """How a trial is measured, in two steps: ``build`` on this host, then ``bench`` on a
+    device taken from the pool (``tfedge.search.devices``) for that step only.
+
+    The real one is ``TrialRunner``; tests of the search itself pass a cheaper one.
+    """
+
+    def build(self, recipe, trial_dir: Path) -> Built: ...
+
+    def bench(self, built: Built, device: Device, trial_dir: Path) -> Measured: ...
 
 
 @dataclass
@@ -81,53 +122,59 @@ class Inputs:
 
 
 class TrialRunner:
-    """The real measurement: optimize into ``trial_dir``, then bench on the target.
+    """The real measurement: optimize into ``trial_dir``, then bench on a device.
 
-    Only one measurement runs at a time per ``lock`` file (several local workers must not
-    share the cores while they time a model).
+    Called as ``runner(recipe, trial_dir)`` it does both on ``inputs.target``, holding the
+    file ``lock`` (if any) while it benchmarks.
     """
 
     def __init__(self, inputs: Inputs, measure: Measure, lock: Path | None = None) -> None:
         self.inputs, self.measure, self.lock = inputs, measure, lock
 
     def __call__(self, recipe, trial_dir: Path) -> Measured:
+        i = self.inputs
+        built = self.build(recipe, trial_dir)
+        device = Device(i.target, i.target, i.profile, ssh=dict(i.ssh_options))
+        with exclusive(self.lock):
+            return self.bench(built, device, trial_dir)
+
+    def build(self, recipe, trial_dir: Path) -> Built:
+        """Run ``recipe`` through ``tfedge.optimize`` into ``trial_dir``."""
         from tfedge.optimize.pipeline import optimize
 
         i = self.inputs
         result = optimize(
             i.model, recipe, i.data, i.eval_data, trial_dir, trust_model=i.trust_model
         )
-        with exclusive(self.lock):
-            bench = self._bench(result.model)
-        (trial_dir / "bench.json").write_text(json.dumps(bench.to_dict(), indent=2))
         final = result.final
         score = final.accuracy if final.accuracy is not None else -(final.mse or 0.0)
-        return Measured(
+        return Built(
+            model=result.model,
             score=float(score),
             accuracy=final.accuracy,
             mse=final.mse,
-            p50_ms=bench.latency_us.p50 / 1000.0,
-            peak_rss_mb=bench.peak_rss_mb,
             tflite_bytes=final.tflite_bytes,
             gzip_bytes=final.gzip_bytes,
             float32_bytes=result.stage("float32").tflite_bytes,
             seconds=result.seconds,
-            model=result.model,
-            bench={"target": bench.target, "emulated": bench.emulated, "threads": bench.threads},
         )
 
-    def _bench(self, model: str):
+    def bench(self, built: Built, device: Device, trial_dir: Path) -> Measured:
+        """Benchmark the built model on ``device`` (``trial_dir/bench.json``)."""
         from tfedge.targets.bench import bench
 
         m = self.measure
-        return bench(
-            model,
-            target=self.inputs.target,
-            profile=self.inputs.profile,
+        result = bench(
+            built.model,
             runs=m.runs,
             warmup=m.warmup,
             min_secs=m.min_secs,
-            **self.inputs.ssh_options,
+            **device.bench_options(),
+        )
+        (trial_dir / "bench.json").write_text(json.dumps(result.to_dict(), indent=2))
+        figures = {"target": result.target, "emulated": result.emulated, "threads": result.threads}
+        return built.measured(
+            result.latency_us.p50 / 1000.0, result.peak_rss_mb, {**figures, "device": device.name}
         )
 
 

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from tfedge.errors import OutputError, UsageError
+from tfedge.search import devices as device_pool
 from tfedge.search import pareto
 from tfedge.search.objectives import (
     Budget,
     Inputs,
-    MeasureFn,
+    Measurement,
     absolute_budgets,
     budget_kind,
     relative_budgets,
@@ -91,18 +92,19 @@ def search(
     eval_data,
     output,
     *,
-    target: str = "local",
+    target: str | None = None,
+    inventory=None,
     profile: str | None = None,
     space=None,
     trials: int = 20,
     timeout: float | None = None,
     storage: str | None = None,
     study: str | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     seed: int = 0,
     trust_model: bool = False,
     progress: bool = False,
-    measure: MeasureFn | None = None,
+    measure: Measurement | None = None,
 ) -> SearchResult:
     """Search ``space`` for ``trials`` trials; write the front and ``best/`` in ``output``.
 
@@ -110,7 +112,12 @@ def search(
         model, data, eval_data: as ``tfedge optimize`` (a model file, .npz training and
             evaluation data).
         output: OUTDIR (created; an earlier search's OUTDIR continues its study).
-        target: ``local``, ``qemu`` or ``ssh://user@host...`` (as ``tfedge bench``).
+        target: ``local`` (the default), ``qemu`` or ``ssh://user@host...`` (as
+            ``tfedge bench``).
+        inventory: instead of ``target``, an inventory file (as ``tfedge bench
+            --inventory``) or its loaded entries: interchangeable devices (one kind of
+            target, one profile) that measure trials concurrently, one trial per device
+            at a time.
         profile: a device profile name or file: its budgets (absolute on its own device,
             else the space's relative ones) and its full-integer rule.
         space: a ``Space``, a space .yaml file, or None for the default space.
@@ -118,21 +125,25 @@ def search(
         timeout: seconds after which no new trial starts.
         storage: an SQLAlchemy URL (``postgresql://...``) instead of the file in OUTDIR.
         study: the study's name (default: derived from the model, data, target, profile).
-        workers: local worker processes (a journal file storage when more than one).
+        workers: local worker processes (a journal file storage when more than one);
+            default 1, or one per device of ``inventory``.
         seed: seed of the sampler.
         progress: a line per trial on stderr.
-        measure: ``measure(recipe, trial_dir) -> Measured`` instead of optimize + bench
-            (tests and benchmarks of the search itself).
+        measure: a ``Measurement`` (``build`` then ``bench`` on a device) instead of
+            optimize + bench (tests and benchmarks of the search itself).
 
     Raises:
         UsageError, RecipeError, ProfileError, OutputError; and the errors of the reference
         (int8 post-training) run. A failed trial is recorded, not raised.
     """
     started = time.time()
+    devices, profile = _devices(target, inventory, profile)
+    workers = workers if workers is not None else len(devices)
     _check_counts(trials, workers, timeout)
-    inputs = Inputs(str(model), str(data), str(eval_data), target, profile, trust_model)
-    space, prof, notes = _checked_space(space, target, profile)
-    kind = budget_kind(target, prof)
+    where = device_pool.label(devices)
+    inputs = Inputs(str(model), str(data), str(eval_data), where, profile, trust_model)
+    space, prof, notes = _checked_space(space, devices[0].target, profile)
+    kind = budget_kind(devices[0].target, prof)
     out = _check_outdir(Path(output))
     url = storage_url(out, storage, workers)
     remote = open_storage(url) if storage else None  # an unreachable server fails here
@@ -148,6 +159,7 @@ def search(
             study_name=study or study_name(inputs, prof.name if prof else None),
             storage=url,
             budgets=[],
+            devices=devices,
             seed=seed,
             timeout=timeout,
             measure=measure,
@@ -164,6 +176,18 @@ def search(
         result = _result(opened, settings, kind, url, recovered, notes, started)
         write_outputs(out, result)
     return result
+
+
+def _devices(target: str | None, inventory, profile: str | None):
+    """The devices trials are measured on, and the search's profile."""
+    if inventory is None:
+        return device_pool.single(target or "local", profile), profile
+    if target is not None:
+        raise UsageError(
+            "--target and --inventory exclude each other",
+            "list the devices in the inventory, or give one --target",
+        )
+    return device_pool.from_inventory(inventory, profile)
 
 
 def _check_counts(trials: int, workers: int, timeout: float | None) -> None:

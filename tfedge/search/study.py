@@ -39,18 +39,19 @@ from pathlib import Path
 from typing import Any
 
 from tfedge.errors import OutputError, TfedgeError, UsageError
+from tfedge.search.devices import Device, DevicePool
 from tfedge.search.objectives import (
     DIRECTIONS,
     Budget,
     Inputs,
     Measured,
-    MeasureFn,
+    Measurement,
     TrialRunner,
     excesses,
 )
 from tfedge.search.space import Space, recipe_data, suggest
 
-SQLITE, JOURNAL, LOCK, MEASURE_LOCK = "study.db", "study.journal", ".search.lock", ".measure.lock"
+SQLITE, JOURNAL, LOCK = "study.db", "study.journal", ".search.lock"
 MAX_RETRY = 2
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180
 
@@ -66,9 +67,10 @@ class Settings:
     study_name: str
     storage: str  # a URL, or "journal:PATH"
     budgets: list[Budget]
+    devices: list[Device] = field(default_factory=list)  # where trials are benchmarked
     seed: int = 0
     timeout: float | None = None
-    measure: MeasureFn | None = None  # None: TrialRunner (optimize + bench)
+    measure: Measurement | None = None  # None: TrialRunner (optimize + bench)
     progress: bool = False
     worker: int = 0
     started: float = field(default_factory=time.time)
@@ -332,18 +334,63 @@ class _Stop:
             study.stop()
 
 
+class Surplus(Exception):
+    """A trial asked for when the study already has enough finished or running ones."""
+
+
+def surplus(trial, wanted: int) -> bool:
+    """Whether the study's finished trials and those running ahead of ``trial`` (asked
+    for before it, so numbered lower) already make ``wanted``.
+
+    Trial numbers come from the storage, one at a time, so of the workers that asked for a
+    trial at the end of a study exactly the ones needed go on: ``--trials`` is exact.
+    """
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)
+    counted = 0
+    for other in trial.study.get_trials(deepcopy=False, states=states):
+        if other.state == TrialState.RUNNING:
+            counted += other.number < trial.number
+        else:
+            counted += other.state == TrialState.COMPLETE or "error" in other.user_attrs
+    return counted >= wanted
+
+
+def make_pool(settings: Settings) -> DevicePool:
+    """The search's devices, shared by the workers through lock files in OUTDIR."""
+    return DevicePool(settings.devices, Path(settings.outdir), first=settings.worker)
+
+
+def measure_on(measurement: Measurement, pool: DevicePool, recipe, trial_dir: Path):
+    """Build ``recipe`` on this host, then bench it on a device taken from ``pool``.
+
+    Returns the figures and where and when the device measured it (``device``, ``target``,
+    ``started``, ``ended``: wall-clock seconds while the device was held).
+    """
+    built = measurement.build(recipe, trial_dir)
+    with pool.take() as device:
+        started = time.time()
+        measured = measurement.bench(built, device, trial_dir)
+        ended = time.time()
+    window = {"device": device.name, "target": device.target, "started": started, "ended": ended}
+    return measured, window
+
+
 class Objective:
     """One trial: sample, build the recipe, reuse or measure, store the figures."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.out = Path(settings.outdir)
-        lock = self.out / MEASURE_LOCK
-        self.measure = settings.measure or TrialRunner(
-            settings.inputs, settings.space.measure, lock
-        )
+        self.measure = settings.measure or TrialRunner(settings.inputs, settings.space.measure)
+        self.pool = make_pool(settings)
 
     def __call__(self, trial) -> tuple[float, float, float]:
+        if surplus(trial, self.settings.trials):  # another worker's trial completes the study
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise Surplus(f"trial {trial.number} is not needed: the study has enough trials")
         try:
             return self._run(trial)
         except Exception as exc:
@@ -365,16 +412,17 @@ class Objective:
             number, measured = earlier
             trial.set_user_attr("duplicate_of", number)
         else:
-            measured = self._measure(recipe, trial.number)
+            measured, window = self._measure(recipe, trial.number)
+            trial.set_user_attr("measured_on", window)
         trial.set_user_attr("measured", measured.to_dict())
         trial.set_user_attr("excess", excesses(self.settings.budgets, measured))
         return measured.objectives
 
-    def _measure(self, recipe, number: int) -> Measured:
+    def _measure(self, recipe, number: int) -> tuple[Measured, dict]:
         trial_dir = self.out / "trials" / f"{number:04d}"
-        measured = self.measure(recipe, trial_dir)
+        measured, window = measure_on(self.measure, self.pool, recipe, trial_dir)
         measured.model = str(Path("trials") / f"{number:04d}" / "model.tflite")
-        return measured
+        return measured, window
 
     def report(self, study, trial) -> None:
         """A progress line per trial on stderr (with ``settings.progress``)."""
@@ -470,18 +518,21 @@ def measure_baseline(settings: Settings, study) -> Measured:
         where = settings.inputs.target
         print(f"baseline: the int8 post-training model on {where} ...", file=sys.stderr, flush=True)
     out = Path(settings.outdir)
-    runner = settings.measure or TrialRunner(
-        settings.inputs, settings.space.measure, out / MEASURE_LOCK
-    )
+    runner = settings.measure or TrialRunner(settings.inputs, settings.space.measure)
     try:
-        measured = runner(recipe, out / "baseline")
+        measured, window = measure_on(runner, make_pool(settings), recipe, out / "baseline")
     except TfedgeError as err:
         raise type(err)(
             f"the int8 post-training reference failed: {err.message}", err.hint
         ) from None
     measured.model = str(Path("baseline") / "model.tflite")
     study.set_user_attr(
-        "baseline", {"recipe_sha256": recipe.canonical_sha256, "measured": measured.to_dict()}
+        "baseline",
+        {
+            "recipe_sha256": recipe.canonical_sha256,
+            "measured": measured.to_dict(),
+            "measured_on": window,
+        },
     )
     return measured
 
@@ -504,6 +555,7 @@ def rows(study) -> list[dict[str, Any]]:
                 "duplicate_of": attrs.get("duplicate_of"),
                 **{k: m[k] for k in ("score", "accuracy", "mse", "p50_ms", "peak_rss_mb")},
                 **{k: m[k] for k in ("tflite_bytes", "gzip_bytes", "model")},
+                "device": m.get("bench", {}).get("device"),
                 "excess": attrs.get("excess", []),
             }
         )
