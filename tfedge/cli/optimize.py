@@ -56,8 +56,8 @@ from tfedge.cli.options import (
 @click.option(
     "--target",
     "-t",
-    help="Time each channels stage's groups before and after on this bench target: local, "
-    "qemu or ssh://user@host (see `tfedge bench`); the report shows where pruning paid.",
+    help="Time every stage on this bench target (local, qemu or ssh://user@host, as in "
+    "`tfedge bench`), and each channels stage's groups before and after: where pruning paid.",
 )
 @set_option
 @trust_model_option

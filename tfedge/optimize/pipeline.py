@@ -61,7 +61,6 @@ from tfedge.errors import (
     OutputError,
     TfedgeError,
     TrainingError,
-    UsageError,
 )
 from tfedge.fsutil import (
     check_not_input,
@@ -71,6 +70,7 @@ from tfedge.fsutil import (
     write_bytes_atomic,
 )
 from tfedge.io.data import Dataset, load_data
+from tfedge.optimize.html_report import optimize_html, sensitivity_plot
 from tfedge.optimize.recipe import Recipe, load_recipe
 from tfedge.optimize.resume import (
     STATE_FILE,
@@ -170,7 +170,7 @@ def _optimize(
 ) -> OptimizeResult:
     started = time.perf_counter()
     recipe = load_recipe(recipe)
-    _check_target(target, recipe)
+    _check_target(target)
     out = check_outdir(_output_of(output, resume))
     check_not_input(out, [model, data, eval_data, recipe.source], folder=True)
     train, evals = load_data(data), load_data(eval_data)
@@ -197,6 +197,8 @@ def _optimize(
             raise failure from None
         keras = runner.finish()
         measure_channel_groups(work, runner.stages, model, target, say)
+        if target is not None:
+            time_stages(work, runner.stages, target, say)
         seconds = round(time.perf_counter() - started, 2)
         notes = [keras["note"]] if keras["note"] else []
         resumed = previous.summary() if previous else None
@@ -214,17 +216,12 @@ def _optimize(
     )
 
 
-def _check_target(target: str | None, recipe: Recipe) -> None:
+def _check_target(target: str | None) -> None:
     if target is None:
         return
     from tfedge.targets.bench import target_kind
 
     target_kind(target)
-    if not any(name.startswith("channels") for name in recipe.pass_names):
-        raise UsageError(
-            f"--target times the groups of a channels pass; recipe '{recipe.name}' has none",
-            "add a channels pass to the recipe, or leave --target out",
-        )
 
 
 def _output_of(output, resume) -> Path:
@@ -664,6 +661,8 @@ def _write_reports(
     )
     text = markdown_report(recipe, stages, failed=failed, checkpoint=checkpoint, notes=notes)
     write_bytes_atomic(work / "report.md", text.encode())
+    html = optimize_html(recipe, stages, failed, notes or [])
+    write_bytes_atomic(work / "report.html", html.encode())
     for stage in stages:
         if plot := sensitivity_plot(stage):
             write_bytes_atomic(work / f"sensitivity-{_slug(stage.name)}.svg", plot.encode())
@@ -692,6 +691,37 @@ def measure_channel_groups(work: Path, stages: list[Stage], model, target, say) 
             layers,
         )
         stage.metrics["costs"] = _costs_metrics(before.name, costs)
+
+
+def time_stages(work: Path, stages: list[Stage], target: str, say) -> None:
+    """Each stage's p50 latency on ``target`` (``tfedge bench``, its default threads), in
+    the stage's metrics under ``bench``."""
+    from tfedge.targets.bench import bench
+
+    if say:
+        say(f"timing the {len(stages)} stages on {target} ...")
+    for stage in stages:
+        path = work / stage.tflite
+        if not path.is_file():  # a reused stage whose file the failed run did not keep
+            continue
+        result = bench(path, target=target, runs=30, min_secs=0.3)
+        stage.metrics["bench"] = {
+            "target": target,
+            "emulated": result.emulated,
+            "threads": result.threads,
+            "p50_us": result.latency_us.p50,
+        }
+
+
+def stage_latency_line(stages: list[Stage]) -> list[str]:
+    """The stages' p50 latencies on the ``--target``, as one report line."""
+    timed = [s for s in stages if "bench" in s.metrics]
+    if not timed:
+        return []
+    bench = timed[0].metrics["bench"]
+    where = bench["target"] + (" (emulated: relative only)" if bench["emulated"] else "")
+    values = ", ".join(f"{s.name} {s.metrics['bench']['p50_us']:,.1f}" for s in timed)
+    return ["", f"p50 latency on {where}, {bench['threads'] or 'default'} thread(s), µs: {values}."]
 
 
 def _costs_header(costs: dict | None) -> list[str]:
@@ -759,16 +789,6 @@ def _costs_metrics(before: str, costs) -> dict:
             for b, a in zip(was.groups, now.groups)
         ],
     }
-
-
-def sensitivity_plot(stage: Stage) -> str | None:
-    """The SVG of a channels stage's sensitivity table (``target_macs``), else None."""
-    table = stage.metrics.get("sensitivity") if stage.name.startswith("channels") else None
-    if not isinstance(table, list) or not table:
-        return None
-    from tfedge.analyze.sensitivity import group_report
-
-    return group_report(stage.name, table).svg()
 
 
 def _slug(name: str) -> str:
@@ -858,6 +878,7 @@ def markdown_report(
         )
     if any(s.reused for s in stages):
         lines += ["", "(reused): measured by the earlier run this one resumed (--resume)."]
+    lines += stage_latency_line(stages)
     for s in stages:
         lines += channels_section(s)
     lines += [f"\nNote: {note}" for note in notes or []]

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from tfedge.errors import OtaError, UsageError
 from tfedge.ota import collector
+from tfedge.render import page, section, table
+from tfedge.render.html import paragraph
 
 FAILING = ("Failure", "RolledBack")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -279,41 +281,19 @@ def _size(n) -> str:
     return f"{n} B"
 
 
-STYLE = (
-    "body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
-    "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
-    "th{background:#f3f3f3}.bar{background:#eee;width:240px;height:12px;display:inline-block}"
-    ".bar span{background:#2ca02c;height:12px;display:block}.fail{color:#d62728}"
-)
-
-
 def fleet_html(view: FleetView) -> str:
-    """A self-contained page (inline CSS, no script, no network) with every section."""
+    """A self-contained page (``tfedge.render``: inline CSS, no script, no network)."""
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(view.now))
     parts = [
-        "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8"><title>tfedge fleet</title>',
-        f"<style>{STYLE}</style></head><body>",
-        f"<h1>Fleet: {len(view.devices)} device(s)</h1>",
-        f"<p>{escape(view.db)} at {when}: {len(view.failing)} failing, "
-        f"{len(view.stale)} not seen for over {_duration(view.stale_after_s)}.</p>",
+        f'<p class="rollout" data-model="{escape(r["name"])}">{escape(r["name"])} version '
+        f"{r['latest_version']}: {r['devices_on_latest']} of {r['devices']} "
+        f'<span class="bar"><span style="width:{r["percent"]:.1f}%"></span></span></p>'
+        for r in view.rollout
     ]
-    for r in view.rollout:
-        parts.append(
-            f'<p class="rollout" data-model="{escape(r["name"])}">{escape(r["name"])} version '
-            f"{r['latest_version']}: {r['devices_on_latest']} of {r['devices']} "
-            f'<span class="bar"><span style="width:{r["percent"]:.1f}%"></span></span></p>'
-        )
     for title, headers, rows in table_sections(view):
-        parts.append(f"<h2>{escape(title)}</h2>")
-        parts.append(_html_table(headers, rows) if rows else "<p>none</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def _html_table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+        parts.append(section(title, table(headers, rows) if rows else paragraph("none")))
+    summary = (
+        f"{view.db} at {when}: {len(view.failing)} failing, "
+        f"{len(view.stale)} not seen for over {_duration(view.stale_after_s)}."
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return page(f"Fleet: {len(view.devices)} device(s)", parts, summary)
