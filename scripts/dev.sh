@@ -9,9 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv qemu-user-static debootstrap openssh-server binutils xz-utils postgresql)
+APT_PACKAGES=(python3-venv qemu-user-static debootstrap openssh-server binutils xz-utils postgresql chromium)
 VENV=${TFEDGE_VENV:-.venv}
 DEVICE_VENV=${TFEDGE_DEVICE_VENV:-.venv-device}
+# Optional on a board, installed in .venv-device so the tests cover it (zstd OTA targets and
+# pushes); Debian's python3 without it stands for a board that lacks it.
+DEVICE_EXTRAS=(zstandard)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -56,12 +59,12 @@ install_python_packages() {
 install_device_venv() {
   # Rebuilt when the device package's sources change (the tests check it is current).
   local stamp="$DEVICE_VENV/.tfedge-device-stamp" want
-  want=$(find device -type f \( -name '*.py' -o -name '*.toml' -o -name '*.service' \) \
-    -not -path '*/build/*' | sort | xargs cat | sha256sum | cut -c1-16)
+  want=$( { find device -type f \( -name '*.py' -o -name '*.toml' -o -name '*.service' \) \
+    -not -path '*/build/*' | sort | xargs cat; echo "${DEVICE_EXTRAS[*]}"; } | sha256sum | cut -c1-16)
   [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
   log "device-only environment in $DEVICE_VENV (Debian's python3 + ./device)"
   [ -x "$DEVICE_VENV/bin/python" ] || /usr/bin/python3 -m venv "$DEVICE_VENV"
-  "$DEVICE_VENV/bin/python" -m pip install -q ./device
+  "$DEVICE_VENV/bin/python" -m pip install -q ./device "${DEVICE_EXTRAS[@]}"
   "$DEVICE_VENV/bin/python" -m pip install -q --no-deps --force-reinstall ./device
   chmod -R a+rX "$DEVICE_VENV"
   echo "$want" > "$stamp"

@@ -18,6 +18,7 @@ import json
 import lzma
 import shutil
 import subprocess
+import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -147,6 +148,35 @@ def test_agent_installs_from_the_compressed_target_and_falls_back_when_it_is_bad
     assert not (device / ".staging").exists()
 
 
+@pytest.mark.tf
+@pytest.mark.slow
+def test_zstd_form_for_devices_with_zstandard_and_xz_for_the_others(
+    tmp_path, ota_models, monkeypatch
+):
+    """``--compress zstd`` publishes .zst and .xz: an agent with zstandard installs from the
+    .zst, one without it (zstandard made unimportable) from the .xz."""
+    repo = tmp_path / "repo"
+    repo_api.init_repository(repo)
+    repo_api.publish(repo, ota_models["v1"], "kws", 1, compress="zstd")
+    forms = _targets(repo)["models/kws.tflite"]["custom"]["tfedge"]["compressed"]
+    assert [f["codec"] for f in forms] == ["zstd", "lzma"], forms
+    assert forms[0]["target"].endswith(".tflite.zst")
+    sha = sha256_file(ota_models["v1"])
+    with _logged_server(repo) as (url, requests):
+        result, log = _poll(url, tmp_path / "with-zstd", repo)
+        assert result.state == "Success", (result, log)
+        assert [r.rsplit(".", 1)[1] for r in _model_fetches(requests)] == ["zst"]
+        oh.assert_whole_model(tmp_path / "with-zstd", {sha: ota_models["v1"]})
+
+        monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard fails
+        assert dec.available_codecs() == ("lzma",)
+        requests.clear()
+        result, log = _poll(url, tmp_path / "without", repo)
+        assert result.state == "Success", (result, log)
+        assert [r.rsplit(".", 1)[1] for r in _model_fetches(requests)] == ["xz"]
+        oh.assert_whole_model(tmp_path / "without", {sha: ota_models["v1"]})
+
+
 def _previous_agent(tmp_path: Path) -> Path:
     """The device package of PREVIOUS_AGENT_COMMIT, extracted from git into ``tmp_path``."""
     root = oh.REPO_ROOT
@@ -214,10 +244,11 @@ class _Recording(io.BytesIO):
         return super().write(data)
 
 
-def test_decompression_reads_and_writes_fixed_size_chunks():
+@pytest.mark.parametrize("codec", ["lzma", "zstd"])
+def test_decompression_reads_and_writes_fixed_size_chunks(codec):
     data = bytes(20 * 1024 * 1024)  # 20 MB of zeros: ~3 KB of xz, the worst ratio to stream
-    src, dst = _Recording(compression.compress(data, "lzma")), _Recording()
-    assert dec.decompress_stream(src, dst, "lzma", max_length=len(data)) == len(data)
+    src, dst = _Recording(compression.compress(data, codec)), _Recording()
+    assert dec.decompress_stream(src, dst, codec, max_length=len(data)) == len(data)
     assert dst.getvalue() == data
     assert max(src.sizes) <= dec.CHUNK and max(dst.sizes) <= dec.CHUNK
     assert len(dst.sizes) >= len(data) // dec.CHUNK
@@ -251,10 +282,33 @@ def test_bad_streams_are_refused(case, message):
         dec.decompress_stream(io.BytesIO(packed), io.BytesIO(), codec, max_length=limit)
 
 
-def test_publish_codecs_are_checked():
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("longer", "more than"),
+        ("truncated", "truncated"),
+        ("trailing", "after the end|Unknown frame descriptor"),  # zstandard may read past it
+    ],
+)
+def test_bad_zstd_streams_are_refused(case, message):
+    data = bytes(range(256)) * 1000
+    packed, limit = compression.compress(data, "zstd"), len(data)
+    if case == "longer":
+        limit -= 1
+    elif case == "truncated":
+        packed = packed[:-40]
+    else:
+        packed += b"junk"
+    with pytest.raises(dec.DecompressError, match=message):
+        dec.decompress_stream(io.BytesIO(packed), io.BytesIO(), "zstd", max_length=limit)
+
+
+def test_publish_codecs_are_checked(monkeypatch):
     with pytest.raises(UsageError, match="unknown compression"):
         compression.check_codec("gzip")
-    if "zstd" not in dec.available_codecs():
+    compression.check_codec("zstd")  # the test extras install zstandard
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "zstandard", None)  # a host without it
         with pytest.raises(UsageError, match="zstandard"):
             compression.check_codec("zstd")
     entry, blob = compression.compressed_form(b"x" * 1000, "lzma")

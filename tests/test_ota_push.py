@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests import harness_helpers as hh
@@ -67,6 +68,7 @@ def test_rollback_and_status_through_the_cli(sshd, ota_models, tmp_path, ssh_hom
     run_cli("push", ota_models["v1"], url, "--name", "kws", *cli_opts(sshd))
     out = run_cli("push", ota_models["v2"], url, "--name", "kws", *cli_opts(sshd)).stdout
     assert "switched to" in out and "smoke test passed" in out
+    assert f"(lzma) for a {ota_models['v2'].stat().st_size:,}-byte model" in out
     status = json.loads(run_cli("status", url, "--json", *cli_opts(sshd)).stdout)
     assert status["current"]["sha256"] == sha256_file(ota_models["v2"])
     assert status["previous"]["sha256"] == sha256_file(ota_models["v1"])
@@ -74,6 +76,96 @@ def test_rollback_and_status_through_the_cli(sshd, ota_models, tmp_path, ssh_hom
     oh.assert_whole_model(device, {sha256_file(ota_models["v1"]): ota_models["v1"]})
     status = json.loads(run_cli("status", url, "--json", *cli_opts(sshd)).stdout)
     assert status["previous"]["sha256"] == sha256_file(ota_models["v2"])  # rollback twice toggles
+
+
+def _partials(device: Path) -> list[Path]:
+    return [p for p in device.rglob("*") if p.name.endswith(".part")]
+
+
+def _codec_notes(result) -> list[str]:
+    return [n for n in result.notes if n.startswith("sent ")]
+
+
+def test_push_sends_the_model_compressed(sshd, ota_models, tmp_path, ssh_home):
+    """lzma by default, zstd where the device imports zstandard (the device venv has it);
+    the device decompresses, checks the sha256 and switches as for an uncompressed push."""
+    device = tmp_path / "kws"
+    url = sshd.url(str(device))
+    first = push(ota_models["v1"], url, name="kws", **opts(sshd))
+    size = ota_models["v1"].stat().st_size
+    assert (first.compression, first.model_bytes) == ("lzma", size) and first.smoke["ok"]
+    assert 0 < first.sent_bytes < size and not _codec_notes(first), first
+    second = push(ota_models["v2"], url, name="kws", compress="zstd", **opts(sshd))
+    assert second.compression == "zstd" and 0 < second.sent_bytes < second.model_bytes
+    assert second.smoke["ok"] and not _codec_notes(second), second
+    assert oh.assert_whole_model(device, {second.sha256: ota_models["v2"]}) == second.sha256
+    assert (device / "versions" / f"{first.sha256}.tflite").read_bytes() == ota_models[
+        "v1"
+    ].read_bytes()
+    back = push(ota_models["v1"], url, name="kws", smoke_test=False, **opts(sshd))  # kept
+    assert back.switched and not back.uploaded and back.sent_bytes == 0
+    assert not _partials(device)
+
+
+def test_push_falls_back_to_what_the_device_decodes(sshd, ota_models, tmp_path, ssh_home):
+    """Debian's python3 has no zstandard: lzma instead, with a note. A device Python that
+    cannot run: the model goes uncompressed, with a note."""
+    device = tmp_path / "kws"
+    url = sshd.url(str(device))
+    plain = opts(sshd, python="/usr/bin/python3")
+    first = push(ota_models["v1"], url, name="kws", smoke_test=False, compress="zstd", **plain)
+    assert first.compression == "lzma" and first.switched, first
+    assert [n for n in _codec_notes(first) if "no zstandard package" in n], first.notes
+    missing = opts(sshd, python=str(tmp_path / "no-such-python"))
+    second = push(ota_models["v2"], url, name="kws", smoke_test=False, **missing)
+    assert second.compression == "none" and second.sent_bytes == second.model_bytes
+    assert [n for n in _codec_notes(second) if "cannot decompress" in n], second.notes
+    oh.assert_whole_model(device, {second.sha256: ota_models["v2"]})
+    assert not _partials(device)
+
+
+def test_a_bad_stream_on_the_device_switches_nothing(sshd, ota_models, tmp_path, ssh_home):
+    """The device's decompressor gets a truncated stream (a wrapper cuts its input): one
+    error, the old model stays active, no .part left."""
+    device = tmp_path / "kws"
+    url = sshd.url(str(device))
+    v1 = push(ota_models["v1"], url, name="kws", smoke_test=False, **opts(sshd)).sha256
+    cutting = tmp_path / "cutting-python"  # the decompress command has 5 arguments
+    cutting.write_text(
+        f'#!/bin/sh\nif [ $# -eq 5 ]; then head -c 100 | {oh.device_python()} "$@"; exit; fi\n'
+        f'exec {oh.device_python()} "$@"\n'
+    )
+    cutting.chmod(0o755)
+    with pytest.raises(OtaError, match="decompressing the model .* truncated.*nothing was switch"):
+        push(ota_models["v2"], url, name="kws", smoke_test=False, **opts(sshd, python=str(cutting)))
+    oh.assert_whole_model(device, {v1: ota_models["v1"]})
+    assert not _partials(device)
+
+
+def test_auto_compression_skips_models_it_would_not_shrink(tmp_path):
+    """``auto`` estimates lzma's ratio from samples inside the model (its weights)."""
+    from tfedge.ota.compress import SAMPLE_SIZE, estimate_ratio
+
+    noise = tmp_path / "noise.tflite"  # like random int8 weights
+    noise.write_bytes(np.random.default_rng(0).bytes(20 * SAMPLE_SIZE))
+    sparse = tmp_path / "sparse.tflite"  # like pruned weights: mostly zeros
+    sparse.write_bytes(bytes(10 * SAMPLE_SIZE) + noise.read_bytes()[: 10 * SAMPLE_SIZE])
+    assert estimate_ratio(noise, "lzma") > 0.99
+    assert estimate_ratio(sparse, "lzma") < 0.6
+    small = tmp_path / "small.tflite"
+    small.write_bytes(noise.read_bytes()[: 4 * SAMPLE_SIZE])
+    assert estimate_ratio(small, "lzma") == 0.0  # small models are always compressed
+
+
+def test_unknown_compression_is_one_usage_error(run_cli, tmp_path):
+    model = tmp_path / "m.tflite"  # refused before it is read, and before any connection
+    model.write_bytes(b"not read")
+    url = f"ssh://nobody@127.0.0.1:9/{tmp_path}/kws"
+    result = run_cli("push", model, url, "--compress", "foo", expect=2)
+    assert_one_error_line(result, "--compress", "foo")
+    with pytest.raises(UsageError, match="unknown compression"):
+        push(model, url, compress="gzip")
+    assert list(tmp_path.iterdir()) == [model] and model.read_bytes() == b"not read"
 
 
 def test_rollback_without_history_is_a_clear_error(sshd, ota_models, tmp_path, ssh_home, run_cli):
@@ -268,5 +360,7 @@ def test_sshd_killed_mid_upload_keeps_old_model_and_next_push_cleans(
     finally:
         restarted.stop()
     assert result.switched and partial[0].name in result.cleaned
+    assert result.compression == "none", result.notes  # random weights: auto sends it as is
+    assert [n for n in result.notes if "lzma would save about 0%" in n], result.notes
     assert not list(device.rglob("*.part"))
     oh.assert_whole_model(device, {result.sha256: big_model})

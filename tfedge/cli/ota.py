@@ -54,6 +54,15 @@ def _overrides(key, known_hosts, remote_python) -> dict:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help=".npz whose x gives the smoke-test inputs (default: seeded random inputs).",
 )
+@click.option(
+    "--compress",
+    type=click.Choice(["auto", "lzma", "zstd", "none"]),
+    default="auto",
+    show_default=True,
+    help="Send the model compressed; the device decompresses it and checks its sha256. "
+    "auto: lzma unless it would save under 5%; zstd: needs zstandard here, and on the "
+    "device (else lzma).",
+)
 @ssh_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def push_cmd(
@@ -64,6 +73,7 @@ def push_cmd(
     allow_signature_change,
     keep,
     golden,
+    compress,
     key,
     known_hosts,
     remote_python,
@@ -85,6 +95,7 @@ def push_cmd(
         allow_signature_change=allow_signature_change,
         keep=keep,
         golden=golden,
+        compress=compress,
         **_overrides(key, known_hosts, remote_python),
     )
     if as_json:
@@ -97,6 +108,11 @@ def push_cmd(
         f"in {result.seconds.get('total', 0):.2f} s{smoke}; "
         f"previous {(result.previous or 'none')[:12]}"
     )
+    if result.uploaded:
+        click.echo(
+            f"sent {result.sent_bytes:,} bytes ({result.compression}) "
+            f"for a {result.model_bytes:,}-byte model"
+        )
     for note in result.notes:
         click.echo(f"note: {note}")
 

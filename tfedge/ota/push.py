@@ -16,7 +16,15 @@ on the device:
    active model's (``--allow-signature-change``);
 4. leftovers of interrupted pushes are removed and free space is checked;
 5. the model goes to ``versions/.<sha>.<random>.part`` (same directory), is fsynced, hashed
-   *on the device*, then renamed to ``versions/<sha>.tflite`` (``posix-rename``);
+   *on the device*, then renamed to ``versions/<sha>.tflite`` (``posix-rename``). With
+   ``compress`` (``auto``, the default: lzma unless samples of the model show it would save
+   under 5%, as for random or dense int8 weights, where compressing costs more time than it
+   saves; ``lzma``; ``zstd``) it is compressed while it is sent, as
+   the standard input of the device's Python running :mod:`tfedge_device.decompress` (sent
+   as ``python -c``), which decompresses it in fixed-size chunks into that ``.part``, capped
+   at the model's length, and fsyncs it; the hash check and the rename are the same. zstd is
+   used only when the device imports ``zstandard`` (else lzma, with a note); a device whose
+   Python cannot run gets the model uncompressed (with a note);
 6. the device script (``bench.py --smoke`` with ``interpreter.py``) is uploaded to a new
    private folder (in /tmp, random name, mode 0700), its sha256 is checked by the command that
    runs it; it loads the model, allocates, runs a golden input made on the host and compares
@@ -44,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import posixpath
+import secrets
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +61,7 @@ from pathlib import Path
 
 from tfedge.errors import OtaError, TargetError, UsageError
 from tfedge.fsutil import sha256_file
+from tfedge.ota import compress as compression
 from tfedge.ota import valid_name
 from tfedge.ota.sftp_backend import SftpFiles, open_model_dir
 from tfedge.targets import ssh
@@ -69,6 +79,7 @@ from tfedge_device.modeldir import (
 )
 
 SPACE_MARGIN = 64 * 1024
+AUTO_MIN_SAVING = 0.05  # compress="auto" sends the model as it is when lzma saves less
 TOOLS_CHANGED = 86  # exit status of the smoke-test command when the script's sha256 differs
 Step = Callable[[str, dict], None]
 
@@ -89,6 +100,9 @@ class PushResult:
     cleaned: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    compression: str = "none"  # the codec the model was sent with ("none": as it is)
+    model_bytes: int = 0  # the model's size
+    sent_bytes: int = 0  # bytes of the model sent to the device (0: it was there already)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,15 +135,17 @@ def push(
     keep: int = DEFAULT_KEEP,
     golden: str | Path | None = None,
     on_step: Step | None = None,
+    compress: str = "auto",
     **ssh_overrides,
 ) -> PushResult:
     """Install ``model`` as the active model of the directory at ``url`` (ssh://user@host/dir).
 
     ``name`` asserts which model the directory holds; by default it is the one it holds
-    (the directory's name on a first push).
+    (the directory's name on a first push). ``compress`` (``auto``, ``lzma``, ``zstd`` or
+    ``none``) is how the model travels; the device decompresses it and checks its sha256.
 
     Raises:
-        UsageError: bad URL, name or keep.  ModelLoadError: not a TFLite model.
+        UsageError: bad URL, name, keep or compress.  ModelLoadError: not a TFLite model.
         TargetError: host key, login, connection or device runtime problems.
         OtaError: a directory another account can change, another model's directory,
             signature changed, not enough space, hash mismatch, smoke test failed.
@@ -144,9 +160,11 @@ def push(
         raise UsageError(
             f"--keep {keep} would leave nothing to roll back to", "keep at least 2 versions"
         )
+    if compress != "auto":
+        compression.check_codec(compress)
     signature = signature_from_tflite(model)  # also proves it is a readable TFLite file
     blob = golden_npz(model, golden) if smoke_test else None
-    job = _PushJob(model, name, signature, blob, allow_signature_change, keep, on_step)
+    job = _PushJob(model, name, signature, blob, allow_signature_change, keep, on_step, compress)
     clock = _Clock()
     with _model_dir(target) as device:
         clock.lap("connect")
@@ -232,6 +250,7 @@ class _PushJob:
     allow_signature_change: bool
     keep: int
     on_step: Step | None = None
+    compress: str = "none"
 
     def step(self, name: str, **info) -> None:
         if self.on_step is not None:
@@ -245,6 +264,7 @@ def _push(device: _Device, job: _PushJob, clock: _Clock) -> PushResult:
     current = device.dir.current_sha(strict=True)
     sha = sha256_file(job.model)
     result = PushResult(device.label, device.files.root, sha, current, switched=False)
+    result.model_bytes = job.model.stat().st_size
     if sha == current:
         result.already_current = True
         return result
@@ -254,7 +274,7 @@ def _push(device: _Device, job: _PushJob, clock: _Clock) -> PushResult:
     clock.lap("checks")
     job.step("checked", sha256=sha)
     golden = job.golden
-    result.uploaded = device.dir.add_version(job.model, sha, sync_dir=golden is None)
+    _upload(device, job, sha, result, sync_dir=golden is None)
     if golden is not None:  # versions/ is fsynced once, after both renames
         device.dir.write_durable(ModelDir.golden_file(sha), golden)
     clock.lap("upload")
@@ -275,6 +295,106 @@ def _push(device: _Device, job: _PushJob, clock: _Clock) -> PushResult:
     result.removed = _prune(device, manifest, job.keep, sha)
     result.seconds = clock.laps
     return result
+
+
+def _upload(device: _Device, job: _PushJob, sha: str, result: PushResult, sync_dir: bool) -> None:
+    """Put the model at ``versions/<sha>.tflite`` (unless it is there already), compressed on
+    the way when the device can decompress it; fills ``result``'s upload fields."""
+    rel = ModelDir.model_file(sha)
+    if device.files.sha256(rel) == sha:
+        return
+    codec = _codec_for(device, _worth_it(job, result.notes), result.notes)
+    if codec == "none":
+        device.dir.add_version(job.model, sha, sync_dir)
+        sent = result.model_bytes
+    else:
+        sent = _send_compressed(device, job.model, sha, codec, result.model_bytes)
+        if sync_dir:
+            device.files.fsync_dir(VERSIONS)
+    result.uploaded, result.compression, result.sent_bytes = True, codec, sent
+
+
+def _worth_it(job: _PushJob, notes: list) -> str:
+    """The codec asked for; for ``auto``, lzma unless it would save under AUTO_MIN_SAVING."""
+    if job.compress != "auto":
+        return job.compress
+    ratio = compression.estimate_ratio(job.model, "lzma")
+    if ratio > 1 - AUTO_MIN_SAVING:
+        notes.append(
+            f"sent uncompressed: lzma would save about {max(0.0, 1 - ratio):.0%} of this model "
+            "(--compress lzma to compress it anyway)"
+        )
+        return "none"
+    return "lzma"
+
+
+def _codec_for(device: _Device, asked: str, notes: list) -> str:
+    """``asked``, if the device's Python decodes it; else lzma, else none (with a note)."""
+    if asked == "none":
+        return asked
+    python = device.files.target.python
+    probe = device.files.run(_decompress_command(python, "--codecs"))
+    codecs = (last_json(probe.stdout or "") or {}).get("codecs")
+    if probe.exit_status != 0 or not isinstance(codecs, list) or "lzma" not in codecs:
+        why = (probe.stderr or "").strip()[-200:] or f"exit {probe.exit_status}"
+        notes.append(
+            f"sent uncompressed: {python} on {device.label} cannot decompress ({why}); "
+            "pass --remote-python, or --compress none"
+        )
+        return "none"
+    if asked not in codecs:
+        notes.append(
+            f"sent with lzma: {python} on {device.label} has no zstandard package for zstd "
+            "(pip install zstandard there to use it)"
+        )
+        return "lzma"
+    return asked
+
+
+def _send_compressed(device: _Device, model: Path, sha: str, codec: str, size: int) -> int:
+    """Stream ``model`` compressed to the device's decompressor, which writes a ``.part`` in
+    ``versions/``; check its sha256 there and rename it into place. Bytes sent."""
+    files = device.files
+    tmp = f"{VERSIONS}/.{sha}.tflite.{secrets.token_hex(4)}.part"
+    command = _decompress_command(files.target.python, files.abs(tmp), codec, str(size))
+    result, sent = files.run_with_input(command, compression.compress_file(model, codec))
+    stdout = (result.stdout or b"").decode(errors="replace")
+    report = last_json(stdout) or {}
+    if result.exit_status != 0 or report.get("written") != size:
+        files.remove(tmp)
+        stderr = (result.stderr or b"").decode(errors="replace").strip()[-300:]
+        raise OtaError(
+            f"decompressing the model on {device.label} failed: "
+            f"{report.get('error') or stderr or f'exit {result.exit_status}'}; "
+            "nothing was switched",
+            "check the device's disk and Python, or push with --compress none",
+        )
+    found = files.sha256(tmp)
+    if found != sha:
+        files.remove(tmp)
+        raise OtaError(
+            f"sha256 mismatch in {files.where(tmp)} after decompressing ({found} != {sha}); "
+            "nothing was switched",
+            "the copy was corrupted or the disk is full; check `df -h` on the device and retry",
+        )
+    files.rename(tmp, ModelDir.model_file(sha))
+    return sent
+
+
+def _decompress_command(python: str, *args: str) -> str:
+    """The device's Python running :mod:`tfedge_device.decompress` sent as ``-c`` source."""
+    from tfedge_device import decompress
+
+    source = Path(decompress.__file__).read_text()
+    return " ".join(
+        [
+            "PYTHONDONTWRITEBYTECODE=1",
+            ssh.quote_python(python),
+            "-c",
+            shlex.quote(source),
+            *map(shlex.quote, args),
+        ]
+    )
 
 
 def _model_name(manifest: dict, asked: str | None, device: _Device) -> str:

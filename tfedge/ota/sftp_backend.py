@@ -24,7 +24,7 @@ import posixpath
 import secrets
 import shlex
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from tfedge.errors import OtaError, TargetError
 from tfedge.targets import ssh
@@ -301,6 +301,27 @@ class SftpFiles:
     def run(self, command: str):
         """Run a shell command on the device; its asyncssh result (never raises on exit status)."""
         return self._call(self.conn.run(command, check=False))
+
+    def run_with_input(self, command: str, chunks: Iterable[bytes]) -> tuple:
+        """Run a shell command on the device with ``chunks`` as its standard input, sent as
+        they come (each is sent before the next is made, with the channel's flow control);
+        ``(asyncssh result with bytes stdout, bytes sent)``. A command that stops reading
+        early ends the sending; its exit status says why."""
+
+        async def feed():
+            process = await self.conn.create_process(command, encoding=None)
+            sent = 0
+            try:
+                for chunk in chunks:
+                    process.stdin.write(chunk)
+                    sent += len(chunk)
+                    await process.stdin.drain()
+                process.stdin.write_eof()
+            except BrokenPipeError:
+                pass  # the command exited before reading everything
+            return await process.wait(check=False), sent
+
+        return self._call(feed())
 
 
 @contextlib.contextmanager
