@@ -175,7 +175,7 @@ def test_a_duplicate_recipe_is_not_measured_again(inputs, tmp_path, calls):
     assert len({r["recipe_sha256"] for r in result.trials}) == 2
 
 
-def test_budgets_exclude_trials_from_the_front(inputs, tmp_path):
+def test_budgets_exclude_trials_from_the_front(inputs, tmp_path, capsys):
     tight = CHEAP_SPACE.replace("size: 0.2", "size: 0.1")  # gzip <= 10 kB
     result = cheap_search(inputs, tmp_path / "out", trials=6, space=parse_space(tight))
     over = [r for r in result.trials if r["gzip_bytes"] > 10_000]
@@ -185,9 +185,35 @@ def test_budgets_exclude_trials_from_the_front(inputs, tmp_path):
     impossible = parse_space(CHEAP_SPACE.replace("size: 0.2", "size: 0.001"))
     none = cheap_search(inputs, tmp_path / "none", trials=3, space=impossible)
     assert none.best is None and not (tmp_path / "none" / "best").exists()
-    assert none.closest and any("size" in o for o in none.closest[0]["over"])
+    _check_closest(none, tmp_path / "none", capsys)
     _check_plots(tmp_path / "out", result)
     _check_plots(tmp_path / "none", none)
+
+
+def _check_closest(none, out: Path, capsys) -> None:
+    """Nothing meets the budgets: the closest trials, what each breaks and by how much, in
+    the result, pareto.md, report.html and the command's output."""
+    import html
+
+    from tfedge.cli.search import _print
+
+    assert len(none.closest) == min(3, len({r["recipe_sha256"] for r in none.trials}))
+    worst = [max(b["excess"] for b in c["broken"]) for c in none.closest]
+    assert worst == sorted(worst)  # nearest to feasible first
+    for found in none.closest:
+        row = next(r for r in none.trials if r["number"] == found["number"])
+        size = next(b for b in found["broken"] if b["budget"] == "size")
+        assert size["value"] == row["gzip_bytes"] and size["limit"] == 100  # 0.001 x 100 kB
+        assert size["excess"] == pytest.approx(row["gzip_bytes"] / 100 - 1)
+        text = f"size {row['gzip_bytes']} B > 100 B budget: {100 * size['excess']:.0f}% over"
+        assert any(o.startswith(text) and "(relative: 0.001 x float32" in o for o in found["over"])
+    first = f"trial {none.closest[0]['number']}: {none.closest[0]['over'][0]}"
+    assert first in (out / "pareto.md").read_text()
+    assert f"closest: {html.escape(first)}" in (out / "report.html").read_text()
+    capsys.readouterr()
+    _print(none)
+    printed = capsys.readouterr().out
+    assert "No trial meets every budget. Closest:" in printed and f"  {first}" in printed
 
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -133,7 +133,7 @@ def search_cmd(
 
 
 def _print(result) -> None:
-    from tfedge.search.pareto import HEADERS, table_rows
+    from tfedge.search.pareto import HEADERS, closest_lines, table_rows
 
     click.echo(f"Pareto front of study '{result.study}' ({result.storage}):")
     echo_table(HEADERS, table_rows(result.front))
@@ -149,8 +149,8 @@ def _print(result) -> None:
         )
         return
     click.echo("No trial meets every budget. Closest:")
-    for row in result.closest:
-        click.echo(f"  trial {row['number']}: {'; '.join(row['over'])}")
+    for line in closest_lines(result.closest):
+        click.echo(f"  {line}")
     click.echo("Run more trials, widen the space, or loosen `budgets:` in --space.")
 
 

@@ -57,18 +57,52 @@ def best(rows: list[dict]) -> dict | None:
     return front[0] if front else None
 
 
+MEASURES = {
+    "latency": "p50_ms",
+    "size": "gzip_bytes",
+    "ram": "peak_rss_mb",
+    "bytes": "tflite_bytes",
+}
+
+
 def closest(rows: list[dict], budgets: list[dict], count: int = 3) -> list[dict]:
-    """The ``count`` rows nearest to feasible, each with the budgets it breaks and by how much."""
+    """The ``count`` rows nearest to feasible (smallest worst excess first), each with the
+    budgets it breaks: ``over`` (one sentence per budget) and ``broken`` (the figures).
+
+    Example:
+        >>> row = {"number": 4, "recipe_sha256": "a", "p50_ms": 2.9, "excess": [0.621]}
+        >>> budget = {"name": "latency", "limit": 1.789, "unit": "ms", "kind": "relative",
+        ...           "how": "0.5 x int8"}
+        >>> closest([row], [budget])[0]["over"]
+        ['latency 2.9 ms > 1.789 ms budget: 62% over (relative: 0.5 x int8)']
+    """
     ranked = sorted(unique(rows), key=lambda r: max(r["excess"], default=0.0))
     found = []
     for row in ranked[:count]:
-        over = [
-            f"{b['name']} {100 * e:.0f}% over ({b['how']})"
-            for b, e in zip(budgets, row["excess"])
-            if e > 0
+        pairs = [(b, e) for b, e in zip(budgets, row["excess"]) if e > 0]
+        broken = [
+            {"budget": b["name"], "value": row[MEASURES[b["name"]]], "limit": b["limit"]}
+            | {"unit": b["unit"], "excess": e}
+            for b, e in pairs
         ]
-        found.append({"number": row["number"], "over": over})
+        over = [_over(item, b) for item, (b, _) in zip(broken, pairs)]
+        found.append({"number": row["number"], "over": over, "broken": broken})
     return found
+
+
+def closest_lines(found: list[dict]) -> list[str]:
+    """``trial 4: latency 2.9 ms > 1.789 ms budget: 62% over (...)``, one per closest trial."""
+    return [f"trial {c['number']}: {'; '.join(c['over'])}" for c in found]
+
+
+def _over(item: dict, budget: dict) -> str:
+    """``latency 2.9 ms > 1.789 ms budget: 62% over (relative: 0.5 x int8 ...)``."""
+    unit = f" {item['unit']}"
+    kind = f"{budget['kind']}: " if budget.get("kind") else ""
+    return (
+        f"{item['budget']} {item['value']:.6g}{unit} > {item['limit']:.6g}{unit} budget: "
+        f"{100 * item['excess']:.0f}% over ({kind}{budget['how']})"
+    )
 
 
 HEADERS = ["trial", "recipe", "accuracy", "p50 ms", "RSS MB", "bytes", "gzip B", "feasible"]

@@ -86,6 +86,9 @@ def report_html(result: dict) -> str:
         for b in budgets
     ] or ["no budgets"]
     items += [escape(n) for n in result.get("notes", [])]
+    if not best and result.get("closest"):
+        closest = pareto.closest_lines(result["closest"])
+        items += [f"no trial meets every budget; closest: {escape(line)}" for line in closest]
     failed = result.get("failed", [])
     parts = [
         "<!DOCTYPE html>",

@@ -265,6 +265,9 @@ def write_outputs(out: Path, result: SearchResult) -> None:
         f"budget ({b['kind']}): {b['name']} <= {b['limit']:.6g} {b['unit']}, {b['how']}"
         for b in result.budgets
     ] + result.notes
+    if result.best is None and result.closest:
+        notes += ["no trial meets every budget; the closest:"]
+        notes += pareto.closest_lines(result.closest)
     text = pareto.markdown(result.front, "Pareto front (feasible trials)", notes)
     text += "\n" + pareto.markdown(result.trials, "All trials", [])
     write_bytes_atomic(out / "pareto.md", text.encode())
