@@ -300,9 +300,12 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("compress", ["auto", "lzma"], ids=["sent-as-is", "streamed-lzma"])
 def test_sshd_killed_mid_upload_keeps_old_model_and_next_push_cleans(
-    ota_models, big_model, tmp_path, ssh_home
+    ota_models, big_model, tmp_path, ssh_home, compress
 ):
+    """``auto`` sends this model (random weights) as it is, over SFTP; ``lzma`` streams it
+    to the device's decompressor: killed either way, the old model stays active."""
     server = hh.start_sshd(tmp_path / "sshd")
     device = tmp_path / "kws"
     try:
@@ -324,6 +327,7 @@ def test_sshd_killed_mid_upload_keeps_old_model_and_next_push_cleans(
                         name="kws",
                         allow_signature_change=True,
                         smoke_test=False,
+                        compress=compress,
                         **opts(server),
                     )
                 )
