@@ -295,6 +295,28 @@ def test_an_inventory_measures_on_every_device_one_trial_at_a_time(inputs, tmp_p
     assert not (tmp_path / "mixed").exists()
 
 
+@pytest.mark.tf
+def test_a_trial_is_benched_on_the_inventory_device_it_took(digits_int8, tmp_path):
+    """The real bench step: the device's target, its threads and profile, its name kept."""
+    from tfedge.search.devices import from_inventory
+    from tfedge.search.objectives import Built, Inputs, TrialRunner
+    from tfedge.search.space import Measure
+
+    (tmp_path / "devices.yaml").write_text(
+        "devices:\n  - {name: a, target: local}\n  - {name: b, target: local, threads: 1}\n"
+    )
+    devices, profile = from_inventory(tmp_path / "devices.yaml", "local")
+    assert profile == "local" and [d.profile for d in devices] == ["local", "local"]
+    runner = TrialRunner(Inputs("m", "d", "e"), Measure(runs=3, warmup=1, min_secs=0.05))
+    size = digits_int8.stat().st_size
+    built = Built(str(digits_int8), 0.9, 0.9, None, size, size // 2, 4 * size)
+    measured = runner.bench(built, devices[1], tmp_path)
+    assert measured.bench == {"target": "local", "emulated": False, "threads": 1, "device": "b"}
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert measured.p50_ms == bench["latency_us"]["p50"] / 1000 > 0
+    assert (measured.score, measured.gzip_bytes, measured.model) == (0.9, size // 2, built.model)
+
+
 def test_a_killed_trial_is_failed_and_retried(inputs, tmp_path):
     import optuna
 
@@ -378,7 +400,7 @@ def _free_port() -> int:
 def test_workers_and_machines_share_a_postgresql_study(inputs, tmp_path, postgres):
     first = cheap_search(inputs, tmp_path / "a", trials=4, workers=2, storage=postgres, study="s")
     assert not (tmp_path / "a" / "study.db").exists() and first.storage == postgres
-    assert len(first.trials) + len(first.failed) >= 4
+    assert len(first.trials) + len(first.failed) == 4
     # a second machine (another OUTDIR) joins the same study and adds two trials
     second = cheap_search(
         inputs, tmp_path / "b", trials=len(first.trials) + 2, storage=postgres, study="s"
@@ -443,6 +465,34 @@ def test_bad_input_is_one_error_line(run_cli, inputs, tmp_path, extra, space_tex
         args += ["--space", tmp_path / "space.yaml"]
     before = sorted(p.name for p in tmp_path.iterdir())
     result = run_cli(*args, *extra, "-o", out, expect=code)
+    assert_one_error_line(result, *fragments)
+    assert "hint:" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("inventory", "extra", "code", "fragments"),
+    [
+        ("- {target: local}\n", (), 2, ("no devices list",)),
+        ("devices:\n  - {taget: local}\n", (), 2, ("devices[0].target", "required")),
+        ("devices:\n  - {target: local}\n", ("--target", "qemu"), 2, ("exclude each other",)),
+        ("devices:\n  - {target: local}\n  - {target: qemu}\n", (), 2, ("mixes local and qemu",)),
+        (
+            "devices:\n  - {target: local, profile: rpi4}\n  - {name: b, target: local}\n",
+            (),
+            2,
+            ("different profiles",),
+        ),
+    ],
+)
+def test_a_bad_inventory_is_one_error_line(
+    run_cli, inputs, tmp_path, inventory, extra, code, fragments
+):
+    (tmp_path / "devices.yaml").write_text(inventory)
+    args = ["search", inputs["model"], "--data", inputs["data"], "--eval", inputs["eval_data"]]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args += ["--inventory", tmp_path / "devices.yaml", *extra, "-o", tmp_path / "out"]
+    result = run_cli(*args, expect=code)
     assert_one_error_line(result, *fragments)
     assert "hint:" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written

@@ -20,6 +20,12 @@ model, the data, the target and the profile): trials left = ``trials`` minus fin
 (completed, or failed with a recorded reason). The sampler (multivariate TPE with the
 budgets as ``constraints_func``) is seeded with ``seed`` plus the number of trials so far, so
 a resumed run does not replay the random start-up trials.
+
+Workers: each worker asks Optuna for trials; a trial asked for when the finished trials and
+those running ahead of it already make ``trials`` is dropped before it runs (``surplus``:
+failed, marked ``surplus``, not counted), so the study ends at exactly ``trials``. Models are
+benchmarked on the search's devices (``tfedge.search.devices``), one trial per device at a
+time.
 """
 
 from __future__ import annotations
@@ -425,8 +431,9 @@ class Objective:
         return measured, window
 
     def report(self, study, trial) -> None:
-        """A progress line per trial on stderr (with ``settings.progress``)."""
-        if not self.settings.progress:
+        """A progress line per trial on stderr (with ``settings.progress``); none for a
+        surplus trial (dropped before it ran)."""
+        if not self.settings.progress or trial.user_attrs.get("surplus"):
             return
         done = finished(study)
         left = max(0, self.settings.trials - done)
