@@ -114,10 +114,8 @@ def convert_mixed(
 
     layers = keras_layers(model)
     device_profile = _load_profile(profile)
-    if layers is not None:
-        check_precisions(precisions, _user_layers(layers), device_profile)
-    else:
-        check_precisions(precisions, None, device_profile)
+    known = _user_layers(layers) if layers is not None else None  # None: checked after
+    check_precisions(precisions, known, device_profile)
     check_not_input(output, [model, calib])
     check_writable(output)
     started = time.perf_counter()
