@@ -187,30 +187,6 @@ def test_bad_plans_are_refused() -> None:
     assert kept_count(4, 0.5) == 4
 
 
-@pytest.mark.slow
-def test_mobilenetv2_keep_half_converts_to_int8_with_fewer_macs(tmp_path) -> None:
-    import tfedge
-    from tfedge.passes.channel_graph import ChannelGraph
-    from tfedge.passes.channels import keras_macs, plan_keep, prune_channels
-
-    k = _keras()
-    model = k.applications.MobileNetV2(
-        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
-    )
-    graph = ChannelGraph(model)
-    assert sum(g.prunable for g in graph.groups) == len(graph.groups) - 1  # all but the head
-    thinner = prune_channels(model, plan_keep(model, graph, 0.5, round_to=8), graph)
-    assert thinner.output_shape == model.output_shape
-    assert thinner.count_params() < 0.5 * model.count_params()
-    x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
-    result = tfedge.convert(
-        thinner, tmp_path / "thin.tflite", calib=x, calib_samples=8, in_process=True
-    )
-    assert result.full_integer
-    macs = tfedge.inspect(tmp_path / "thin.tflite").macs
-    assert macs == keras_macs(thinner) < 0.6 * keras_macs(model)
-
-
 def test_channels_pass_in_a_recipe_thins_digits_and_converts_to_int8(digits, tmp_path):
     """`channels -> int8` through `tfedge.optimize`: fewer MACs in the verified int8 file."""
     import json

@@ -5,7 +5,7 @@ file loaded the way the optimize worker loads it (``load_model_for``: the verifi
 bridge): ``target_macs: 0.5`` with ``epochs: 0`` keeps the output shape, lands within 5% of the
 target, and the result converts to verified full-int8 (the MACs read from the ``.tflite``: the
 Keras count) with a handful of calibration samples. MobileNetV3Small: the pass runs and names
-what it left whole. (MobileNetV2 in tf_keras with ``keep`` is in ``test_channels.py``.)
+what it left whole. (The ``keep`` target is tested on digits in ``test_channels.py``.)
 
 Each int8 conversion of these graphs takes tens of seconds here, so each model is converted
 once.
@@ -100,6 +100,7 @@ def test_mobilenetv2_from_a_keras3_file_through_the_bridge(ctx, tmp_path) -> Non
     from tfedge._tf import import_keras3
     from tfedge.optimize.recipe import load_recipe
     from tfedge.optimize.worker import load_model_for
+    from tfedge.passes.channel_graph import ChannelGraph
 
     keras = import_keras3()
     keras.utils.set_random_seed(0)
@@ -110,6 +111,8 @@ def test_mobilenetv2_from_a_keras3_file_through_the_bridge(ctx, tmp_path) -> Non
     recipe.write_text(f"schema_version: 1\npasses:\n  - channels: {{target_macs: {TARGET}}}\n")
     model = load_model_for(str(path), load_recipe(recipe))  # as the optimize worker loads it
     assert type(model).__module__.startswith("tf_keras")
+    graph = ChannelGraph(model)
+    assert sum(g.prunable for g in graph.groups) == len(graph.groups) - 1  # all but the head
     result = _apply(model, ctx, target_macs=TARGET)
     metrics = _check_thinner(model, result, TARGET)
     _converts_to_int8(result.model, ctx, tmp_path / "mobilenetv2.tflite", metrics["macs_after"])
