@@ -6,15 +6,20 @@
    (the device script runs inference on the golden input) and atomic switch included.
    Goal: <= 3 s per push. Median of ``--rounds`` pushes, alternating two models.
 2. Fleet: ``--agents`` device agents (separate processes, daemon mode) poll a python-tuf
-   repository served over loopback HTTP; a new version is published and the script
-   waits until every device serves it. Reports the time to the last device and checks
-   every device's active file against the signed hash (corrupted installs: goal 0).
+   repository served over loopback HTTP and report to a ``tfedge ota collector``; once all
+   run v1, a v2 (v1 with its last Dense layer edited) is published with ``--deltas`` and
+   the script waits until every device serves it. Reports the time to the last device,
+   delta vs full downloads counted at the HTTP server, every device's active file checked
+   against the signed hash (corrupted installs: goal 0), and what the fleet view
+   (``tfedge.ota.fleet``) shows: all devices on v2.
 3. Bytes over the wire (``--bytes``; on by default): a head-only fine-tune of the digits
    reference model (frozen layers, same calibration data and seed) and of a 10 MB model
    (its last Dense layer's weights edited), published with ``--deltas``; an agent holding
    the previous version downloads the delta, a fresh one the xz form, counted at the HTTP
    server; full raw and gzip sizes for comparison. Also the device-side cost of applying
-   the delta against decompressing the xz form (time, peak memory of a child process).
+   the delta against decompressing the xz form (time, peak memory of a child process) on
+   this host, and the time ratio under qemu as a Cortex-A53 (the emulated root of
+   ``tfedge emulator setup``; skipped without it; emulated memory is not reported).
 
 Writes bench-results/ota.json and bench-results/ota.md.
 
@@ -133,79 +138,218 @@ def _forget(device: Path, model: Path) -> None:
 
 
 # ---------------------------------------------------------------- 2. fleet of agents
+FLEET_DELTAS = 2  # deltas from the last two versions, as `tfedge ota publish --deltas 2`
+
+
 def bench_fleet(work: Path, agents: int, interval: float, timeout: float) -> dict:
+    """Round 1: every agent (holding nothing) installs v1. Round 2: v2, v1 with its last
+    Dense layer edited (a head-only fine-tune), is published with deltas; the agents hold
+    v1, so they should take the delta. Every agent reports to a collector, whose fleet view
+    must show all of them on v2. Downloads are counted at the HTTP server."""
     models = oh.build_models(work / "models")
+    v1 = models["v1"]
+    v2 = _edit_last_dense(v1, work / "models" / "v2_head.tflite")
     repo = work / "repo"
     repo_api.init_repository(repo)
-    repo_api.publish(repo, models["v1"], "kws", 1)
-    port = hh.free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tfedge.cli.main", "ota", "serve", str(repo), "--port", str(port)],
-        env=oh.agent_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    repo_api.publish(repo, v1, "kws", 1, deltas=FLEET_DELTAS)
     devices = [work / "fleet" / f"device{i:03d}" for i in range(agents)]
-    procs = []
-    try:
-        _wait_http(url)
-        root = repo / "public" / "metadata" / "1.root.json"
-        for device in devices:
-            argv = [a for a in oh.agent_argv(url, device, root) if a != "--once"] + [
-                "--interval",
-                str(interval),
-            ]
-            procs.append(
-                subprocess.Popen(
-                    argv, env=oh.agent_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
-        v1 = sha256_file(models["v1"])
-        first = _wait_all(devices, v1, timeout)
-        log(
-            f"{agents} agents report Success on version 1 after {first:.1f} s; publishing version 2"
-        )
-        t0 = time.monotonic()
-        repo_api.publish(repo, models["v2"], "kws", 2)
-        v2 = sha256_file(models["v2"])
-        converge = _wait_all(devices, v2, timeout, t0)
-        log(f"all {agents} agents report Success on version 2 after {converge:.1f} s")
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(30)
-        server.terminate()
-        server.wait(10)
+    tokens = _fleet_tokens(work / "tokens", devices)
+    root = repo / "public" / "metadata" / "1.root.json"
+    procs: list[subprocess.Popen] = []
+    with (
+        _counting_server(repo) as (url, served),
+        _collector(work / "collector", work / "tokens" / "fleet-tokens.txt") as collector,
+    ):
+        try:
+            for device in devices:
+                extra = ["--interval", str(interval), "--device-id", device.name]
+                extra += ["--report-url", collector["url"], "--report-token-file", tokens[device]]
+                procs.append(_start_agent(url, device, root, extra))
+            first = _wait_all(devices, sha256_file(v1), timeout)
+            log(f"{agents} agents report Success on version 1 after {first:.1f} s; publishing v2")
+            round1 = _downloads(served)
+            served.clear()
+            t0 = time.monotonic()
+            repo_api.publish(repo, v2, "kws", 2, deltas=FLEET_DELTAS)
+            v2_sha = sha256_file(v2)
+            converge = _wait_all(devices, v2_sha, timeout, t0)
+            round2 = _downloads(served)
+            log(f"all {agents} agents report Success on version 2 after {converge:.1f} s")
+            view = _wait_fleet_view(collector["db"], agents, 2, v2_sha, timeout, t0)
+        finally:
+            _stop_agents(procs)
+        rejected = _rejections(collector["log"])
+        reports = _report_count(collector["db"])
     corrupted = [
-        str(d) for d in devices if sha256_file(d / "current") != v2 or oh.active_sha(d) != v2
+        str(d)
+        for d in devices
+        if sha256_file(d / "current") != v2_sha or oh.active_sha(d) != v2_sha
     ]
     states = [oh.status_of(d)["state"] for d in devices]
     reasons = sorted({f"{oh.status_of(d)['state']}: {oh.status_of(d)['message']}" for d in devices})
     return {
         "agents": agents,
         "poll_interval_s": interval,
+        "update": "v2 = v1 with its last Dense layer's weights moved by -3..3 steps (seeded), "
+        f"published with --deltas {FLEET_DELTAS}",
         "initial_install_s": round(first, 2),
         "time_to_last_s": round(converge, 2),
         "corrupted_installs": len(corrupted),
         "success_states": states.count("Success"),
         "last_status": reasons[:5],
-        "model_bytes": models["v2"].stat().st_size,
+        "model_bytes": v2.stat().st_size,
+        "downloads": {"version 1 (devices hold nothing)": round1, "version 2": round2},
+        "delta_downloads": round2.get("deltas", {}).get("requests", 0),
+        "full_downloads": sum(round2.get(k, {}).get("requests", 0) for k in FULL_KINDS),
+        "fleet_view": view,
+        "collector": {"reports_stored": reports, "rejected_by_status": rejected},
     }
 
 
-def _wait_http(url: str, timeout: float = 30) -> None:
-    import urllib.request
+FULL_KINDS = ("models", "compressed")
+
+
+def _edit_last_dense(v1: Path, v2: Path, seed: int = 0) -> Path:
+    """A copy of ``v1`` whose last Dense layer's weights each moved by -3 to 3 quantization
+    steps (seeded; what a head-only fine-tune changes)."""
+    import numpy as np
+
+    from tfedge.convert.tflite_model import read_tflite
+    from tfedge.ota.delta import buffer_regions
+
+    raw = bytearray(v1.read_bytes())
+    dense = [op for op in read_tflite(v1).ops if op.name == "FULLY_CONNECTED"][-1]
+    (region,) = [r for r in buffer_regions(bytes(raw)) if r.name == dense.inputs[1].name]
+    steps = np.random.default_rng(seed).integers(-3, 4, region.length).astype(np.uint8)
+    head = np.frombuffer(raw, np.uint8, region.length, region.start) + steps  # wraps mod 256
+    raw[region.start : region.start + region.length] = head.tobytes()
+    v2.write_bytes(bytes(raw))
+    return v2
+
+
+def _fleet_tokens(out: Path, devices: list[Path]) -> dict[Path, str]:
+    """The collector's token file (``out/fleet-tokens.txt``, one line per device) and one
+    token file per device; returns ``{device: path of its token file}``."""
+    import secrets
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines, files = [], {}
+    for device in devices:
+        token = secrets.token_hex(16)
+        lines.append(f"{device.name} {token}\n")
+        files[device] = str(out / f"{device.name}.token")
+        Path(files[device]).write_text(token + "\n")
+    (out / "fleet-tokens.txt").write_text("".join(lines))
+    return files
+
+
+@contextlib.contextmanager
+def _collector(out: Path, tokens: Path):
+    """``tfedge ota collector`` on a free loopback port; yields its report URL, database
+    and log file (one line per rejected report)."""
+    out.mkdir(parents=True, exist_ok=True)
+    port = hh.free_port()
+    logfile = out / "collector.log"
+    argv = [sys.executable, "-m", "tfedge.cli.main", "ota", "collector", "--tokens", str(tokens)]
+    argv += ["-o", str(out), "--port", str(port)]
+    with open(logfile, "wb") as sink:
+        proc = subprocess.Popen(argv, env=oh.agent_env(), stdout=sink, stderr=sink)
+    try:
+        _wait_port(port)
+        yield {
+            "url": f"http://127.0.0.1:{port}/report",
+            "db": out / "fleet.sqlite",
+            "log": logfile,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_port(port: int, timeout: float = 60) -> None:
+    import socket
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/metadata/timestamp.json", timeout=2).read()
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
             return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"the repository server at {url} did not answer")
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def _start_agent(url: str, device: Path, root: Path, extra: list[str]) -> subprocess.Popen:
+    argv = [a for a in oh.agent_argv(url, device, root) if a != "--once"] + extra
+    return subprocess.Popen(
+        argv, env=oh.agent_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _stop_agents(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(30)
+
+
+def _downloads(served: list[tuple[str, int]]) -> dict[str, dict[str, int]]:
+    """Model downloads by kind (models, compressed, deltas): requests and body bytes."""
+    out: dict[str, dict[str, int]] = {}
+    for path, size in list(served):
+        for kind in ("models", "compressed", "deltas"):
+            if path.startswith(f"/targets/{kind}/"):
+                entry = out.setdefault(kind, {"requests": 0, "bytes": 0})
+                entry["requests"] += 1
+                entry["bytes"] += size
+    return out
+
+
+def _wait_fleet_view(
+    db: Path, agents: int, version: int, sha: str, timeout: float, t0: float
+) -> dict:
+    """Read ``tfedge.ota.fleet`` until it shows every device Success on ``version`` (a
+    device's report may wait for its rate limit: ten at once, then one per 30 s)."""
+    from tfedge.ota.fleet import fleet_view
+
+    while True:
+        view = fleet_view(db)
+        on = [
+            d
+            for d in view.devices
+            if d["model_version"] == version and d["sha256"] == sha and d["state"] == "Success"
+        ]
+        if len(on) == agents or time.monotonic() - t0 > timeout:
+            break
+        time.sleep(1.0)
+    seconds = time.monotonic() - t0
+    log(f"the fleet view shows {len(on)} of {len(view.devices)} devices on version {version}")
+    return {
+        "devices": len(view.devices),
+        "on_version": len(on),
+        "version": version,
+        "seconds_after_publish": round(seconds, 2),
+        "rollout": view.rollout,
+        "versions": view.versions,
+        "failing": len(view.failing),
+        "stale": len(view.stale),
+    }
+
+
+def _rejections(logfile: Path) -> dict[str, int]:
+    """Rejected reports by HTTP status, from the collector's log lines
+    ``rejected: HOST STATUS message``."""
+    counts: dict[str, int] = {}
+    for line in logfile.read_text(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[0] == "rejected:" and fields[2].isdigit():
+            counts[fields[2]] = counts.get(fields[2], 0) + 1
+    return counts
+
+
+def _report_count(db: Path) -> int:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+        return int(con.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
 
 
 def _converged(device: Path, sha: str) -> bool:
@@ -385,8 +529,12 @@ print(json.dumps({"seconds": round(seconds, 4), "peak_rss_kb": peak}))
 """
 
 
+QEMU_CPU = "cortex-a53"  # the core of a Raspberry Pi 3 and Zero 2 W
+
+
 def _apply_cost(work: Path, v1: Path, v2: Path) -> dict:
-    """Apply the delta / decompress the xz form in a child process each (median of 3)."""
+    """Apply the delta / decompress the xz form in a child process each (median of 3), on
+    this host, and under qemu as an emulated Cortex-A53 (``emulated``: time ratio only)."""
     from tfedge.ota import compress as compression
     from tfedge.ota.delta import delta_form
 
@@ -396,34 +544,66 @@ def _apply_cost(work: Path, v1: Path, v2: Path) -> dict:
     files["delta"].write_bytes(blob)
     files["xz"].write_bytes(compression.compress(raw, "lzma"))
     sha = hashlib.sha256(raw).hexdigest()
-    out = {}
-    for kind, path in files.items():
-        runs = []
-        for _ in range(3):
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _COST,
-                    kind,
-                    str(path),
-                    str(v1),
-                    str(work / "out"),
-                    sha,
-                    str(len(raw)),
-                ],
-                env=oh.agent_env(),
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            runs.append(json.loads(proc.stdout))
-            assert kind == "idle" or (work / "out").read_bytes() == raw
-        out[kind] = {
-            "seconds": statistics.median(r["seconds"] for r in runs),
-            "peak_rss_kb": max(r["peak_rss_kb"] for r in runs),
-        }
+    args = {
+        kind: [kind, str(path), str(v1), str(work / "out"), sha, str(len(raw))]
+        for kind, path in files.items()
+    }
+    out: dict = {
+        kind: _cost_runs([sys.executable], oh.agent_env(), argv, work / "out", raw)
+        for kind, argv in args.items()
+    }
+    out["emulated"] = _emulated_cost(args, work / "out", raw)
     return out
+
+
+def _cost_runs(
+    python: list[str], env: dict, args: list[str], out: Path, raw: bytes, rounds: int = 3
+) -> dict:
+    """Run ``_COST`` with ``args`` ``rounds`` times: median seconds, highest VmHWM."""
+    runs = []
+    for _ in range(rounds):
+        proc = subprocess.run(
+            [*python, "-c", _COST, *args], env=env, capture_output=True, text=True, check=True
+        )
+        runs.append(json.loads(proc.stdout))
+        assert args[0] == "idle" or out.read_bytes() == raw
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "peak_rss_kb": max(r["peak_rss_kb"] for r in runs),
+    }
+
+
+def _emulated_cost(args: dict[str, list[str]], out: Path, raw: bytes) -> dict:
+    """The delta and xz runs under qemu-user as a Cortex-A53, in the emulated aarch64 root
+    tfedge's qemu target uses (`tfedge emulator setup`). Only the time ratio means
+    something: emulated times are not a device's, and qemu's memory includes the emulator."""
+    from tfedge.errors import TargetError
+    from tfedge.targets import emulator
+
+    try:
+        env = emulator.require()
+    except TargetError as exc:
+        log(f"no emulated apply cost: {exc}")
+        return {"skipped": str(exc)}
+    python = env.command(QEMU_CPU, [])
+    child_env = dict(env.env(), PYTHONPATH=os.pathsep.join([str(env.site), str(oh.DEVICE_SRC)]))
+    try:
+        seconds = {
+            kind: _cost_runs(python, child_env, args[kind], out, raw)["seconds"]
+            for kind in ("delta", "xz")
+        }
+    except subprocess.CalledProcessError as exc:
+        log(f"the emulated apply cost failed: {exc.stderr[-500:]}")
+        return {"skipped": f"failed under qemu: {exc.stderr.strip().splitlines()[-1:]}"}
+    return {
+        "qemu_cpu": QEMU_CPU,
+        "python": f"Debian {emulator.SUITE} arm64 python3.11, numpy {env.numpy_version}",
+        "delta_s": seconds["delta"],
+        "xz_s": seconds["xz"],
+        "delta_over_xz": round(seconds["delta"] / seconds["xz"], 2),
+        "note": "emulated with qemu-user: a time ratio for comparison only; the times are "
+        "not a device's and qemu's memory includes the emulator (not reported)",
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -448,15 +628,7 @@ def markdown(result: dict) -> str:
         ]
         lines.append("")
     if f:
-        lines += [
-            "| fleet (agents as separate processes) | value |",
-            "|---|---|",
-            f"| agents | {f['agents']} (poll every {f['poll_interval_s']} s) |",
-            "| new version published -> last device reports Success (health-checked) "
-            f"| **{f['time_to_last_s']:.1f} s** |",
-            f"| corrupted installs | **{f['corrupted_installs']}** |",
-            f"| devices reporting Success | {f['success_states']}/{f['agents']} |",
-        ]
+        lines += _fleet_lines(f)
     for label, b in (result.get("bytes") or {}).items():
         full = b["bytes"]["full raw (target length)"]
         lines += [
@@ -469,15 +641,57 @@ def markdown(result: dict) -> str:
             for kind, size in b["bytes"].items()
             if size is not None
         ]
-        a = b["apply"]
-        lines += [
-            f"| device: apply the delta / decompress xz (median of 3) "
-            f"| {a['delta']['seconds'] * 1000:.1f} ms / {a['xz']['seconds'] * 1000:.1f} ms | |",
-            f"| device: peak RSS of the child process (idle child: "
-            f"{a['idle']['peak_rss_kb']:,} KB) "
-            f"| {a['delta']['peak_rss_kb']:,} KB / {a['xz']['peak_rss_kb']:,} KB | |",
-        ]
+        lines += _apply_lines(b["apply"])
     return "\n".join(lines) + "\n"
+
+
+def _fleet_lines(f: dict) -> list[str]:
+    view, coll = f["fleet_view"], f["collector"]
+    v2 = f["downloads"]["version 2"]
+    wire = sum(entry["bytes"] for entry in v2.values())
+    rejected = ", ".join(f"{n} x {code}" for code, n in sorted(coll["rejected_by_status"].items()))
+    return [
+        "| fleet (agents as separate processes) | value |",
+        "|---|---|",
+        f"| agents | {f['agents']} (poll every {f['poll_interval_s']} s) |",
+        f"| update | v2 = v1 with its last Dense layer edited ({f['model_bytes']:,} bytes), "
+        f"published with --deltas {FLEET_DELTAS}; every agent holds v1 |",
+        "| v2 published -> last device reports Success (health-checked) "
+        f"| **{f['time_to_last_s']:.1f} s** |",
+        f"| v2 downloads counted at the HTTP server: delta / full | **{f['delta_downloads']} / "
+        f"{f['full_downloads']}** ({wire:,} model bytes for the fleet) |",
+        "| corrupted installs (each device's current model vs the signed sha256) "
+        f"| **{f['corrupted_installs']}** |",
+        f"| devices reporting Success | {f['success_states']}/{f['agents']} |",
+        "| fleet view (`tfedge ota fleet`, the collector's SQLite) "
+        f"| **{view['on_version']} of {f['agents']}** devices on version {view['version']} "
+        f"({view['devices']} listed, {view['failing']} failing; "
+        f"{view['seconds_after_publish']:.1f} s after publishing) |",
+        f"| reports stored by `tfedge ota collector` | {coll['reports_stored']:,} "
+        f"(rejected: {rejected or 'none'}) |",
+    ]
+
+
+def _apply_lines(a: dict) -> list[str]:
+    ratio = a["delta"]["seconds"] / a["xz"]["seconds"]
+    lines = [
+        "| device: apply the delta / decompress xz (this host, median of 3) "
+        f"| {a['delta']['seconds'] * 1000:.1f} ms / {a['xz']['seconds'] * 1000:.1f} ms "
+        f"| {ratio:.2f}x |",
+        "| device: peak RSS of the child process (this host; idle child: "
+        f"{a['idle']['peak_rss_kb']:,} KB) "
+        f"| {a['delta']['peak_rss_kb']:,} KB / {a['xz']['peak_rss_kb']:,} KB | |",
+    ]
+    e = a.get("emulated") or {}
+    if "delta_over_xz" in e:
+        lines.append(
+            f"| emulated {e['qemu_cpu']} (qemu-user): apply the delta / decompress xz, "
+            f"time ratio (median of 3; emulated, not a device's times or memory) "
+            f"| **{e['delta_over_xz']:.2f}x** | |"
+        )
+    elif e:
+        lines.append(f"| emulated Cortex-A53 | skipped: {e.get('skipped')} | |")
+    return lines
 
 
 def main(argv=None) -> int:
