@@ -231,6 +231,7 @@ def test_schema_is_json_and_forbids_unknown_keys(run_cli):
         "convert",
         "max_accuracy_drop",
         "seed",
+        "ota_base",
     }
     entries = schema["properties"]["passes"]["items"]["anyOf"]
     names = {name for e in entries for name in e.get("properties", {})}

@@ -71,6 +71,9 @@ from tfedge.fsutil import (
 )
 from tfedge.io.data import Dataset, load_data
 from tfedge.optimize.html_report import optimize_html, sensitivity_plot
+from tfedge.optimize.ota_base import Plan as OtaPlan
+from tfedge.optimize.ota_base import extend_reports
+from tfedge.optimize.ota_base import plan as ota_plan
 from tfedge.optimize.recipe import Recipe, load_recipe
 from tfedge.optimize.resume import (
     STATE_FILE,
@@ -104,6 +107,7 @@ class OptimizeResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     resumed: dict | None = None
+    ota_base: dict | None = None  # the delta against the recipe's ota_base (report.json)
 
     @property
     def final(self) -> Stage:
@@ -175,6 +179,7 @@ def _optimize(
     check_not_input(out, [model, data, eval_data, recipe.source], folder=True)
     train, evals = load_data(data), load_data(eval_data)
     require_labels(recipe, train)
+    ota = ota_plan(recipe, train) if recipe.ota_base is not None else None
     previous = None if resume is None else read_state(out, model, recipe, train, evals)
     say = log or (_stderr_log if progress else None)
     with (
@@ -182,7 +187,7 @@ def _optimize(
         staging_dir(out) as work,
         OptimizeWorker(say, progress) as worker,
     ):
-        runner = _Runner(recipe, worker, work, say, out, previous)
+        runner = _Runner(recipe, worker, work, say, out, previous, ota)
         try:
             runner.load(model, train, evals, profile)
             runner.run()
@@ -202,7 +207,12 @@ def _optimize(
         seconds = round(time.perf_counter() - started, 2)
         notes = [keras["note"]] if keras["note"] else []
         resumed = previous.summary() if previous else None
+        if ota is not None and not ota.matched:
+            notes.append(f"ota_base: {ota.note}")
         _write_reports(work, recipe, runner.stages, seconds, keras["keras_model"], notes, resumed)
+        delta = extend_reports(work, recipe, train, ota)
+        if ota is not None and delta is not None and say:
+            say(f"ota_base: {ota.note}; delta {delta['delta_bytes']:,} bytes")
     return OptimizeResult(
         str(out),
         str(out / "model.tflite"),
@@ -213,6 +223,7 @@ def _optimize(
         seconds,
         notes,
         resumed,
+        delta,
     )
 
 
@@ -253,8 +264,10 @@ class _Runner:
         say,
         out: Path,
         previous: Previous | None = None,
+        ota: OtaPlan | None = None,
     ) -> None:
         self.recipe, self.worker, self.work, self.out = recipe, worker, work, out
+        self.ota = ota  # an ota_base run: the base's calibration, the frozen layers
         self.say = say or (lambda message: None)
         self.previous = previous
         self.stages: list[Stage] = []
@@ -275,6 +288,7 @@ class _Runner:
                 work=str(self.work),
                 profile=profile,
                 facts=facts,
+                ota=self.ota,
             )
         except ModelLoadError:
             if self.recipe.passes and _is_keras3(model):
@@ -293,6 +307,7 @@ class _Runner:
             evals=evals,
             work=str(self.work),
             profile=profile,
+            ota=self.ota,
             resume={
                 "checkpoint": str(previous.checkpoint or ""),
                 "completed": previous.completed,

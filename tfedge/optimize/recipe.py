@@ -38,6 +38,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from tfedge.config import Config, did_you_mean, json_schema, validate
 from tfedge.errors import RecipeError
+from tfedge.optimize.ota_base import OtaBaseConfig, resolve_paths
 from tfedge.passes.base import PassConfig, TrainConfig
 from tfedge.passes.registry import PASSES, build_pass, passes_json_schema
 
@@ -103,6 +104,11 @@ class Recipe(Config):
         description="percentage points a stage may lose against the float model",
     )
     seed: int = Field(default=0, ge=0, description="seed of every random choice")
+    ota_base: OtaBaseConfig | None = Field(
+        default=None,
+        description="the .tflite devices run now: keep the delta to it small (calibration, "
+        "frozen layers; see tfedge.optimize.ota_base)",
+    )
     _source: str = PrivateAttr("<recipe>")
     _text: str = PrivateAttr("")
 
@@ -136,7 +142,8 @@ class Recipe(Config):
         """The recipe as a file would hold it, every option spelt out (JSON/YAML values)."""
         data = self.model_dump(mode="json", exclude={"passes"})
         data["passes"] = [{p.pass_name: p.to_dict()} for p in self.passes]
-        return {key: data[key] for key in type(self).model_fields}
+        fields = [k for k in type(self).model_fields if k != "ota_base" or self.ota_base]
+        return {key: data[key] for key in fields}
 
     def __eq__(self, other: object) -> bool:  # the content, not where it was read from
         return isinstance(other, Recipe) and self.to_dict() == other.to_dict()
@@ -255,13 +262,15 @@ def _build(data: dict, source: str, base_dir: Path) -> Recipe:
     recipe = validate(Recipe, top, "")
     passes = tuple(_build_pass(i, entry, base_dir) for i, entry in enumerate(_pass_list(data)))
     recipe = recipe.model_copy(update={"passes": passes})
+    if recipe.ota_base is not None:
+        recipe = recipe.model_copy(update={"ota_base": resolve_paths(recipe.ota_base, base_dir)})
     _check_order(recipe)
     return recipe
 
 
 def _empty_block(key: str, value: Any) -> bool:
     """``train:`` or ``description:`` left empty means the defaults."""
-    return value is None and key in ("name", "description", "train", "convert")
+    return value is None and key in ("name", "description", "train", "convert", "ota_base")
 
 
 def _yaml(text: str, source: str) -> dict:
@@ -355,6 +364,12 @@ def _check_order(recipe: Recipe) -> None:
 
 # ---- overrides (--set) --------------------------------------------------------------------
 
+BLOCKS: dict[str, type[Config]] = {
+    "train": TrainConfig,
+    "convert": ConvertConfig,
+    "ota_base": OtaBaseConfig,
+}
+
 _TARGET = re.compile(
     r"^(?P<head>[A-Za-z_][\w-]*)(?:\[(?P<index>\d+)\])?(?:\.(?P<key>[A-Za-z_]\w*))?$"
 )
@@ -376,15 +391,15 @@ def apply_override(data: dict, item: str) -> None:
     head, index, key = match["head"], match["index"], match["key"]
     if key is None:
         _set_top(data, item, head, value, index)
-    elif head in ("train", "convert") and index is None:
+    elif head in BLOCKS and index is None:
         _set_block(data, item, head, key, value)
     else:
         _set_pass(data, item, head, None if index is None else int(index), key, value)
 
 
 def _set_top(data: dict, item: str, key: str, value: Any, index: str | None) -> None:
-    keys = [k for k in Recipe.model_fields if k not in ("passes", "train", "convert")]
-    if key in PASSES or key in ("train", "convert"):
+    keys = [k for k in Recipe.model_fields if k != "passes" and k not in BLOCKS]
+    if key in PASSES or key in BLOCKS:
         raise RecipeError(f"override '{item}' names {key} but no option", SET_HINT)
     if key not in keys or index is not None:
         raise RecipeError(
@@ -395,12 +410,14 @@ def _set_top(data: dict, item: str, key: str, value: Any, index: str | None) -> 
 
 
 def _set_block(data: dict, item: str, block: str, key: str, value: Any) -> None:
-    cls = TrainConfig if block == "train" else ConvertConfig
+    cls = BLOCKS[block]
     if key not in cls.model_fields:
         raise RecipeError(
             f"override '{item}': {block} has no option '{key}'",
             did_you_mean(key, cls.model_fields, "options"),
         )
+    if block == "ota_base" and isinstance(value, str) and key != "freeze":
+        value = str(Path(value).resolve())  # a path on the command line: from the current folder
     current = data.get(block)
     data[block] = {**(current if isinstance(current, dict) else {}), key: value}
 

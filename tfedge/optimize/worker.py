@@ -207,13 +207,17 @@ class Session:
         self.pending: list[tuple[int, Future]] = []  # (stage index, its measurement)
         self.input_source: str | None = None
         self.keras3 = False
+        self.ota = None
 
-    def load(self, model, recipe, train, evals, work, profile, facts=None, resume=None) -> list:
+    def load(
+        self, model, recipe, train, evals, work, profile, facts=None, resume=None, ota=None
+    ) -> list:
         """Load the model, check every pass against it: all before any training.
 
         ``resume``: continue a failed run (see ``tfedge.optimize.pipeline``): ``checkpoint``
         (a SavedModel of the model after the last completed pass), ``completed`` (how many
         passes it went through) and ``count`` (how many stages are reused).
+        ``ota``: a ``tfedge.optimize.ota_base.Plan`` (the base's calibration, frozen layers).
         """
         from tfedge.io.models import detect_format, load_tf_keras_model
 
@@ -226,6 +230,12 @@ class Session:
         else:
             self.model = load_model_for(model, recipe)
         self.plain = self.model
+        self.ota = ota
+        if ota is not None and not isinstance(self.model, str):
+            from tfedge.optimize.ota_base import check_signature, freeze
+
+            check_signature(self.model, ota.model)
+            freeze(self.model, ota.freeze)
         self.ctx = pass_context(recipe, self.model, train, evals, self.progress, self.say)
         self.ctx.applied = tuple(recipe.pass_names[:done])
         for p in recipe.passes[done:]:
@@ -273,6 +283,10 @@ class Session:
         p = self.recipe.passes[index]
         started = time.perf_counter()
         self.ctx.seed_all()
+        if self.ota is not None and self.ota.freeze:
+            from tfedge.optimize.ota_base import freeze
+
+            freeze(self.model, self.ota.freeze, strict=False)
         try:
             result = p.apply(self.model, self.ctx)
         except TfedgeError as exc:
@@ -377,14 +391,15 @@ class Session:
         from tfedge.optimize.stages import stage_row
 
         started = time.perf_counter()
+        ota = self.ota if self.ota is not None and self.ota.calib is not None else None
         convert(
             source,
             path,
-            calib=self.train.x,
+            calib=self.train.x if ota is None else ota.calib,
             quant=quant,
             io=None if quant == "none" else self.recipe.convert.io,
-            calib_samples=self.recipe.convert.calib_samples,
-            seed=self.recipe.seed,
+            calib_samples=self.recipe.convert.calib_samples if ota is None else ota.samples,
+            seed=self.recipe.seed if ota is None else ota.seed,
             profile=self.profile if last else None,
             in_process=True,
         )

@@ -1,0 +1,184 @@
+"""``ota_base``: a new version optimized against the one devices run keeps its delta small.
+
+v1 is the digits reference model through ``optimize`` (int8). v2 is the same model with its
+head fine-tuned one epoch on other data (the rest frozen), optimized with that other data:
+with ``ota_base: v1`` it is calibrated with v1's samples and its delta to v1 is a few percent
+of its xz size; without, its calibration (other data) moves every scale and the delta grows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_one_error_line
+from tfedge.errors import RecipeError
+from tfedge.optimize.recipe import load_recipe, parse_recipe
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _recipe(folder: Path, base: str, extra: str = "") -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(
+        f"schema_version: 1\npasses: []\nconvert: {{quant: int8}}\n"
+        f"ota_base: {{model: {base}{extra}}}\n"
+    )
+    return path
+
+
+def _fine_tune_head(digits, out: Path) -> tuple[Path, Path]:
+    """The digits model with its last layer trained one epoch on other data; that data."""
+    from tfedge._tf import import_keras, import_tf
+
+    k, tf = import_keras(), import_tf()
+    train = np.load(digits.train)
+    other = out / "other.npz"
+    np.savez(other, x=train["x"][1::2][::-1], y=train["y"][1::2][::-1])
+    model = k.models.load_model(digits.model)
+    for layer in model.layers[:-1]:
+        layer.trainable = False
+    tf.keras.utils.set_random_seed(1)
+    model.compile(
+        optimizer=k.optimizers.Adam(1e-3),
+        loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    data = np.load(other)
+    model.fit(data["x"], data["y"], epochs=1, batch_size=32, shuffle=False, verbose=0)
+    model.save(out / "v2.keras")
+    return out / "v2.keras", other
+
+
+@pytest.fixture(scope="module")
+def versions(digits, tmp_path_factory):
+    from tfedge.optimize.pipeline import optimize
+
+    d = tmp_path_factory.mktemp("ota_base")
+    v1 = optimize(digits.model, "int8", digits.train, digits.test, d / "v1")
+    v2_model, other = _fine_tune_head(digits, d)
+    recipe = _recipe(d, "v1/model.tflite")
+    with_base = optimize(v2_model, recipe, other, digits.test, d / "v2")
+    without = optimize(v2_model, "int8", other, digits.test, d / "v2-plain")
+    return {"dir": d, "v1": v1, "with": with_base, "without": without, "v2": v2_model}
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_a_head_fine_tune_with_ota_base_has_a_small_delta(versions):
+    from tfedge.optimize.ota_base import delta_summary
+
+    v1, with_base = versions["v1"], versions["with"]
+    recorded = json.loads(Path(v1.output_dir, "report.json").read_text())["calibration"]
+    assert (recorded["seed"], recorded["samples"], len(recorded["data_sha256"])) == (0, 256, 64)
+    report = json.loads(Path(with_base.output_dir, "report.json").read_text())
+    section = report["ota_base"]
+    assert section == with_base.ota_base and section["calibration_matched"] is True
+    assert report["calibration"]["data_sha256"] == recorded["data_sha256"]
+    assert section["delta_share_of_xz"] < 0.05, section  # measured 1,040 B, 2.6%
+    # without ota_base, the other data calibrates v2: scales move, the delta grows
+    plain = delta_summary(v1.model, Path(versions["without"].model))
+    assert plain["delta_bytes"] > 1.3 * section["delta_bytes"], (plain, section)  # 1,628 B
+    assert "OTA delta from the base" in Path(with_base.output_dir, "report.md").read_text()
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_unknown_calibration_is_said_in_the_report(versions, digits, tmp_path):
+    """A base whose calibration data cannot be found: calibrated with this run's data,
+    and the report says so; a calibration_data that is not the base's is an error."""
+    import shutil
+
+    from tfedge.io.data import load_data
+    from tfedge.optimize.ota_base import plan
+
+    base = tmp_path / "base"
+    base.mkdir()
+    shutil.copy(versions["v1"].model, base / "model.tflite")
+    report = json.loads(Path(versions["v1"].output_dir, "report.json").read_text())
+    report["calibration"]["data"] = str(tmp_path / "gone.npz")
+    (base / "report.json").write_text(json.dumps(report))
+    other = load_data(versions["dir"] / "other.npz")
+    recipe = load_recipe(_recipe(tmp_path, "base/model.tflite"))
+    unmatched = plan(recipe, other)
+    assert not unmatched.matched and "could not find the data" in unmatched.note
+    assert unmatched.calib is None  # this run's data calibrates
+    matched = plan(recipe, load_data(digits.train))  # --data is the base's data
+    assert matched.matched and matched.calib is not None
+    np.savez(tmp_path / "x.npz", x=np.zeros((4, 8, 8, 1), np.float32), y=np.zeros(4))
+    wrong = load_recipe(_recipe(tmp_path, "base/model.tflite", ", calibration_data: x.npz"))
+    with pytest.raises(RecipeError, match="is not the data"):
+        plan(wrong, other)
+
+
+@pytest.mark.tf
+def test_freeze_and_signature_checks(digits, digits_int8, tmp_path):
+    from tfedge._tf import import_keras
+    from tfedge.optimize.ota_base import check_signature, freeze
+
+    k = import_keras()
+    model = k.models.load_model(digits.model)
+    assert [layer.name for layer in model.layers][0] == "conv1"
+    assert freeze(model, ("conv1", "fc*")) == ["conv1", "fc1"]
+    assert not model.layers[0].trainable and model.layers[-1].trainable
+    with pytest.raises(RecipeError, match="'nope' names no layer") as err:
+        freeze(model, ("nope",))
+    assert err.value.hint
+    check_signature(model, str(digits_int8))  # same inputs and outputs: no error
+    other = k.Sequential([k.layers.InputLayer(input_shape=(5,)), k.layers.Dense(3)])
+    with pytest.raises(RecipeError, match="has inputs \\(8, 8, 1\\), the model \\(5\\)"):
+        check_signature(other, str(digits_int8))
+
+
+def test_recipe_option_is_validated(tmp_path):
+    (tmp_path / "v1.tflite").write_bytes(b"x")
+    recipe = load_recipe(_recipe(tmp_path, "v1.tflite", ", freeze: head"))
+    assert recipe.ota_base.model == str(tmp_path / "v1.tflite")
+    assert recipe.ota_base.freeze == ("head",)
+    assert "ota_base" in recipe.to_dict() and "ota_base" not in load_recipe("int8").to_dict()
+    again = parse_recipe(recipe.text, str(tmp_path / "recipe.yaml"), tmp_path)
+    assert again == recipe
+    with pytest.raises(RecipeError, match="ota_base: model file .*missing.tflite does not exist"):
+        load_recipe(_recipe(tmp_path, "missing.tflite"))
+    with pytest.raises(RecipeError, match="unknown option 'frozen'") as err:
+        load_recipe(_recipe(tmp_path, "v1.tflite", ", frozen: [head]"))
+    assert "freeze" in err.value.hint
+    override = load_recipe("int8", [f"ota_base.model={tmp_path / 'v1.tflite'}"])
+    assert override.ota_base.model == str(tmp_path / "v1.tflite")
+
+
+def test_missing_base_is_one_clear_error(run_cli, tmp_path):
+    recipe = _recipe(tmp_path, "missing.tflite")
+    for name in ("m.keras", "d.npz", "e.npz"):
+        (tmp_path / name).write_bytes(b"")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("recipes", "check", recipe, expect=1)
+    assert_one_error_line(result, "ota_base", "missing.tflite", "does not exist")
+    result = run_cli(
+        "optimize", tmp_path / "m.keras", "-r", recipe, "--data", tmp_path / "d.npz",
+        "--eval", tmp_path / "e.npz",
+        "-o", tmp_path / "out", expect=1,
+    )  # fmt: skip
+    assert_one_error_line(result, "ota_base", "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_a_base_of_another_model_is_refused_before_anything_trains(versions, digits, tmp_path):
+    """Through optimize: the worker checks the base against the model; nothing is written."""
+    from tfedge._tf import import_keras, import_tf
+    from tfedge.errors import RecipeError as Refused
+    from tfedge.optimize.pipeline import optimize
+
+    k, tf = import_keras(), import_tf()
+    other = k.Sequential([k.layers.InputLayer(input_shape=(5,)), k.layers.Dense(3)])
+    converter = tf.lite.TFLiteConverter.from_keras_model(other)
+    (tmp_path / "other.tflite").write_bytes(converter.convert())
+    recipe = _recipe(tmp_path, "other.tflite")
+    with pytest.raises(Refused, match="other.tflite has inputs \\(5\\), the model \\(8, 8, 1\\)"):
+        optimize(versions["v2"], recipe, digits.train, digits.test, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
