@@ -73,7 +73,8 @@ def bench_push(work: Path, rounds: int) -> dict:
     server = hh.start_sshd(work / "sshd")
     home = work / "home"
     home.mkdir()
-    os.environ["HOME"] = str(home)  # never read the user's ~/.ssh
+    user_home = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)  # never read the user's ~/.ssh (restored after the pushes)
     device = work / "device" / "model"
     opts = dict(
         python=sys.executable, key=str(server.user_key), known_hosts=str(server.known_hosts)
@@ -92,6 +93,8 @@ def bench_push(work: Path, rounds: int) -> dict:
             log(f"push {i + 1}/{rounds}: {wall:.2f} s {result.seconds}")
     finally:
         server.stop()
+        if user_home is not None:  # the emulated root is found under the user's ~/.cache
+            os.environ["HOME"] = user_home
     walls = [r["wall"] for r in runs]
     return {
         "model_bytes": models[0].stat().st_size,
