@@ -1,13 +1,29 @@
 #!/usr/bin/env python3
-"""Search benchmark (issue 15): a small ``tfedge search`` on digits, against the built-ins.
+"""Search benchmark (issue 15): ``tfedge search`` on digits against every built-in recipe.
 
-Runs the search on the digits reference model on the local CPU (relative budgets: no
-profile), then measures the built-in recipes ``int8`` (the int8 post-training baseline) and
-``prune-cluster-qat`` the same way (optimize, then bench with the space's settings), and
-checks them against the search's budgets. Prints a table and writes
-bench-results/search.{json,md}.
+Measures the built-in recipes (``int8``, the int8 post-training baseline, and the others)
+on the target, then runs one search on the digits reference model with relative budgets
+(latency <= 0.5 x the int8 post-training p50 on the same target, gzip bytes <= 0.1 x the
+float32 .tflite by default). While the search runs, its study is read every ``--every``
+seconds and the results so far are written (labelled partial), so a stopped run still leaves
+a table; ``--report-only`` rewrites them from an existing ``--keep`` OUTDIR.
 
-Usage: python scripts/bench_search.py [--trials 12] [--workers 1] [--seed 0] [--space FILE]
+Writes ``OUT/NAME.json``, ``OUT/NAME.md``, ``OUT/NAME.svg`` (hypervolume against trials) and
+``OUT/NAME-front.svg`` (score against p50 latency, as the search's report).
+
+The hypervolume is that of the trials so far on (accuracy up, p50 down, gzip bytes down),
+each axis normalised to its reference: accuracy from ``--hv-accuracy`` (0.9) to 1, latency
+from 0 to the reference, gzip bytes from 0 to the reference. Two reference points:
+``budgets`` (the budgets themselves: only trials that meet every budget count) and ``wide``
+(1.0 x the int8 post-training p50, 1.0 x the float32 bytes).
+
+The verdict: does one trial dominate or match every built-in on (accuracy, p50, gzip bytes),
+i.e. accuracy >= and p50 <= and gzip <= each built-in's? The moonshot: a trial >= 2x faster
+than int8 post-training (the search's own baseline) with at most 1 point less accuracy.
+
+Usage:
+    python scripts/bench_search.py [--target qemu --profile rpi4] [--trials 30]
+        [--space FILE] [--name search-qemu] [--keep DIR] [--report-only]
 """
 
 from __future__ import annotations
@@ -17,159 +33,576 @@ import json
 import platform
 import sys
 import tempfile
+import threading
 import time
+from html import escape
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tfedge  # noqa: E402
-from tfedge.optimize.recipe import load_recipe  # noqa: E402
-from tfedge.search import search  # noqa: E402
-from tfedge.search.objectives import Inputs, TrialRunner  # noqa: E402
 from tfedge.search.space import load_space  # noqa: E402
-from tfedge.zoo.reference import build_reference  # noqa: E402
 
-BUILTINS = ("int8", "prune-cluster-qat")
+BUILTINS = ("int8", "prune-cluster-qat", "max-compress", "distill-lowrank-int8")
+KEYS = ("accuracy", "score", "p50_ms", "gzip_bytes", "tflite_bytes", "peak_rss_mb")
+
+
+# ---- measuring -------------------------------------------------------------------------------
 
 
 def figures(row: dict | None) -> dict | None:
     """The figures compared in the table (None for none)."""
     if row is None:
         return None
-    keys = ("accuracy", "score", "p50_ms", "gzip_bytes", "tflite_bytes", "peak_rss_mb")
-    return {k: row.get(k) for k in keys}
+    return {k: row.get(k) for k in KEYS}
 
 
-def excess(budgets: list[dict], row: dict) -> list[float]:
-    value = {
-        "latency": "p50_ms",
-        "size": "gzip_bytes",
-        "ram": "peak_rss_mb",
-        "bytes": "tflite_bytes",
+def measure_builtins(names, inputs, space, work: Path, cache: Path) -> list[dict]:
+    """Each built-in recipe optimized and benchmarked as a trial (cached in ``cache``)."""
+    from tfedge.optimize.recipe import load_recipe
+    from tfedge.search.objectives import TrialRunner
+
+    done = json.loads(cache.read_text()) if cache.is_file() else []
+    have = {row["recipe"] for row in done}
+    for name in names:
+        if name in have:
+            continue
+        print(f"built-in {name} on {inputs.target} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        measured = TrialRunner(inputs, space.measure)(load_recipe(name), work / name)
+        row = {"recipe": name, **(figures(measured.to_dict()) or {})}
+        row["seconds"] = round(time.monotonic() - started, 1)
+        done.append(row)
+        cache.write_text(json.dumps(done, indent=2) + "\n")
+    return [row for row in done if row["recipe"] in names]
+
+
+def run_search(args, ref, space, outdir: Path):
+    from tfedge.search import search
+
+    return search(
+        ref.model,
+        ref.train,
+        ref.test,
+        outdir,
+        target=args.target,
+        profile=args.profile,
+        space=space,
+        trials=args.trials,
+        workers=args.workers,
+        seed=args.seed,
+        progress=True,
+    )
+
+
+def read_study(outdir: Path, space, target: str) -> dict | None:
+    """The trials, budgets and baseline stored so far in ``outdir``'s study (None: none yet)."""
+    import optuna
+
+    from tfedge.search import study as st
+    from tfedge.search.objectives import Measured, relative_budgets
+
+    url = st.storage_url(outdir, None, 1)
+    if not (outdir / st.SQLITE).is_file() and not (outdir / st.JOURNAL).is_file():
+        return None
+    st.quiet_optuna()
+    storage = st.open_storage(url)
+    names = optuna.get_all_study_names(storage)
+    if not names:
+        return None
+    study = optuna.load_study(study_name=names[0], storage=storage)
+    baseline = study.user_attrs.get("baseline")
+    if not baseline:
+        return None
+    base = Measured.from_dict(baseline["measured"])
+    budgets = [b.to_dict() for b in relative_budgets(space.budgets, base, target)]
+    return {
+        "study": names[0],
+        "trials": st.rows(study),
+        "failed": st.failures(study),
+        "budgets": budgets,
+        "baseline": figures(baseline["measured"]),
     }
-    return [round(row[value[b["name"]]] / b["limit"] - 1.0, 4) for b in budgets]
 
 
-def measure_builtin(name: str, inputs: Inputs, space, work: Path, budgets: list[dict]) -> dict:
-    started = time.monotonic()
-    measured = TrialRunner(inputs, space.measure)(load_recipe(name), work / name)
-    row = figures(measured.to_dict()) or {}
-    row["excess"] = excess(budgets, row)
-    row["feasible"] = all(e <= 0 for e in row["excess"])
-    row["seconds"] = round(time.monotonic() - started, 1)
-    return {"recipe": name, **row}
+# ---- analysis --------------------------------------------------------------------------------
 
 
-def cell(row: dict | None) -> list[str]:
-    if row is None:
-        return ["-", "-", "-"]
+def area_2d(points: list[tuple[float, float]]) -> float:
+    """Area of the union of boxes [0, x] x [0, y]."""
+    area, top = 0.0, 0.0
+    for x, y in sorted(points, reverse=True):  # widest first; each adds the strip above
+        if y > top:
+            area += x * (y - top)
+            top = y
+    return area
+
+
+def hypervolume(points: list[tuple[float, float, float]]) -> float:
+    """Volume of the union of boxes [0, g] (gains, larger is better), by slicing on axis 0."""
+    pts = [p for p in points if min(p) > 0]
+    volume = 0.0
+    levels = sorted({p[0] for p in pts}, reverse=True)
+    for i, level in enumerate(levels):
+        below = levels[i + 1] if i + 1 < len(levels) else 0.0
+        slab = [(p[1], p[2]) for p in pts if p[0] >= level]
+        volume += (level - below) * area_2d(slab)
+    return volume
+
+
+def gains(row: dict, ref: dict) -> tuple[float, float, float]:
+    """``row``'s normalised gains over the reference point (each in [0, 1] when better)."""
+    low = ref["accuracy"]
+    return (
+        (row["accuracy"] - low) / (1.0 - low),
+        1.0 - row["p50_ms"] / ref["p50_ms"],
+        1.0 - row["gzip_bytes"] / ref["gzip_bytes"],
+    )
+
+
+def references(budgets: list[dict], ratios, accuracy: float) -> dict[str, dict]:
+    """The two reference points: the budgets, and 1.0 x the int8 p50 and the float32 bytes."""
+    limit = {b["name"]: b["limit"] for b in budgets}
+    lat, size = limit.get("latency"), limit.get("size")
+    refs: dict[str, dict] = {}
+    if lat is not None and size is not None:
+        refs["budgets"] = {"accuracy": accuracy, "p50_ms": lat, "gzip_bytes": size}
+        refs["wide"] = {
+            "accuracy": accuracy,
+            "p50_ms": lat / ratios.latency,
+            "gzip_bytes": size / ratios.size,
+        }
+    return refs
+
+
+def hv_series(trials: list[dict], refs: dict[str, dict]) -> dict[str, list[float]]:
+    """Hypervolume of the trials numbered <= n, for n = 0 .. the last trial."""
+    last = max((t["number"] for t in trials), default=-1)
+    series = {}
+    for name, ref in refs.items():
+        values = []
+        for n in range(last + 1):
+            values.append(
+                round(hypervolume([gains(t, ref) for t in trials if t["number"] <= n]), 6)
+            )
+        series[name] = values
+    return series
+
+
+def covers(trial: dict, builtin: dict) -> bool:
+    """``trial`` dominates or matches ``builtin`` on (accuracy, p50, gzip bytes)."""
+    return (
+        trial["accuracy"] >= builtin["accuracy"]
+        and trial["p50_ms"] <= builtin["p50_ms"]
+        and trial["gzip_bytes"] <= builtin["gzip_bytes"]
+    )
+
+
+def verdict(trials: list[dict], builtins: list[dict]) -> dict:
+    """Which trials dominate or match every built-in; per built-in, which trials do."""
+    per = {b["recipe"]: [t["number"] for t in trials if covers(t, b)] for b in builtins}
+    every = [t for t in trials if builtins and all(covers(t, b) for b in builtins)]
+    ok = [t for t in every if all(e <= 0 for e in t["excess"])]
+    return {
+        "per_builtin": per,
+        "trials_covering_all": [t["number"] for t in every],
+        "feasible_trials_covering_all": [t["number"] for t in ok],
+        "yes": bool(every),
+    }
+
+
+def moonshot(trials: list[dict], baseline: dict) -> dict:
+    """Trials >= 2x faster than the int8 post-training baseline at <= 1 point accuracy drop."""
+    hits = [
+        t
+        for t in trials
+        if t["p50_ms"] <= baseline["p50_ms"] / 2 and t["accuracy"] >= baseline["accuracy"] - 0.01
+    ]
+    fastest = min(
+        (t for t in trials if t["accuracy"] >= baseline["accuracy"] - 0.01),
+        key=lambda t: t["p50_ms"],
+        default=None,
+    )
+    return {
+        "hits": [t["number"] for t in hits],
+        "fastest_within_1_point": fastest
+        and {
+            "number": fastest["number"],
+            "speedup": round(baseline["p50_ms"] / fastest["p50_ms"], 3),
+            "accuracy": fastest["accuracy"],
+        },
+    }
+
+
+def formats(trials: list[dict]) -> dict:
+    """Per quantization of the trials with no pass (the format alone): its fastest p50, and
+    the fastest format."""
+    found: dict[str, dict] = {}
+    for t in trials:
+        if t["recipe"].get("passes"):
+            continue
+        quant = str(t["recipe"]["convert"]["quant"])
+        if quant not in found or t["p50_ms"] < found[quant]["p50_ms"]:
+            found[quant] = {"number": t["number"], "p50_ms": t["p50_ms"], **_sizes(t)}
+    fastest = min(found, key=lambda q: found[q]["p50_ms"], default=None)
+    return {"by_quant": found, "fastest": fastest}
+
+
+def _sizes(row: dict) -> dict:
+    return {k: row[k] for k in ("accuracy", "tflite_bytes", "gzip_bytes")}
+
+
+def analyse(res: dict, found: dict, space, hv_accuracy: float) -> None:
+    """Fill ``res`` from a study read (``found``): trials, front, hypervolume, verdicts."""
+    from tfedge.search import pareto
+
+    trials = found["trials"]
+    front = pareto.pareto_front(trials)
+    refs = references(found["budgets"], space.budgets, hv_accuracy)
+    res["search"] = {
+        "study": found["study"],
+        "trials": len(trials),
+        "failed": len(found["failed"]),
+        "failures": found["failed"],
+        "budgets": found["budgets"],
+        "baseline": found["baseline"],
+        "front_size": len(front),
+        "best": front[0] if front else None,
+        "closest": [] if front else pareto.closest(trials, found["budgets"]),
+        "front": [{**(figures(r) or {}), "number": r["number"]} for r in front],
+        "rows": trials,
+    }
+    builtins = res.get("builtins", [])
+    for b in builtins:
+        ex = [_excess(budget, b) for budget in found["budgets"]]
+        b["excess"], b["feasible"] = ex, all(e <= 0 for e in ex)
+    res["hypervolume"] = {
+        "reference": refs,
+        "series": hv_series(trials, refs),
+        "builtins": {
+            name: round(hypervolume([gains(b, ref) for b in builtins]), 6)
+            for name, ref in refs.items()
+        },
+    }
+    res["verdict"] = verdict(trials, builtins)
+    res["moonshot"] = moonshot(trials, found["baseline"])
+    res["formats"] = formats(trials)
+
+
+def _excess(budget: dict, row: dict) -> float:
+    from tfedge.search.pareto import MEASURES
+
+    return round(row[MEASURES[budget["name"]]] / budget["limit"] - 1.0, 4)
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def cell(row: dict) -> str:
     acc = f"{100 * row['accuracy']:.2f}%" if row.get("accuracy") is not None else "-"
-    return [acc, f"{row['p50_ms']:.3f}", str(row["gzip_bytes"])]
+    return f"{acc} | {row['p50_ms']:.3f} | {row['gzip_bytes']}"
+
+
+def recipe_text(recipe: dict) -> str:
+    parts = []
+    for step in recipe.get("passes", []):
+        for name, opts in step.items():
+            main = {k: v for k, v in opts.items() if k != "epochs"}
+            parts.append(f"{name} {','.join(str(v) for v in main.values())}".strip())
+    parts.append(str(recipe.get("convert", {}).get("quant")))
+    return " + ".join(parts)
 
 
 def markdown(res: dict) -> str:
-    s = res["search"]
+    where = f"{res['target']}" + (f", profile {res['profile']}" if res["profile"] else "")
+    state = "PARTIAL (the run was stopped or is still going)" if res["partial"] else "complete"
     lines = [
-        "# Search benchmark (digits, local CPU, relative budgets)",
+        f"# Search benchmark ({res['reference']}, {where}, relative budgets)",
         "",
-        f"{res['host']}; tfedge {res['version']}; {res['date']}",
+        f"{res['host']}; tfedge {res['version']}; {res['date']}; {state}",
         "",
-        f"- trials: {s['trials']} measured, {s['failed']} failed, workers {res['workers']}, "
-        f"{s['seconds']:.0f} s for the search ({res['seconds']:.0f} s in all)",
+    ]
+    s = res.get("search")
+    if s is None:
+        return "\n".join(lines + ["No trial measured yet."]) + "\n"
+    lines += [
+        f"- space: `{json.dumps(res['space'])}`",
+        f"- trials: {s['trials']} measured of {res['trials_wanted']} wanted, {s['failed']} failed, "
+        f"workers {res['workers']}, {res['seconds']:.0f} s so far",
+        f"- emulated: {res['emulated']} (timings are relative only; never a device's)",
+        f"- int8 post-training baseline of the search: {cell(s['baseline'])} (accuracy | p50 ms "
+        "| gzip B)",
         f"- Pareto front (feasible): {s['front_size']} trials",
     ]
     lines += [
-        f"- budget: {b['name']} <= {b['limit']:.4g} {b['unit']} ({b['how']})" for b in s["budgets"]
+        f"- budget ({b['kind']}): {b['name']} <= {b['limit']:.4g} {b['unit']} ({b['how']})"
+        for b in s["budgets"]
     ]
-    lines += ["", "| model | accuracy | p50 ms | gzip B | feasible |", "|---|---|---|---|---|"]
+    lines += ["", "| model | recipe | accuracy | p50 ms | gzip B | feasible |"]
+    lines += ["|---|---|---|---|---|---|"]
     best = s["best"]
     if best is not None:
         lines.append(
-            f"| search best (trial {best['number']}) | " + " | ".join(cell(best)) + " | yes |"
+            f"| search best (trial {best['number']}) | {recipe_text(best['recipe'])} | "
+            f"{cell(best)} | yes |"
         )
     else:
-        lines.append("| search best | none feasible | - | - | - |")
-    for row in res["builtins"]:
-        label = row["recipe"] + (
-            " (int8 post-training baseline)" if row["recipe"] == "int8" else ""
+        lines.append("| search best | none feasible | - | - | - | - |")
+    v = res["verdict"]
+    for n in v["trials_covering_all"][:3]:
+        t = next(r for r in s["rows"] if r["number"] == n)
+        ok = "yes" if all(e <= 0 for e in t["excess"]) else "no"
+        lines.append(
+            f"| trial {n} (covers every built-in) | {recipe_text(t['recipe'])} | {cell(t)} | {ok} |"
         )
-        ok = "yes" if row["feasible"] else "no"
-        lines.append(f"| {label} | " + " | ".join(cell(row)) + f" | {ok} |")
-    if best is None and s["closest"]:
+    for row in res.get("builtins", []):
+        ok = "yes" if row.get("feasible") else "no"
+        lines.append(f"| built-in {row['recipe']} | - | {cell(row)} | {ok} |")
+    hv = res["hypervolume"]
+    lines += ["", "## Verdict", ""]
+    if not res.get("builtins"):
+        lines.append("No built-in measured (--builtins '').")
+    elif v["yes"]:
+        lines.append(
+            f"YES: trial(s) {', '.join(map(str, v['trials_covering_all']))} dominate or match "
+            "every built-in on (accuracy, p50, gzip bytes)"
+            + (
+                f"; within every budget: {', '.join(map(str, v['feasible_trials_covering_all']))}"
+                if v["feasible_trials_covering_all"]
+                else "; none of them within every budget"
+            )
+        )
+    else:
+        lines.append("NO: no trial dominates or matches every built-in on (accuracy, p50, gzip).")
+    for name, nums in v["per_builtin"].items():
+        lines.append(f"- {name}: matched or dominated by {len(nums)} trial(s) {nums[:8]}")
+    m = res["moonshot"]
+    fast = m["fastest_within_1_point"]
+    f = res["formats"]
+    if f["fastest"] is not None:
+        lines += ["", "## Formats (trials with no pass: the format alone)", ""]
         lines += [
-            "",
-            "Closest trials: "
-            + "; ".join(f"{c['number']}: {', '.join(c['over'])}" for c in s["closest"]),
+            "| quant | trial | p50 ms | accuracy | bytes | gzip B |",
+            "|---|---|---|---|---|---|",
         ]
+        for quant, row in sorted(f["by_quant"].items(), key=lambda kv: kv[1]["p50_ms"]):
+            lines.append(
+                f"| {quant} | {row['number']} | {row['p50_ms']:.3f} | "
+                f"{100 * row['accuracy']:.2f}% | {row['tflite_bytes']} | {row['gzip_bytes']} |"
+            )
+        by = f["by_quant"]
+        line = f"Fastest format on {res['target']} ({res['host']}): {f['fastest']}"
+        if "int8" in by and "none" in by:
+            line += f"; int8 vs float32 speed-up {by['none']['p50_ms'] / by['int8']['p50_ms']:.2f}x"
+        lines += ["", line + "."]
     lines += [
         "",
-        "The built-ins are measured once each, after the search, with the space's benchmark "
-        "settings; p50 latencies of 10-20 us on a shared machine vary by up to 2x between "
-        "runs (compare the int8 row with the search's own int8 baseline in the budget line).",
+        "Moonshot (>= 2x faster than int8 post-training at <= 1 point drop): "
+        + (f"YES, trials {m['hits']}" if m["hits"] else "not reached")
+        + (
+            f"; fastest within 1 point: trial {fast['number']}, {fast['speedup']}x, "
+            f"{100 * fast['accuracy']:.2f}%"
+            if fast
+            else ""
+        ),
+        "",
+        "## Hypervolume",
+        "",
+        f"Normalised (0..1) on (accuracy from {res['hv_accuracy']} to 1, p50, gzip bytes). "
+        "Reference `budgets`: the budgets (only trials within them count); `wide`: 1.0 x int8 "
+        "p50 and 1.0 x float32 bytes.",
+        "",
+        "| after trial | " + " | ".join(hv["series"]) + " |",
+        "|---|" + "---|" * len(hv["series"]),
     ]
-    if best is not None:
-        lines += ["", f"Best trial's recipe: `{json.dumps(best['recipe'])}`"]
+    last = max((len(x) for x in hv["series"].values()), default=0)
+    for n in range(last):
+        if n % 5 == 4 or n == last - 1:
+            lines.append(
+                f"| {n} | " + " | ".join(f"{x[n]:.4f}" for x in hv["series"].values()) + " |"
+            )
+    lines.append(
+        "| built-ins together | " + " | ".join(f"{x:.4f}" for x in hv["builtins"].values()) + " |"
+    )
+    if best is None and s["closest"]:
+        from tfedge.search.pareto import closest_lines
+
+        lines += ["", "Closest trials:", ""] + [f"- {x}" for x in closest_lines(s["closest"])]
+    if s["failures"]:
+        lines += ["", "Failed trials:", ""]
+        lines += [f"- {f['number']}: {f['error']}" for f in s["failures"]]
+    lines += [
+        "",
+        "## All trials",
+        "",
+        "| trial | recipe | accuracy | p50 ms | gzip B | feasible |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in s["rows"]:
+        ok = "yes" if all(e <= 0 for e in t["excess"]) else "no"
+        lines.append(f"| {t['number']} | {recipe_text(t['recipe'])} | {cell(t)} | {ok} |")
+    lines += [
+        "",
+        "The built-ins are measured once each, before the search, on the same target with the "
+        "space's benchmark settings; the search's int8 baseline is measured again by the search.",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def hv_svg(res: dict) -> str:
+    """Hypervolume against trials: one line per reference, the built-ins' as dashed lines."""
+    w, h, m = 560, 300, 48
+    hv = res["hypervolume"]
+    series = hv["series"]
+    n = max((len(x) for x in series.values()), default=1)
+    top = max([max(x, default=0) for x in series.values()] + list(hv["builtins"].values()) + [1e-9])
+    top *= 1.1
+
+    def at(i: float, v: float) -> str:
+        return f"{m + i / max(n - 1, 1) * (w - 2 * m):.1f},{h - m - v / top * (h - 2 * m):.1f}"
+
+    colours = {"budgets": "#1f77b4", "wide": "#2ca02c"}
+    parts = [
+        f'<rect width="{w}" height="{h}" fill="white"/>',
+        f'<line x1="{m}" y1="{h - m}" x2="{w - m}" y2="{h - m}" stroke="black"/>',
+        f'<line x1="{m}" y1="{h - m}" x2="{m}" y2="{m}" stroke="black"/>',
+        f'<text x="{m}" y="{m - 20}" font-size="12">hypervolume (accuracy, p50, gzip) vs trials '
+        f"- {escape(res['reference'])}, {escape(res['target'])}</text>",
+        f'<text x="{w / 2}" y="{h - 10}" font-size="11" text-anchor="middle">trial</text>',
+    ]
+    for k in range(5):
+        v = top * k / 4
+        parts.append(
+            f'<text x="{m - 4}" y="{at(0, v).split(",")[1]}" font-size="10" '
+            f'text-anchor="end">{v:.3g}</text>'
+        )
+    for i in range(0, n, 5):
+        x = at(i, 0).split(",")[0]
+        parts.append(
+            f'<text x="{x}" y="{h - m + 14}" font-size="10" text-anchor="middle">{i}</text>'
+        )
+    for k, (name, values) in enumerate(series.items()):
+        colour = colours.get(name, "#444")
+        pts = " ".join(at(i, v) for i, v in enumerate(values))
+        parts.append(
+            f'<polyline class="hv" data-ref="{name}" fill="none" stroke="{colour}" '
+            f'stroke-width="2" points="{pts}"/>'
+        )
+        y = at(0, hv["builtins"][name]).split(",")[1]
+        parts.append(
+            f'<line class="builtins" x1="{m}" y1="{y}" x2="{w - m}" y2="{y}" stroke="{colour}" '
+            f'stroke-dasharray="6 4"/>'
+        )
+        parts.append(
+            f'<text x="{w - m - 200}" y="{m + 14 * k}" font-size="10" fill="{colour}">'
+            f"ref {name}: search (line), built-ins (dashed)</text>"
+        )
+    body = "\n".join(parts)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+        f'viewBox="0 0 {w} {h}" font-family="sans-serif">\n{body}\n</svg>\n'
+    )
+
+
+def write(res: dict, out: Path, name: str) -> str:
+    from tfedge.search import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    text = markdown(res)
+    (out / f"{name}.md").write_text(text)
+    if "hypervolume" in res:
+        (out / f"{name}.svg").write_text(hv_svg(res))
+        s = res["search"]
+        front = plots.scatter_svg(s["rows"], s["budgets"], "p50_ms")
+        (out / f"{name}-front.svg").write_text(front)
+    return text
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def snapshot(res, outdir, space, args, start, partial: bool) -> str | None:
+    found = read_study(outdir, space, args.target)
+    res["partial"] = partial
+    res["seconds"] = round(time.monotonic() - start, 1)
+    if found is None:
+        return None
+    analyse(res, found, space, args.hv_accuracy)
+    return write(res, args.out, args.name)
+
+
+def watch(stop: threading.Event, *snap_args) -> None:
+    while not stop.wait(snap_args[-1]):
+        try:
+            snapshot(*snap_args[:-1], partial=True)
+        except Exception as exc:  # noqa: BLE001  (a read while a trial writes: try again)
+            print(f"(partial results not written: {exc})", file=sys.stderr, flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--reference", default="digits", help="a reference model (digits, vww)")
+    parser.add_argument("--target", default="local", help="local or qemu")
+    parser.add_argument("--profile", default=None, help="e.g. rpi4 (with --target qemu)")
+    parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--space", default=None, help="a space .yaml (default: the default space)")
+    parser.add_argument("--builtins", default=",".join(BUILTINS), help="comma-separated")
+    parser.add_argument("--hv-accuracy", type=float, default=0.9)
+    parser.add_argument("--every", type=float, default=60.0, help="seconds between partial writes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--name", default=None, help="file stem (default search or search-qemu)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the search's OUTDIR here")
+    parser.add_argument("--report-only", action="store_true", help="rewrite from --keep's study")
     args = parser.parse_args()
+    args.name = args.name or ("search" if args.target == "local" else f"search-{args.target}")
     start = time.monotonic()
-    ref = build_reference("digits", ROOT / "models")
     space = load_space(args.space)
     res: dict = {
         "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "version": tfedge.__version__,
         "date": time.strftime("%F"),
+        "reference": args.reference,
+        "target": args.target,
+        "profile": args.profile,
+        "emulated": args.target == "qemu",
         "workers": args.workers,
+        "trials_wanted": args.trials,
+        "hv_accuracy": args.hv_accuracy,
         "space": space.to_dict(),
     }
     with tempfile.TemporaryDirectory(prefix="tfedge-search-") as tmp:
-        work = Path(tmp)
-        out = args.keep or work / "search"
-        result = search(
-            ref.model,
-            ref.train,
-            ref.test,
-            out,
-            space=space,
-            trials=args.trials,
-            workers=args.workers,
-            seed=args.seed,
-            progress=True,
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        outdir = work / "search"
+        names = [n for n in args.builtins.split(",") if n]
+        if args.report_only:
+            cache = work / "builtins.json"
+            res["builtins"] = json.loads(cache.read_text()) if cache.is_file() else []
+            print(snapshot(res, outdir, space, args, start, partial=True) or "no study yet")
+            return 0
+        from tfedge.search.objectives import Inputs
+        from tfedge.zoo.reference import build_reference
+
+        ref = build_reference(args.reference, ROOT / "models")
+        inputs = Inputs(ref.model, ref.train, ref.test, args.target, args.profile)
+        res["builtins"] = measure_builtins(
+            names, inputs, space, work / "builtins", work / "builtins.json"
         )
-        res["search"] = {
-            "trials": len(result.trials),
-            "failed": len(result.failed),
-            "seconds": result.seconds,
-            "front_size": len(result.front),
-            "budgets": result.budgets,
-            "best": result.best
-            and {
-                **figures(result.best),
-                "number": result.best["number"],
-                "recipe": result.best["recipe"],
-            },
-            "closest": result.closest,
-            "front": [{**figures(r), "number": r["number"]} for r in result.front],
-        }
-        inputs = Inputs(ref.model, ref.train, ref.test, "local")
-        res["builtins"] = [
-            measure_builtin(name, inputs, space, work, result.budgets) for name in BUILTINS
-        ]
-    res["seconds"] = round(time.monotonic() - start, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    text = markdown(res)
-    (args.out / "search.md").write_text(text)
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=watch, args=(stop, res, outdir, space, args, start, args.every), daemon=True
+        )
+        watcher.start()
+        try:
+            run_search(args, ref, space, outdir)
+        finally:
+            stop.set()
+            watcher.join()
+        text = snapshot(res, outdir, space, args, start, partial=False)
     print(text)
     return 0
 
