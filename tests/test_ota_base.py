@@ -59,7 +59,7 @@ def versions(digits, tmp_path_factory):
     d = tmp_path_factory.mktemp("ota_base")
     v1 = optimize(digits.model, "int8", digits.train, digits.test, d / "v1")
     v2_model, other = _fine_tune_head(digits, d)
-    recipe = _recipe(d, "v1/model.tflite")
+    recipe = _recipe(d, "v1/model.tflite", ", pin_scales: always")
     with_base = optimize(v2_model, recipe, other, digits.test, d / "v2")
     without = optimize(v2_model, "int8", other, digits.test, d / "v2-plain")
     return {"dir": d, "v1": v1, "with": with_base, "without": without, "v2": v2_model}
@@ -77,10 +77,33 @@ def test_a_head_fine_tune_with_ota_base_has_a_small_delta(versions):
     section = report["ota_base"]
     assert section == with_base.ota_base and section["calibration_matched"] is True
     assert report["calibration"]["data_sha256"] == recorded["data_sha256"]
-    assert section["delta_share_of_xz"] < 0.05, section  # measured 1,040 B, 2.6%
+    unpinned = section["unpinned"]
+    assert unpinned["delta_share_of_xz"] < 0.05, section  # measured 1,040 B, 2.6%
     # without ota_base, the other data calibrates v2: scales move, the delta grows
     plain = delta_summary(v1.model, Path(versions["without"].model))
-    assert plain["delta_bytes"] > 1.3 * section["delta_bytes"], (plain, section)  # 1,628 B
+    assert plain["delta_bytes"] > 1.3 * unpinned["delta_bytes"], (plain, section)  # 1,628 B
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_pinned_scales_are_the_base_s_and_shrink_the_delta(versions):
+    """pin_scales: always: model.tflite takes v1's quantization parameters (re-run and
+    re-evaluated: kept only within 1 point of the unpinned model) and its delta shrinks."""
+    from tfedge.convert.tflite_model import read_tflite
+
+    v1, with_base = versions["v1"], versions["with"]
+    section = with_base.ota_base
+    assert section["scales_pinned"] and section["pinning"]["tensors"] > 0, section
+    assert section["delta_bytes"] < section["unpinned"]["delta_bytes"]  # measured 556 < 1,040
+    pinning = section["pinning"]
+    assert 100 * (pinning["accuracy_unpinned"] - pinning["accuracy"]) <= 1.0
+    base, pinned = read_tflite(v1.model), read_tflite(with_base.model)
+    assert [(t.scale, t.zero_point) for t in base.tensors] == [
+        (t.scale, t.zero_point) for t in pinned.tensors
+    ]
+    stage = read_tflite(Path(with_base.output_dir, with_base.final.tflite))
+    assert [t.scale for t in stage.tensors] != [t.scale for t in base.tensors]  # unpinned kept
+    assert "pinned to the base's" in Path(with_base.output_dir, "report.md").read_text()
     assert "OTA delta from the base" in Path(with_base.output_dir, "report.md").read_text()
 
 
@@ -145,6 +168,8 @@ def test_recipe_option_is_validated(tmp_path):
     with pytest.raises(RecipeError, match="unknown option 'frozen'") as err:
         load_recipe(_recipe(tmp_path, "v1.tflite", ", frozen: [head]"))
     assert "freeze" in err.value.hint
+    with pytest.raises(RecipeError, match="ota_base.pin_scales = 'yes' is not one of"):
+        load_recipe(_recipe(tmp_path, "v1.tflite", ", pin_scales: 'yes'"))
     override = load_recipe("int8", [f"ota_base.model={tmp_path / 'v1.tflite'}"])
     assert override.ota_base.model == str(tmp_path / "v1.tflite")
 
@@ -180,5 +205,9 @@ def test_a_base_of_another_model_is_refused_before_anything_trains(versions, dig
     recipe = _recipe(tmp_path, "other.tflite")
     with pytest.raises(Refused, match="other.tflite has inputs \\(5\\), the model \\(8, 8, 1\\)"):
         optimize(versions["v2"], recipe, digits.train, digits.test, tmp_path / "out")
+    from tfedge.optimize.pin_scales import pin_scales
+
+    raw = Path(versions["v1"].model).read_bytes()
+    assert pin_scales((tmp_path / "other.tflite").read_bytes(), raw)[0] is None  # not the same
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

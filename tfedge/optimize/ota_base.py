@@ -34,7 +34,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -58,6 +58,16 @@ class OtaBaseConfig(Config):
         default=None,
         description="the data the base was calibrated with; default: --data or the file "
         "its report.json names, whichever matches",
+    )
+    pin_scales: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="give model.tflite the base's quantization scales (then run and evaluate "
+        "it again; kept only if it loses at most max_accuracy_drop, default 1 point, against "
+        "the unpinned model and makes the delta smaller); auto: when the delta is over "
+        "pin_above of the model's xz size",
+    )
+    pin_above: float = Field(
+        default=0.15, gt=0, le=1, description="delta share of the xz size over which auto pins"
     )
 
 
@@ -102,6 +112,9 @@ class Plan:
     calibration: dict = field(default_factory=dict)  # the record this run writes
     matched: bool = False
     note: str = ""
+    pin_scales: str = "auto"
+    pin_above: float = 0.15
+    max_drop: float = 1.0  # percentage points the pinned model may lose
 
 
 def calibration_record(data, seed: int, samples: int) -> dict:
@@ -136,6 +149,9 @@ def plan(recipe, train) -> Plan:
         freeze=tuple(config.freeze),
         seed=recipe.seed,
         samples=recipe.convert.calib_samples,
+        pin_scales=config.pin_scales,
+        pin_above=config.pin_above,
+        max_drop=1.0 if recipe.max_accuracy_drop is None else recipe.max_accuracy_drop,
     )
     record = _base_record(Path(config.model))
     if record is None:
@@ -269,25 +285,82 @@ def delta_summary(base: str, new: Path) -> dict:
     return summary
 
 
-def extend_reports(work: Path, recipe, train, ota: Plan | None) -> dict | None:
-    """Add the calibration record (every run) and the ``ota_base`` section (with a base) to
-    report.json and report.md in ``work``; the ``ota_base`` section."""
+def finish(work: Path, ota: Plan, evals, final) -> dict:
+    """The ``ota_base`` section of the reports: the delta from the base to model.tflite in
+    ``work``; first, when ``ota.pin_scales`` asks, model.tflite pinned to the base's scales
+    if the pinned model runs, loses at most ``ota.max_drop`` points against ``final`` (the
+    last stage) on ``evals`` and has a smaller delta."""
+    model = work / "model.tflite"
+    section: dict[str, Any] = {
+        "model": ota.model,
+        "sha256": ota.base_sha256,
+        "freeze": list(ota.freeze),
+        "calibration_matched": ota.matched,
+        "calibration_note": ota.note,
+        **delta_summary(ota.model, model),
+        "scales_pinned": False,
+    }
+    wanted = ota.pin_scales == "always" or (
+        ota.pin_scales == "auto" and section["delta_share_of_xz"] > ota.pin_above
+    )
+    if not wanted:
+        return section
+    pinning = _pin(work, ota, evals, final, section["delta_bytes"])
+    if pinning.pop("kept"):
+        unpinned = {k: section[k] for k in section if k.startswith(("delta", "bytes_changed"))}
+        section.update(delta_summary(ota.model, model), scales_pinned=True, unpinned=unpinned)
+    section["pinning"] = pinning
+    return section
+
+
+def _pin(work: Path, ota: Plan, evals, final, delta_bytes: int) -> dict:
+    """Try the base's scales on model.tflite; replace it when the result is good enough."""
+    import os
+
+    from tfedge.analyze.evaluate import evaluate
+    from tfedge.errors import TfedgeError
+    from tfedge.optimize.pin_scales import pin_scales
+
+    model = work / "model.tflite"
+    raw, changed, why = pin_scales(Path(ota.model).read_bytes(), model.read_bytes())
+    if raw is None:
+        return {"kept": False, "why": f"not pinned: {why}"}
+    trial = work / ".pinned.tflite"
+    trial.write_bytes(raw)
+    try:
+        accuracy = evaluate(trial, evals).accuracy  # in a child: a rewritten flatbuffer
+    except TfedgeError as exc:
+        trial.unlink()
+        return {"kept": False, "why": f"the pinned model does not run: {exc.message}"}
+    result = {"tensors": changed, "accuracy": accuracy, "accuracy_unpinned": final.accuracy}
+    if accuracy is None or final.accuracy is None:
+        why = "no accuracy to compare (data without labels)"
+    elif 100 * (final.accuracy - accuracy) > ota.max_drop:
+        why = f"it lost {100 * (final.accuracy - accuracy):.2f} points (limit {ota.max_drop:g})"
+    elif len(_delta(ota.model, trial)) >= delta_bytes:
+        why = "it did not make the delta smaller"
+    else:
+        os.replace(trial, model)
+        return {**result, "kept": True, "why": ""}
+    trial.unlink()
+    return {**result, "kept": False, "why": f"pinned model not kept: {why}"}
+
+
+def _delta(base: str, new: Path) -> bytes:
+    from tfedge.ota.delta import compute_delta
+
+    return compute_delta(Path(base).read_bytes(), new.read_bytes())
+
+
+def extend_reports(work: Path, recipe, train, ota: Plan | None, section: dict | None) -> None:
+    """Add the calibration record (every run) and the ``ota_base`` ``section`` (with a base)
+    to report.json and report.md in ``work``."""
     report_path = work / REPORT
     report = json.loads(report_path.read_text())
     if ota is None:
         report["calibration"] = calibration_record(train, recipe.seed, recipe.convert.calib_samples)
-        section = None
     else:
         report["calibration"] = ota.calibration
-        section = {
-            "model": ota.model,
-            "sha256": ota.base_sha256,
-            "freeze": list(ota.freeze),
-            "calibration_matched": ota.matched,
-            "calibration_note": ota.note,
-            **delta_summary(ota.model, work / "model.tflite"),
-            "scales_pinned": False,
-        }
         report["ota_base"] = section
     from tfedge.fsutil import write_bytes_atomic
 
@@ -295,7 +368,6 @@ def extend_reports(work: Path, recipe, train, ota: Plan | None) -> dict | None:
     if section is not None:
         md = work / "report.md"
         write_bytes_atomic(md, (md.read_text() + "\n" + markdown(section) + "\n").encode())
-    return section
 
 
 def markdown(section: dict) -> str:
@@ -311,7 +383,22 @@ def markdown(section: dict) -> str:
         f"**{section['delta_bytes']:,} bytes**, {shares}; "
         f"{section['bytes_changed']:,} of {section['model_bytes']:,} bytes differ. "
         f"Frozen layers: {frozen}. Calibration: {section['calibration_note']}. "
-        "Quantization scales were not pinned to the base's."
+        + _pinning_line(section)
+    )
+
+
+def _pinning_line(section: dict) -> str:
+    pinning = section.get("pinning")
+    if pinning is None:
+        return "Quantization scales: not pinned (the delta is under pin_above, or never)."
+    if not section["scales_pinned"]:
+        return f"Quantization scales: {pinning['why']}."
+    was = section["unpinned"]
+    return (
+        f"Quantization scales: **pinned to the base's** ({pinning['tensors']} tensors; "
+        f"delta {was['delta_bytes']:,} B before; accuracy {100 * pinning['accuracy']:.2f}% "
+        f"against {100 * pinning['accuracy_unpinned']:.2f}% unpinned, stages/ hold the "
+        "unpinned models)."
     )
 
 

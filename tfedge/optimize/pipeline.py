@@ -73,6 +73,7 @@ from tfedge.io.data import Dataset, load_data
 from tfedge.optimize.html_report import optimize_html, sensitivity_plot
 from tfedge.optimize.ota_base import Plan as OtaPlan
 from tfedge.optimize.ota_base import extend_reports
+from tfedge.optimize.ota_base import finish as ota_finish
 from tfedge.optimize.ota_base import plan as ota_plan
 from tfedge.optimize.recipe import Recipe, load_recipe
 from tfedge.optimize.resume import (
@@ -201,6 +202,7 @@ def _optimize(
                 raise
             raise failure from None
         keras = runner.finish()
+        delta = None if ota is None else ota_finish(work, ota, evals, runner.stages[-1])
         measure_channel_groups(work, runner.stages, model, target, say)
         if target is not None:
             time_stages(work, runner.stages, target, say)
@@ -209,8 +211,13 @@ def _optimize(
         resumed = previous.summary() if previous else None
         if ota is not None and not ota.matched:
             notes.append(f"ota_base: {ota.note}")
+        if delta is not None and delta["scales_pinned"]:
+            notes.append(
+                "ota_base: model.tflite has the base's quantization scales (its accuracy is in "
+                "report.json ota_base.pinning); the last stage's row is of the unpinned model"
+            )
         _write_reports(work, recipe, runner.stages, seconds, keras["keras_model"], notes, resumed)
-        delta = extend_reports(work, recipe, train, ota)
+        extend_reports(work, recipe, train, ota, delta)
         if ota is not None and delta is not None and say:
             say(f"ota_base: {ota.note}; delta {delta['delta_bytes']:,} bytes")
     return OptimizeResult(
