@@ -20,6 +20,10 @@
    the delta against decompressing the xz form (time, peak memory of a child process) on
    this host, and the time ratio under qemu as a Cortex-A53 (the emulated root of
    ``tfedge emulator setup``; skipped without it; emulated memory is not reported).
+   And the digits model through ``tfedge optimize`` (v1: int8), then a head-only and a full
+   fine-tune (one epoch on other data) through ``optimize`` with the recipe option
+   ``ota_base: v1`` (v1's calibration samples; scales pinned when the delta is over 15% of
+   the xz size) and without it.
 
 Writes bench-results/ota.json and bench-results/ota.md.
 
@@ -382,11 +386,73 @@ def bench_bytes(work: Path) -> dict:
     out = {}
     pairs = {
         "digits, head-only fine-tune": _head_only_digits(work / "digits"),
+        **_ota_base_digits(work / "ota_base"),
         "10 MB dense, last layer edited": _head_edited_big(work / "big"),
     }
-    for label, (v1, v2) in pairs.items():
+    for n, (label, (v1, v2)) in enumerate(pairs.items()):
         log(f"bytes over the wire: {label}")
-        out[label] = _wire_bytes(work / label.split(",")[0].replace(" ", "_"), v1, v2)
+        out[label] = _wire_bytes(work / f"wire{n}", v1, v2)
+        if label in _OTA_SECTIONS:
+            out[label]["ota_base"] = _OTA_SECTIONS[label]
+    return out
+
+
+_OTA_SECTIONS: dict[str, dict] = {}  # label -> optimize's report.json ota_base section
+
+
+def _ota_base_digits(out: Path) -> dict[str, tuple[Path, Path]]:
+    """v1: the digits reference model through ``optimize`` (int8, its training data). v2: a
+    head-only (the rest frozen) or full fine-tune of it, one epoch on other data (the odd
+    half of the training set, reversed), through ``optimize`` with that data: with the
+    recipe's ``ota_base: v1`` (v1's calibration samples) or without (the other data
+    calibrates)."""
+    from tfedge.optimize.pipeline import optimize
+
+    out.mkdir(parents=True, exist_ok=True)
+    source = REPO / "models" / "digits"
+    train, test = source / "train.npz", source / "test.npz"
+    v1 = Path(optimize(source / "model.keras", "int8", train, test, out / "v1").model)
+    other = out / "other.npz"
+    data = _np().load(train)
+    _np().savez(other, x=data["x"][1::2][::-1], y=data["y"][1::2][::-1])
+    recipe = out / "ota_base.yaml"
+    recipe.write_text(
+        "schema_version: 1\npasses: []\nconvert: {quant: int8}\n"
+        "ota_base: {model: v1/model.tflite}\n"
+    )
+    pairs = {}
+    for kind, head_only in (("head-only", True), ("full", False)):
+        model = _fine_tuned(source / "model.keras", other, out / f"{kind}.keras", head_only)
+        for label, how in (("with ota_base", recipe), ("without ota_base", "int8")):
+            result = optimize(model, how, other, test, out / f"{kind}-{label.split()[0]}")
+            pairs[f"digits, {kind} fine-tune {label}"] = (v1, Path(result.model))
+            if result.ota_base:
+                _OTA_SECTIONS[f"digits, {kind} fine-tune {label}"] = result.ota_base
+    return pairs
+
+
+def _np():
+    import numpy as np
+
+    return np
+
+
+def _fine_tuned(model_path: Path, data_path: Path, out: Path, head_only: bool) -> Path:
+    """The model trained one epoch on ``data_path`` (seed 1): only its last layer, or all."""
+    import tensorflow as tf
+    import tf_keras as k
+
+    model = k.models.load_model(model_path)
+    for layer in model.layers[:-1]:
+        layer.trainable = not head_only
+    tf.keras.utils.set_random_seed(1)
+    model.compile(
+        optimizer=k.optimizers.Adam(1e-3),
+        loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    data = _np().load(data_path)
+    model.fit(data["x"], data["y"], epochs=1, batch_size=32, shuffle=False, verbose=0)
+    model.save(out)
     return out
 
 
@@ -644,8 +710,38 @@ def markdown(result: dict) -> str:
             for kind, size in b["bytes"].items()
             if size is not None
         ]
+        lines += _delta_goal_lines(label, b)
         lines += _apply_lines(b["apply"])
     return "\n".join(lines) + "\n"
+
+
+_GOALS = {  # issue 16's goals for the delta, as a share of the full zstd target
+    "head-only fine-tune with ota_base": " (goal <= 15%, moonshot 5%)",
+    "full fine-tune with ota_base": " (goal <= 40%)",
+}
+
+
+def _delta_goal_lines(label: str, b: dict) -> list[str]:
+    zstd = b["bytes"].get("zstd -19 (size, not served)")
+    delta = b["bytes"].get("delta (served, device holding v1)")
+    if not zstd or not delta:
+        return []
+    goal = next((text for key, text in _GOALS.items() if key in label), "")
+    lines = [f"| **delta / zstd -19** | | **{100 * delta / zstd:.1f}%**{goal} |"]
+    section = b.get("ota_base")
+    if section:
+        pinning = section.get("pinning") or {}
+        if section["scales_pinned"]:
+            pinned = (
+                f"pinned to v1's ({pinning['tensors']} tensors; unpinned delta "
+                f"{section['unpinned']['delta_bytes']:,} B); accuracy "
+                f"{100 * pinning['accuracy']:.2f}% vs {100 * pinning['accuracy_unpinned']:.2f}%"
+            )
+        else:
+            pinned = pinning.get("why") or "not pinned (delta under pin_above)"
+        calibration = "v1's samples" if section["calibration_matched"] else "not v1's"
+        lines.append(f"| optimize with ota_base: calibration {calibration}; scales {pinned} | | |")
+    return lines
 
 
 def _fleet_lines(f: dict) -> list[str]:
