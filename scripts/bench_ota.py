@@ -591,6 +591,8 @@ with open(src, "rb") as s, open(out, "wb") as o:
             delta.apply_delta(s, b, o, base_sha, sha, int(length))
     elif kind == "xz":
         decompress.decompress_stream(s, o, "lzma", int(length))
+if kind == "sha256":  # the check the agent runs on every staged model, whatever its path
+    assert sha256_file(src) == sha
 seconds = time.perf_counter() - start
 # VmHWM: this process's own peak (ru_maxrss would include the forking parent's)
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -609,7 +611,7 @@ def _apply_cost(work: Path, v1: Path, v2: Path) -> dict:
 
     raw = v2.read_bytes()
     _, blob = delta_form(v1.read_bytes(), raw)
-    files = {"delta": work / "v2.tfdelta", "xz": work / "v2.tflite.xz", "idle": v2}
+    files = {"delta": work / "v2.tfdelta", "xz": work / "v2.tflite.xz", "idle": v2, "sha256": v2}
     files["delta"].write_bytes(blob)
     files["xz"].write_bytes(compression.compress(raw, "lzma"))
     sha = hashlib.sha256(raw).hexdigest()
@@ -635,7 +637,7 @@ def _cost_runs(
             [*python, "-c", _COST, *args], env=env, capture_output=True, text=True, check=True
         )
         runs.append(json.loads(proc.stdout))
-        assert args[0] == "idle" or out.read_bytes() == raw
+        assert args[0] in ("idle", "sha256") or out.read_bytes() == raw
     return {
         "seconds": statistics.median(r["seconds"] for r in runs),
         "peak_rss_kb": max(r["peak_rss_kb"] for r in runs),
@@ -659,7 +661,7 @@ def _emulated_cost(args: dict[str, list[str]], out: Path, raw: bytes) -> dict:
     try:
         seconds = {
             kind: _cost_runs(python, child_env, args[kind], out, raw)["seconds"]
-            for kind in ("delta", "xz")
+            for kind in ("delta", "xz", "sha256")
         }
     except subprocess.CalledProcessError as exc:
         log(f"the emulated apply cost failed: {exc.stderr[-500:]}")
@@ -669,6 +671,7 @@ def _emulated_cost(args: dict[str, list[str]], out: Path, raw: bytes) -> dict:
         "python": f"Debian {emulator.SUITE} arm64 python3.11, numpy {env.numpy_version}",
         "delta_s": seconds["delta"],
         "xz_s": seconds["xz"],
+        "sha256_s": seconds["sha256"],
         "delta_over_xz": round(seconds["delta"] / seconds["xz"], 2),
         "note": "emulated with qemu-user: a time ratio for comparison only; the times are "
         "not a device's and qemu's memory includes the emulator (not reported)",
@@ -772,11 +775,14 @@ def _fleet_lines(f: dict) -> list[str]:
 
 
 def _apply_lines(a: dict) -> list[str]:
+    """The device-side cost rows. The delta's time includes its own sha256 check of what it
+    wrote; the agent then checks the staged model's sha256 on either path (``sha256``)."""
     ratio = a["delta"]["seconds"] / a["xz"]["seconds"]
+    ms = {kind: f"{a[kind]['seconds'] * 1000:.1f} ms" for kind in ("delta", "xz", "sha256")}
     lines = [
-        "| device: apply the delta / decompress xz (this host, median of 3) "
-        f"| {a['delta']['seconds'] * 1000:.1f} ms / {a['xz']['seconds'] * 1000:.1f} ms "
-        f"| {ratio:.2f}x |",
+        "| device: apply the delta (its sha256 check included) / decompress xz "
+        f"(this host, median of 3) | {ms['delta']} / {ms['xz']} | {ratio:.2f}x |",
+        f"| device: the sha256 check of the staged model, on either path | {ms['sha256']} | |",
         "| device: peak RSS of the child process (this host; idle child: "
         f"{a['idle']['peak_rss_kb']:,} KB) "
         f"| {a['delta']['peak_rss_kb']:,} KB / {a['xz']['peak_rss_kb']:,} KB | |",
@@ -785,8 +791,9 @@ def _apply_lines(a: dict) -> list[str]:
     if "delta_over_xz" in e:
         lines.append(
             f"| emulated {e['qemu_cpu']} (qemu-user): apply the delta / decompress xz, "
-            f"time ratio (median of 3; emulated, not a device's times or memory) "
-            f"| **{e['delta_over_xz']:.2f}x** | |"
+            "time ratio (median of 3; emulated: not a device's times, memory not reported) "
+            f"| **{e['delta_over_xz']:.2f}x** (sha256 check / xz: "
+            f"{e['sha256_s'] / e['xz_s']:.2f}x) | |"
         )
     elif e:
         lines.append(f"| emulated Cortex-A53 | skipped: {e.get('skipped')} | |")
