@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from tfedge.config import Config, did_you_mean, json_schema, validate
 from tfedge.errors import RecipeError
@@ -73,9 +73,27 @@ class ConvertConfig(Config):
     calib_samples: int = Field(
         default=256, ge=1, le=1 << 20, description="training samples that calibrate int8"
     )
+    precision: dict[str, Literal["int16", "float"]] = Field(
+        default_factory=dict,
+        description="per Keras layer of an int8 model: int16 activations (int8 weights) or "
+        "float32; the rest int8 (as `tfedge convert --int16 / --float`)",
+    )
+
+    @model_validator(mode="after")
+    def _precision_is_for_int8(self) -> ConvertConfig:
+        if self.precision and (self.quant != "int8" or self.io not in (None, "int8")):
+            raise ValueError(
+                f"precision applies to quant int8 with io int8, not quant {self.quant}"
+                + (f" io {self.io}" if self.io else "")
+                + " (hint: use quant: int8, or drop precision)"
+            )
+        return self
 
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if not data["precision"]:  # the default: a recipe from before precision hashes the same
+            del data["precision"]
+        return data
 
 
 class Recipe(Config):
@@ -142,6 +160,7 @@ class Recipe(Config):
         """The recipe as a file would hold it, every option spelt out (JSON/YAML values)."""
         data = self.model_dump(mode="json", exclude={"passes"})
         data["passes"] = [{p.pass_name: p.to_dict()} for p in self.passes]
+        data["convert"] = self.convert.to_dict()
         fields = [k for k in type(self).model_fields if k != "ota_base" or self.ota_base]
         return {key: data[key] for key in fields}
 
@@ -347,6 +366,11 @@ def _check_order(recipe: Recipe) -> None:
         raise RecipeError(
             f"qat must be the last pass (order: {' -> '.join(names)})",
             "tfmot cannot strip QAT wrappers: move qat to the end",
+        )
+    if "qat" in names and recipe.convert.precision:
+        raise RecipeError(
+            "convert.precision re-quantizes the float model, but qat trains int8 ranges",
+            "drop the qat pass, or drop convert.precision",
         )
     if "qat" in names and recipe.convert.quant != "int8":
         raise RecipeError(

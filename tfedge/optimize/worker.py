@@ -237,6 +237,10 @@ class Session:
             check_signature(self.model, ota.model)
             freeze(self.model, ota.freeze)
         self.ctx = pass_context(recipe, self.model, train, evals, self.progress, self.say)
+        if ota is not None and ota.freeze:  # frozen in every model a pass trains
+            from tfedge.optimize.ota_base import freezing
+
+            self.ctx.compile = freezing(self.ctx.compile, ota.freeze)
         self.ctx.applied = tuple(recipe.pass_names[:done])
         for p in recipe.passes[done:]:
             p.check(self.model, self.ctx)
@@ -283,10 +287,6 @@ class Session:
         p = self.recipe.passes[index]
         started = time.perf_counter()
         self.ctx.seed_all()
-        if self.ota is not None and self.ota.freeze:
-            from tfedge.optimize.ota_base import freeze
-
-            freeze(self.model, self.ota.freeze, strict=False)
         try:
             result = p.apply(self.model, self.ctx)
         except TfedgeError as exc:
@@ -392,17 +392,20 @@ class Session:
 
         started = time.perf_counter()
         ota = self.ota if self.ota is not None and self.ota.calib is not None else None
-        convert(
-            source,
-            path,
-            calib=self.train.x if ota is None else ota.calib,
-            quant=quant,
-            io=None if quant == "none" else self.recipe.convert.io,
-            calib_samples=self.recipe.convert.calib_samples if ota is None else ota.samples,
-            seed=self.recipe.seed if ota is None else ota.seed,
-            profile=self.profile if last else None,
-            in_process=True,
-        )
+        options = {
+            "calib": self.train.x if ota is None else ota.calib,
+            "calib_samples": self.recipe.convert.calib_samples if ota is None else ota.samples,
+            "seed": self.recipe.seed if ota is None else ota.seed,
+            "profile": self.profile if last else None,
+        }
+        if last and self.recipe.convert.precision:  # int8 but for the named layers
+            from tfedge.convert.mixed import convert_mixed
+
+            calib = options.pop("calib")
+            convert_mixed(source, path, calib, self.recipe.convert.precision, **options)
+        else:
+            io = None if quant == "none" else self.recipe.convert.io
+            convert(source, path, quant=quant, io=io, in_process=True, **options)
         seconds += time.perf_counter() - started
         return stage_row(name, path, self.evals, quant, seconds, metrics, accuracy, params)
 

@@ -44,6 +44,7 @@ from tfedge.search.objectives import (
     budget_kind,
     relative_budgets,
 )
+from tfedge.search.precision import ranked_layers
 from tfedge.search.space import Space, check_applies, dimensions, for_profile, load_space
 from tfedge.search.study import (
     Settings,
@@ -170,6 +171,11 @@ def search(
         opened = open_study(settings, handle, create=True)
         check_space(opened, space)
         recovered = [] if storage else recover_killed(opened, handle)
+        if measure is None:
+            settings.precision_layers = ranked_layers(space, opened, inputs, out, seed)
+        if settings.precision_layers:
+            names = ", ".join(settings.precision_layers)
+            notes = notes + [f"precision: the layers most sensitive to int8, in order: {names}"]
         settings.budgets = _budgets(kind, prof, space, settings, opened)
         run_workers(settings, workers)
         opened = open_study(settings, handle)

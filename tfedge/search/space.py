@@ -10,6 +10,8 @@ a pass set to ``false`` is left out of the search. The defaults:
     cluster: {clusters: [8, 16, 32]}     # choices
     qat: false                           # may add quantization-aware training (int8 only)
     distill: [false]                     # the channels pass fine-tunes by distillation?
+    precision: false                     # or {layers: 2, choices: [int16, float]}: the most
+                                         # sensitive layers of an int8 model may stay int16/float
     quant: [int8, int16x8, float16, dynamic, float32]
     epochs: [1, 2]                       # fine-tuning epochs of every pass (range)
     budgets: {latency: 0.5, size: 0.1}   # relative budgets on a stand-in target
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,11 +42,13 @@ from tfedge.config import Config, validate
 from tfedge.errors import RecipeError
 
 Quant = Literal["int8", "int16x8", "float16", "dynamic", "float32"]
+LayerPrecision = Literal["int16", "float"]
 INTEGER_QUANTS = ("int8", "int16x8")
 Ratio = Annotated[float, Field(gt=0, le=1)]
 Sparsity = Annotated[float, Field(gt=0, lt=1)]
 Epochs = Annotated[int, Field(ge=0, le=1000)]
 PASS_BLOCKS = ("channels", "low_rank", "prune", "cluster")  # in recipe order
+OPTIONAL_BLOCKS = (*PASS_BLOCKS, "precision")  # ``false`` turns these off
 
 
 def _tuple(value: Any) -> Any:
@@ -105,6 +110,17 @@ class ClusterSpace(Config):
     )
 
 
+class PrecisionSpace(Config):
+    """Per-layer precision of int8 trials: each of the ``layers`` most sensitive layers (ranked
+    once per study, ``tfedge.convert.mixed.rank_layers``) stays int8 or takes one of
+    ``choices`` (``tfedge convert --int16 / --float``)."""
+
+    layers: int = Field(default=2, ge=1, le=8, description="how many of the most sensitive layers")
+    choices: Annotated[tuple[LayerPrecision, ...], AsTuple] = Field(
+        default=("int16", "float"), min_length=1
+    )
+
+
 class RelativeBudgets(Config):
     """Budgets on a stand-in target (local for another device, qemu), against references
     measured on that same target."""
@@ -142,6 +158,7 @@ class Space(Config):
     quant: Annotated[tuple[Quant, ...], AsTuple] = Field(
         default=("int8", "int16x8", "float16", "dynamic", "float32"), min_length=1
     )
+    precision: PrecisionSpace | None = None
     epochs: Annotated[tuple[Epochs, Epochs], AsTuple] = (
         1,
         2,
@@ -153,7 +170,9 @@ class Space(Config):
     @classmethod
     def _false_is_off(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {k: None if (k in PASS_BLOCKS and v is False) else v for k, v in data.items()}
+            return {
+                k: None if (k in OPTIONAL_BLOCKS and v is False) else v for k, v in data.items()
+            }
         return data
 
     @model_validator(mode="after")
@@ -167,6 +186,8 @@ class Space(Config):
         content = self.model_dump(mode="json", exclude={"measure"})
         if self.distill == (False,):  # the default: the hash of a space from before distill
             content.pop("distill")
+        if self.precision is None:  # the default: the hash of a space from before precision
+            content.pop("precision")
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
@@ -196,9 +217,11 @@ def load_space(path: str | Path | None) -> Space:
 
 
 def for_profile(space: Space, requires_full_integer: bool) -> tuple[Space, list[str]]:
-    """``space`` without the float quantizations when the device requires full-integer models."""
+    """``space`` without the float quantizations (and float layers) when the device requires
+    full-integer models."""
     if not requires_full_integer:
         return space, []
+    space, notes = _integer_precision(space)
     kept = tuple(q for q in space.quant if q in INTEGER_QUANTS)
     dropped = [q for q in space.quant if q not in INTEGER_QUANTS]
     if not kept:
@@ -207,8 +230,19 @@ def for_profile(space: Space, requires_full_integer: bool) -> tuple[Space, list[
             "profile requires full-integer models",
             "add int8 (or int16x8) to quant:",
         )
-    notes = [f"quant {', '.join(dropped)} left out: the profile requires full-integer"]
-    return space.model_copy(update={"quant": kept}), notes if dropped else []
+    if dropped:
+        notes.append(f"quant {', '.join(dropped)} left out: the profile requires full-integer")
+    return space.model_copy(update={"quant": kept}), notes
+
+
+def _integer_precision(space: Space) -> tuple[Space, list[str]]:
+    """Float layers left out of the precision block (int16 is integer)."""
+    if space.precision is None or "float" not in space.precision.choices:
+        return space, []
+    kept = tuple(c for c in space.precision.choices if c != "float")
+    precision = space.precision.model_copy(update={"choices": kept}) if kept else None
+    note = "precision float left out: the profile requires full-integer"
+    return space.model_copy(update={"precision": precision}), [note]
 
 
 def dimensions(space: Space) -> dict[str, tuple[str, Any]]:
@@ -237,6 +271,9 @@ def dimensions(space: Space) -> dict[str, tuple[str, Any]]:
         dims["qat"] = ("choice", (False, True))
     if len(space.quant) > 1:
         dims["quant"] = ("choice", space.quant)
+    if space.precision is not None and "int8" in space.quant:
+        for rank in range(space.precision.layers):
+            dims[f"precision.{rank}"] = ("choice", ("int8", *space.precision.choices))
     if space.epochs[0] < space.epochs[1]:
         dims["epochs"] = ("int", space.epochs)
     if not dims:
@@ -260,10 +297,11 @@ def suggest(trial, space: Space) -> dict[str, Any]:
     return params
 
 
-def recipe_data(params: dict[str, Any], space: Space) -> dict:
+def recipe_data(params: dict[str, Any], space: Space, ranked: Sequence[str] = ()) -> dict:
     """The recipe (as a YAML mapping) that ``params`` pick from ``space``.
 
     Constants of the space (one-value ranges and choices) fill in what ``params`` lack.
+    ``ranked``: the model's layers, most sensitive first, that ``precision.N`` refer to.
     """
     epochs = int(params.get("epochs", space.epochs[0]))
     trained = max(1, epochs)  # prune and cluster need at least one epoch
@@ -286,11 +324,17 @@ def recipe_data(params: dict[str, Any], space: Space) -> dict:
     quant = params.get("quant", space.quant[0])
     if quant == "int8" and params.get("qat"):
         passes.append({"qat": {"epochs": trained}})
-    return {
-        "schema_version": 1,
-        "passes": passes,
-        "convert": {"quant": "none" if quant == "float32" else quant},
-    }
+    convert: dict[str, Any] = {"quant": "none" if quant == "float32" else quant}
+    if quant == "int8" and not params.get("qat"):  # a QAT model keeps its own ranges
+        if precision := layer_precision(params, ranked):
+            convert["precision"] = precision
+    return {"schema_version": 1, "passes": passes, "convert": convert}
+
+
+def layer_precision(params: dict[str, Any], ranked: Sequence[str]) -> dict[str, str]:
+    """``{layer: int16|float}`` of the ranked layers whose ``precision.N`` is not int8."""
+    picks = {name: params.get(f"precision.{rank}", "int8") for rank, name in enumerate(ranked)}
+    return {name: pick for name, pick in picks.items() if pick != "int8"}
 
 
 BASELINE_RECIPE = {"schema_version": 1, "passes": [], "convert": {"quant": "int8"}}

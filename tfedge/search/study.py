@@ -80,6 +80,7 @@ class Settings:
     progress: bool = False
     worker: int = 0
     started: float = field(default_factory=time.time)
+    precision_layers: list[str] = field(default_factory=list)  # most sensitive first
 
 
 # ---- storage ---------------------------------------------------------------------------------
@@ -407,7 +408,8 @@ class Objective:
     def _run(self, trial) -> tuple[float, float, float]:
         from tfedge.optimize.recipe import parse_recipe
 
-        data = recipe_data(suggest(trial, self.settings.space), self.settings.space)
+        params = suggest(trial, self.settings.space)
+        data = recipe_data(params, self.settings.space, self.settings.precision_layers)
         trial.set_user_attr("recipe", data)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         recipe = parse_recipe(_yaml(data), f"trial {trial.number}")
@@ -482,7 +484,9 @@ def describe_trial(trial) -> str:
     passes = [
         f"{name} {_main_option(opts)}" for p in recipe.get("passes", []) for name, opts in p.items()
     ]
-    quant = recipe.get("convert", {}).get("quant", "?")
+    convert = recipe.get("convert", {})
+    layers = [f"{layer} {kind}" for layer, kind in convert.get("precision", {}).items()]
+    quant = convert.get("quant", "?") + (f" ({', '.join(layers)})" if layers else "")
     what = ", ".join(passes + [quant])
     if "error" in attrs:
         return f"{what} -> failed: {attrs['error']}"
