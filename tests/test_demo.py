@@ -47,6 +47,10 @@ def test_demo_runs_end_to_end(run_cli, models_root, tmp_path):
     line = next(line for line in out.splitlines() if line.startswith("search (3 trials"))
     assert ("best feasible trial" in line) == (search["best"] is not None)
     assert "shipped to the stand-in device" in out and ": Success, model version 1" in out
+    update = next(line for line in out.splitlines() if line.startswith("fine-tuned digits-int8"))
+    assert "version 1 -> 2 (Success): a " in update and "-byte delta instead of" in update
+    assert "fleet collector: 2 devices reported" in out  # both agents reported
+    assert "digits-int8 version 2 on 1 of 1" in out
     assert (tmp_path / "demo" / "device" / "current").resolve().is_file()
     # the repository was made and published without its root key inside it
     assert (tmp_path / "demo" / "offline-root-key" / "root.pem").is_file()

@@ -93,5 +93,9 @@ def demo_cmd(models_dir, out_dir):
             f"\nshipped to the stand-in device {result.ship.device_dir}: {result.ship.state}, "
             f"model version {result.ship.model_version}, serving {result.ship.serving}"
         )
+        if result.ship.update:
+            click.echo(f"fine-tuned digits-int8 on a second device: {result.ship.update}")
+        if result.ship.fleet:
+            click.echo(f"fleet collector: {result.ship.fleet}")
     for note in result.notes:
         click.echo(note)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tfedge.analyze.evaluate import evaluate
@@ -53,6 +53,28 @@ class ShipResult:
     serving: str | None
     model_version: int | None
     device_dir: str
+    update: str = ""  # how version 2 of the fine-tuned model arrived (6b)
+    fleet: str = ""  # what the fleet collector says the devices run
+
+
+@dataclass
+class _Poll:
+    """One agent poll of the demo: the repository on loopback, the device, its log."""
+
+    url: str
+    root: Path
+    collector: str
+    token: str
+    log: list[str] = field(default_factory=list)
+
+    def __call__(self, device: Path, name: str, device_id: str):
+        from tfedge_device.agent import AgentConfig, poll_once
+
+        config = AgentConfig(
+            self.url, device, name, self.root, report_url=self.collector,
+            report_token=self.token, device_id=device_id,
+        )  # fmt: skip
+        return poll_once(config, log=self.log.append)
 
 
 @dataclass
@@ -145,7 +167,12 @@ def run_demo(
         "6. ship: sign the compressed model into a TUF repository (its root key kept "
         "offline); a device agent pulls, smoke-tests and installs it"
     )
-    shipped = ship_to_stand_in_device(str(out / "optimized" / "model.tflite"), out)
+    say(
+        "6b. a new version: digits' last layer fine-tuned on other data, optimized against the "
+        "version devices run (recipe ota_base: its calibration samples), published with a "
+        "delta; the agents report to a fleet collector"
+    )
+    shipped = ship_to_stand_in_device(str(out / "optimized" / "model.tflite"), out, ref)
     channels = thinner.stage("channels").metrics
     return DemoResult(
         rows=rows,
@@ -159,33 +186,127 @@ def run_demo(
     )
 
 
-def ship_to_stand_in_device(model: str, out: Path) -> ShipResult:
-    """Publish ``model`` to a fresh signed repository on loopback; one agent poll installs it."""
+def ship_to_stand_in_device(model: str, out: Path, ref=None) -> ShipResult:
+    """Publish ``model`` to a fresh signed repository on loopback; one agent poll installs it.
+
+    With ``ref`` (the digits reference), also 6b: a second device runs the int8 digits model
+    (version 1); version 2, its head fine-tuned and optimized with ``ota_base``, is published
+    with deltas and arrives as one. Both agents report to a fleet collector.
+    """
     import shutil
     import threading
 
+    from tfedge.ota.collector import make_collector
     from tfedge.ota.repository import init_repository, make_server, publish
-    from tfedge_device.agent import AgentConfig, poll_once
 
     repo, device, offline = out / "ota-repo", out / "device", out / "offline-root-key"
-    for d in (repo, device, offline):
+    fleet_dir = out / "fleet"
+    for d in (repo, device, offline, fleet_dir, out / "device-2"):
         shutil.rmtree(d, ignore_errors=True)
     offline.mkdir(mode=0o700)
+    fleet_dir.mkdir()
     # the root key lives outside the repository (a removable disk in real life): publishing
     # needs only the targets, snapshot and timestamp keys
     root_json = init_repository(repo, root_keys=[offline / "root.pem"]).root_json
     assert root_json is not None  # a new repository always has its root metadata
-    root = Path(root_json)
     publish(repo, model, "digits", 1)
+    token = secrets_token()
+    tokens = fleet_dir / "tokens.txt"
+    tokens.write_text(f"stand-in {token}\nstand-in-2 {token}x\n")
+    collector = make_collector(tokens, fleet_dir / "fleet.sqlite", port=0)
     server = make_server(repo, port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for service in (server, collector):
+        threading.Thread(target=service.serve_forever, daemon=True).start()
     try:
         url = "http://{}:{}".format(*server.server_address[:2])
-        result = poll_once(AgentConfig(url, device, "digits", root), log=lambda m: None)
+        report = "http://{}:{}/report".format(*collector.server_address[:2])
+        poll = _Poll(url, Path(root_json), report, token)
+        result = poll(device, "digits", "stand-in")
+        update = _delta_update(repo, out, ref, replace(poll, token=token + "x")) if ref else ""
     finally:
-        server.shutdown()
-        server.server_close()
-    return ShipResult(result.state, result.serving, result.model_version, str(device))
+        for service in (server, collector):
+            service.shutdown()
+            service.server_close()
+    shipped = ShipResult(result.state, result.serving, result.model_version, str(device))
+    shipped.update, shipped.fleet = update, _fleet_line(fleet_dir / "fleet.sqlite")
+    return shipped
+
+
+def secrets_token() -> str:
+    import secrets
+
+    return secrets.token_hex(16)
+
+
+def _delta_update(repo: Path, out: Path, ref, poll: _Poll) -> str:
+    """6b: version 1 (int8) installed, then version 2 (head fine-tuned, ``ota_base``) as a delta."""
+    from tfedge.optimize.pipeline import optimize
+    from tfedge.ota.repository import publish
+
+    device = out / "device-2"
+    v1 = optimize(ref.model, "int8", ref.train, ref.test, out / "ota-v1")
+    publish(repo, v1.model, "digits-int8", 1)
+    first = poll(device, "digits-int8", "stand-in-2")
+    v2_keras, other = _fine_tune_head(ref, out)
+    recipe = out / "ota_v2_recipe.yaml"
+    recipe.write_text(OTA_V2_RECIPE.format(base=(out / "ota-v1" / "model.tflite").resolve()))
+    v2 = optimize(str(v2_keras), str(recipe), str(other), ref.test, out / "ota-v2")
+    publish(repo, v2.model, "digits-int8", 2, deltas=2)
+    poll.log.clear()
+    second = poll(device, "digits-int8", "stand-in-2")
+    staged = [line for line in poll.log if line.startswith("model staged from delta")]
+    sent = int(staged[0].split("(")[-1].split()[0]) if staged else None
+    how = f"a {sent:,}-byte delta" if sent is not None else "the whole model (no delta)"
+    return (
+        f"version {first.model_version} -> {second.model_version} ({second.state}): "
+        f"{how} instead of the {os.path.getsize(v2.model):,}-byte model"
+    )
+
+
+OTA_V2_RECIPE = """\
+schema_version: 1
+description: version 2 of digits-int8, its delta to version 1 kept small
+passes: []
+convert: {{quant: int8}}
+ota_base: {{model: {base}}}
+"""
+
+
+def _fine_tune_head(ref, out: Path) -> tuple[Path, Path]:
+    """The digits model with its last layer trained one epoch on the other half of the
+    training data (the rest frozen); that data."""
+    import numpy as np
+
+    from tfedge._tf import import_keras, import_tf, prepare_environment
+
+    prepare_environment(legacy_keras=True)
+    k, tf = import_keras(), import_tf()
+    with np.load(ref.train) as train:
+        x, y = train["x"][1::2][::-1], train["y"][1::2][::-1]
+    other = out / "ota_v2_train.npz"
+    np.savez(other, x=x, y=y)
+    model = k.models.load_model(ref.model)
+    for layer in model.layers[:-1]:
+        layer.trainable = False
+    tf.keras.utils.set_random_seed(1)
+    model.compile(
+        optimizer=k.optimizers.Adam(1e-3),
+        loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0)
+    model.save(out / "ota_v2.keras")
+    return out / "ota_v2.keras", other
+
+
+def _fleet_line(db: Path) -> str:
+    from tfedge.ota.fleet import fleet_view
+
+    view = fleet_view(db)
+    rollout = "; ".join(
+        f"{r['name']} version {r['latest_version']} on {r['devices_on_latest']} of {r['devices']}"
+        for r in view.rollout
+    )
+    return f"{len(view.devices)} devices reported: {rollout}"
 
 
 DEMO_TARGETS = (("local", "local"), ("qemu", "rpi4"))
