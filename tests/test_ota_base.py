@@ -211,3 +211,24 @@ def test_a_base_of_another_model_is_refused_before_anything_trains(versions, dig
     assert pin_scales((tmp_path / "other.tflite").read_bytes(), raw)[0] is None  # not the same
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+@pytest.mark.tf
+def test_frozen_layers_keep_their_weights_through_qat(digits):
+    """tfmot's QAT wrapper trains its layer's kernel even when the layer is not trainable:
+    ``freeze_context`` puts the frozen layers' weights back after every step."""
+    from tfedge._tf import import_keras
+    from tfedge.optimize.ota_base import freeze_context
+    from tfedge.passes.base import PassContext
+    from tfedge.passes.registry import build_pass
+
+    data = np.load(digits.train)
+    model = import_keras().models.load_model(digits.model)
+    before = {w.name: w.numpy().copy() for w in model.weights}
+    ctx = PassContext(x=data["x"][:256].astype(np.float32), y=data["y"][:256])
+    freeze_context(ctx, ("conv*", "fc1"))
+    result = build_pass("qat", {"epochs": 1}, "qat").apply(model, ctx)
+    after = {w.name: w.numpy() for w in result.model.weights if w.name in before}
+    assert sorted(after) == sorted(before)
+    changed = sorted(n for n in after if not np.array_equal(after[n], before[n]))
+    assert changed == ["logits/bias:0", "logits/kernel:0"]

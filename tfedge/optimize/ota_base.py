@@ -247,10 +247,13 @@ def freeze(model, patterns: tuple[str, ...], strict: bool = True) -> list[str]:
     frozen = []
     names = []
     for layer in model.layers:
-        name = getattr(getattr(layer, "layer", None), "name", None) or layer.name
+        inner = getattr(layer, "layer", None)  # a tfmot wrapper lists its layer's weights
+        name = getattr(inner, "name", None) or layer.name
         names.append(name)
         if any(fnmatch.fnmatchcase(n, p) for n in (name, layer.name) for p in patterns):
             layer.trainable = False
+            if inner is not None:
+                inner.trainable = False
             frozen.append(name)
     if strict:
         for pattern in patterns:
@@ -260,6 +263,50 @@ def freeze(model, patterns: tuple[str, ...], strict: bool = True) -> list[str]:
                     did_you_mean(pattern, names, "layers"),
                 )
     return frozen
+
+
+def freeze_context(ctx, patterns: tuple[str, ...]) -> None:
+    """Make every training run of the passes (``ctx.compile`` then ``ctx.fit``) leave the
+    ``patterns`` layers alone: not trainable when compiled, and their weights put back after
+    every training step (a tfmot QAT wrapper trains its layer's kernel even when the layer is
+    not trainable)."""
+    compile_model, fit = ctx.compile, ctx.fit
+
+    def compile_frozen(model, *args, **kwargs):
+        freeze(model, patterns, strict=False)
+        return compile_model(model, *args, **kwargs)
+
+    def fit_frozen(model, epochs, stage, callbacks=None):
+        return fit(model, epochs, stage, [*(callbacks or []), _keeper(model, patterns)])
+
+    ctx.compile, ctx.fit = compile_frozen, fit_frozen
+
+
+def _keeper(model, patterns: tuple[str, ...]):
+    """A Keras callback restoring the weights of the ``patterns`` layers after each step."""
+    from tfedge._tf import import_keras
+
+    variables = [  # a wrapper holds its layer's kernel: the variables named after the layer
+        v
+        for layer in model.layers
+        if any(fnmatch.fnmatchcase(_layer_name(layer), p) for p in patterns)
+        for v in layer.weights
+        if v.name.startswith(_layer_name(layer) + "/")
+    ]
+
+    class Keep(import_keras().callbacks.Callback):  # type: ignore[misc]
+        def on_train_begin(self, logs=None):
+            self.values = [v.numpy() for v in variables]
+
+        def on_train_batch_end(self, batch, logs=None):
+            for variable, value in zip(variables, self.values):
+                variable.assign(value)
+
+    return Keep()
+
+
+def _layer_name(layer) -> str:
+    return getattr(getattr(layer, "layer", None), "name", None) or layer.name
 
 
 # ---- after the run: the delta against the base ---------------------------------------------

@@ -238,9 +238,9 @@ class Session:
             freeze(self.model, ota.freeze)
         self.ctx = pass_context(recipe, self.model, train, evals, self.progress, self.say)
         if ota is not None and ota.freeze:  # frozen in every model a pass trains
-            from tfedge.optimize.ota_base import freezing
+            from tfedge.optimize.ota_base import freeze_context
 
-            self.ctx.compile = freezing(self.ctx.compile, ota.freeze)
+            freeze_context(self.ctx, ota.freeze)
         self.ctx.applied = tuple(recipe.pass_names[:done])
         for p in recipe.passes[done:]:
             p.check(self.model, self.ctx)
