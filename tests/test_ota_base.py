@@ -170,8 +170,11 @@ def test_recipe_option_is_validated(tmp_path):
     assert "freeze" in err.value.hint
     with pytest.raises(RecipeError, match="ota_base.pin_scales = 'yes' is not one of"):
         load_recipe(_recipe(tmp_path, "v1.tflite", ", pin_scales: 'yes'"))
-    override = load_recipe("int8", [f"ota_base.model={tmp_path / 'v1.tflite'}"])
+    override = load_recipe(
+        "int8", [f"ota_base.model={tmp_path / 'v1.tflite'}", "ota_base.pin_scales=never"]
+    )
     assert override.ota_base.model == str(tmp_path / "v1.tflite")
+    assert override.ota_base.pin_scales == "never"
 
 
 def test_missing_base_is_one_clear_error(run_cli, tmp_path):

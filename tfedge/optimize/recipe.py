@@ -440,7 +440,7 @@ def _set_block(data: dict, item: str, block: str, key: str, value: Any) -> None:
             f"override '{item}': {block} has no option '{key}'",
             did_you_mean(key, cls.model_fields, "options"),
         )
-    if block == "ota_base" and isinstance(value, str) and key != "freeze":
+    if block == "ota_base" and isinstance(value, str) and key in ("model", "calibration_data"):
         value = str(Path(value).resolve())  # a path on the command line: from the current folder
     current = data.get(block)
     data[block] = {**(current if isinstance(current, dict) else {}), key: value}
