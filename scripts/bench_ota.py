@@ -28,7 +28,7 @@
 Writes bench-results/ota.json and bench-results/ota.md.
 
 Usage:
-    .venv/bin/python scripts/bench_ota.py     # push + 50 agents (about 1.5 minutes on 2 cores)
+    .venv/bin/python scripts/bench_ota.py     # everything: about 7 minutes on 2 cores
     .venv/bin/python scripts/bench_ota.py --agents 10 --rounds 3
 """
 
