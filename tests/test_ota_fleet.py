@@ -385,47 +385,11 @@ def test_collector_port_in_use_and_bad_db_are_one_error_line(run_cli, tmp_path):
 # ---------------------------------------------------------------- PostgreSQL
 @pytest.fixture(scope="module")
 def postgres():
-    """A PostgreSQL server on loopback in a temporary data directory; its database URL (as
-    tests/test_search.py starts one: initdb refuses root, so it runs as ``postgres``)."""
-    import os
-    import shutil
-    import subprocess
-    import tempfile
+    """A PostgreSQL server on loopback (``tests/pg_server.py``); its database URL."""
+    from tests.pg_server import postgres_server
 
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        pytest.fail("PostgreSQL is not installed: run scripts/dev.sh setup")
-    bin_dir, root = found[-1].parent, Path(tempfile.mkdtemp(prefix="tfedge-fleet-pg-"))
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(root, "postgres")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-
-    def run(*args: str) -> None:
-        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
-
-    data = root / "data"
-    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tfedge", "--no-sync")
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
-    run(
-        str(bin_dir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-o",
-        options,
-        "-w",
-        "-l",
-        str(root / "log"),
-        "start",
-    )
-    try:
-        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tfedge", "fleet")
-        yield f"postgresql://tfedge@127.0.0.1:{port}/fleet"
-    finally:
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_server("fleet") as url:
+        yield url
 
 
 def test_collector_on_postgresql_stores_concurrent_reports(postgres, tmp_path, run_cli):

@@ -9,7 +9,6 @@ runs real trials (optimize + bench on the local target).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -340,60 +339,11 @@ def test_a_killed_trial_is_failed_and_retried(inputs, tmp_path):
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A PostgreSQL server on loopback in a temporary data directory; its database URL.
+    """A PostgreSQL server on loopback (``tests/pg_server.py``); its database URL."""
+    from tests.pg_server import postgres_server
 
-    The directory is made with ``tempfile`` (pytest's are private to root, and initdb, which
-    refuses root, runs as the ``postgres`` user).
-    """
-    import shutil
-    import subprocess
-    import tempfile
-
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        pytest.fail("PostgreSQL is not installed: run scripts/dev.sh setup")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.fail("psycopg is missing: run scripts/dev.sh setup (a test extra)")
-    bin_dir = found[-1].parent
-    root = Path(tempfile.mkdtemp(prefix="tfedge-postgres-"))
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(root, "postgres")  # initdb refuses to run as root
-    port = _free_port()
-
-    def run(*args: str) -> None:
-        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
-
-    data = root / "data"
-    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tfedge", "--no-sync")
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
-    run(
-        str(bin_dir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-o",
-        options,
-        "-w",
-        "-l",
-        str(root / "log"),
-        "start",
-    )
-    try:
-        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tfedge", "study")
-        yield f"postgresql://tfedge@127.0.0.1:{port}/study"
-    finally:
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    with postgres_server("study") as url:
+        yield url
 
 
 @pytest.mark.slow
