@@ -287,3 +287,24 @@ def assert_whole_model(model_dir: Path, allowed: dict[str, Path]) -> str:
 
 def status_of(model_dir: Path) -> dict:
     return json.loads((model_dir / "status.json").read_text())
+
+
+def previous_agent(tmp_path: Path, commit: str) -> tuple[Path, str]:
+    """The device package of ``commit`` extracted from git into ``tmp_path`` (an agent of an
+    earlier release), and the source of its agent.py."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        pytest.fail("needs git and the clone's history for the previous agent")
+    out = tmp_path / "previous"
+    out.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", commit, "device/tfedge_device"],
+        capture_output=True,
+    )
+    if archive.returncode != 0:
+        pytest.fail(f"commit {commit[:12]} is not in this clone (shallow?)")
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    return out / "device", (out / "device" / "tfedge_device" / "agent.py").read_text()

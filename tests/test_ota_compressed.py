@@ -16,7 +16,6 @@ import contextlib
 import io
 import json
 import lzma
-import shutil
 import subprocess
 import sys
 import threading
@@ -179,21 +178,9 @@ def test_zstd_form_for_devices_with_zstandard_and_xz_for_the_others(
 
 def _previous_agent(tmp_path: Path) -> Path:
     """The device package of PREVIOUS_AGENT_COMMIT, extracted from git into ``tmp_path``."""
-    root = oh.REPO_ROOT
-    if shutil.which("git") is None or not (root / ".git").exists():
-        pytest.fail("needs git and the clone's history for the previous agent")
-    out = tmp_path / "previous"
-    out.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(root), "archive", PREVIOUS_AGENT_COMMIT, "device/tfedge_device"],
-        capture_output=True,
-    )
-    if archive.returncode != 0:
-        pytest.fail(f"commit {PREVIOUS_AGENT_COMMIT[:12]} is not in this clone (shallow?)")
-    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
-    source = (out / "device" / "tfedge_device" / "agent.py").read_text()
+    device, source = oh.previous_agent(tmp_path, PREVIOUS_AGENT_COMMIT)
     assert "golden_target" in source and "compressed" not in source  # the schema-2 agent
-    return out / "device"
+    return device
 
 
 @pytest.mark.tf
