@@ -235,9 +235,11 @@ def moonshot(trials: list[dict], baseline: dict) -> dict:
     }
 
 
-def formats(trials: list[dict]) -> dict:
-    """Per quantization of the trials with no pass (the format alone): its fastest p50, and
-    the fastest format."""
+def formats(trials: list[dict], baseline: dict) -> dict:
+    """Per quantization of the trials with no pass (the format alone): its fastest p50; the
+    fastest format; and the pick under a latency budget of 1.0 x the int8 post-training p50
+    (``baseline``), applied to these trials afterwards: the most accurate format at least as
+    fast as int8 (then the fastest)."""
     found: dict[str, dict] = {}
     for t in trials:
         if t["recipe"].get("passes"):
@@ -246,7 +248,9 @@ def formats(trials: list[dict]) -> dict:
         if quant not in found or t["p50_ms"] < found[quant]["p50_ms"]:
             found[quant] = {"number": t["number"], "p50_ms": t["p50_ms"], **_sizes(t)}
     fastest = min(found, key=lambda q: found[q]["p50_ms"], default=None)
-    return {"by_quant": found, "fastest": fastest}
+    within = [q for q in found if found[q]["p50_ms"] <= baseline["p50_ms"]]
+    pick = min(within, key=lambda q: (-found[q]["accuracy"], found[q]["p50_ms"]), default=None)
+    return {"by_quant": found, "fastest": fastest, "pick_within_int8_latency": pick}
 
 
 def _sizes(row: dict) -> dict:
@@ -287,7 +291,7 @@ def analyse(res: dict, found: dict, space, hv_accuracy: float) -> None:
     }
     res["verdict"] = verdict(trials, builtins)
     res["moonshot"] = moonshot(trials, found["baseline"])
-    res["formats"] = formats(trials)
+    res["formats"] = formats(trials, found["baseline"])
 
 
 def _excess(budget: dict, row: dict) -> float:
@@ -310,27 +314,30 @@ def recipe_text(recipe: dict) -> str:
         for name, opts in step.items():
             main = {k: v for k, v in opts.items() if k != "epochs"}
             parts.append(f"{name} {','.join(str(v) for v in main.values())}".strip())
-    parts.append(str(recipe.get("convert", {}).get("quant")))
+    quant = str(recipe.get("convert", {}).get("quant"))
+    parts.append("float32" if quant == "none" else quant)
     return " + ".join(parts)
 
 
 def markdown(res: dict) -> str:
     where = f"{res['target']}" + (f", profile {res['profile']}" if res["profile"] else "")
+    s = res.get("search")
     state = "PARTIAL (the run was stopped or is still going)" if res["partial"] else "complete"
     lines = [
-        f"# Search benchmark ({res['reference']}, {where}, relative budgets)",
+        f"# Search benchmark ({res['reference']}, {where}, "
+        + ("relative budgets)" if s and s["budgets"] else "no budgets)"),
         "",
         f"{res['host']}; tfedge {res['version']}; {res['date']}; {state}",
         "",
     ]
-    s = res.get("search")
     if s is None:
         return "\n".join(lines + ["No trial measured yet."]) + "\n"
     lines += [
         f"- space: `{json.dumps(res['space'])}`",
         f"- trials: {s['trials']} measured of {res['trials_wanted']} wanted, {s['failed']} failed, "
-        f"workers {res['workers']}, {res['seconds']:.0f} s so far",
-        f"- emulated: {res['emulated']} (timings are relative only; never a device's)",
+        f"workers {res['workers']}, {res['seconds']:.0f} s" + (" so far" if res["partial"] else ""),
+        f"- CPU: {res.get('cpu', '?')}"
+        + (", emulated (timings are relative only; never a device's)" if res["emulated"] else ""),
         f"- int8 post-training baseline of the search: {cell(s['baseline'])} (accuracy | p50 ms "
         "| gzip B)",
         f"- Pareto front (feasible): {s['front_size']} trials",
@@ -387,44 +394,38 @@ def markdown(res: dict) -> str:
             "|---|---|---|---|---|---|",
         ]
         for quant, row in sorted(f["by_quant"].items(), key=lambda kv: kv[1]["p50_ms"]):
+            label = "float32 (none)" if quant == "none" else quant
             lines.append(
-                f"| {quant} | {row['number']} | {row['p50_ms']:.3f} | "
+                f"| {label} | {row['number']} | {row['p50_ms']:.3f} | "
                 f"{100 * row['accuracy']:.2f}% | {row['tflite_bytes']} | {row['gzip_bytes']} |"
             )
         by = f["by_quant"]
-        line = f"Fastest format on {res['target']} ({res['host']}): {f['fastest']}"
+        name = "float32" if f["fastest"] == "none" else f["fastest"]
+        line = f"Fastest format on {res['target']} ({res.get('cpu', res['host'])}): {name}"
         if "int8" in by and "none" in by:
             line += f"; int8 vs float32 speed-up {by['none']['p50_ms'] / by['int8']['p50_ms']:.2f}x"
-        lines += ["", line + "."]
-    lines += [
-        "",
-        "Moonshot (>= 2x faster than int8 post-training at <= 1 point drop): "
-        + (f"YES, trials {m['hits']}" if m["hits"] else "not reached")
-        + (
-            f"; fastest within 1 point: trial {fast['number']}, {fast['speedup']}x, "
-            f"{100 * fast['accuracy']:.2f}%"
-            if fast
-            else ""
-        ),
-        "",
-        "## Hypervolume",
-        "",
-        f"Normalised (0..1) on (accuracy from {res['hv_accuracy']} to 1, p50, gzip bytes). "
-        "Reference `budgets`: the budgets (only trials within them count); `wide`: 1.0 x int8 "
-        "p50 and 1.0 x float32 bytes.",
-        "",
-        "| after trial | " + " | ".join(hv["series"]) + " |",
-        "|---|" + "---|" * len(hv["series"]),
-    ]
-    last = max((len(x) for x in hv["series"].values()), default=0)
-    for n in range(last):
-        if n % 5 == 4 or n == last - 1:
-            lines.append(
-                f"| {n} | " + " | ".join(f"{x[n]:.4f}" for x in hv["series"].values()) + " |"
+        pick = f["pick_within_int8_latency"]
+        if pick is not None:
+            line += (
+                f". With a latency budget of 1.0 x int8 post-training "
+                f"({s['baseline']['p50_ms']:.3f} ms) applied to these trials, the most accurate "
+                f"format within it is {'float32' if pick == 'none' else pick}"
             )
-    lines.append(
-        "| built-ins together | " + " | ".join(f"{x:.4f}" for x in hv["builtins"].values()) + " |"
-    )
+        lines += ["", line + "."]
+    if res["reference"] == "digits":
+        lines += [
+            "",
+            "Moonshot (>= 2x faster than int8 post-training at <= 1 point drop): "
+            + (f"YES, trials {m['hits']}" if m["hits"] else "not reached")
+            + (
+                f"; fastest within 1 point: trial {fast['number']}, {fast['speedup']}x, "
+                f"{100 * fast['accuracy']:.2f}%"
+                if fast
+                else ""
+            ),
+        ]
+    if hv["series"]:
+        lines += hv_lines(res)
     if best is None and s["closest"]:
         from tfedge.search.pareto import closest_lines
 
@@ -448,6 +449,32 @@ def markdown(res: dict) -> str:
         "space's benchmark settings; the search's int8 baseline is measured again by the search.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def hv_lines(res: dict) -> list[str]:
+    """The hypervolume section: every fifth trial and the last, then the built-ins'."""
+    hv = res["hypervolume"]
+    lines = [
+        "",
+        "## Hypervolume",
+        "",
+        f"Normalised (0..1) on (accuracy from {res['hv_accuracy']} to 1, p50, gzip bytes). "
+        "Reference `budgets`: the budgets (only trials within them count); `wide`: 1.0 x int8 "
+        "p50 and 1.0 x float32 bytes.",
+        "",
+        "| after trial | " + " | ".join(hv["series"]) + " |",
+        "|---|" + "---|" * len(hv["series"]),
+    ]
+    last = max((len(x) for x in hv["series"].values()), default=0)
+    for n in range(last):
+        if n % 5 == 4 or n == last - 1:
+            lines.append(
+                f"| {n} | " + " | ".join(f"{x[n]:.4f}" for x in hv["series"].values()) + " |"
+            )
+    lines.append(
+        "| built-ins together | " + " | ".join(f"{x:.4f}" for x in hv["builtins"].values()) + " |"
+    )
+    return lines
 
 
 def hv_svg(res: dict) -> str:
@@ -513,7 +540,8 @@ def write(res: dict, out: Path, name: str) -> str:
     text = markdown(res)
     (out / f"{name}.md").write_text(text)
     if "hypervolume" in res:
-        (out / f"{name}.svg").write_text(hv_svg(res))
+        if res["hypervolume"]["series"]:
+            (out / f"{name}.svg").write_text(hv_svg(res))
         s = res["search"]
         front = plots.scatter_svg(s["rows"], s["budgets"], "p50_ms")
         (out / f"{name}-front.svg").write_text(front)
@@ -523,12 +551,30 @@ def write(res: dict, out: Path, name: str) -> str:
 # ---- main ------------------------------------------------------------------------------------
 
 
-def snapshot(res, outdir, space, args, start, partial: bool) -> str | None:
+def cpu() -> str:
+    """The host CPU's model name and the vector features that decide int8 against float32."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    have = [f for f in wanted if f in flags]
+    return f"{model} ({', '.join(have) or 'none of ' + '/'.join(wanted)})"
+
+
+def snapshot(res, outdir, space, args, start, partial: bool | None) -> str | None:
     found = read_study(outdir, space, args.target)
-    res["partial"] = partial
     res["seconds"] = round(time.monotonic() - start, 1)
     if found is None:
         return None
+    # None (--report-only): partial unless the study holds every trial wanted
+    res["partial"] = partial if partial is not None else len(found["trials"]) < args.trials
     analyse(res, found, space, args.hv_accuracy)
     return write(res, args.out, args.name)
 
@@ -569,6 +615,7 @@ def main() -> int:
         "target": args.target,
         "profile": args.profile,
         "emulated": args.target == "qemu",
+        "cpu": cpu(),
         "workers": args.workers,
         "trials_wanted": args.trials,
         "hv_accuracy": args.hv_accuracy,
@@ -582,7 +629,10 @@ def main() -> int:
         if args.report_only:
             cache = work / "builtins.json"
             res["builtins"] = json.loads(cache.read_text()) if cache.is_file() else []
-            print(snapshot(res, outdir, space, args, start, partial=True) or "no study yet")
+            earlier = args.out / f"{args.name}.json"
+            if earlier.is_file():  # the run's own duration, not this rewrite's
+                start -= json.loads(earlier.read_text()).get("seconds", 0.0)
+            print(snapshot(res, outdir, space, args, start, partial=None) or "no study yet")
             return 0
         from tfedge.search.objectives import Inputs
         from tfedge.zoo.reference import build_reference
