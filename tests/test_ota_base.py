@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import assert_one_error_line
 from tfedge.errors import RecipeError
 from tfedge.optimize.recipe import load_recipe, parse_recipe
+from tfedge.zoo.demo import fine_tune_head
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -30,39 +31,19 @@ def _recipe(folder: Path, base: str, extra: str = "") -> Path:
     return path
 
 
-def _fine_tune_head(digits, out: Path) -> tuple[Path, Path]:
-    """The digits model with its last layer trained one epoch on other data; that data."""
-    from tfedge._tf import import_keras, import_tf
-
-    k, tf = import_keras(), import_tf()
-    train = np.load(digits.train)
-    other = out / "other.npz"
-    np.savez(other, x=train["x"][1::2][::-1], y=train["y"][1::2][::-1])
-    model = k.models.load_model(digits.model)
-    for layer in model.layers[:-1]:
-        layer.trainable = False
-    tf.keras.utils.set_random_seed(1)
-    model.compile(
-        optimizer=k.optimizers.Adam(1e-3),
-        loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    data = np.load(other)
-    model.fit(data["x"], data["y"], epochs=1, batch_size=32, shuffle=False, verbose=0)
-    model.save(out / "v2.keras")
-    return out / "v2.keras", other
-
-
 @pytest.fixture(scope="module")
 def versions(digits, tmp_path_factory):
     from tfedge.optimize.pipeline import optimize
 
     d = tmp_path_factory.mktemp("ota_base")
     v1 = optimize(digits.model, "int8", digits.train, digits.test, d / "v1")
-    v2_model, other = _fine_tune_head(digits, d)
+    v2_model, other = fine_tune_head(digits, d)  # as the demo's step 6b does
     recipe = _recipe(d, "v1/model.tflite", ", pin_scales: always")
     with_base = optimize(v2_model, recipe, other, digits.test, d / "v2")
     without = optimize(v2_model, "int8", other, digits.test, d / "v2-plain")
-    return {"dir": d, "v1": v1, "with": with_base, "without": without, "v2": v2_model}
+    return {
+        "dir": d, "v1": v1, "with": with_base, "without": without, "v2": v2_model, "other": other
+    }  # fmt: skip
 
 
 @pytest.mark.tf
@@ -123,7 +104,7 @@ def test_unknown_calibration_is_said_in_the_report(versions, digits, tmp_path):
     report = json.loads(Path(versions["v1"].output_dir, "report.json").read_text())
     report["calibration"]["data"] = str(tmp_path / "gone.npz")
     (base / "report.json").write_text(json.dumps(report))
-    other = load_data(versions["dir"] / "other.npz")
+    other = load_data(versions["other"])
     recipe = load_recipe(_recipe(tmp_path, "base/model.tflite"))
     unmatched = plan(recipe, other)
     assert not unmatched.matched and "could not find the data" in unmatched.note

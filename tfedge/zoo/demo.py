@@ -247,7 +247,7 @@ def _delta_update(repo: Path, out: Path, ref, poll: _Poll) -> str:
     v1 = optimize(ref.model, "int8", ref.train, ref.test, out / "ota-v1")
     publish(repo, v1.model, "digits-int8", 1)
     first = poll(device, "digits-int8", "stand-in-2")
-    v2_keras, other = _fine_tune_head(ref, out)
+    v2_keras, other = fine_tune_head(ref, out)
     recipe = out / "ota_v2_recipe.yaml"
     recipe.write_text(OTA_V2_RECIPE.format(base=(out / "ota-v1" / "model.tflite").resolve()))
     v2 = optimize(str(v2_keras), str(recipe), str(other), ref.test, out / "ota-v2")
@@ -272,7 +272,7 @@ ota_base: {{model: {base}}}
 """
 
 
-def _fine_tune_head(ref, out: Path) -> tuple[Path, Path]:
+def fine_tune_head(ref, out: Path) -> tuple[Path, Path]:
     """The digits model with its last layer trained one epoch on the other half of the
     training data (the rest frozen); that data."""
     import numpy as np
