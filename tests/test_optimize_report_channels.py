@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from tfedge.optimize.pipeline import _write_reports
 from tfedge.optimize.recipe import load_recipe
+from tfedge.optimize.reports import write_reports
 from tfedge.optimize.stages import Stage
 
 
@@ -72,7 +72,7 @@ def test_a_channels_stage_reports_its_groups_and_plots_its_sensitivity(tmp_path)
         "sensitivity": [_group(0, "conv1", (97.0, 90.0)), _group(1, "conv2", (98.0, 96.0))],
     }
     stages = [_stage("float32", {}), _stage("int8", {}), _stage("channels", metrics)]
-    _write_reports(tmp_path, load_recipe("int8"), stages, 1.0)
+    write_reports(tmp_path, load_recipe("int8"), stages, 1.0)
     report = (tmp_path / "report.md").read_text()
     assert "MACs 2,000 -> 1,000 (50.0%)" in report and "target_macs 0.5" in report
     assert "| conv1 | 16 | 8 |" in report
@@ -92,6 +92,6 @@ def test_a_channels_stage_with_a_keep_ratio_has_no_plot(tmp_path) -> None:
         "params_after": 1,
     }
     stages = [_stage("float32", {}), _stage("int8", {}), _stage("channels", metrics)]
-    _write_reports(tmp_path, load_recipe("int8"), stages, 1.0)
+    write_reports(tmp_path, load_recipe("int8"), stages, 1.0)
     assert "MACs 2 -> 1" in (tmp_path / "report.md").read_text()
     assert not list(tmp_path.glob("*.svg"))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tfedge.optimize.pipeline import _write_reports
 from tfedge.optimize.recipe import load_recipe
+from tfedge.optimize.reports import write_reports
 from tfedge.optimize.stages import Stage
 from tfedge.ota.fleet import FleetView, fleet_html
 from tfedge.render import bar_chart, page, section, table
@@ -150,7 +150,7 @@ def _optimize_page(tmp_path: Path) -> Path:
         _stage("channels", "int8", 0.978, 15_096, {**channels, "bench": {**bench, "p50_us": 8.0}}),
     ]
     tmp_path.mkdir(exist_ok=True)
-    _write_reports(tmp_path, load_recipe("int8"), stages, 1.0)
+    write_reports(tmp_path, load_recipe("int8"), stages, 1.0)
     return tmp_path / "report.html"
 
 
@@ -175,7 +175,7 @@ def test_a_failed_optimize_report_says_where_it_stopped(tmp_path) -> None:
     failed = {"stage": "prune", "pass_index": 0, "error": "TrainingError",
               "message": "lost 10 points", "hint": "lower the sparsity"}  # fmt: skip
     stages = [_stage("float32", "none", 0.99, 1000, {}), _stage("int8", "int8", 0.98, 500, {})]
-    _write_reports(tmp_path, load_recipe("int8"), stages, 1.0, failed=failed)
+    write_reports(tmp_path, load_recipe("int8"), stages, 1.0, failed=failed)
     html = (tmp_path / "report.html").read_text()
     assert "FAILED at stage prune: TrainingError: lost 10 points" in html
     assert len(outline(html).svgs) == 2  # no latency: no --target

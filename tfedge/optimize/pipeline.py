@@ -51,7 +51,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -70,12 +69,13 @@ from tfedge.fsutil import (
     write_bytes_atomic,
 )
 from tfedge.io.data import Dataset, load_data
-from tfedge.optimize.html_report import optimize_html, sensitivity_plot
+from tfedge.optimize.measure import measure_channel_groups, time_stages
 from tfedge.optimize.ota_base import Plan as OtaPlan
 from tfedge.optimize.ota_base import extend_reports
 from tfedge.optimize.ota_base import finish as ota_finish
 from tfedge.optimize.ota_base import plan as ota_plan
 from tfedge.optimize.recipe import Recipe, load_recipe
+from tfedge.optimize.reports import markdown_report, write_reports
 from tfedge.optimize.resume import (
     STATE_FILE,
     STATE_SCHEMA,
@@ -147,8 +147,9 @@ def optimize(
         output: the output directory (created; replaced when the run succeeds, or by the
             partial report when a pass fails after another one completed).
         profile: a device profile to check the final model against.
-        target: a bench target (``local``, ``qemu``, ``ssh://...``) where each channels
-            stage's groups are timed before and after (see ``tfedge.analyze.group_cost``).
+        target: a bench target (``local``, ``qemu``, ``ssh://...``) where every stage is
+            timed (``tfedge bench``) and each channels stage's groups before and after (see
+            ``tfedge.analyze.group_cost``).
         progress: draw stage lines and per-epoch bars on stderr.
         log: where stage lines go (default: stderr when ``progress``).
         resume: the OUTDIR of a run that failed at a stage: continue it from that stage with
@@ -216,7 +217,7 @@ def _optimize(
                 "ota_base: model.tflite has the base's quantization scales (its accuracy is in "
                 "report.json ota_base.pinning); the last stage's row is of the unpinned model"
             )
-        _write_reports(work, recipe, runner.stages, seconds, keras["keras_model"], notes, resumed)
+        write_reports(work, recipe, runner.stages, seconds, keras["keras_model"], notes, resumed)
         extend_reports(work, recipe, train, ota, delta)
         if ota is not None and delta is not None and say:
             say(f"ota_base: {ota.note}; delta {delta['delta_bytes']:,} bytes")
@@ -421,7 +422,7 @@ class _Runner:
         (self.work / "recipe.yaml").write_text(self.recipe.text)
         seconds = round(time.perf_counter() - started, 2)
         resumed = self.previous.summary() if self.previous else None
-        _write_reports(
+        write_reports(
             self.work, self.recipe, self.stages, seconds, None, [], resumed, failed, checkpoint
         )
         publish(self.work, self.out)
@@ -645,263 +646,3 @@ def staging_dir(out: Path):
         publish(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _write_reports(
-    work: Path,
-    recipe: Recipe,
-    stages: list[Stage],
-    seconds: float,
-    keras_model: str | None = "model.keras",
-    notes: list[str] | None = None,
-    resumed: dict | None = None,
-    failed: dict | None = None,
-    checkpoint: str | None = None,
-) -> None:
-    report: dict[str, Any] = {
-        "status": "failed" if failed else "ok",
-        "recipe": {
-            "name": recipe.name,
-            "source": recipe.source,
-            "sha256": recipe.sha256,
-            "canonical_sha256": recipe.canonical_sha256,
-            "passes": recipe.pass_names,
-        },
-        "model": None if failed else "model.tflite",
-        "keras_model": keras_model,
-        "seconds": seconds,
-        "stages": [asdict(s) for s in stages],
-    }
-    if failed:
-        report.update(failed=failed, checkpoint=checkpoint, resume_state=STATE_FILE)
-    if notes:
-        report["notes"] = notes
-    if resumed:
-        report["resumed"] = resumed
-    write_bytes_atomic(
-        work / "report.json", json.dumps(report, indent=2, default=json_default).encode()
-    )
-    text = markdown_report(recipe, stages, failed=failed, checkpoint=checkpoint, notes=notes)
-    write_bytes_atomic(work / "report.md", text.encode())
-    html = optimize_html(recipe, stages, failed, notes or [])
-    write_bytes_atomic(work / "report.html", html.encode())
-    for stage in stages:
-        if plot := sensitivity_plot(stage):
-            write_bytes_atomic(work / f"sensitivity-{_slug(stage.name)}.svg", plot.encode())
-
-
-def measure_channel_groups(work: Path, stages: list[Stage], model, target, say) -> None:
-    """Add to each channels stage's groups their MACs and parameters read from the
-    ``.tflite`` before and after the stage, and on ``target`` their time."""
-    from tfedge.analyze.group_cost import measure_groups
-    from tfedge.convert.keras_layers import keras_layers
-
-    layers = None
-    for k, stage in enumerate(stages):
-        groups = stage.metrics.get("groups") if stage.name.startswith("channels") else None
-        before = _earlier_stage(stages[:k], stage.quant)
-        if not groups or before is None:
-            continue
-        if target is not None and say:
-            say(f"timing {stage.name}'s groups before and after on {target} ...")
-        layers = layers or keras_layers(model)
-        costs = measure_groups(
-            work / before.tflite,
-            work / stage.tflite,
-            [g["layers"] for g in groups],
-            target,
-            layers,
-        )
-        stage.metrics["costs"] = _costs_metrics(before.name, costs)
-
-
-def time_stages(work: Path, stages: list[Stage], target: str, say) -> None:
-    """Each stage's p50 latency on ``target`` (``tfedge bench``, its default threads), in
-    the stage's metrics under ``bench``."""
-    from tfedge.targets.bench import bench
-
-    if say:
-        say(f"timing the {len(stages)} stages on {target} ...")
-    for stage in stages:
-        path = work / stage.tflite
-        if not path.is_file():  # a reused stage whose file the failed run did not keep
-            continue
-        result = bench(path, target=target, runs=30, min_secs=0.3)
-        stage.metrics["bench"] = {
-            "target": target,
-            "emulated": result.emulated,
-            "threads": result.threads,
-            "p50_us": result.latency_us.p50,
-        }
-
-
-def stage_latency_line(stages: list[Stage]) -> list[str]:
-    """The stages' p50 latencies on the ``--target``, as one report line."""
-    timed = [s for s in stages if "bench" in s.metrics]
-    if not timed:
-        return []
-    bench = timed[0].metrics["bench"]
-    where = bench["target"] + (" (emulated: relative only)" if bench["emulated"] else "")
-    values = ", ".join(f"{s.name} {s.metrics['bench']['p50_us']:,.1f}" for s in timed)
-    return ["", f"p50 latency on {where}, {bench['threads'] or 'default'} thread(s), µs: {values}."]
-
-
-def _costs_header(costs: dict | None) -> list[str]:
-    if not costs:
-        return ["", "| group (layers) | channels before | after | note |", "|---|---:|---:|---|"]
-    timed = costs["total_us_before"] is not None
-    lines = [""]
-    if timed:
-        where = costs["target"] + (
-            " (emulated: compare only with itself)" if costs["emulated"] else ""
-        )
-        lines += [
-            f"Time on {where}, one thread, per group the sum of its layers' op-profile rows "
-            f"(`tfedge bench --op-profile`): whole model {costs['total_us_before']:,.1f} µs "
-            f"in `{costs['before_stage']}` -> {costs['total_us_after']:,.1f} µs "
-            f"({costs['total_us_before'] / max(costs['total_us_after'], 1e-9):.2f}x); "
-            "`~` marks a time within its noise.",
-            "",
-        ]
-    lines.append(
-        "| group (layers) | channels before | after | MACs before | after | params before "
-        "| after |" + (" µs before | after |" if timed else "") + " note |"
-    )
-    lines.append("|---|" + "---:|" * (8 if timed else 6) + "---|")
-    return lines
-
-
-def _cost_cells(cost: dict | None, costs: dict | None) -> str:
-    if cost is None or not costs:
-        return ""
-    cells = [cost["macs_before"], cost["macs_after"], cost["params_before"], cost["params_after"]]
-    text = "".join(f"{value:,} | " for value in cells)
-    if costs["total_us_before"] is not None:
-        mark = "" if cost["resolved"] else "~"
-        text += "".join(
-            f"{mark}{cost[key]:,.1f} | " for key in ("latency_us_before", "latency_us_after")
-        )
-    return text
-
-
-def _earlier_stage(stages: list[Stage], quant: str) -> Stage | None:
-    """The last of ``stages`` converted like ``quant`` (the channels stage's baseline)."""
-    return next((s for s in reversed(stages) if s.quant == quant), None)
-
-
-def _costs_metrics(before: str, costs) -> dict:
-    was, now = costs
-    return {
-        "before_stage": before,
-        "target": now.target,
-        "emulated": now.emulated,
-        "statistic": now.statistic,
-        "total_us_before": was.total_us,
-        "total_us_after": now.total_us,
-        "groups": [
-            {
-                "macs_before": b.macs,
-                "macs_after": a.macs,
-                "params_before": b.params,
-                "params_after": a.params,
-                "latency_us_before": b.latency_us,
-                "latency_us_after": a.latency_us,
-                "resolved": b.resolved and a.resolved,
-            }
-            for b, a in zip(was.groups, now.groups)
-        ],
-    }
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name)
-
-
-def channels_section(stage: Stage) -> list[str]:
-    """Per channel group of a channels stage: channels before/after, kept share, why whole."""
-    groups = stage.metrics.get("groups")
-    if not stage.name.startswith("channels") or not isinstance(groups, list):
-        return []
-    m = stage.metrics
-    lines = [
-        "",
-        f"**{stage.name}**: MACs {m['macs_before']:,} -> {m['macs_after']:,} "
-        f"({m['macs_after'] / max(m['macs_before'], 1):.1%}), parameters "
-        f"{m['params_before']:,} -> {m['params_after']:,}"
-        + (f"; target_macs {m['target_macs']:g}" if "target_macs" in m else "")
-        + ".",
-        *_costs_header(m.get("costs")),
-    ]
-    costs = m.get("costs", {}).get("groups") or [None] * len(groups)
-    for g, cost in zip(groups, costs):
-        layers = ", ".join(g["layers"][:4]) + (" ..." if len(g["layers"]) > 4 else "")
-        lines.append(
-            f"| {layers} | {g['channels_before']} | {g['channels_after']} | "
-            + _cost_cells(cost, m.get("costs"))
-            + f"{g.get('left_whole', '') or g.get('criterion', '')} |"
-        )
-    if sensitivity_plot(stage):
-        slug = _slug(stage.name)
-        lines += ["", f"![sensitivity of {stage.name}](sensitivity-{slug}.svg)"]
-    return lines
-
-
-def markdown_report(
-    recipe: Recipe,
-    stages: list[Stage],
-    *,
-    failed: dict | None = None,
-    checkpoint: str | None = None,
-    notes: list[str] | None = None,
-) -> str:
-    """The stage table in Markdown, sizes relative to the float32 stage.
-
-    A failed run's report starts with FAILED, the stage, the reason and how to resume; rows
-    reused by ``--resume`` say so.
-    """
-    base = stages[0].tflite_bytes
-    lines = [f"# tfedge optimize: recipe `{recipe.name}`", ""]
-    if failed:
-        lines += [
-            f"**FAILED at stage `{failed['stage']}`** (passes[{failed['pass_index']}]): "
-            f"{failed['error']}: {failed['message']}",
-            "",
-            f"Hint: {failed['hint']}" if failed["hint"] else "",
-            "",
-            "No model.tflite was written. The table below holds the stages before the failure.",
-            (
-                f"The model after them is `{checkpoint}`; edit the recipe and continue with "
-                "`tfedge optimize MODEL --resume OUTDIR --recipe RECIPE --data DATA --eval EVAL`."
-                if checkpoint
-                else "The first pass failed, so nothing trained is kept; continue with "
-                "`tfedge optimize MODEL --resume OUTDIR --recipe RECIPE --data DATA --eval EVAL` "
-                "(the float32 and int8 stages are reused)."
-                if failed["pass_index"] == 0
-                else "No checkpoint could be saved: run again without --resume."
-            ),
-            "",
-        ]
-    lines += [
-        f"Recipe sha256 `{recipe.sha256}` ({recipe.source}), canonical "
-        f"`{recipe.canonical_sha256[:16]}`; "
-        f"passes: {' -> '.join(recipe.pass_names) or 'none'}.",
-        "",
-        "| stage | accuracy | params | non-zero | sparsity | unique/ch | tflite B | gzip B | "
-        "xz B | float32/gzip |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s in stages:
-        acc = "-" if s.accuracy is None else f"{100 * s.accuracy:.2f}%"
-        name = f"{s.name} (reused)" if s.reused else s.name
-        lines.append(
-            f"| {name} | {acc} | {s.params:,} | {s.nonzero_params:,} | {100 * s.sparsity:.1f}% | "
-            f"{s.unique_weights} | {s.tflite_bytes:,} | {s.gzip_bytes:,} | {s.xz_bytes:,} | "
-            f"{base / s.gzip_bytes:.1f}x |"
-        )
-    if any(s.reused for s in stages):
-        lines += ["", "(reused): measured by the earlier run this one resumed (--resume)."]
-    lines += stage_latency_line(stages)
-    for s in stages:
-        lines += channels_section(s)
-    lines += [f"\nNote: {note}" for note in notes or []]
-    return "\n".join(lines) + "\n"
