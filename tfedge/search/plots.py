@@ -7,8 +7,8 @@ is joined by a line, the budget on that axis is a dashed line labelled with its 
 (absolute or relative) and the best trial is ringed. Each point carries ``data-trial`` (its
 number) and a ``<title>`` tooltip; the front's points also ``data-front="1"``.
 
-``report_html`` puts both plots inline in one self-contained page, with the front and every
-trial as tables.
+``report_html`` puts both plots inline in one self-contained page (``tfedge.render``, the
+renderer of every report), with the front and every trial as tables.
 
 Example:
     >>> row = {"number": 0, "recipe_sha256": "a", "score": 0.9, "accuracy": 0.9,
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from html import escape
 
+from tfedge.render import page, section, table
+from tfedge.render.html import bullets
 from tfedge.search import pareto
 
 WIDTH, HEIGHT, MARGIN, RIGHT = 640, 360, 56, 24
@@ -71,43 +73,35 @@ def scatter_svg(rows: list[dict], budgets: list[dict], x_key: str) -> str:
 
 
 def report_html(result: dict) -> str:
-    """A self-contained page: both plots inline, the budgets, the front and every trial."""
+    """A self-contained page (``tfedge.render``): both plots inline, the budgets, the front
+    and every trial."""
     rows, budgets = result["trials"], result["budgets"]
     best = result.get("best")
-    summary = (
+    found = (
         f"best: trial {best['number']} ({pareto.score_text(best)}, "
         f"{best['p50_ms']:.3f} ms, {best['gzip_bytes']} gzip B)"
         if best
         else "no trial meets every budget"
     )
     items = [
-        f"{b['name']} &lt;= {b['limit']:.6g} {escape(b['unit'])} ({escape(b['kind'])}: "
-        f"{escape(b['how'])})"
-        for b in budgets
+        f"{b['name']} <= {b['limit']:.6g} {b['unit']} ({b['kind']}: {b['how']})" for b in budgets
     ] or ["no budgets"]
-    items += [escape(n) for n in result.get("notes", [])]
+    items += list(result.get("notes", []))
     if not best and result.get("closest"):
         closest = pareto.closest_lines(result["closest"])
-        items += [f"no trial meets every budget; closest: {escape(line)}" for line in closest]
-    failed = result.get("failed", [])
+        items += [f"no trial meets every budget; closest: {line}" for line in closest]
+    summary = (
+        f"{len(rows)} measured trials, {len(result.get('failed', []))} failed, "
+        f"{len(result.get('front', []))} on the feasible Pareto front; {found}."
+    )
     parts = [
-        "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8"><title>tfedge search report</title>',
-        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style></head><body>",
-        f"<h1>Search: {escape(str(result.get('study', '')))}</h1>",
-        f"<p>{len(rows)} measured trials, {len(failed)} failed, "
-        f"{len(result.get('front', []))} on the feasible Pareto front; {escape(summary)}.</p>",
-        "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>",
+        bullets(items),
         scatter_svg(rows, budgets, "p50_ms"),
         scatter_svg(rows, budgets, "gzip_bytes"),
-        "<h2>Pareto front (feasible trials)</h2>",
-        _table(result.get("front", [])),
-        "<h2>All trials</h2>",
-        _table(rows),
-        "</body></html>",
+        section("Pareto front (feasible trials)", _table(result.get("front", []))),
+        section("All trials", _table(rows)),
     ]
-    return "\n".join(parts) + "\n"
+    return page(f"Search: {result.get('study', '')}", parts, summary)
 
 
 class _Scale:
@@ -208,9 +202,4 @@ def _legend() -> str:
 
 
 def _table(rows: list[dict]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in pareto.HEADERS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>"
-        for cells in pareto.table_rows(rows)
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return table(pareto.HEADERS, pareto.table_rows(rows))
