@@ -36,6 +36,7 @@ from typing import Any
 from tfedge.errors import OutputError, UsageError
 from tfedge.search import devices as device_pool
 from tfedge.search import pareto
+from tfedge.search.groups import largest_groups
 from tfedge.search.objectives import (
     Budget,
     Inputs,
@@ -173,6 +174,10 @@ def search(
         recovered = [] if storage else recover_killed(opened, handle)
         if measure is None:
             settings.precision_layers = ranked_layers(space, opened, inputs, out, seed)
+            settings.channel_groups = largest_groups(space, opened, inputs)
+        if settings.channel_groups:
+            names = ", ".join(settings.channel_groups)
+            notes = notes + [f"channels: own keep ratio for the groups of {names}"]
         if settings.precision_layers:
             names = ", ".join(settings.precision_layers)
             notes = notes + [f"precision: the layers most sensitive to int8, in order: {names}"]

@@ -4,7 +4,8 @@ A space is a YAML file (``tfedge search --space space.yaml``) validated like a r
 (``tfedge.config``: unknown keys are refused with a "did you mean"). Every block is optional;
 a pass set to ``false`` is left out of the search. The defaults:
 
-    channels: {keep: [0.25, 1.0]}        # keep ratio of the channel pass (range)
+    channels: {keep: [0.25, 1.0]}        # keep ratio of the channel pass (range); groups: N
+                                         # gives the N groups with the most MACs their own
     low_rank: {param_ratio: [0.2, 0.9]}  # parameters after / before per factorised layer
     prune: {target_sparsity: [0.3, 0.9]} # unstructured sparsity
     cluster: {clusters: [8, 16, 32]}     # choices
@@ -70,9 +71,11 @@ def _check_range(low: float, high: float, name: str) -> None:
 
 
 class ChannelsSpace(Config):
-    """Channel pruning: the global keep ratio, a range ``[low, high]``."""
+    """Channel pruning: the global keep ratio, a range ``[low, high]``; ``groups: N`` gives
+    the N groups with the most MACs their own ratio in that range."""
 
     keep: Annotated[tuple[Ratio, Ratio], AsTuple] = (0.25, 1.0)
+    groups: int = Field(default=0, ge=0, le=16, description="groups with their own keep ratio")
 
     @model_validator(mode="after")
     def _ordered(self) -> ChannelsSpace:
@@ -188,6 +191,8 @@ class Space(Config):
             content.pop("distill")
         if self.precision is None:  # the default: the hash of a space from before precision
             content.pop("precision")
+        if self.channels is not None and not self.channels.groups:  # likewise
+            content["channels"].pop("groups")
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
@@ -265,6 +270,9 @@ def dimensions(space: Space) -> dict[str, tuple[str, Any]]:
         dims["cluster"] = ("choice", (False, True))
         if len(space.cluster.clusters) > 1:
             dims["cluster.clusters"] = ("choice", space.cluster.clusters)
+    if space.channels and space.channels.keep[0] < space.channels.keep[1]:
+        for rank in range(space.channels.groups):
+            dims[f"channels.group.{rank}"] = ("float", space.channels.keep)
     if space.channels and len(set(space.distill)) > 1:
         dims["distill"] = ("choice", (False, True))
     if space.qat and "int8" in space.quant:
@@ -297,11 +305,17 @@ def suggest(trial, space: Space) -> dict[str, Any]:
     return params
 
 
-def recipe_data(params: dict[str, Any], space: Space, ranked: Sequence[str] = ()) -> dict:
+def recipe_data(
+    params: dict[str, Any],
+    space: Space,
+    ranked: Sequence[str] = (),
+    groups: Sequence[str] = (),
+) -> dict:
     """The recipe (as a YAML mapping) that ``params`` pick from ``space``.
 
     Constants of the space (one-value ranges and choices) fill in what ``params`` lack.
-    ``ranked``: the model's layers, most sensitive first, that ``precision.N`` refer to.
+    ``ranked``: the model's layers, most sensitive first, that ``precision.N`` refer to;
+    ``groups``: a layer of each channel group that ``channels.group.N`` refer to.
     """
     epochs = int(params.get("epochs", space.epochs[0]))
     trained = max(1, epochs)  # prune and cluster need at least one epoch
@@ -309,6 +323,13 @@ def recipe_data(params: dict[str, Any], space: Space, ranked: Sequence[str] = ()
     if space.channels is not None and params.get("channels"):
         keep = params.get("channels.keep", space.channels.keep[0])
         options: dict[str, Any] = {"keep": round(float(keep), 3), "epochs": epochs}
+        ratios = {
+            layer: round(float(params[f"channels.group.{rank}"]), 3)
+            for rank, layer in enumerate(groups)
+            if f"channels.group.{rank}" in params
+        }
+        if ratios:
+            options["ratios"] = ratios
         if epochs >= 1 and params.get("distill", space.distill[0]):
             options["distill"] = True  # distillation is fine-tuning: never with 0 epochs
         passes.append({"channels": options})

@@ -81,6 +81,7 @@ class Settings:
     worker: int = 0
     started: float = field(default_factory=time.time)
     precision_layers: list[str] = field(default_factory=list)  # most sensitive first
+    channel_groups: list[str] = field(default_factory=list)  # a layer per group, most MACs first
 
 
 # ---- storage ---------------------------------------------------------------------------------
@@ -409,7 +410,8 @@ class Objective:
         from tfedge.optimize.recipe import parse_recipe
 
         params = suggest(trial, self.settings.space)
-        data = recipe_data(params, self.settings.space, self.settings.precision_layers)
+        s = self.settings
+        data = recipe_data(params, s.space, s.precision_layers, s.channel_groups)
         trial.set_user_attr("recipe", data)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         recipe = parse_recipe(_yaml(data), f"trial {trial.number}")

@@ -1,5 +1,7 @@
-"""Per-layer precision in the search: the space's ``precision`` block, the ranked layers a
-trial's ``precision.N`` names, and the recipe it makes (``convert.precision``)."""
+"""Dimensions of the search built from the model: per-layer precision (the space's
+``precision`` block, the ranked layers a trial's ``precision.N`` names, the recipe's
+``convert.precision``) and per-group channel keep ratios (``channels: {groups: N}``, the
+recipe's ``ratios``)."""
 
 from __future__ import annotations
 
@@ -108,3 +110,34 @@ def test_optimize_keeps_the_named_layer_in_int16(digits, tmp_path) -> None:
     assert dtypes[("fc1", "FULLY_CONNECTED")] == "int16"  # QUANTIZE ops around it
     assert dtypes[("conv2", "CONV_2D")] == dtypes[("logits", "FULLY_CONNECTED")] == "int8"
     assert result.final.accuracy is not None and result.final.accuracy > 0.95
+
+
+def test_channel_groups_get_their_own_keep_ratio() -> None:
+    space = parse_space("channels: {keep: [0.3, 0.9], groups: 2}\nquant: [int8]\n")
+    dims = dimensions(space)
+    assert dims["channels.group.0"] == ("float", (0.3, 0.9)) and "channels.group.2" not in dims
+    params = {"channels": True, "channels.keep": 0.5, "channels.group.0": 0.41234, "epochs": 1}
+    data = recipe_data(params, space, groups=["conv2", "fc1"])
+    assert data["passes"] == [
+        {"channels": {"keep": 0.5, "epochs": 1, "ratios": {"conv2": 0.412}}}
+    ]  # the group without a sampled ratio keeps the global one
+    assert (
+        parse_space("channels: {keep: [0.3, 0.9], groups: 0}\n").sha256
+        == parse_space("channels: {keep: [0.3, 0.9]}\n").sha256
+    )  # spaces from before groups keep their hash
+
+
+@pytest.mark.tf
+def test_the_study_finds_the_groups_with_the_most_macs(digits) -> None:
+    from tfedge.optimize.recipe import parse_recipe
+    from tfedge.search.groups import largest_groups
+    from tfedge.search.objectives import Inputs
+
+    space = parse_space("channels: {keep: [0.3, 0.9], groups: 2}\n")
+    study = _Study()
+    names = largest_groups(space, study, Inputs(str(digits.model), "", ""))
+    assert names == ["conv2", "conv1"]  # conv2 holds most of digits' MACs; logits is whole
+    assert study.user_attrs["channel_groups"] == names
+    assert largest_groups(parse_space(""), _Study(), Inputs(str(digits.model), "", "")) == []
+    ratios = {name: 0.5 for name in names}  # what a trial writes: a valid recipe
+    parse_recipe(f"schema_version: 1\npasses:\n  - channels: {{ratios: {ratios}}}\n")
