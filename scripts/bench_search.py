@@ -309,11 +309,15 @@ def cell(row: dict) -> str:
 
 
 def recipe_text(recipe: dict) -> str:
+    """``channels 0.45 distill (2 ep) + cluster 8 (1 ep) + int8``."""
     parts = []
     for step in recipe.get("passes", []):
         for name, opts in step.items():
-            main = {k: v for k, v in opts.items() if k != "epochs"}
-            parts.append(f"{name} {','.join(str(v) for v in main.values())}".strip())
+            words = [name] + [
+                k if v is True else str(v) for k, v in opts.items() if k != "epochs" and v
+            ]
+            epochs = f" ({opts['epochs']} ep)" if "epochs" in opts else ""
+            parts.append(" ".join(words) + epochs)
     quant = str(recipe.get("convert", {}).get("quant"))
     parts.append("float32" if quant == "none" else quant)
     return " + ".join(parts)
