@@ -253,7 +253,12 @@ def test_collector_command_prints_its_url_and_stores_reports(tmp_path):
         assert report.send_report(url, _token("dev-09"), payload, timeout=10) == 200
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=60)  # a hang guard, not a speed check
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"the collector did not stop on SIGINT; its stderr: {err[-2000:]}")
     assert proc.returncode == 0, err
     (device,) = fleet.fleet_view(tmp_path / "st" / "fleet.sqlite").devices
     assert (device["device_id"], device["model_version"]) == ("dev-09", 5)

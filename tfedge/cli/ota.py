@@ -539,8 +539,8 @@ def ota_collector(tokens_file, state_dir, db, host, port):
         port,
         log=lambda message: click.echo(f"rejected: {message}", err=True),
     )
-    click.echo(f"collecting reports at {server.url} into {server.store.path} (Ctrl-C stops)")
-    try:
+    try:  # a Ctrl-C right after the URL line still closes the database
+        click.echo(f"collecting reports at {server.url} into {server.store.path} (Ctrl-C stops)")
         server.serve_forever()
     except KeyboardInterrupt:
         pass
