@@ -39,7 +39,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tfedge.config import Config, Names, did_you_mean
-from tfedge.errors import RecipeError
+from tfedge.errors import RecipeError, UsageError
 
 REPORT = "report.json"
 HINT_BASE = "give the .tflite of the previous version of this model (e.g. its optimize OUTDIR)"
@@ -322,7 +322,7 @@ def delta_summary(base: str, new: Path) -> dict:
     sizes = {"xz": len(compress.compress(raw, "lzma"))}
     try:
         sizes["zstd"] = len(compress.compress(raw, "zstd"))
-    except Exception:  # noqa: BLE001  (zstandard is optional on the host)
+    except UsageError:  # zstandard is optional on the host
         pass
     summary: dict[str, Any] = {"delta_bytes": delta, "model_bytes": len(raw)}
     for codec, size in sizes.items():
