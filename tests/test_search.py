@@ -18,6 +18,7 @@ from tests.search_helpers import CALLS, CheapMeasure, cheap_measure
 from tfedge.errors import RecipeError, UsageError
 from tfedge.optimize.recipe import parse_recipe
 from tfedge.search import search
+from tfedge.search.formats import fastest_formats
 from tfedge.search.pareto import dominates, feasible, pareto_front
 from tfedge.search.space import Space, dimensions, parse_space, recipe_data
 from tfedge.search.study import open_storage
@@ -172,6 +173,26 @@ def test_a_duplicate_recipe_is_not_measured_again(inputs, tmp_path, calls):
     duplicates = [r for r in result.trials if r["duplicate_of"] is not None]
     assert len(duplicates) >= 3
     assert len({r["recipe_sha256"] for r in result.trials}) == 2
+    # the format alone, measured: the search says which is fastest on its target
+    assert result.formats["fastest"] == "int8"
+    assert result.formats["basis"].startswith("the format alone")
+    line = "fastest format on local: int8 1 ms; float16 2 ms (2.00x slower)"
+    assert line in result.formats["line"] and line in (tmp_path / "out" / "pareto.md").read_text()
+
+
+def test_fastest_format_falls_back_to_the_fastest_trial_of_each_format():
+    def row(n, quant, p50, passes=()):
+        return {
+            "number": n,
+            "p50_ms": p50,
+            "recipe": {"passes": list(passes), "convert": {"quant": quant}},
+        }
+
+    pruned = [{"prune": {"target_sparsity": 0.5}}]
+    found = fastest_formats([row(0, "none", 0.5, pruned), row(1, "int8", 0.8, pruned)], "qemu")
+    assert found["fastest"] == "float32" and "passes included" in found["basis"]
+    assert found["by_quant"]["int8"]["number"] == 1
+    assert fastest_formats([row(0, "int8", 0.8)], "qemu") is None  # one format: no comparison
 
 
 def test_budgets_exclude_trials_from_the_front(inputs, tmp_path, capsys):

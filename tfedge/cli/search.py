@@ -143,6 +143,8 @@ def _print(result) -> None:
         click.echo(f"Note: {note}", err=True)
     failed = f", {len(result.failed)} failed" if result.failed else ""
     click.echo(f"{len(result.trials)} trials measured{failed}; front: {len(result.front)}")
+    if result.formats:
+        click.echo(result.formats["line"][0].upper() + result.formats["line"][1:])
     if result.best is not None:
         click.echo(
             f"Best within budgets: trial {result.best['number']} -> {result.output_dir}/best"

@@ -43,7 +43,7 @@ from tfedge.passes.channels import (
     take_rows,
     taylor_scores,
 )
-from tfedge.passes.sensitivity import drop_of, score
+from tfedge.passes.sensitivity import compiled, drop_of, score
 
 MAX_SAMPLES = 512  # samples the analysis scores on, at most
 
@@ -138,7 +138,8 @@ def channel_sensitivity(
     if criterion == "taylor":
         criterion = taylor_scores(model, graph, x, y)
     work = clone_with_weights(model)
-    baseline = score(work, x, y, classification)
+    run = compiled(work)
+    baseline = score(run, x, y, classification)
     counter = MacCounter(model, graph)
     base_macs = max(counter.macs({}), 1)
     metric = "accuracy" if classification else "mse"
@@ -159,7 +160,8 @@ def channel_sensitivity(
         for ratio in ratios:
             count = kept_count(group.size, ratio, round_to, minimum)
             kept = sorted(order[:count].tolist())
-            value = baseline if count == group.size else _cut_score(work, graph, group, kept, x, y)
+            whole = count == group.size
+            value = baseline if whole else _cut_score(work, run, graph, group, kept, x, y)
             macs = counter.macs({group.id: kept})
             found.rows.append(
                 RatioScore(
@@ -184,9 +186,10 @@ def _sample(x, y, cap: int):
     return take_rows(x, pick), np.asarray(y)[pick]
 
 
-def _cut_score(work, graph: ChannelGraph, group: ChannelGroup, kept: list[int], x, y) -> float:
-    """The score of ``work`` with the group's channels outside ``kept`` removed (their rows
-    zeroed in every layer reading them); ``work``'s weights are restored after."""
+def _cut_score(work, run, graph: ChannelGraph, group: ChannelGroup, kept: list[int], x, y) -> float:
+    """The score of ``work`` (called through ``run``, its traced inference) with the group's
+    channels outside ``kept`` removed (their rows zeroed in every layer reading them);
+    ``work``'s weights are restored after."""
     classification = np.issubdtype(np.asarray(y).dtype, np.integer)
     keep = set(kept)
     dead = {
@@ -213,7 +216,7 @@ def _cut_score(work, graph: ChannelGraph, group: ChannelGroup, kept: list[int], 
             cut[..., mask, :] = 0
         kernel.assign(cut)
     try:
-        return score(work, x, y, classification)
+        return score(run, x, y, classification)
     finally:
         for kernel, value in saved:
             kernel.assign(value)
@@ -262,7 +265,7 @@ def plan_macs_target(
     counts = {**{gid: by_id[gid].size for gid in free}, **fixed}
 
     def macs_of(chosen: Mapping[int, int]) -> int:
-        return counter.macs({gid: orders[gid][:n].tolist() for gid, n in chosen.items()})
+        return counter.macs({gid: orders[gid][:n] for gid, n in chosen.items()})
 
     lowest = macs_of({**counts, **{gid: options[0] for gid, options in steps.items()}})
     if lowest > goal * (1 + MACS_TOLERANCE):

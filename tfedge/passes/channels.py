@@ -363,15 +363,11 @@ class MacCounter:
             self._spans[group.id] = (offset, group.size)
             offset += group.size
         self._total = offset
-        self._layers = [
-            (
-                _mac_terms(layer),
-                self._index(graph.inputs[layer.name][0]),
-                self._index(graph.outputs[layer.name]),
-            )
-            for layer in model.layers
-            if type(layer).__name__ in MAC_LAYERS
-        ]
+        layers = [layer for layer in model.layers if type(layer).__name__ in MAC_LAYERS]
+        # Each layer's MACs are a*in*out + b*in + c*out in its live channels in and out.
+        self._terms = np.array([_mac_coefficients(_mac_terms(k)) for k in layers], np.int64)
+        self._ins = _Segments([self._index(graph.inputs[k.name][0]) for k in layers])
+        self._outs = _Segments([self._index(graph.outputs[k.name]) for k in layers])
 
     def _index(self, labels) -> np.ndarray:
         """Positions in the flat survival vector; -1 (its last entry, always alive) for
@@ -383,12 +379,43 @@ class MacCounter:
         for group_id, channels in keep.items():
             start, size = self._spans[group_id]
             block = np.zeros(size, dtype=bool)
-            block[list(channels)] = True
+            block[channels if isinstance(channels, np.ndarray) else list(channels)] = True
             alive[start : start + size] = block
-        return sum(
-            _macs(terms, int(alive[ins].sum()), int(alive[outs].sum()))
-            for terms, ins, outs in self._layers
-        )
+        if not len(self._terms):
+            return 0
+        cin, cout = self._ins.live(alive), self._outs.live(alive)
+        a, b, c = self._terms.T
+        return int(np.sum(a * cin * cout + b * cin + c * cout))
+
+
+def _mac_coefficients(terms: tuple[str, int, int, int]) -> tuple[int, int, int]:
+    """``_macs`` as (a, b, c) of a*in*out + b*in + c*out."""
+    kind, positions, window, multiplier = terms
+    if kind == "DepthwiseConv2D":
+        return 0, 0, positions * window
+    if kind == "SeparableConv2D":
+        return positions * multiplier, positions * multiplier * window, 0
+    return positions * window, 0, 0
+
+
+class _Segments:
+    """Index lists, one per layer, flattened so that their live counts take one numpy pass
+    (the MACs target's planner counts MACs thousands of times on ResNet-sized graphs)."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        sizes = [len(p) for p in parts]
+        self._flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        starts = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+        self._starts = np.minimum(starts, max(len(self._flat) - 1, 0))
+        self._empty = np.array([n == 0 for n in sizes], dtype=bool)
+
+    def live(self, alive: np.ndarray) -> np.ndarray:
+        """How many positions of each part are alive."""
+        if not len(self._flat):
+            return np.zeros(len(self._starts), np.int64)
+        counts = np.add.reduceat(alive[self._flat].astype(np.int64), self._starts)
+        counts[self._empty] = 0
+        return counts
 
 
 class Channels(PassConfig):

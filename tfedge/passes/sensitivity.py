@@ -112,6 +112,18 @@ def predict(model, x, batch: int = 512) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def compiled(model):
+    """``model``'s inference traced once, called like the model: for a model scored many times
+    with its weights changed in place (the trace costs about one eager call; each call after
+    it runs as a graph, 5-10x faster than eager on keras.applications models)."""
+    from tfedge._tf import import_tf
+
+    function = import_tf().function(
+        lambda x: model(x, training=False), reduce_retracing=True, autograph=False
+    )
+    return lambda x, training=False: function(x)
+
+
 def drop_of(baseline: float, value: float, classification: bool) -> float:
     """How much worse ``value`` is: points of accuracy, or percent more squared error."""
     if classification:
@@ -135,16 +147,17 @@ def rank_sensitivity(
     from tfedge.passes.base import clone_with_weights
 
     work = clone_with_weights(model)
-    baseline = score(work, x, y, classification)
+    run = compiled(work)
+    baseline = score(run, x, y, classification)
     table = SensitivityTable("accuracy" if classification else "mse", baseline)
     for name in layers:
         table.layers[name] = _layer_sensitivity(
-            work, name, x, y, classification, baseline, (ranks or {}).get(name)
+            work, run, name, x, y, classification, baseline, (ranks or {}).get(name)
         )
     return table
 
 
-def _layer_sensitivity(work, name, x, y, classification, baseline, ranks) -> LayerSensitivity:
+def _layer_sensitivity(work, run, name, x, y, classification, baseline, ranks) -> LayerSensitivity:
     layer = work.get_layer(name)
     weights = layer.get_weights()
     kernel = weights[0]
@@ -155,7 +168,7 @@ def _layer_sensitivity(work, name, x, y, classification, baseline, ranks) -> Lay
         for rank in ranks if ranks is not None else candidate_ranks(n_in, n_out):
             cut = truncated(matrix, rank).reshape(kernel.shape).astype(kernel.dtype)
             layer.set_weights([cut, *weights[1:]])
-            value = score(work, x, y, classification)
+            value = score(run, x, y, classification)
             drop = drop_of(baseline, value, classification)
             result.rows.append(RankScore(rank, rank * (n_in + n_out), value, drop))
     finally:

@@ -87,6 +87,8 @@ def report_html(result: dict) -> str:
         f"{b['name']} <= {b['limit']:.6g} {b['unit']} ({b['kind']}: {b['how']})" for b in budgets
     ] or ["no budgets"]
     items += list(result.get("notes", []))
+    if result.get("formats"):
+        items.append(result["formats"]["line"])
     if not best and result.get("closest"):
         closest = pareto.closest_lines(result["closest"])
         items += [f"no trial meets every budget; closest: {line}" for line in closest]

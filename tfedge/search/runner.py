@@ -36,6 +36,7 @@ from typing import Any
 from tfedge.errors import OutputError, UsageError
 from tfedge.search import devices as device_pool
 from tfedge.search import pareto
+from tfedge.search.formats import fastest_formats
 from tfedge.search.groups import largest_groups
 from tfedge.search.objectives import (
     Budget,
@@ -83,6 +84,7 @@ class SearchResult:
     recovered: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    formats: dict | None = None  # the fastest format on the target (``fastest_formats``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -261,6 +263,7 @@ def _result(study, settings, kind, url, recovered, notes, started) -> SearchResu
         recovered=recovered,
         notes=notes,
         seconds=round(time.time() - started, 2),
+        formats=fastest_formats(trial_rows, settings.inputs.target),
     )
 
 
@@ -276,6 +279,8 @@ def write_outputs(out: Path, result: SearchResult) -> None:
         f"budget ({b['kind']}): {b['name']} <= {b['limit']:.6g} {b['unit']}, {b['how']}"
         for b in result.budgets
     ] + result.notes
+    if result.formats:
+        notes.append(result.formats["line"])
     if result.best is None and result.closest:
         notes += ["no trial meets every budget; the closest:"]
         notes += pareto.closest_lines(result.closest)
