@@ -423,7 +423,7 @@ def markdown(res: dict) -> str:
         ok = "yes" if row.get("feasible") else "no"
         lines.append(f"| built-in {row['recipe']} | - | {cell(row)} | {ok} |")
     hv = res["hypervolume"]
-    lines += ["", "## Verdict", ""]
+    lines += ["", "## Verdict (each measured alone, minutes apart; side by side below)", ""]
     if not res.get("builtins"):
         lines.append("No built-in measured (--builtins '').")
     elif v["yes"]:
@@ -740,8 +740,11 @@ def main() -> int:
             cache = work / "builtins.json"
             res["builtins"] = json.loads(cache.read_text()) if cache.is_file() else []
             earlier = args.out / f"{args.name}.json"
-            if earlier.is_file():  # the run's own duration, not this rewrite's
-                start -= json.loads(earlier.read_text()).get("seconds", 0.0)
+            if earlier.is_file():  # the run's own duration and side-by-side timing
+                before = json.loads(earlier.read_text())
+                start -= before.get("seconds", 0.0)
+                if before.get("interleaved"):
+                    res["interleaved"] = before["interleaved"]
             text = snapshot(res, outdir, space, args, start, partial=None)
             if text and args.rounds:  # time the built-ins and candidates again
                 remeasure(res, outdir, work, args, space, args.rounds)

@@ -115,7 +115,7 @@ def predict(model, x, batch: int = 512) -> np.ndarray:
 def compiled(model):
     """``model``'s inference traced once, called like the model: for a model scored many times
     with its weights changed in place (the trace costs about one eager call; each call after
-    it runs as a graph, 5-10x faster than eager on keras.applications models)."""
+    it runs as a graph: ResNet50 at 32 px scored 4x faster than by eager calls)."""
     from tfedge._tf import import_tf
 
     function = import_tf().function(
