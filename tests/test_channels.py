@@ -265,7 +265,7 @@ def _dead_half(graph, model, layer: str, rng) -> tuple[object, list[int]]:
 def test_sensitivity_of_dead_channels_is_zero_and_of_live_ones_is_not(seed) -> None:
     from tfedge.passes.channel_graph import ChannelGraph
     from tfedge.passes.channel_sensitivity import channel_sensitivity
-    from tfedge.passes.channels import keras_macs, prune_channels
+    from tfedge.passes.channels import MacCounter, keras_macs, prune_channels
 
     rng = np.random.default_rng(seed)
     model = bookkeeping_model()
@@ -285,6 +285,9 @@ def test_sensitivity_of_dead_channels_is_zero_and_of_live_ones_is_not(seed) -> N
     assert quarter.channels == 4 and quarter.drop > 1.0  # live ones went too
     thinner = prune_channels(model, {group.id: alive}, graph)
     assert half.macs == keras_macs(thinner) < keras_macs(model)
+    every = {g.id: list(range(0, g.size, 2)) for g in graph.groups if g.prunable}
+    counted = MacCounter(model, graph).macs(every)  # every group at once, without building
+    assert counted == keras_macs(prune_channels(model, every, graph)) < half.macs
     assert 0 < stem.macs_share <= 1 and quarter.macs_fraction < half.macs_fraction < 1
     assert stem.to_json()["rows"][0]["channels"] == 8
 

@@ -403,18 +403,17 @@ class _Segments:
     (the MACs target's planner counts MACs thousands of times on ResNet-sized graphs)."""
 
     def __init__(self, parts: list[np.ndarray]) -> None:
-        sizes = [len(p) for p in parts]
+        sizes = np.array([len(p) for p in parts], dtype=np.int64)
         self._flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        starts = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
-        self._starts = np.minimum(starts, max(len(self._flat) - 1, 0))
-        self._empty = np.array([n == 0 for n in sizes], dtype=bool)
+        self._filled = sizes > 0  # reduceat needs increasing starts inside the array
+        self._starts = (np.cumsum(sizes) - sizes)[self._filled]
 
     def live(self, alive: np.ndarray) -> np.ndarray:
         """How many positions of each part are alive."""
-        if not len(self._flat):
-            return np.zeros(len(self._starts), np.int64)
-        counts = np.add.reduceat(alive[self._flat].astype(np.int64), self._starts)
-        counts[self._empty] = 0
+        counts = np.zeros(len(self._filled), np.int64)
+        if len(self._starts):
+            live = alive[self._flat].astype(np.int64)
+            counts[self._filled] = np.add.reduceat(live, self._starts)
         return counts
 
 
