@@ -308,9 +308,9 @@ def _lean_savedmodel(tf, model, inputs: list[InputSpec], stack) -> str | None:
 
     ``from_keras_model`` saves the Keras model itself, and tf_keras then also traces every
     layer's call functions so that Keras could reload it, which the converter never reads:
-    EfficientNetB0 (32 px, int8) converts in 11 s this way against 26 s. The signature is the one Keras
-    writes (inputs named after the model's inputs, outputs after ``output_names``), so the
-    flatbuffer has the same tensors and signature. ``None`` (the caller falls back to
+    EfficientNetB0 (32 px, int8) converts in 11 s this way against 26 s. The signature is the
+    one Keras writes (inputs named after the model's inputs, outputs after ``output_names``),
+    so the flatbuffer has the same tensors and signature. ``None`` (the caller falls back to
     ``from_keras_model``) for a model this cannot save.
     """
     specs = [tf.TensorSpec(i.shape, i.dtype, name=i.name) for i in inputs]
