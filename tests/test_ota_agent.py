@@ -101,7 +101,11 @@ def test_killed_at_each_step_resumes_or_rolls_back(setup, step):
 
 
 def test_killed_while_rolling_back_finishes_the_rollback(setup):
-    proc = setup.start("--health-cmd", "exit 1", TFEDGE_AGENT_PAUSE_AT="switched")
+    # Every step lingers, so the kill lands after the journal says rolling_back and before the
+    # rollback is done, however loaded the machine (without it, CI once saw it finish first).
+    proc = setup.start(
+        "--health-cmd", "exit 1", TFEDGE_AGENT_PAUSE_AT="switched", TFEDGE_AGENT_STEP_DELAY="2"
+    )
     oh.wait_for_line(proc, "PAUSED at switched")
     oh.resume(proc)
     oh.wait_for_line(proc, f"step {ROLLING_BACK}")

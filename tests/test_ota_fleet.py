@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -235,6 +236,15 @@ def test_slow_collector_never_holds_the_agent(tmp_path):
     assert len(lines) == 1 and "not sent" in lines[0] and "timed out" in lines[0], lines
 
 
+def _terminal_sigint() -> None:
+    """SIGINT as in a terminal. A shell's background job (CI runs the suite as one) starts
+    with SIGINT ignored, its children inherit that, and Python then leaves it ignored: the
+    collector, like any program started under ``nohup``, would never see the Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_collector_command_prints_its_url_and_stores_reports(tmp_path):
     """``tfedge ota collector --port 0`` as a process: the bound URL first, then serving;
     Ctrl-C (SIGINT) stops it cleanly."""
@@ -244,7 +254,15 @@ def test_collector_command_prints_its_url_and_stores_reports(tmp_path):
 
     argv = [sys.executable, "-m", "tfedge", "ota", "collector", "--port", "0"]
     argv += ["--tokens", str(_tokens_file(tmp_path)), "-o", str(tmp_path / "st")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # a hang is aborted with every stack
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_terminal_sigint,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("collecting reports at http://127.0.0.1:"), line + proc.stderr.read()
@@ -254,11 +272,11 @@ def test_collector_command_prints_its_url_and_stores_reports(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            out, err = proc.communicate(timeout=60)  # a hang guard, not a speed check
+            out, err = proc.communicate(timeout=20)  # a hang guard, not a speed check
         except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
             out, err = proc.communicate()
-            pytest.fail(f"the collector did not stop on SIGINT; its stderr: {err[-2000:]}")
+            pytest.fail(f"the collector did not stop on SIGINT; its stderr: {err[-6000:]}")
     assert proc.returncode == 0, err
     (device,) = fleet.fleet_view(tmp_path / "st" / "fleet.sqlite").devices
     assert (device["device_id"], device["model_version"]) == ("dev-09", 5)
