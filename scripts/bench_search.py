@@ -148,9 +148,7 @@ def remeasure(res: dict, outdir: Path, work: Path, args, space, rounds: int) -> 
     if not builtins or not picks:
         return
     models = [work / "builtins" / b["recipe"] / "model.tflite" for b in builtins]
-    models += [
-        Path(t["model"]) if Path(t["model"]).is_absolute() else outdir / t["model"] for t in picks
-    ]
+    models += [outdir / t["model"] for t in picks]  # an absolute path stays as it is
     m = space.measure
     print(f"timing {len(models)} models in turn, {rounds} rounds ...", file=sys.stderr, flush=True)
     result = bench(
@@ -303,10 +301,6 @@ def formats(trials: list[dict], baseline: dict, target: str) -> dict | None:
     within = [q for q in by if by[q]["p50_ms"] <= baseline["p50_ms"]]
     pick = min(within, key=lambda q: (-by[q]["accuracy"], by[q]["p50_ms"]), default=None)
     return {**found, "pick_within_int8_latency": pick}
-
-
-def _sizes(row: dict) -> dict:
-    return {k: row[k] for k in ("accuracy", "tflite_bytes", "gzip_bytes")}
 
 
 def analyse(res: dict, found: dict, space, hv_accuracy: float) -> None:

@@ -213,3 +213,28 @@ def test_in_memory_quantization_aware_model_converts(digits, tmp_path):
 
     named = op_layers(read_tflite(result.output).ops, keras_layers(qat))
     assert {"conv1", "conv2", "fc1", "logits"} <= set(named)  # the user's names, unwrapped
+
+
+def test_a_tf_keras_model_converts_from_its_inference_alone_to_keras_bytes(tmp_path):
+    """The converter reads a SavedModel of the model's inference function (no per-layer Keras
+    traces); with two named outputs, the bytes are still ``from_keras_model``'s own."""
+    import contextlib
+    import importlib
+
+    from tfedge._tf import import_keras, import_tf
+
+    worker = importlib.import_module("tfedge.convert.worker")
+    k, tf = import_keras(), import_tf()
+    inp = k.Input((6,), name="features")
+    hidden = k.layers.Dense(8, activation="relu", name="hidden")(inp)
+    model = k.Model(
+        inp, [k.layers.Dense(3, name="b_scores")(hidden), k.layers.Dense(1, name="a_value")(hidden)]
+    )
+    with contextlib.ExitStack() as stack:
+        specs = worker.keras_input_specs(model)
+        assert worker._lean_savedmodel(tf, model, specs, stack) is not None  # no fallback
+    tfedge.convert(model, tmp_path / "m.tflite", quant="none", in_process=True)
+    direct = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    assert (tmp_path / "m.tflite").read_bytes() == direct
+    outputs = read_tflite(tmp_path / "m.tflite").outputs
+    assert sorted(tuple(o.shape)[1:] for o in outputs) == [(1,), (3,)]

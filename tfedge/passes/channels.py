@@ -365,7 +365,8 @@ class MacCounter:
         self._total = offset
         layers = [layer for layer in model.layers if type(layer).__name__ in MAC_LAYERS]
         # Each layer's MACs are a*in*out + b*in + c*out in its live channels in and out.
-        self._terms = np.array([_mac_coefficients(_mac_terms(k)) for k in layers], np.int64)
+        terms = [_mac_coefficients(_mac_terms(k)) for k in layers]
+        self._terms = np.array(terms, np.int64).reshape(-1, 3)
         self._ins = _Segments([self._index(graph.inputs[k.name][0]) for k in layers])
         self._outs = _Segments([self._index(graph.outputs[k.name]) for k in layers])
 
@@ -381,8 +382,6 @@ class MacCounter:
             block = np.zeros(size, dtype=bool)
             block[channels if isinstance(channels, np.ndarray) else list(channels)] = True
             alive[start : start + size] = block
-        if not len(self._terms):
-            return 0
         cin, cout = self._ins.live(alive), self._outs.live(alive)
         a, b, c = self._terms.T
         return int(np.sum(a * cin * cout + b * cin + c * cout))
