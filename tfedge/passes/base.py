@@ -380,4 +380,7 @@ def import_tfmot():
     import_tf()
     import tensorflow_model_optimization as tfmot
 
+    from tfedge.passes import cluster_lookup
+
+    cluster_lookup.install()
     return tfmot
