@@ -363,10 +363,83 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SUMMARY = "zoo-summary"
+
+
+def summary(directory: Path) -> list[dict]:
+    """The latest row of every family x Keras x recipe over all ``bench-results/zoo*.json``.
+
+    A run's time is its ``meta.finished`` (UTC, written since 2026-12-01; older files got theirs
+    from the commit that last wrote them), else its date. Each row names the run it comes from.
+    """
+    latest: dict[tuple[str, str, str], dict] = {}
+    for path in sorted(directory.glob("zoo*.json")):
+        if path.stem == SUMMARY:
+            continue
+        data = json.loads(path.read_text())
+        when = data["meta"].get("finished") or data["meta"]["date"]
+        for row in data["rows"]:
+            key = (row["family"], row["keras"], row["recipe"])
+            if key not in latest or when >= latest[key]["finished"]:
+                latest[key] = {**row, "run": path.stem, "finished": when}
+    order = {name: i for i, name in enumerate([*FAMILIES, "3", "2", *RECIPES])}
+    return sorted(
+        latest.values(), key=lambda r: [order[r[k]] for k in ("family", "keras", "recipe")]
+    )
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    lines = [
+        "The latest row of every `keras.applications` family x Keras x recipe in "
+        "`bench-results/zoo*.json` (`scripts/bench_zoo.py --summary`); the last column names the "
+        "run (its file and when it finished, UTC).",
+        "",
+        "| " + " | ".join([*COLUMNS, "run"]) + " |",
+        "|" + "|".join("---" if i < 4 else "---:" for i in range(len(COLUMNS))) + "|---|",
+    ]
+    lines += [
+        "| " + " | ".join([*cells(_short_error(r)), f"{r['run']} ({r['finished'][:16]})"]) + " |"
+        for r in rows
+    ]
+    ok = sum(1 for r in rows if r.get("ok") and r.get("full_integer"))
+    done = {(r["family"], r["keras"], r["recipe"]) for r in rows}
+    missing = [
+        f"{f} {KERAS[k]} {r}"
+        for f in FAMILIES
+        for k in ("3", "2")
+        for r in RECIPES
+        if (f, k, r) not in done
+    ]
+    lines += [
+        "",
+        f"{ok} of {len(rows)} family x Keras x recipe combinations: a verified full-int8 model.",
+    ]
+    if missing:
+        lines += ["", "Not run: " + ", ".join(missing) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _short_error(row: dict, limit: int = 160) -> dict:
+    error = row.get("error", "")
+    return {**row, "error": error[:limit] + " ..."} if len(error) > limit else row
+
+
+def write_summary() -> None:
+    out_dir = ROOT / "bench-results"
+    rows = summary(out_dir)
+    write_bytes_atomic(out_dir / f"{SUMMARY}.json", json.dumps({"rows": rows}, indent=2).encode())
+    write_bytes_atomic(out_dir / f"{SUMMARY}.md", summary_markdown(rows).encode())
+    print(summary_markdown(rows))
+
+
 def plain_table(rows: list[dict]) -> str:
     table = [list(COLUMNS)] + [[c[:70] for c in cells(r)] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M")
 
 
 def git_commit() -> str:
@@ -399,7 +472,15 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke check: MobileNetV2, Keras 3, int8"
     )
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help=f"run nothing: merge the latest row per family x Keras x recipe into {SUMMARY}.*",
+    )
     args = parser.parse_args()
+    if args.summary:
+        write_summary()
+        return
     if args.quick:
         args.families, args.keras, args.recipes = "MobileNetV2", "3", "int8"
     args.output = args.output or ("zoo-quick" if args.quick else "zoo")
@@ -423,6 +504,7 @@ def main() -> None:
         "recipes": recipes,
         "skipped": args.skipped,
         "commit": git_commit(),
+        "finished": None,
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
@@ -450,6 +532,7 @@ def main() -> None:
                     rows.append(row)
                     print(" | ".join(cells(row)), file=sys.stderr, flush=True)
                     meta["seconds"] = round(time.perf_counter() - started, 1)
+                    meta["finished"] = utc_now()
                     save(rows, meta, args.output)  # after every row: a stopped sweep keeps its rows
     print(plain_table(rows))
 
