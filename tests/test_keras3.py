@@ -226,6 +226,34 @@ def test_convnext_block_qat_to_full_int8(keras3, tmp_path):
     assert ops["GELU"] == 1 and ops["RSQRT"] == 3 and ops["CONV_2D"] == 3, ops
 
 
+def test_keras3_layer_normalization_converts_to_full_int8(keras3, tmp_path):
+    """Keras 3 computes the norm's shift as ``-mean * inv + beta``: a float NEG in the int8
+    file, until conversion traces it as ``beta - mean * inv`` (the same float32 bits)."""
+    import collections
+
+    from tfedge.convert.keras3_ops import integer_friendly_keras3_ops
+    from tfedge.convert.tflite_model import read_tflite
+
+    L = keras3.layers
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(8, 4, 4, 6)).astype("float32")
+    for options in ({}, {"center": False}, {"scale": False}, {"axis": (1, 2, 3)}):
+        inp = keras3.Input((4, 4, 6))
+        norm = L.LayerNormalization(**options)
+        model = keras3.Model(inp, norm(inp))
+        shapes = [tuple(w.shape) for w in norm.weights]
+        norm.set_weights([np.linspace(0.5, 2.0, int(np.prod(s))).reshape(s) for s in shapes])
+        before = np.asarray(model(x))
+        with integer_friendly_keras3_ops():
+            during = np.asarray(model(x))
+        np.testing.assert_array_equal(during, before, err_msg=str(options))
+    out = tmp_path / "convnext.tflite"
+    calib = np.random.default_rng(1).uniform(0, 255, size=(16, 8, 8, 3)).astype("float32")
+    converted = tfedge.convert(_convnext_block(keras3), out, calib=calib, in_process=True)
+    assert converted.full_integer, converted.float_ops
+    ops = collections.Counter(op.name for op in read_tflite(out).ops)
+    assert ops["NEG"] == 0 and ops["RSQRT"] == 3 and ops["SUB"] >= 3, ops
+
+
 def _residual_mobilenet_like(keras):
     L = keras.layers
     inp = keras.Input((16, 16, 3), name="image")

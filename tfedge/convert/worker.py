@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tfedge._tf import prepare_environment
+from tfedge.convert.keras3_ops import integer_friendly_keras3_ops
 from tfedge.errors import ConversionError, TfedgeError
 from tfedge.io.data import InputSpec, arrange_inputs, keras_input_specs
 
@@ -171,6 +172,9 @@ def convert_model(
     tf = import_tf()
     batch = None
     with contextlib.ExitStack() as stack:
+        keras3 = type(model).__module__.split(".")[0] == "keras"
+        if keras3 and quant in ("int8", "int16x8"):
+            stack.enter_context(integer_friendly_keras3_ops())
         if isinstance(model, (str, os.PathLike)):
             path = str(model)
             inputs, qat = _inspect_saved_model(path)
@@ -182,7 +186,7 @@ def convert_model(
                 check_integer_recurrent(model, quant)
             if batch is not None:
                 inputs = with_batch(inputs, batch)
-        if batch is not None and type(model).__module__.split(".")[0] != "keras":
+        if batch is not None and not keras3:
             traced = _fixed_batch_function(tf, model, inputs)  # tf_keras: trace, no export
             make = lambda: tf.lite.TFLiteConverter.from_concrete_functions([traced], model)  # noqa: E731
         elif batch is not None:  # Keras 3: export with the fixed signature
@@ -192,9 +196,7 @@ def convert_model(
             make = lambda: tf.lite.TFLiteConverter.from_saved_model(path)  # noqa: E731
         elif isinstance(model, (str, os.PathLike)):
             make = lambda: tf.lite.TFLiteConverter.from_saved_model(path)  # noqa: E731
-        elif type(model).__module__.split(".")[0] != "keras" and (
-            lean := _lean_savedmodel(tf, model, inputs, stack)
-        ):
+        elif not keras3 and (lean := _lean_savedmodel(tf, model, inputs, stack)):
             make = lambda: _keras_converter(tf, lean)  # noqa: E731
         else:
             make = lambda: tf.lite.TFLiteConverter.from_keras_model(model)  # noqa: E731
