@@ -226,7 +226,7 @@ def test_convnext_block_qat_to_full_int8(keras3, tmp_path):
     assert ops["GELU"] == 1 and ops["RSQRT"] == 3 and ops["CONV_2D"] == 3, ops
 
 
-def test_keras3_layer_normalization_converts_to_full_int8(keras3, tmp_path):
+def test_keras3_layer_normalization_converts_to_full_int8(keras3, tmp_path, run_cli):
     """Keras 3 computes the norm's shift as ``-mean * inv + beta``: a float NEG in the int8
     file, until conversion traces it as ``beta - mean * inv`` (the same float32 bits)."""
     import collections
@@ -252,6 +252,11 @@ def test_keras3_layer_normalization_converts_to_full_int8(keras3, tmp_path):
     assert converted.full_integer, converted.float_ops
     ops = collections.Counter(op.name for op in read_tflite(out).ops)
     assert ops["NEG"] == 0 and ops["RSQRT"] == 3 and ops["SUB"] >= 3, ops
+    # optimize's post-training recipes export the Keras 3 model for the worker: the same form
+    _convnext_block(keras3).save(tmp_path / "convnext.keras")
+    data = _classification_data(tmp_path, (8, 8, 3), n=32)
+    _optimize(run_cli, tmp_path / "convnext.keras", "int8", data, tmp_path / "out")
+    assert tfedge.inspect(str(tmp_path / "out" / "model.tflite")).full_integer
 
 
 def _residual_mobilenet_like(keras):

@@ -270,17 +270,21 @@ def _model_source(
         return str(model), fmt.keras
     path = work / "savedmodel"
     from tfedge.convert import worker
+    from tfedge.convert.keras3_ops import integer_friendly_keras3_ops
     from tfedge.io.data import keras_input_specs
 
     batch = batch_size or (1 if worker.recurrent_layers(model) else None)
     if quant in FULL_INTEGER_MODES:
         worker.check_integer_recurrent(model, quant)
+    keras3 = type(model).__module__.split(".")[0] == "keras"
     if batch is not None:
         inputs = worker.with_batch(keras_input_specs(model), batch)
-        worker.fixed_batch_savedmodel(model, inputs, str(path))
-        return str(path), "3" if type(model).__module__.split(".")[0] == "keras" else "2"
-    if type(model).__module__.split(".")[0] == "keras":
-        model.export(str(path), verbose=False)
+        with integer_friendly_keras3_ops():
+            worker.fixed_batch_savedmodel(model, inputs, str(path))
+        return str(path), "3" if keras3 else "2"
+    if keras3:
+        with integer_friendly_keras3_ops():
+            model.export(str(path), verbose=False)
         return str(path), "3"
     model.save(str(path), save_format="tf")
     return str(path), "2"

@@ -1,12 +1,13 @@
-"""Keras 3 ops traced, for an integer conversion, in a form TFLite's int8 quantizer takes.
+"""Keras 3 ops traced, for conversion, in a form TFLite's int8 quantizer takes.
 
 Keras 3's layer normalization (``keras.ops.layer_normalization``, behind ``LayerNormalization``:
 ConvNeXt, every transformer block) computes its shift as ``-mean * inv + beta``. The converter
 keeps that negation as a float ``NEG`` between a ``DEQUANTIZE`` and a ``QUANTIZE`` (TFLite's
 quantizer has no int8 ``NEG``), so such a model is never full-int8 (ConvNeXtTiny: 23 float ops).
 ``beta - mean * inv`` is the same float32 value bit for bit (negation is exact, and
-``a + (-b) == a - b``) and converts to an int8 ``SUB``. tf_keras models are not concerned: its
-``LayerNormalization`` computes without a negation.
+``a + (-b) == a - b``) and converts to an int8 ``SUB``. tfedge traces every Keras 3 model it
+converts or exports for conversion inside ``integer_friendly_keras3_ops()``; tf_keras models
+are not concerned (their ``LayerNormalization`` computes without a negation).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def integer_friendly_keras3_ops() -> Iterator[None]:
-    """Within the block, Keras 3 traces layer normalization without a negation.
+    """Within the block, Keras 3 traces layer normalization without a negation (same values).
 
     Does nothing when Keras 3 is not installed or its private function moved (a newer Keras):
     the conversion then shows the float op as before.

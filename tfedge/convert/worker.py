@@ -173,7 +173,7 @@ def convert_model(
     batch = None
     with contextlib.ExitStack() as stack:
         keras3 = type(model).__module__.split(".")[0] == "keras"
-        if keras3 and quant in ("int8", "int16x8"):
+        if keras3:
             stack.enter_context(integer_friendly_keras3_ops())
         if isinstance(model, (str, os.PathLike)):
             path = str(model)
