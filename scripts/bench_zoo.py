@@ -303,6 +303,8 @@ def run_recipe(built: dict, recipe: Path, out: Path, args, overrides: tuple = ()
         final_accuracy=round(last["accuracy"], 4),
         drop_points=round(100 * (first["accuracy"] - last["accuracy"]), 2),
         stages=[s["name"] for s in report["stages"]],
+        stage_accuracy={s["name"]: s["accuracy"] for s in report["stages"]},
+        stage_seconds={s["name"]: round(s["seconds"], 1) for s in report["stages"]},
     )
     return row
 

@@ -104,6 +104,30 @@ def test_tf_keras_nested_mobilenet_v2_flattens(k2):
     _same(model, flat, np.random.default_rng(2).normal(size=(4, 32, 32, 3)).astype("float32"))
 
 
+def test_a_saved_tf_keras_convnext_block_loads_and_flattens(k2, tmp_path):
+    """tf_keras's ConvNeXt never registered its LayerScale: tf_keras cannot load such a file
+    itself ('str' object is not callable); tfedge registers the class and loads it."""
+    from tf_keras.src.applications.convnext import LayerScale
+
+    from tfedge.io.models import detect_format, load_keras_model
+
+    L = k2.layers
+    inner_in = k2.Input((8, 8, 3))
+    h = L.Conv2D(4, 2, strides=2, name="stem")(inner_in)
+    x = L.LayerNormalization(epsilon=1e-6, name="ln")(L.DepthwiseConv2D(3, padding="same")(h))
+    x = LayerScale(0.5, 4, name="layer_scale")(L.Dense(4, name="pw")(x))
+    backbone = k2.Model(inner_in, L.Add()([h, x]), name="convnext_like")
+    inp = k2.Input((8, 8, 3))
+    model = k2.Model(inp, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(backbone(inp))))
+    model.save(tmp_path / "convnext.keras")
+    loaded = load_keras_model(detect_format(tmp_path / "convnext.keras"))
+    flat = load_tf_keras_model(tmp_path / "convnext.keras")
+    assert type(flat.get_layer("layer_scale")) is LayerScale
+    x = np.random.default_rng(4).normal(size=(4, 8, 8, 3)).astype("float32")
+    _same(model, loaded, x)
+    _same(model, flat, x)
+
+
 def test_nested_in_nested_with_a_name_collision(k2):
     L = k2.layers
     inner_in = k2.Input((6,))

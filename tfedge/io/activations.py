@@ -58,9 +58,10 @@ def register(tf_keras=None) -> None:
 
         tf_keras = import_keras()  # registers through this function
         return
-    from tfedge.io import keras3_layers
+    from tfedge.io import keras3_layers, tf_keras_applications
 
     keras3_layers.register(tf_keras)  # and the layer twins (ConvNeXt's LayerScale)
+    tf_keras_applications.register(tf_keras)  # and tf_keras's own unregistered ConvNeXt layers
     registered = tf_keras.saving.get_custom_objects()
     for full_name, fn in CUSTOM_ACTIVATIONS.items():
         if registered.get(full_name) is not fn:
