@@ -303,3 +303,40 @@ def test_densenet_pre_activation_batchnorm_and_transition_pool_to_full_int8(tmp_
     ops = _int8_ops(result.model, x, tmp_path)  # verified full-integer
     assert ops["CONV_2D"] == 4 and ops["CONCATENATION"] == 2, ops
     assert ops["AVERAGE_POOL_2D"] == 1, ops
+
+
+def test_residuals_written_as_operators_on_two_tensors_become_merge_layers(tmp_path):
+    """tf_keras records ``h + x`` (ConvNeXt's residual), ``h - x`` and ``tf.maximum(h, x)`` as
+    TFOpLambda layers, which tfmot cannot wrap: qat makes them Add / Subtract / Maximum layers of
+    the same name, with the same outputs. A broadcast (``h * pooled``) is still named."""
+    import tensorflow as tf
+
+    from tfedge._tf import import_keras
+    from tfedge.passes.compat import layer_compat, qat_unsupported
+    from tfedge.passes.qat_configs import ops_as_layers
+
+    k = import_keras()
+    inp = k.Input((8, 8, 3))
+    h = k.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inp)
+    x = k.layers.Conv2D(8, 3, padding="same", name="branch")(h)
+    h = h + x
+    h = tf.maximum(h, k.layers.Conv2D(8, 1, name="gate")(h)) - x
+    model = k.Model(inp, k.layers.Dense(2, name="logits")(k.layers.GlobalAveragePooling2D()(h)))
+    ops = [layer.name for layer in model.layers if type(layer).__name__ == "TFOpLambda"]
+    assert len(ops) == 3 and qat_unsupported(model) == []
+    notes = {row.layer: row.notes for row in layer_compat(model)}
+    assert "makes it a Add layer" in notes[ops[0]], notes
+    rebuilt, swapped = ops_as_layers(model)
+    assert sorted(swapped) == sorted(ops)
+    kinds = {type(rebuilt.get_layer(name)).__name__ for name in ops}
+    assert kinds == {"Add", "Maximum", "Subtract"}
+    x_in, y = _data((8, 8, 3), n=64, classes=2)
+    np.testing.assert_allclose(rebuilt(x_in[:8]), model(x_in[:8]), rtol=1e-6, atol=1e-6)
+    result = build_pass("qat", {"epochs": 1}).apply(model, _ctx(x_in, y))
+    counts = _int8_ops(result.model, x_in, tmp_path)
+    assert counts["ADD"] >= 1 and counts["SUB"] == 1 and counts["MAXIMUM"] == 1, counts
+
+    pooled = k.layers.GlobalAveragePooling2D(keepdims=True)(h)
+    broadcast = k.Model(inp, h * pooled)
+    last = [layer.name for layer in broadcast.layers][-1]
+    assert qat_unsupported(broadcast) == [f"{last} (TFOpLambda)"]

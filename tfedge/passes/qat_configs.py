@@ -133,6 +133,30 @@ def _op_arguments(layer) -> list:
     return extra
 
 
+# The merge layer that computes a TFOpLambda op on two tensors of one shape.
+MERGE_LAYERS = {
+    "add": "Add",
+    "subtract": "Subtract",
+    "multiply": "Multiply",
+    "maximum": "Maximum",
+    "minimum": "Minimum",
+}
+
+
+def _merge_layer_for(layer) -> str | None:
+    """The merge layer class name for a ``TFOpLambda`` ``x <op> y`` on two tensors of the same
+    shape (a residual written ``x + y`` in tf_keras), else None."""
+    op = _OP_FUNCTIONS.get(str(getattr(layer, "symbol", "")))
+    nodes = getattr(layer, "_inbound_nodes", [])[:1]
+    others = _op_arguments(layer)
+    if op not in MERGE_LAYERS or not nodes or len(others) != 1:
+        return None
+    first = list(getattr(nodes[0], "call_args", ()))[:1]
+    shapes = [tuple(getattr(t, "shape", ()) or ()) for t in (*first, others[0])]
+    tensors = all(hasattr(t, "shape") and not _is_number(t) for t in (*first, others[0]))
+    return MERGE_LAYERS[op] if tensors and len(first) == 1 and shapes[0] == shapes[1] else None
+
+
 def _is_number(value) -> bool:
     import numpy as np
 
@@ -165,11 +189,13 @@ def qat_rule(layer) -> tuple[str, str]:
         if symbol not in SCALAR_OPS:
             return NO, f"tf.{symbol} has no 8-bit rule (tfedge quantizes scalar elementwise ops)"
         tensors = [a for a in _op_arguments(layer) if not _is_number(a)]
-        if tensors:
+        if tensors and _merge_layer_for(layer) is None:
             return NO, (
-                f"tf.{symbol} takes a tensor, not a number, as its other argument; "
-                "use an Add / Multiply layer"
+                f"tf.{symbol} takes a tensor of another shape, or several, as its other "
+                "arguments; use an Add / Multiply layer"
             )
+        if tensors:
+            return OUTPUT, f"two tensors: qat makes it a {_merge_layer_for(layer)} layer"
         return OUTPUT, ""
     if kind in OUTPUT_LAYERS:
         return OUTPUT, ""
@@ -455,6 +481,10 @@ def ops_as_layers(model):
         source = nodes[0] if len(nodes) == 1 else None
         if not (isinstance(source, list) and len(source) == 4 and isinstance(source[0], str)):
             continue  # the op's input is not one tensor: leave it
+        merge = _merge_layer_for(layer)
+        if merge is not None:
+            _as_merge_layer(entry, merge, source)  # the tensor argument is a layer's output
+            continue
         values = [float(v) for v in _op_arguments(layer)]
         entry["class_name"] = "TfedgeScalarOp"
         entry["config"] = {
@@ -473,6 +503,25 @@ def ops_as_layers(model):
     rebuilt = import_keras().Model.from_config(config, custom_objects={cls.__name__: cls})
     copy_weights(model, rebuilt)
     return rebuilt, sorted(swap)
+
+
+def _as_merge_layer(entry: dict, merge: str, source: list) -> None:
+    """Rewrite a config entry ``x <op> y`` (``y`` a keyword argument naming a layer's output)
+    as the merge layer ``merge`` on ``[x, y]``, same name."""
+    (other,) = [
+        v
+        for k, v in source[3].items()
+        if k != "name" and isinstance(v, list) and len(v) >= 3 and isinstance(v[0], str)
+    ]
+    entry["class_name"] = merge
+    entry["config"] = {
+        "name": entry["config"]["name"],
+        "trainable": True,
+        "dtype": entry["config"].get("dtype", "float32"),
+    }
+    entry["inbound_nodes"] = [[[*source[:3], {}], [*other[:3], {}]]]
+    entry.pop("module", None)
+    entry.pop("registered_name", None)
 
 
 def _two_op_preprocessing(layer) -> bool:
