@@ -151,10 +151,10 @@ def _merge_layer_for(layer) -> str | None:
     others = _op_arguments(layer)
     if op not in MERGE_LAYERS or not nodes or len(others) != 1:
         return None
-    first = list(getattr(nodes[0], "call_args", ()))[:1]
-    shapes = [tuple(getattr(t, "shape", ()) or ()) for t in (*first, others[0])]
-    tensors = all(hasattr(t, "shape") and not _is_number(t) for t in (*first, others[0]))
-    return MERGE_LAYERS[op] if tensors and len(first) == 1 and shapes[0] == shapes[1] else None
+    pair = [*list(getattr(nodes[0], "call_args", ()))[:1], others[0]]
+    if len(pair) != 2 or any(type(t).__name__ != "KerasTensor" for t in pair):
+        return None  # a constant array is no layer's output
+    return MERGE_LAYERS[op] if tuple(pair[0].shape) == tuple(pair[1].shape) else None
 
 
 def _is_number(value) -> bool:
@@ -188,15 +188,15 @@ def qat_rule(layer) -> tuple[str, str]:
         symbol = str(getattr(layer, "symbol", ""))
         if symbol not in SCALAR_OPS:
             return NO, f"tf.{symbol} has no 8-bit rule (tfedge quantizes scalar elementwise ops)"
-        tensors = [a for a in _op_arguments(layer) if not _is_number(a)]
-        if tensors and _merge_layer_for(layer) is None:
+        if all(_is_number(a) for a in _op_arguments(layer)):
+            return OUTPUT, ""
+        merge = _merge_layer_for(layer)
+        if merge is None:
             return NO, (
-                f"tf.{symbol} takes a tensor of another shape, or several, as its other "
-                "arguments; use an Add / Multiply layer"
+                f"tf.{symbol} takes a tensor of another shape, an array or several arguments "
+                "besides its input; use an Add / Multiply layer"
             )
-        if tensors:
-            return OUTPUT, f"two tensors: qat makes it a {_merge_layer_for(layer)} layer"
-        return OUTPUT, ""
+        return OUTPUT, f"two tensors: qat makes it a {merge} layer"
     if kind in OUTPUT_LAYERS:
         return OUTPUT, ""
     if kind in INPUT_SCALE_LAYERS:
