@@ -270,7 +270,6 @@ def _model_source(
         return str(model), fmt.keras
     path = work / "savedmodel"
     from tfedge.convert import worker
-    from tfedge.convert.keras3_ops import integer_friendly_keras3_ops
     from tfedge.io.data import keras_input_specs
 
     batch = batch_size or (1 if worker.recurrent_layers(model) else None)
@@ -279,12 +278,10 @@ def _model_source(
     keras3 = type(model).__module__.split(".")[0] == "keras"
     if batch is not None:
         inputs = worker.with_batch(keras_input_specs(model), batch)
-        with integer_friendly_keras3_ops():
-            worker.fixed_batch_savedmodel(model, inputs, str(path))
+        worker.fixed_batch_savedmodel(model, inputs, str(path))
         return str(path), "3" if keras3 else "2"
     if keras3:
-        with integer_friendly_keras3_ops():
-            model.export(str(path), verbose=False)
+        worker.keras3_savedmodel(model, str(path))
         return str(path), "3"
     model.save(str(path), save_format="tf")
     return str(path), "2"

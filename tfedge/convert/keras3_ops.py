@@ -29,8 +29,8 @@ def integer_friendly_keras3_ops() -> Iterator[None]:
         yield
         return
     original = getattr(nn, "_layer_normalization", None)
-    if original is None or not hasattr(nn, "moments"):
-        yield
+    if original is None or not hasattr(nn, "moments") or hasattr(original, "without_negation"):
+        yield  # nothing to swap, or an outer block already did
         return
     nn._layer_normalization = _layer_normalization_without_negation(nn, original)
     try:
@@ -75,4 +75,5 @@ def _layer_normalization_without_negation(nn, original):
         outputs = x * inv + (beta - shift) if beta is not None else x * inv - shift
         return backend.cast(outputs, original_dtype)
 
+    layer_normalization.without_negation = True
     return layer_normalization

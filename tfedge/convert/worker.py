@@ -288,10 +288,22 @@ def fixed_batch_savedmodel(model, inputs: list[InputSpec], path: str) -> None:
 
     tf = import_tf()
     if type(model).__module__.split(".")[0] == "keras":
-        specs = [tf.TensorSpec(i.shape, i.dtype, name=i.name) for i in inputs]
-        model.export(path, verbose=False, input_signature=specs)
+        keras3_savedmodel(model, path, inputs)
         return
     tf.saved_model.save(model, path, signatures=_fixed_batch_function(tf, model, inputs))
+
+
+def keras3_savedmodel(model, path: str, inputs: list[InputSpec] | None = None) -> None:
+    """Export a Keras 3 model for the converter, with the fixed shapes of ``inputs`` when given,
+    its layer normalization traced without a float NEG (``tfedge.convert.keras3_ops``)."""
+    from tfedge._tf import import_tf
+
+    options = {}
+    if inputs is not None:
+        tf = import_tf()
+        options["input_signature"] = [tf.TensorSpec(i.shape, i.dtype, name=i.name) for i in inputs]
+    with integer_friendly_keras3_ops():
+        model.export(path, verbose=False, **options)
 
 
 def _fixed_batch_function(tf, model, inputs: list[InputSpec]):

@@ -499,7 +499,7 @@ class _Runner:
 
     def _direct_input(self, model, train: Dataset, evals: Dataset) -> tuple[str, dict]:
         from tfedge._tf import keep_keras_selection
-        from tfedge.convert.keras3_ops import integer_friendly_keras3_ops
+        from tfedge.convert.worker import keras3_savedmodel
         from tfedge.io.models import detect_format, load_keras_model
         from tfedge.optimize.stages import keras_accuracy_of
         from tfedge.passes.base import PassContext
@@ -509,8 +509,7 @@ class _Runner:
                 model = load_keras_model(detect_format(model))
             check_inputs(model, train, evals)
             path = self.worker.input_dir / "savedmodel"
-            with integer_friendly_keras3_ops():  # no float NEG in a LayerNormalization
-                model.export(str(path), verbose=False)
+            keras3_savedmodel(model, str(path))
             labelled = train.y if train.y is not None else np.zeros(0)
             ctx = PassContext(x=train.x, y=labelled, eval_x=evals.x, eval_y=evals.y)
             facts = {"accuracy": keras_accuracy_of(model, ctx), "params": model.count_params()}
